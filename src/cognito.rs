@@ -1,0 +1,294 @@
+//! The only module that touches the AWS SDK: builds the Cognito client once,
+//! makes the GetUserAuthFactors call, and converts its output and errors.
+
+use aws_config::{
+    BehaviorVersion, Region, environment::EnvironmentVariableRegionProvider,
+    meta::region::RegionProviderChain, profile::ProfileFileRegionProvider, retry::RetryConfig,
+    timeout::TimeoutConfig,
+};
+use aws_sdk_cognitoidentityprovider::{
+    Client,
+    error::{DisplayErrorContext, ProvideErrorMetadata as _, SdkError},
+    operation::{
+        RequestId as _,
+        get_user_auth_factors::{GetUserAuthFactorsError, GetUserAuthFactorsOutput},
+    },
+    types::AuthFactorType as SdkAuthFactor,
+};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
+
+use crate::{
+    config::UpstreamConfig,
+    error::{UpstreamError, UpstreamErrorKind},
+    proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
+    token::AccessToken,
+};
+
+/// Why the Cognito client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// No region in the flags, the environment or the AWS profile.
+    #[error(
+        "no AWS region: pass --region <REGION> or set AWS_REGION (for example AWS_REGION=eu-west-1)"
+    )]
+    NoRegion,
+}
+
+/// A GetUserAuthFactors answer, ready for the caller.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response message.
+    pub response: GetUserAuthFactorsResponse,
+    /// Cognito's request id (`x-amzn-RequestId`), if it sent one.
+    pub request_id: Option<String>,
+}
+
+/// The Cognito user-pools client, built once at startup and shared by every
+/// call (it is cheap to clone and pools its connections).
+#[derive(Debug, Clone)]
+pub struct Cognito {
+    client: Client,
+}
+
+impl Cognito {
+    /// Builds the client from aws-config's standard chain (env vars, profile
+    /// files) with `config`'s overrides. GetUserAuthFactors is `noAuth` in the
+    /// model, so no credentials are loaded, and the region chain deliberately
+    /// skips the instance metadata service: start-up never waits on the network.
+    pub async fn from_config(config: &UpstreamConfig) -> Result<Self, SetupError> {
+        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+            .or_else(EnvironmentVariableRegionProvider::new())
+            .or_else(ProfileFileRegionProvider::new())
+            .region()
+            .await
+            .ok_or(SetupError::NoRegion)?;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .operation_attempt_timeout(config.attempt_timeout)
+            .operation_timeout(config.call_timeout)
+            .build();
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .no_credentials()
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+            .load()
+            .await;
+        let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(Self {
+            client: Client::from_conf(builder.build()),
+        })
+    }
+
+    /// Calls GetUserAuthFactors with `token`.
+    pub async fn get_user_auth_factors(
+        &self,
+        token: &AccessToken,
+    ) -> Result<Answer, UpstreamError> {
+        let output = self
+            .client
+            .get_user_auth_factors()
+            .access_token(token.expose())
+            .send()
+            .await
+            .map_err(upstream_error)?;
+        Ok(Answer {
+            request_id: output.request_id().map(str::to_owned),
+            response: to_proto(&output),
+        })
+    }
+}
+
+/// SDK output to proto, the one place that does it. Values this version does
+/// not know become `*_UNSPECIFIED`, with a warning naming them.
+fn to_proto(output: &GetUserAuthFactorsOutput) -> GetUserAuthFactorsResponse {
+    GetUserAuthFactorsResponse {
+        username: output.username().to_owned(),
+        preferred_mfa_setting: output
+            .preferred_mfa_setting()
+            .map(|value| mfa_type(value, "preferred_mfa_setting") as i32),
+        user_mfa_setting_list: output
+            .user_mfa_setting_list()
+            .iter()
+            .map(|value| mfa_type(value, "user_mfa_setting_list") as i32)
+            .collect(),
+        configured_user_auth_factors: output
+            .configured_user_auth_factors()
+            .iter()
+            .map(|factor| auth_factor_type(factor) as i32)
+            .collect(),
+    }
+}
+
+/// Cognito's MFA setting names (`SMS_MFA`, `EMAIL_OTP`, `SOFTWARE_TOKEN_MFA`).
+fn mfa_type(value: &str, field: &'static str) -> MfaType {
+    match value {
+        "SMS_MFA" => MfaType::SmsMfa,
+        "EMAIL_OTP" => MfaType::EmailOtp,
+        "SOFTWARE_TOKEN_MFA" => MfaType::SoftwareTokenMfa,
+        unknown => {
+            tracing::warn!(
+                field,
+                value = unknown,
+                "Cognito sent an MFA type this version does not know; answering MFA_TYPE_UNSPECIFIED"
+            );
+            MfaType::Unspecified
+        }
+    }
+}
+
+/// The SDK's `AuthFactorType` (including its `Unknown` catch-all).
+fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
+    match factor {
+        SdkAuthFactor::Password => AuthFactorType::Password,
+        SdkAuthFactor::EmailOtp => AuthFactorType::EmailOtp,
+        SdkAuthFactor::SmsOtp => AuthFactorType::SmsOtp,
+        SdkAuthFactor::WebAuthn => AuthFactorType::WebAuthn,
+        SdkAuthFactor::SoftwareToken => AuthFactorType::SoftwareToken,
+        // `AuthFactorType` is `#[non_exhaustive]`: values added after this SDK
+        // version arrive as its `Unknown` variant.
+        unknown => {
+            tracing::warn!(
+                field = "configured_user_auth_factors",
+                value = unknown.as_str(),
+                "Cognito sent an auth factor this version does not know; answering AUTH_FACTOR_TYPE_UNSPECIFIED"
+            );
+            AuthFactorType::Unspecified
+        }
+    }
+}
+
+/// SDK error to domain error. Which row of the table an outcome lands in is
+/// decided by [`UpstreamErrorKind`]; this only reads what the SDK knows.
+fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> UpstreamError {
+    let request_id = err.request_id().map(str::to_owned);
+    let status = err.raw_response().map(|raw| raw.status());
+    let mut up = match &err {
+        SdkError::ServiceError(context) => {
+            let service_err = context.err();
+            let aws_code = service_err.code();
+            let kind = match aws_code.and_then(UpstreamErrorKind::from_aws_code) {
+                Some(kind) => kind,
+                None => kind_of_unmodeled(aws_code.is_some(), context.raw().status()),
+            };
+            let mut up = UpstreamError::new(kind);
+            up.aws_error_code = aws_code.map(str::to_owned);
+            up.message = service_err.message().map(str::to_owned);
+            if let GetUserAuthFactorsError::InvalidParameterException(invalid) = service_err {
+                up.reason_code = invalid.reason_code().map(str::to_owned);
+            }
+            up
+        }
+        SdkError::TimeoutError(_) => UpstreamError::new(UpstreamErrorKind::Timeout),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            UpstreamError::new(UpstreamErrorKind::Timeout)
+        }
+        SdkError::DispatchFailure(_) => UpstreamError::new(UpstreamErrorKind::Unreachable),
+        SdkError::ResponseError(context) => {
+            // The body could not be read or parsed at all: a broken 2xx is a
+            // bad response, anything else an unavailable upstream.
+            let status = context.raw().status();
+            UpstreamError::new(if status.is_success() {
+                UpstreamErrorKind::BadResponse
+            } else {
+                UpstreamErrorKind::Unavailable
+            })
+        }
+        SdkError::ConstructionFailure(_) => {
+            UpstreamError::new(UpstreamErrorKind::RequestConstruction)
+        }
+        // `SdkError` is `#[non_exhaustive]`; a new failure mode is most likely a
+        // transport one.
+        _ => UpstreamError::new(UpstreamErrorKind::Unavailable),
+    };
+    tracing::debug!(
+        kind = ?up.kind,
+        http_status = status.map(|s| s.as_u16()),
+        error = %DisplayErrorContext(&err),
+        "upstream call failed"
+    );
+    up.request_id = request_id;
+    up.source = Some(Box::new(err));
+    up
+}
+
+/// An error without a modeled code: `has_code` is whether Cognito sent a
+/// `__type` at all (a JSON error body).
+fn kind_of_unmodeled(
+    has_code: bool,
+    status: aws_smithy_runtime_api::http::StatusCode,
+) -> UpstreamErrorKind {
+    if status.is_success() {
+        UpstreamErrorKind::BadResponse
+    } else if status.is_server_error() || !has_code {
+        UpstreamErrorKind::Unavailable
+    } else {
+        UpstreamErrorKind::Unmodeled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_runtime_api::http::StatusCode;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::try_from(code).unwrap()
+    }
+
+    #[test]
+    fn unmodeled_outcomes_follow_the_table() {
+        assert_eq!(
+            kind_of_unmodeled(true, status(400)),
+            UpstreamErrorKind::Unmodeled
+        );
+        assert_eq!(
+            kind_of_unmodeled(true, status(503)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(502)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(403)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(200)),
+            UpstreamErrorKind::BadResponse
+        );
+    }
+
+    #[test]
+    fn known_mfa_names_map_and_unknown_ones_do_not_fail() {
+        assert_eq!(mfa_type("SMS_MFA", "f"), MfaType::SmsMfa);
+        assert_eq!(mfa_type("EMAIL_OTP", "f"), MfaType::EmailOtp);
+        assert_eq!(
+            mfa_type("SOFTWARE_TOKEN_MFA", "f"),
+            MfaType::SoftwareTokenMfa
+        );
+        assert_eq!(mfa_type("PASSKEY_MFA", "f"), MfaType::Unspecified);
+    }
+
+    #[test]
+    fn every_auth_factor_maps() {
+        for (name, expected) in [
+            ("PASSWORD", AuthFactorType::Password),
+            ("EMAIL_OTP", AuthFactorType::EmailOtp),
+            ("SMS_OTP", AuthFactorType::SmsOtp),
+            ("WEB_AUTHN", AuthFactorType::WebAuthn),
+            ("SOFTWARE_TOKEN", AuthFactorType::SoftwareToken),
+            ("QUANTUM_ENTANGLEMENT", AuthFactorType::Unspecified),
+        ] {
+            assert_eq!(
+                auth_factor_type(&SdkAuthFactor::from(name)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Command-line flags, their environment fallbacks and defaults, and the one
+//! validated [`Config`] the rest of the service reads.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+/// Env var for `--listen-addr`: where the gRPC server listens.
+pub const ENV_LISTEN_ADDR: &str = "COGNITO_FACADE_LISTEN_ADDR";
+/// Default gRPC listen address: every interface, the conventional gRPC port.
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:50051";
+/// Env var for `--log-format`.
+pub const ENV_LOG_FORMAT: &str = "COGNITO_FACADE_LOG_FORMAT";
+/// Env var for `--region`; the AWS SDKs' own name, so it works as it does for
+/// any AWS SDK. `AWS_DEFAULT_REGION` and the profile's region are also read.
+pub const ENV_REGION: &str = "AWS_REGION";
+/// Env var for `--cognito-endpoint`; the AWS SDKs' own service-specific name.
+/// The SDK also honours the general `AWS_ENDPOINT_URL`.
+pub const ENV_COGNITO_ENDPOINT: &str = "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER";
+/// Env var for `--connect-timeout`.
+pub const ENV_CONNECT_TIMEOUT: &str = "COGNITO_FACADE_CONNECT_TIMEOUT";
+/// Default TCP+TLS connect timeout to Cognito: a regional endpoint connects in
+/// tens of milliseconds; a second means it is not coming.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Env var for `--attempt-timeout`.
+pub const ENV_ATTEMPT_TIMEOUT: &str = "COGNITO_FACADE_ATTEMPT_TIMEOUT";
+/// Default timeout of one HTTP attempt; leaves room for a retry inside the
+/// call timeout.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Env var for `--call-timeout`.
+pub const ENV_CALL_TIMEOUT: &str = "COGNITO_FACADE_CALL_TIMEOUT";
+/// Default bound on one upstream call, retries and backoff included. A
+/// caller's shorter gRPC deadline wins.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Env var for `--max-attempts`.
+pub const ENV_MAX_ATTEMPTS: &str = "COGNITO_FACADE_MAX_ATTEMPTS";
+/// Default attempts per upstream call (the AWS SDKs' standard retry mode).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Env var for `--drain-delay`.
+pub const ENV_DRAIN_DELAY: &str = "COGNITO_FACADE_DRAIN_DELAY";
+/// Default time between reporting NOT_SERVING and closing the listener, so
+/// load balancers and Kubernetes endpoints notice first.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// Env var for `--shutdown-grace`.
+pub const ENV_SHUTDOWN_GRACE: &str = "COGNITO_FACADE_SHUTDOWN_GRACE";
+/// Default time in-flight calls get to finish once the listener is closed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object a line, for log pipelines.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The command line, as clap parses it. [`Config::try_from`] validates it.
+#[derive(Debug, Parser)]
+#[command(name = "cognito-facade", version, about, long_about = None)]
+pub struct Cli {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = ENV_LISTEN_ADDR, default_value = DEFAULT_LISTEN_ADDR, value_name = "ADDR")]
+    pub listen_addr: SocketAddr,
+
+    /// Log line format. `RUST_LOG` sets the filter (default `info`).
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// AWS region of the user pool, e.g. eu-west-1. Without it: AWS_DEFAULT_REGION, then the
+    /// AWS profile's region.
+    #[arg(long, env = ENV_REGION, value_name = "REGION")]
+    pub region: Option<String>,
+
+    /// Cognito endpoint URL, overriding the regional one (and AWS_ENDPOINT_URL).
+    #[arg(long, env = ENV_COGNITO_ENDPOINT, value_name = "URL")]
+    pub cognito_endpoint: Option<String>,
+
+    /// Timeout to open a connection to Cognito.
+    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value_t = DEFAULT_CONNECT_TIMEOUT.into(), value_name = "DURATION")]
+    pub connect_timeout: humantime::Duration,
+
+    /// Timeout of one HTTP attempt to Cognito.
+    #[arg(long, env = ENV_ATTEMPT_TIMEOUT, default_value_t = DEFAULT_ATTEMPT_TIMEOUT.into(), value_name = "DURATION")]
+    pub attempt_timeout: humantime::Duration,
+
+    /// Timeout of a whole upstream call, retries included. A shorter caller deadline wins.
+    #[arg(long, env = ENV_CALL_TIMEOUT, default_value_t = DEFAULT_CALL_TIMEOUT.into(), value_name = "DURATION")]
+    pub call_timeout: humantime::Duration,
+
+    /// Attempts per upstream call, the first included (1 disables retries).
+    #[arg(long, env = ENV_MAX_ATTEMPTS, default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10), value_name = "N")]
+    pub max_attempts: u32,
+
+    /// On SIGTERM/SIGINT: how long to report NOT_SERVING while still serving, before closing the listener.
+    #[arg(long, env = ENV_DRAIN_DELAY, default_value_t = DEFAULT_DRAIN_DELAY.into(), value_name = "DURATION")]
+    pub drain_delay: humantime::Duration,
+
+    /// On shutdown: how long in-flight calls get to finish once the listener is closed.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value_t = DEFAULT_SHUTDOWN_GRACE.into(), value_name = "DURATION")]
+    pub shutdown_grace: humantime::Duration,
+}
+
+/// Everything the service needs to know, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the gRPC server listens (`main` binds it; the library takes the
+    /// bound listener).
+    pub listen_addr: SocketAddr,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// The upstream (Cognito) settings.
+    pub upstream: UpstreamConfig,
+    /// Time between NOT_SERVING and closing the listener on shutdown.
+    pub drain_delay: Duration,
+    /// Time in-flight calls get once the listener is closed.
+    pub shutdown_grace: Duration,
+}
+
+/// How the service reaches Cognito.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Region; `None` leaves it to the environment and the AWS profile.
+    pub region: Option<String>,
+    /// Endpoint URL override.
+    pub endpoint: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt.
+    pub attempt_timeout: Duration,
+    /// Timeout of a whole call, retries included.
+    pub call_timeout: Duration,
+    /// Attempts per call.
+    pub max_attempts: u32,
+}
+
+/// A flag value that parses but makes no sense.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A timeout or delay of zero.
+    #[error("--{flag} must be greater than zero")]
+    ZeroDuration {
+        /// The flag's name.
+        flag: &'static str,
+    },
+    /// An attempt timeout longer than the whole call's.
+    #[error("--attempt-timeout ({attempt:?}) must not exceed --call-timeout ({call:?})")]
+    AttemptLongerThanCall {
+        /// The attempt timeout.
+        attempt: Duration,
+        /// The call timeout.
+        call: Duration,
+    },
+    /// An endpoint that is not an absolute http(s) URL.
+    #[error(
+        "--cognito-endpoint / {ENV_COGNITO_ENDPOINT} must be an http:// or https:// URL, got {0:?}"
+    )]
+    BadEndpoint(String),
+    /// An empty region.
+    #[error("--region / {ENV_REGION} must not be empty")]
+    EmptyRegion,
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, ConfigError> {
+        let upstream = UpstreamConfig {
+            region: cli.region,
+            endpoint: cli.cognito_endpoint,
+            connect_timeout: cli.connect_timeout.into(),
+            attempt_timeout: cli.attempt_timeout.into(),
+            call_timeout: cli.call_timeout.into(),
+            max_attempts: cli.max_attempts,
+        };
+        let config = Config {
+            listen_addr: cli.listen_addr,
+            log_format: cli.log_format,
+            upstream,
+            drain_delay: cli.drain_delay.into(),
+            shutdown_grace: cli.shutdown_grace.into(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Checks what clap cannot: relations between values and URL shapes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let up = &self.upstream;
+        for (flag, value) in [
+            ("connect-timeout", up.connect_timeout),
+            ("attempt-timeout", up.attempt_timeout),
+            ("call-timeout", up.call_timeout),
+            ("shutdown-grace", self.shutdown_grace),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { flag });
+            }
+        }
+        if up.attempt_timeout > up.call_timeout {
+            return Err(ConfigError::AttemptLongerThanCall {
+                attempt: up.attempt_timeout,
+                call: up.call_timeout,
+            });
+        }
+        if up.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return Err(ConfigError::EmptyRegion);
+        }
+        if let Some(endpoint) = &up.endpoint {
+            let uri: tonic::codegen::http::Uri = endpoint
+                .parse()
+                .map_err(|_| ConfigError::BadEndpoint(endpoint.clone()))?;
+            let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+            if !scheme_ok || uri.host().is_none() {
+                return Err(ConfigError::BadEndpoint(endpoint.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for UpstreamConfig {
+    /// The documented defaults, no region and no endpoint override.
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The documented defaults.
+    fn default() -> Self {
+        Self {
+            listen_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            log_format: LogFormat::Json,
+            upstream: UpstreamConfig::default(),
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("cognito-facade").chain(args.iter().copied()))
+                .map_err(|err| err.to_string())?;
+        Config::try_from(cli).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_constants() {
+        let config = parse(&["--region", "eu-west-1"]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.listen_addr, DEFAULT_LISTEN_ADDR.parse().unwrap());
+        assert_eq!(config.listen_addr, defaults.listen_addr);
+        assert_eq!(config.upstream.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.upstream.attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT);
+        assert_eq!(config.upstream.call_timeout, DEFAULT_CALL_TIMEOUT);
+        assert_eq!(config.upstream.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(config.drain_delay, defaults.drain_delay);
+        assert_eq!(config.shutdown_grace, defaults.shutdown_grace);
+        assert_eq!(config.upstream.region.as_deref(), Some("eu-west-1"));
+    }
+
+    #[test]
+    fn parses_human_durations() {
+        let config = parse(&["--attempt-timeout", "250ms", "--call-timeout", "1m 30s"]).unwrap();
+        assert_eq!(config.upstream.attempt_timeout, Duration::from_millis(250));
+        assert_eq!(config.upstream.call_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for (args, needle) in [
+            (&["--listen-addr", "nowhere"][..], "--listen-addr"),
+            (&["--connect-timeout", "soon"][..], "--connect-timeout"),
+            (&["--connect-timeout", "0s"][..], "--connect-timeout"),
+            (&["--max-attempts", "0"][..], "--max-attempts"),
+            (&["--log-format", "xml"][..], "--log-format"),
+            (
+                &["--attempt-timeout", "10s", "--call-timeout", "5s"][..],
+                "--attempt-timeout",
+            ),
+            (
+                &["--cognito-endpoint", "localhost:9229"][..],
+                "--cognito-endpoint",
+            ),
+            (
+                &["--cognito-endpoint", "ftp://example.com"][..],
+                "--cognito-endpoint",
+            ),
+            (&["--region", " "][..], "--region"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn accepts_an_http_endpoint() {
+        let config = parse(&["--cognito-endpoint", "http://127.0.0.1:9229"]).unwrap();
+        assert_eq!(
+            config.upstream.endpoint.as_deref(),
+            Some("http://127.0.0.1:9229")
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! The one mapping table: every way a call can fail, and the gRPC status, the
+//! `google.rpc.ErrorInfo` reason and the details each one answers with.
+//!
+//! The README's error table documents the same rows; `tests/api/errors.rs`
+//! checks that the two agree.
+
+use std::{collections::HashMap, error::Error as StdError, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use crate::token::TokenError;
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "cognito-idp.amazonaws.com";
+
+/// How long a throttled caller is told to wait (`google.rpc.RetryInfo`).
+/// Cognito sends no `Retry-After`; one second matches the SDK's base backoff
+/// scale for throttling errors.
+pub const THROTTLE_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The kinds of upstream outcome that are not a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamErrorKind {
+    /// `NotAuthorizedException`: the token is invalid, expired or revoked.
+    NotAuthorized,
+    /// `InvalidParameterException`.
+    InvalidParameter,
+    /// `ResourceNotFoundException`.
+    ResourceNotFound,
+    /// `UserNotFoundException`.
+    UserNotFound,
+    /// `UserNotConfirmedException`.
+    UserNotConfirmed,
+    /// `PasswordResetRequiredException`.
+    PasswordResetRequired,
+    /// `OperationNotEnabledException`.
+    OperationNotEnabled,
+    /// `TooManyRequestsException`, after the SDK's retries.
+    TooManyRequests,
+    /// `ForbiddenException` (WAF refused the request).
+    Forbidden,
+    /// `InternalErrorException`, after the SDK's retries.
+    InternalError,
+    /// An error code the model does not list, with a 4xx status.
+    Unmodeled,
+    /// A 5xx without a modeled code, or an error page that is not JSON.
+    Unavailable,
+    /// No HTTP response: connection refused, DNS, reset, other I/O.
+    Unreachable,
+    /// A connect, attempt or call timeout, or the caller's deadline.
+    Timeout,
+    /// A 2xx whose body is not a valid GetUserAuthFactors response.
+    BadResponse,
+    /// The SDK could not build the request (for example a bad endpoint).
+    RequestConstruction,
+}
+
+impl UpstreamErrorKind {
+    /// Every kind, in the README's order.
+    pub const ALL: [Self; 16] = [
+        Self::NotAuthorized,
+        Self::InvalidParameter,
+        Self::ResourceNotFound,
+        Self::UserNotFound,
+        Self::UserNotConfirmed,
+        Self::PasswordResetRequired,
+        Self::OperationNotEnabled,
+        Self::TooManyRequests,
+        Self::Forbidden,
+        Self::InternalError,
+        Self::Unmodeled,
+        Self::Unavailable,
+        Self::Unreachable,
+        Self::Timeout,
+        Self::BadResponse,
+        Self::RequestConstruction,
+    ];
+
+    /// The kind of a modeled Cognito error code, or `None` for any other code.
+    pub fn from_aws_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "NotAuthorizedException" => Self::NotAuthorized,
+            "InvalidParameterException" => Self::InvalidParameter,
+            "ResourceNotFoundException" => Self::ResourceNotFound,
+            "UserNotFoundException" => Self::UserNotFound,
+            "UserNotConfirmedException" => Self::UserNotConfirmed,
+            "PasswordResetRequiredException" => Self::PasswordResetRequired,
+            "OperationNotEnabledException" => Self::OperationNotEnabled,
+            "TooManyRequestsException" => Self::TooManyRequests,
+            "ForbiddenException" => Self::Forbidden,
+            "InternalErrorException" => Self::InternalError,
+            _ => return None,
+        })
+    }
+
+    /// The gRPC code and `ErrorInfo.reason` of this kind: the table itself.
+    pub fn status(self) -> (Code, &'static str) {
+        match self {
+            Self::NotAuthorized => (Code::Unauthenticated, "NOT_AUTHORIZED"),
+            Self::InvalidParameter => (Code::InvalidArgument, "INVALID_PARAMETER"),
+            Self::ResourceNotFound => (Code::NotFound, "RESOURCE_NOT_FOUND"),
+            Self::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
+            Self::UserNotConfirmed => (Code::FailedPrecondition, "USER_NOT_CONFIRMED"),
+            Self::PasswordResetRequired => (Code::FailedPrecondition, "PASSWORD_RESET_REQUIRED"),
+            Self::OperationNotEnabled => (Code::FailedPrecondition, "OPERATION_NOT_ENABLED"),
+            Self::TooManyRequests => (Code::ResourceExhausted, "TOO_MANY_REQUESTS"),
+            Self::Forbidden => (Code::PermissionDenied, "FORBIDDEN"),
+            Self::InternalError => (Code::Unavailable, "COGNITO_INTERNAL_ERROR"),
+            Self::Unmodeled => (Code::Unknown, "UNMODELED_ERROR"),
+            Self::Unavailable => (Code::Unavailable, "UPSTREAM_UNAVAILABLE"),
+            Self::Unreachable => (Code::Unavailable, "UPSTREAM_UNREACHABLE"),
+            Self::Timeout => (Code::DeadlineExceeded, "UPSTREAM_TIMEOUT"),
+            Self::BadResponse => (Code::Internal, "UPSTREAM_BAD_RESPONSE"),
+            Self::RequestConstruction => (Code::Internal, "REQUEST_CONSTRUCTION_FAILED"),
+        }
+    }
+
+    /// Whether the caller sees Cognito's own message. Only modeled client errors
+    /// pass it through; for the rest the message is generic and the cause is
+    /// logged.
+    pub fn passes_message(self) -> bool {
+        match self {
+            Self::NotAuthorized
+            | Self::InvalidParameter
+            | Self::ResourceNotFound
+            | Self::UserNotFound
+            | Self::UserNotConfirmed
+            | Self::PasswordResetRequired
+            | Self::OperationNotEnabled
+            | Self::TooManyRequests
+            | Self::Forbidden => true,
+            Self::InternalError
+            | Self::Unmodeled
+            | Self::Unavailable
+            | Self::Unreachable
+            | Self::Timeout
+            | Self::BadResponse
+            | Self::RequestConstruction => false,
+        }
+    }
+
+    /// The message callers see when Cognito's own is not passed through (or
+    /// Cognito sent none).
+    pub fn generic_message(self) -> &'static str {
+        match self {
+            Self::NotAuthorized => "the access token is not authorized",
+            Self::InvalidParameter => "Cognito refused a parameter",
+            Self::ResourceNotFound => "Cognito could not find the resource",
+            Self::UserNotFound => "the user does not exist",
+            Self::UserNotConfirmed => "the user is not confirmed",
+            Self::PasswordResetRequired => "the user must reset their password",
+            Self::OperationNotEnabled => {
+                "the operation is not enabled for this user pool or region"
+            }
+            Self::TooManyRequests => "Cognito is throttling requests; retry later",
+            Self::Forbidden => "the user pool's web ACL refused the request",
+            Self::InternalError => "Cognito reported an internal error",
+            Self::Unmodeled => "Cognito returned an unrecognised error",
+            Self::Unavailable => "Cognito is unavailable",
+            Self::Unreachable => "Cognito could not be reached",
+            Self::Timeout => "the call to Cognito timed out",
+            Self::BadResponse => "Cognito returned a response that could not be read",
+            Self::RequestConstruction => "the request to Cognito could not be built",
+        }
+    }
+
+    /// How long the caller should wait before retrying, where that is known.
+    pub fn retry_delay(self) -> Option<Duration> {
+        (self == Self::TooManyRequests).then_some(THROTTLE_RETRY_DELAY)
+    }
+}
+
+/// An upstream call that did not succeed, with what Cognito said about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind:?} (aws_error_code={aws_error_code:?}, aws_request_id={request_id:?})")]
+pub struct UpstreamError {
+    /// Which row of the table it is.
+    pub kind: UpstreamErrorKind,
+    /// Cognito's message, if it sent one.
+    pub message: Option<String>,
+    /// Cognito's error code (`__type`), if it sent one.
+    pub aws_error_code: Option<String>,
+    /// Cognito's request id, if a response arrived.
+    pub request_id: Option<String>,
+    /// `InvalidParameterException.reasonCode`, if present.
+    pub reason_code: Option<String>,
+    /// The underlying cause, for logs only.
+    #[source]
+    pub source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl UpstreamError {
+    /// An error of `kind` with nothing else known.
+    pub fn new(kind: UpstreamErrorKind) -> Self {
+        Self {
+            kind,
+            message: None,
+            aws_error_code: None,
+            request_id: None,
+            reason_code: None,
+            source: None,
+        }
+    }
+
+    /// The caller's deadline ran out before Cognito answered.
+    pub fn deadline() -> Self {
+        Self::new(UpstreamErrorKind::Timeout)
+    }
+}
+
+/// Why a GetUserAuthFactors call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request carried no usable access token.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// Cognito did not answer with a success.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Error {
+    /// The gRPC code and `ErrorInfo.reason` of this error.
+    pub fn status(&self) -> (Code, &'static str) {
+        match self {
+            Self::Token(err) => token_status(err),
+            Self::Upstream(err) => err.kind.status(),
+        }
+    }
+}
+
+/// The gRPC code and reason of each way a token can be unusable.
+pub fn token_status(err: &TokenError) -> (Code, &'static str) {
+    match err {
+        TokenError::Missing => (Code::Unauthenticated, "MISSING_ACCESS_TOKEN"),
+        TokenError::Conflicting => (Code::InvalidArgument, "CONFLICTING_ACCESS_TOKENS"),
+        TokenError::MalformedAuthorization => {
+            (Code::InvalidArgument, "MALFORMED_AUTHORIZATION_METADATA")
+        }
+        TokenError::TooLong { .. } | TokenError::InvalidCharacters { .. } => {
+            (Code::InvalidArgument, "INVALID_ACCESS_TOKEN")
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let (code, reason) = err.status();
+        let mut metadata = HashMap::new();
+        let (message, mut details) = match &err {
+            Error::Token(token_err) => {
+                let mut details = ErrorDetails::new();
+                if let Some(field) = token_err.field() {
+                    details.add_bad_request_violation(field, token_err.to_string());
+                }
+                (token_err.to_string(), details)
+            }
+            Error::Upstream(up) => {
+                if let Some(aws_code) = &up.aws_error_code {
+                    metadata.insert("aws_error_code".to_owned(), aws_code.clone());
+                }
+                if let Some(id) = &up.request_id {
+                    metadata.insert("aws_request_id".to_owned(), id.clone());
+                }
+                if let Some(reason_code) = &up.reason_code {
+                    metadata.insert("reason_code".to_owned(), reason_code.clone());
+                }
+                let message = match (&up.message, up.kind.passes_message()) {
+                    (Some(message), true) if !message.is_empty() => message.clone(),
+                    _ => up.kind.generic_message().to_owned(),
+                };
+                let mut details = ErrorDetails::new();
+                if let Some(delay) = up.kind.retry_delay() {
+                    details.set_retry_info(Some(delay));
+                }
+                (message, details)
+            }
+        };
+        details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use UpstreamErrorKind as K;
+
+    fn status_of(err: UpstreamError) -> Status {
+        Error::from(err).into()
+    }
+
+    /// One test per row of the README's upstream table.
+    macro_rules! rows {
+        ($($name:ident: $kind:expr, $aws_code:expr => $code:expr, $reason:literal;)*) => {$(
+            #[test]
+            fn $name() {
+                let mut err = UpstreamError::new($kind);
+                err.aws_error_code = $aws_code.map(str::to_owned);
+                err.message = Some("Cognito says no".to_owned());
+                err.request_id = Some("req-1".to_owned());
+                if let Some(aws_code) = $aws_code {
+                    assert_eq!(K::from_aws_code(aws_code), Some($kind));
+                }
+                let status = status_of(err);
+                assert_eq!(status.code(), $code);
+                let info = status.get_details_error_info().expect("ErrorInfo");
+                assert_eq!(info.reason, $reason);
+                assert_eq!(info.domain, ERROR_DOMAIN);
+                assert_eq!(info.metadata.get("aws_request_id").map(String::as_str), Some("req-1"));
+                assert_eq!(
+                    info.metadata.get("aws_error_code").map(String::as_str),
+                    $aws_code
+                );
+                let passes = status.message() == "Cognito says no";
+                assert_eq!(passes, $kind.passes_message(), "{}", status.message());
+                assert_eq!(status.get_details_retry_info().is_some(), $code == Code::ResourceExhausted);
+            }
+        )*};
+    }
+
+    rows! {
+        not_authorized: K::NotAuthorized, Some("NotAuthorizedException") => Code::Unauthenticated, "NOT_AUTHORIZED";
+        invalid_parameter: K::InvalidParameter, Some("InvalidParameterException") => Code::InvalidArgument, "INVALID_PARAMETER";
+        resource_not_found: K::ResourceNotFound, Some("ResourceNotFoundException") => Code::NotFound, "RESOURCE_NOT_FOUND";
+        user_not_found: K::UserNotFound, Some("UserNotFoundException") => Code::NotFound, "USER_NOT_FOUND";
+        user_not_confirmed: K::UserNotConfirmed, Some("UserNotConfirmedException") => Code::FailedPrecondition, "USER_NOT_CONFIRMED";
+        password_reset_required: K::PasswordResetRequired, Some("PasswordResetRequiredException") => Code::FailedPrecondition, "PASSWORD_RESET_REQUIRED";
+        operation_not_enabled: K::OperationNotEnabled, Some("OperationNotEnabledException") => Code::FailedPrecondition, "OPERATION_NOT_ENABLED";
+        too_many_requests: K::TooManyRequests, Some("TooManyRequestsException") => Code::ResourceExhausted, "TOO_MANY_REQUESTS";
+        forbidden: K::Forbidden, Some("ForbiddenException") => Code::PermissionDenied, "FORBIDDEN";
+        internal_error: K::InternalError, Some("InternalErrorException") => Code::Unavailable, "COGNITO_INTERNAL_ERROR";
+        unmodeled: K::Unmodeled, Some("SomethingNewException") => Code::Unknown, "UNMODELED_ERROR";
+        unavailable: K::Unavailable, None::<&str> => Code::Unavailable, "UPSTREAM_UNAVAILABLE";
+        unreachable: K::Unreachable, None::<&str> => Code::Unavailable, "UPSTREAM_UNREACHABLE";
+        timeout: K::Timeout, None::<&str> => Code::DeadlineExceeded, "UPSTREAM_TIMEOUT";
+        bad_response: K::BadResponse, None::<&str> => Code::Internal, "UPSTREAM_BAD_RESPONSE";
+        request_construction: K::RequestConstruction, None::<&str> => Code::Internal, "REQUEST_CONSTRUCTION_FAILED";
+    }
+
+    #[test]
+    fn unmodeled_codes_have_no_kind() {
+        assert_eq!(K::from_aws_code("SomethingNewException"), None);
+        assert_eq!(K::from_aws_code(""), None);
+    }
+
+    #[test]
+    fn reason_code_reaches_error_info() {
+        let mut err = UpstreamError::new(K::InvalidParameter);
+        err.reason_code = Some("INVALID_TOKEN_USE".to_owned());
+        let info = status_of(err).get_details_error_info().unwrap();
+        assert_eq!(
+            info.metadata.get("reason_code").map(String::as_str),
+            Some("INVALID_TOKEN_USE")
+        );
+    }
+
+    #[test]
+    fn missing_message_falls_back_to_generic() {
+        let status = status_of(UpstreamError::new(K::UserNotFound));
+        assert_eq!(status.message(), K::UserNotFound.generic_message());
+    }
+
+    #[test]
+    fn token_errors_carry_bad_request_where_a_field_is_at_fault() {
+        let status: Status = Error::from(TokenError::InvalidCharacters {
+            origin: crate::token::TokenSource::Field,
+        })
+        .into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad_request = status.get_details_bad_request().expect("BadRequest");
+        assert_eq!(bad_request.field_violations[0].field, "access_token");
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "INVALID_ACCESS_TOKEN"
+        );
+
+        let status: Status = Error::from(TokenError::Missing).into();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.get_details_bad_request().is_none());
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "MISSING_ACCESS_TOKEN"
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Code generated from `proto/` at build time (nothing generated is committed),
+//! plus the redacting `Debug` of the messages that carry secrets.
+
+#![allow(missing_docs, unreachable_pub, clippy::all)]
+
+use std::fmt;
+
+tonic::include_proto!("cognito.idp.v1");
+
+/// The encoded descriptor set of `proto/`, with comments, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cognito_idp_v1_descriptor.bin"));
+
+/// What `Debug` prints in place of a secret.
+pub(crate) const REDACTED: &str = "[REDACTED]";
+
+impl fmt::Debug for GetUserAuthFactorsRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetUserAuthFactorsRequest")
+            .field("access_token", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for GetUserAuthFactorsResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetUserAuthFactorsResponse")
+            .field("username", &REDACTED)
+            .field(
+                "preferred_mfa_setting",
+                &self
+                    .preferred_mfa_setting
+                    .map(|_| self.preferred_mfa_setting()),
+            )
+            .field(
+                "user_mfa_setting_list",
+                &self.user_mfa_setting_list().collect::<Vec<_>>(),
+            )
+            .field(
+                "configured_user_auth_factors",
+                &self.configured_user_auth_factors().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}

@@ -1,0 +1,222 @@
+//! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
+//! answer (or a precise status) out, inside one span per call.
+
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tracing::{Instrument as _, field::Empty};
+
+use crate::{
+    cognito::{Answer, Cognito},
+    error::{Error, UpstreamError},
+    proto::{
+        GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
+        identity_provider_service_server::IdentityProviderService,
+    },
+    token,
+};
+
+/// Response metadata that carries Cognito's request id.
+pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
+
+/// Our deadline runs out this much before the caller's, so the caller is
+/// answered DEADLINE_EXCEEDED by us rather than CANCELLED by tonic's own
+/// `grpc-timeout` timer (tokio timers tick in whole milliseconds).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// When a call arrived, stamped by [`stamp_arrival`] before the request body
+/// is read, so the caller's deadline is measured from the same instant as
+/// tonic's.
+#[derive(Debug, Clone, Copy)]
+struct Arrival(Instant);
+
+/// A tonic interceptor that records when each call arrived.
+pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Arrival(Instant::now()));
+    Ok(request)
+}
+
+/// The service implementation.
+#[derive(Debug, Clone)]
+pub struct FacadeService {
+    cognito: Cognito,
+}
+
+impl FacadeService {
+    /// A service that answers through `cognito`.
+    pub fn new(cognito: Cognito) -> Self {
+        Self { cognito }
+    }
+
+    async fn call(&self, request: Request<GetUserAuthFactorsRequest>) -> Result<Answer, Error> {
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
+        let caller_timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let token = token::extract(&request.get_ref().access_token, request.metadata())?;
+        let upstream = self.cognito.get_user_auth_factors(&token);
+        match caller_timeout {
+            None => Ok(upstream.await?),
+            Some(timeout) => {
+                let deadline = arrived + timeout.saturating_sub(DEADLINE_MARGIN);
+                tokio::time::timeout_at(deadline.into(), upstream)
+                    .await
+                    .map_err(|_| UpstreamError::deadline())?
+                    .map_err(Error::from)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityProviderService for FacadeService {
+    async fn get_user_auth_factors(
+        &self,
+        request: Request<GetUserAuthFactorsRequest>,
+    ) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
+        let span = tracing::info_span!(
+            "rpc",
+            rpc.service = "cognito.idp.v1.IdentityProviderService",
+            rpc.method = "GetUserAuthFactors",
+            grpc.code = Empty,
+            latency_us = Empty,
+            aws_request_id = Empty,
+        );
+        async move {
+            let started = Instant::now();
+            let result = self.call(request).await;
+            let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let span = tracing::Span::current();
+            span.record("latency_us", latency_us);
+            match result {
+                Ok(answer) => {
+                    span.record("grpc.code", "OK");
+                    if let Some(id) = &answer.request_id {
+                        span.record("aws_request_id", id.as_str());
+                    }
+                    tracing::info!("call finished");
+                    let mut response = Response::new(answer.response);
+                    if let Some(id) = answer.request_id.as_deref().and_then(metadata_value) {
+                        response.metadata_mut().insert(REQUEST_ID_METADATA, id);
+                    }
+                    Ok(response)
+                }
+                Err(err) => {
+                    let (code, reason) = err.status();
+                    span.record("grpc.code", format!("{code:?}"));
+                    if let Error::Upstream(UpstreamError {
+                        request_id: Some(id),
+                        ..
+                    }) = &err
+                    {
+                        span.record("aws_request_id", id.as_str());
+                    }
+                    log_failure(&err, reason);
+                    Err(err.into())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// One line per failed call: warnings for our side's trouble, info for the
+/// caller's.
+fn log_failure(err: &Error, reason: &'static str) {
+    match err {
+        Error::Token(_) => tracing::info!(reason, error = %err, "call refused"),
+        Error::Upstream(up) if up.kind.passes_message() => {
+            tracing::info!(
+                reason,
+                aws_error_code = up.aws_error_code.as_deref(),
+                "call failed"
+            )
+        }
+        Error::Upstream(_) => {
+            tracing::warn!(reason, error = %ErrorChain(err), "call failed")
+        }
+    }
+}
+
+/// Displays an error and its sources, `: `-separated.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// A request id as ASCII metadata, or `None` if Cognito sent something that
+/// cannot be one.
+fn metadata_value(id: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+    id.parse().ok()
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u,
+/// n), per <https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>.
+/// Returns `None` for anything else; tonic ignores such values too.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at_checked(split)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_grpc_timeout_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn refuses_malformed_grpc_timeouts() {
+        for value in [
+            "",
+            "S",
+            "100",
+            "123456789S",
+            "1.5S",
+            "-1S",
+            "10x",
+            "1é",
+            "é",
+        ] {
+            assert_eq!(parse_grpc_timeout(value), None, "{value:?}");
+        }
+    }
+}
