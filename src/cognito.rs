@@ -8,7 +8,7 @@ use aws_config::{
 };
 use aws_sdk_cognitoidentityprovider::{
     Client,
-    error::{DisplayErrorContext, ProvideErrorMetadata as _, SdkError},
+    error::{ProvideErrorMetadata as _, SdkError},
     operation::{
         RequestId as _,
         get_user_auth_factors::{GetUserAuthFactorsError, GetUserAuthFactorsOutput},
@@ -71,7 +71,11 @@ impl Cognito {
             .region(region)
             .no_credentials()
             .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts))
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts)
+                    .with_initial_backoff(config.retry_backoff),
+            )
             .load()
             .await;
         let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared);
@@ -95,6 +99,13 @@ impl Cognito {
             .send()
             .await
             .map_err(upstream_error)?;
+        // The model requires a username of 1 to 128 characters; the SDK lets
+        // an absent one through as "".
+        if output.username().is_empty() {
+            let mut err = UpstreamError::new(UpstreamErrorKind::BadResponse);
+            err.request_id = output.request_id().map(str::to_owned);
+            return Err(err);
+        }
         Ok(Answer {
             request_id: output.request_id().map(str::to_owned),
             response: to_proto(&output),
@@ -163,9 +174,12 @@ fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
 
 /// SDK error to domain error. Which row of the table an outcome lands in is
 /// decided by [`UpstreamErrorKind`]; this only reads what the SDK knows.
+///
+/// Never log the SDK error with `Debug` (or `DisplayErrorContext`, which ends
+/// in `Debug`): it holds the raw HTTP response, body and username included.
+/// Its `Display` chain is safe.
 fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> UpstreamError {
     let request_id = err.request_id().map(str::to_owned);
-    let status = err.raw_response().map(|raw| raw.status());
     let mut up = match &err {
         SdkError::ServiceError(context) => {
             let service_err = context.err();
@@ -204,12 +218,6 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
         // transport one.
         _ => UpstreamError::new(UpstreamErrorKind::Unavailable),
     };
-    tracing::debug!(
-        kind = ?up.kind,
-        http_status = status.map(|s| s.as_u16()),
-        error = %DisplayErrorContext(&err),
-        "upstream call failed"
-    );
     up.request_id = request_id;
     up.source = Some(Box::new(err));
     up

@@ -36,6 +36,11 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ENV_MAX_ATTEMPTS: &str = "COGNITO_FACADE_MAX_ATTEMPTS";
 /// Default attempts per upstream call (the AWS SDKs' standard retry mode).
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Env var for `--retry-backoff`.
+pub const ENV_RETRY_BACKOFF: &str = "COGNITO_FACADE_RETRY_BACKOFF";
+/// Default initial retry backoff. The SDK doubles it per retry with full
+/// jitter; its own default (1s) would spend most of a 5s call budget waiting.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Env var for `--drain-delay`.
 pub const ENV_DRAIN_DELAY: &str = "COGNITO_FACADE_DRAIN_DELAY";
 /// Default time between reporting NOT_SERVING and closing the listener, so
@@ -92,6 +97,10 @@ pub struct Cli {
     #[arg(long, env = ENV_MAX_ATTEMPTS, default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10), value_name = "N")]
     pub max_attempts: u32,
 
+    /// Initial backoff before a retry; doubled per retry, with full jitter.
+    #[arg(long, env = ENV_RETRY_BACKOFF, default_value_t = DEFAULT_RETRY_BACKOFF.into(), value_name = "DURATION")]
+    pub retry_backoff: humantime::Duration,
+
     /// On SIGTERM/SIGINT: how long to report NOT_SERVING while still serving, before closing the listener.
     #[arg(long, env = ENV_DRAIN_DELAY, default_value_t = DEFAULT_DRAIN_DELAY.into(), value_name = "DURATION")]
     pub drain_delay: humantime::Duration,
@@ -132,6 +141,8 @@ pub struct UpstreamConfig {
     pub call_timeout: Duration,
     /// Attempts per call.
     pub max_attempts: u32,
+    /// Initial retry backoff.
+    pub retry_backoff: Duration,
 }
 
 /// A flag value that parses but makes no sense.
@@ -172,6 +183,7 @@ impl TryFrom<Cli> for Config {
             attempt_timeout: cli.attempt_timeout.into(),
             call_timeout: cli.call_timeout.into(),
             max_attempts: cli.max_attempts,
+            retry_backoff: cli.retry_backoff.into(),
         };
         let config = Config {
             listen_addr: cli.listen_addr,
@@ -231,6 +243,7 @@ impl Default for UpstreamConfig {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
         }
     }
 }
@@ -269,6 +282,7 @@ mod tests {
         assert_eq!(config.upstream.attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT);
         assert_eq!(config.upstream.call_timeout, DEFAULT_CALL_TIMEOUT);
         assert_eq!(config.upstream.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(config.upstream.retry_backoff, DEFAULT_RETRY_BACKOFF);
         assert_eq!(config.drain_delay, defaults.drain_delay);
         assert_eq!(config.shutdown_grace, defaults.shutdown_grace);
         assert_eq!(config.upstream.region.as_deref(), Some("eu-west-1"));

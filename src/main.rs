@@ -1,7 +1,7 @@
 //! The `cognito-facade` binary: configuration, telemetry, the Cognito client,
 //! a bound listener and the shutdown signal, handed to the library.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use cognito_facade::{
@@ -22,11 +22,10 @@ fn main() -> ExitCode {
     if let Err(err) = telemetry::check_sensitive_logging_off() {
         return config_error(err);
     }
-    let subscriber = match telemetry::subscriber(
-        config.log_format,
-        &telemetry::filter_from_env(),
-        std::io::stdout,
-    ) {
+    let ansi = std::io::stdout().is_terminal();
+    let filter = telemetry::filter_from_env();
+    let subscriber = match telemetry::subscriber(config.log_format, &filter, ansi, std::io::stdout)
+    {
         Ok(subscriber) => subscriber,
         Err(err) => return config_error(err),
     };

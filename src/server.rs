@@ -38,6 +38,9 @@ pub enum ServerError {
     /// The reflection service could not read the descriptor sets.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("reading the listener's address: {0}")]
+    Listener(std::io::Error),
     /// The listener or a connection failed fatally.
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -52,7 +55,6 @@ pub async fn run(
     cognito: Cognito,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    let local_addr = listener.local_addr().ok();
     let (mut health, health_service) = tonic_health::server::health_reporter();
     set_status(&health, ServingStatus::Serving).await;
 
@@ -69,6 +71,7 @@ pub async fn run(
     let rpc = tonic::service::interceptor::InterceptedService::new(rpc, stamp_arrival);
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
+    let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -83,7 +86,7 @@ pub async fn run(
             let _ = stop_signal.await;
         });
     tokio::pin!(server);
-    tracing::info!(addr = ?local_addr, "serving");
+    tracing::info!(addr = %local_addr, "serving");
 
     tokio::select! {
         result = &mut server => return result.map_err(ServerError::from),

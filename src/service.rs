@@ -8,7 +8,7 @@ use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     cognito::{Answer, Cognito},
-    error::{Error, UpstreamError},
+    error::{Error, ErrorChain, UpstreamError, code_name},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
@@ -19,10 +19,20 @@ use crate::{
 /// Response metadata that carries Cognito's request id.
 pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
 
-/// Our deadline runs out this much before the caller's, so the caller is
-/// answered DEADLINE_EXCEEDED by us rather than CANCELLED by tonic's own
-/// `grpc-timeout` timer (tokio timers tick in whole milliseconds).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+/// We answer DEADLINE_EXCEEDED a little before the caller's deadline, so the
+/// answer (with its ErrorInfo) reaches the caller before its own timer fires
+/// and before tonic's `grpc-timeout` timer answers CANCELLED: 5% of the
+/// deadline, at least 2 ms (tokio timers tick in whole milliseconds) and at
+/// most 50 ms.
+const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(2);
+/// See [`DEADLINE_MARGIN_MIN`].
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(50);
+
+/// How much of the caller's `timeout` the upstream call may use.
+fn upstream_budget(timeout: Duration) -> Duration {
+    let margin = (timeout / 20).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
+    timeout.saturating_sub(margin)
+}
 
 /// When a call arrived, stamped by [`stamp_arrival`] before the request body
 /// is read, so the caller's deadline is measured from the same instant as
@@ -63,7 +73,7 @@ impl FacadeService {
         match caller_timeout {
             None => Ok(upstream.await?),
             Some(timeout) => {
-                let deadline = arrived + timeout.saturating_sub(DEADLINE_MARGIN);
+                let deadline = arrived + upstream_budget(timeout);
                 tokio::time::timeout_at(deadline.into(), upstream)
                     .await
                     .map_err(|_| UpstreamError::deadline())?
@@ -95,7 +105,7 @@ impl IdentityProviderService for FacadeService {
             span.record("latency_us", latency_us);
             match result {
                 Ok(answer) => {
-                    span.record("grpc.code", "OK");
+                    span.record("grpc.code", code_name(tonic::Code::Ok));
                     if let Some(id) = &answer.request_id {
                         span.record("aws_request_id", id.as_str());
                     }
@@ -108,7 +118,7 @@ impl IdentityProviderService for FacadeService {
                 }
                 Err(err) => {
                     let (code, reason) = err.status();
-                    span.record("grpc.code", format!("{code:?}"));
+                    span.record("grpc.code", code_name(code));
                     if let Error::Upstream(UpstreamError {
                         request_id: Some(id),
                         ..
@@ -144,21 +154,6 @@ fn log_failure(err: &Error, reason: &'static str) {
     }
 }
 
-/// Displays an error and its sources, `: `-separated.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(err) = source {
-            write!(f, ": {err}")?;
-            source = err.source();
-        }
-        Ok(())
-    }
-}
-
 /// A request id as ASCII metadata, or `None` if Cognito sent something that
 /// cannot be one.
 fn metadata_value(id: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
@@ -189,6 +184,15 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_budget_leaves_a_bounded_margin() {
+        let ms = Duration::from_millis;
+        assert_eq!(upstream_budget(ms(1)), ms(0));
+        assert_eq!(upstream_budget(ms(20)), ms(18));
+        assert_eq!(upstream_budget(ms(300)), ms(285));
+        assert_eq!(upstream_budget(Duration::from_secs(5)), ms(4950));
+    }
 
     #[test]
     fn parses_every_grpc_timeout_unit() {

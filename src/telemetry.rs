@@ -40,10 +40,12 @@ fn is_safe(meta: &Metadata<'_>) -> bool {
 }
 
 /// Builds the subscriber: `format` lines through `filter` (a `RUST_LOG`
-/// directive string) into `writer`. Tests pass a buffer as the writer.
+/// directive string) into `writer`, with colours only if `ansi` (a terminal).
+/// Tests pass a buffer as the writer.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: &str,
+    ansi: bool,
     writer: W,
 ) -> Result<impl Subscriber + Send + Sync + 'static, String>
 where
@@ -60,7 +62,10 @@ where
             .with_span_list(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
     };
     Ok(tracing_subscriber::registry().with(layer.with_filter(filter)))
 }
@@ -68,4 +73,86 @@ where
 /// The filter directives from `RUST_LOG`, or [`DEFAULT_FILTER`].
 pub fn filter_from_env() -> String {
     std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| DEFAULT_FILTER.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io,
+        sync::{Arc, Mutex},
+    };
+
+    use super::*;
+
+    /// A log sink the test can read back.
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buffer {
+        type Writer = Self;
+
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    fn capture(format: LogFormat, filter: &str, emit: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let subscriber = subscriber(format, filter, false, buffer.clone()).unwrap();
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_sdk_wire_trace_is_dropped_even_at_trace() {
+        for format in [LogFormat::Json, LogFormat::Text] {
+            let logs = capture(format, "trace", || {
+                tracing::trace!(
+                    target: "aws_smithy_runtime::client::orchestrator",
+                    body = "AccessToken-SECRET",
+                    "transmitting request"
+                );
+                tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "kept debug");
+                tracing::trace!(target: "h2::codec", "kept trace");
+            });
+            assert!(!logs.contains("SECRET"), "{logs}");
+            assert!(
+                logs.contains("kept debug") && logs.contains("kept trace"),
+                "{logs}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_filter_applies_and_json_is_one_object_a_line() {
+        let logs = capture(LogFormat::Json, "warn", || {
+            tracing::info!("dropped");
+            tracing::warn!(answer = 42, "kept");
+        });
+        let lines: Vec<&str> = logs.lines().collect();
+        assert_eq!(lines.len(), 1, "{logs}");
+        assert!(
+            lines[0].starts_with('{') && lines[0].contains("\"answer\":42"),
+            "{logs}"
+        );
+    }
+
+    #[test]
+    fn a_bad_filter_is_an_error_that_names_rust_log() {
+        let err = subscriber(LogFormat::Text, "info,[", false, Buffer::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("RUST_LOG"), "{err}");
+    }
 }

@@ -1,0 +1,350 @@
+//! Every row of the error table, end to end through the stand-in, and the
+//! README's table checked against the code's.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use cognito_facade::{
+    error::{ERROR_DOMAIN, Error, UpstreamError, UpstreamErrorKind},
+    token::{TokenError, TokenSource},
+};
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::helpers::{
+    Reply, StandIn, TOKEN, TestApp, code_name, request, spawn_app, spawn_app_with, test_config,
+};
+
+/// What a failed call answered.
+struct Seen {
+    status: tonic::Status,
+    reason: String,
+    metadata: std::collections::HashMap<String, String>,
+}
+
+async fn call(app: &mut TestApp) -> Seen {
+    let status = app
+        .client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .unwrap_err();
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, ERROR_DOMAIN);
+    Seen {
+        reason: info.reason,
+        metadata: info.metadata,
+        status,
+    }
+}
+
+/// Every modeled Cognito error: code, reason, Cognito's message, its code and
+/// request id in ErrorInfo.
+#[tokio::test]
+async fn modeled_errors_map_as_documented() {
+    let rows = [
+        (
+            400,
+            "NotAuthorizedException",
+            Code::Unauthenticated,
+            "NOT_AUTHORIZED",
+        ),
+        (
+            400,
+            "InvalidParameterException",
+            Code::InvalidArgument,
+            "INVALID_PARAMETER",
+        ),
+        (
+            400,
+            "ResourceNotFoundException",
+            Code::NotFound,
+            "RESOURCE_NOT_FOUND",
+        ),
+        (
+            400,
+            "UserNotFoundException",
+            Code::NotFound,
+            "USER_NOT_FOUND",
+        ),
+        (
+            400,
+            "UserNotConfirmedException",
+            Code::FailedPrecondition,
+            "USER_NOT_CONFIRMED",
+        ),
+        (
+            400,
+            "PasswordResetRequiredException",
+            Code::FailedPrecondition,
+            "PASSWORD_RESET_REQUIRED",
+        ),
+        (
+            400,
+            "OperationNotEnabledException",
+            Code::FailedPrecondition,
+            "OPERATION_NOT_ENABLED",
+        ),
+        (
+            400,
+            "TooManyRequestsException",
+            Code::ResourceExhausted,
+            "TOO_MANY_REQUESTS",
+        ),
+        (
+            403,
+            "ForbiddenException",
+            Code::PermissionDenied,
+            "FORBIDDEN",
+        ),
+    ];
+    let mut app = spawn_app().await;
+    for (http_status, aws_type, code, reason) in rows {
+        let message = format!("Cognito says {aws_type}");
+        app.stand_in
+            .always(Reply::error(http_status, aws_type, &message));
+        let before = app.stand_in.received().len();
+        let seen = call(&mut app).await;
+        let calls = app.stand_in.received().len() - before;
+        assert_eq!(seen.status.code(), code, "{aws_type}");
+        assert_eq!(seen.reason, reason, "{aws_type}");
+        assert_eq!(
+            seen.status.message(),
+            message,
+            "{aws_type}: Cognito's message passes through"
+        );
+        assert_eq!(seen.metadata["aws_error_code"], aws_type);
+        assert_eq!(
+            seen.metadata["aws_request_id"],
+            StandIn::request_id(u64::try_from(before + calls).unwrap()),
+            "{aws_type}: the last attempt's request id"
+        );
+        let retried = aws_type == "TooManyRequestsException";
+        assert_eq!(
+            calls,
+            if retried { 3 } else { 1 },
+            "{aws_type}: SDK retries only throttling"
+        );
+        assert_eq!(
+            seen.status.get_details_retry_info().is_some(),
+            retried,
+            "{aws_type}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn throttling_tells_the_caller_when_to_retry() {
+    let mut app = spawn_app().await;
+    app.stand_in.always(Reply::error(
+        400,
+        "TooManyRequestsException",
+        "Rate exceeded",
+    ));
+    let seen = call(&mut app).await;
+    let retry = seen.status.get_details_retry_info().unwrap();
+    assert_eq!(
+        retry.retry_delay,
+        Some(cognito_facade::error::THROTTLE_RETRY_DELAY)
+    );
+}
+
+#[tokio::test]
+async fn invalid_parameter_reason_code_reaches_error_info() {
+    let mut app = spawn_app().await;
+    app.stand_in.always(Reply::Error {
+        status: 400,
+        aws_type: "InvalidParameterException".to_owned(),
+        body: json!({ "message": "Invalid token use", "reasonCode": "INVALID_TOKEN_USE" }),
+    });
+    let seen = call(&mut app).await;
+    assert_eq!(seen.metadata["reason_code"], "INVALID_TOKEN_USE");
+}
+
+#[tokio::test]
+async fn internal_error_is_retried_then_unavailable_with_a_generic_message() {
+    let mut app = spawn_app().await;
+    app.stand_in.always(Reply::error(
+        500,
+        "InternalErrorException",
+        "secret internals",
+    ));
+    let seen = call(&mut app).await;
+    assert_eq!(seen.status.code(), Code::Unavailable);
+    assert_eq!(seen.reason, "COGNITO_INTERNAL_ERROR");
+    assert_eq!(seen.metadata["aws_error_code"], "InternalErrorException");
+    assert!(!seen.status.message().contains("secret internals"));
+    assert_eq!(app.stand_in.received().len(), 3, "the SDK's three attempts");
+}
+
+#[tokio::test]
+async fn internal_error_then_success_succeeds() {
+    let mut app = spawn_app().await;
+    app.stand_in
+        .then([Reply::error(500, "InternalErrorException", "blip")]);
+    app.client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .unwrap();
+    assert_eq!(app.stand_in.received().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unmodeled_4xx_is_unknown_and_names_the_code() {
+    let mut app = spawn_app().await;
+    app.stand_in.always(Reply::error(
+        400,
+        "LimitExceededException",
+        "not in the model",
+    ));
+    let seen = call(&mut app).await;
+    assert_eq!(seen.status.code(), Code::Unknown);
+    assert_eq!(seen.reason, "UNMODELED_ERROR");
+    assert_eq!(seen.metadata["aws_error_code"], "LimitExceededException");
+}
+
+#[tokio::test]
+async fn an_unmodeled_5xx_and_an_html_error_page_are_unavailable() {
+    let mut app = spawn_app().await;
+    for reply in [
+        Reply::error(503, "ServiceUnavailableException", "down"),
+        Reply::Raw {
+            status: 502,
+            content_type: "text/html",
+            body: "<html><body>Bad Gateway</body></html>".to_owned(),
+        },
+        Reply::Raw {
+            status: 403,
+            content_type: "text/html",
+            body: "<html><body>Request blocked</body></html>".to_owned(),
+        },
+    ] {
+        app.stand_in.always(reply.clone());
+        let seen = call(&mut app).await;
+        assert_eq!(seen.status.code(), Code::Unavailable, "{reply:?}");
+        assert_eq!(seen.reason, "UPSTREAM_UNAVAILABLE", "{reply:?}");
+        assert_eq!(seen.status.message(), "Cognito is unavailable");
+    }
+}
+
+#[tokio::test]
+async fn an_unparseable_success_is_internal() {
+    let mut app = spawn_app().await;
+    for reply in [
+        Reply::Raw {
+            status: 200,
+            content_type: crate::helpers::AWS_JSON,
+            body: "{\"Username\": \"ali".to_owned(),
+        },
+        Reply::Success(json!({ "ConfiguredUserAuthFactors": ["PASSWORD"] })),
+        Reply::Success(json!({ "Username": 42 })),
+    ] {
+        app.stand_in.always(reply.clone());
+        let seen = call(&mut app).await;
+        assert_eq!(seen.status.code(), Code::Internal, "{reply:?}");
+        assert_eq!(seen.reason, "UPSTREAM_BAD_RESPONSE", "{reply:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_cognito_is_unavailable() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let stand_in = StandIn::start().await;
+    let mut app = spawn_app_with(stand_in, test_config(&endpoint)).await;
+    let seen = call(&mut app).await;
+    assert_eq!(seen.status.code(), Code::Unavailable);
+    assert_eq!(seen.reason, "UPSTREAM_UNREACHABLE");
+    assert_eq!(seen.status.message(), "Cognito could not be reached");
+    assert!(!seen.metadata.contains_key("aws_request_id"));
+}
+
+#[tokio::test]
+async fn the_callers_deadline_caps_the_upstream_call() {
+    let mut app = spawn_app().await;
+    app.stand_in.always(Reply::Delay(
+        Duration::from_secs(10),
+        Box::new(Reply::full_success()),
+    ));
+    let mut req = request(TOKEN);
+    req.set_timeout(Duration::from_millis(600));
+    let started = Instant::now();
+    let status = app.client.get_user_auth_factors(req).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "UPSTREAM_TIMEOUT"
+    );
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "answered after {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_call_timeout_bounds_a_slow_cognito() {
+    let stand_in = StandIn::start().await;
+    let mut config = test_config(&stand_in.endpoint);
+    config.upstream.attempt_timeout = Duration::from_millis(200);
+    config.upstream.call_timeout = Duration::from_millis(400);
+    config.upstream.max_attempts = 1;
+    stand_in.always(Reply::Delay(
+        Duration::from_secs(10),
+        Box::new(Reply::full_success()),
+    ));
+    let mut app = spawn_app_with(stand_in, config).await;
+    let started = Instant::now();
+    let seen = call(&mut app).await;
+    assert_eq!(seen.status.code(), Code::DeadlineExceeded);
+    assert_eq!(seen.reason, "UPSTREAM_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// The README's error tables name exactly the (code, reason) pairs the code
+/// produces.
+#[test]
+fn the_readme_documents_every_row() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let documented: BTreeSet<(String, String)> = readme
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | outcome | `CODE` | `REASON` | notes |
+            let code = cells.get(2)?.trim_matches('`');
+            let reason = cells.get(3)?.trim_matches('`');
+            let is_name =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+            (is_name(code) && is_name(reason)).then(|| (code.to_owned(), reason.to_owned()))
+        })
+        .collect();
+
+    let mut produced = BTreeSet::new();
+    for kind in UpstreamErrorKind::ALL {
+        let (code, reason) = Error::from(UpstreamError::new(kind)).status();
+        produced.insert((code_name(code), reason.to_owned()));
+    }
+    for err in [
+        TokenError::Missing,
+        TokenError::Conflicting,
+        TokenError::MalformedAuthorization,
+        TokenError::InvalidCharacters {
+            origin: TokenSource::Field,
+        },
+    ] {
+        let (code, reason) = Error::from(err).status();
+        produced.insert((code_name(code), reason.to_owned()));
+    }
+    assert_eq!(documented, produced);
+}

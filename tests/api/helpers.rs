@@ -1,0 +1,465 @@
+//! The test harness: a Cognito stand-in that speaks awsJson1.1 on loopback,
+//! `spawn_app()` running the real server on `127.0.0.1:0`, and log capture.
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use cognito_facade::{
+    cognito::Cognito,
+    config::{Config, LogFormat, UpstreamConfig},
+    proto::GetUserAuthFactorsRequest,
+    proto::identity_provider_service_client::IdentityProviderServiceClient,
+    server::{self, ServerError},
+};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// The `X-Amz-Target` of GetUserAuthFactors.
+pub(crate) const TARGET: &str = "AWSCognitoIdentityProviderService.GetUserAuthFactors";
+/// The awsJson1.1 content type.
+pub(crate) const AWS_JSON: &str = "application/x-amz-json-1.1";
+/// A token that passes validation.
+pub(crate) const TOKEN: &str =
+    "eyJraWQiOiJrMSJ9.eyJzdWIiOiJ1MSIsInNjb3BlIjoiYWRtaW4ifQ.c2lnbmF0dXJl";
+/// The username the stand-in answers with by default.
+pub(crate) const USERNAME: &str = "alice.example";
+
+/// What the stand-in answers to one request.
+#[derive(Debug, Clone)]
+pub(crate) enum Reply {
+    /// 200 with this JSON body.
+    Success(Value),
+    /// An awsJson1.1 error: status, `__type`, and the rest of the body.
+    Error {
+        status: u16,
+        aws_type: String,
+        body: Value,
+    },
+    /// Any status, content type and body.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// Waits, then answers.
+    Delay(Duration, Box<Reply>),
+}
+
+impl Reply {
+    /// A modeled error with a message.
+    pub(crate) fn error(status: u16, aws_type: &str, message: &str) -> Self {
+        Self::Error {
+            status,
+            aws_type: aws_type.to_owned(),
+            body: json!({ "message": message }),
+        }
+    }
+
+    /// The usual success: a user with TOTP preferred and three factors.
+    pub(crate) fn full_success() -> Self {
+        Self::Success(json!({
+            "Username": USERNAME,
+            "PreferredMfaSetting": "SOFTWARE_TOKEN_MFA",
+            "UserMFASettingList": ["SMS_MFA", "SOFTWARE_TOKEN_MFA", "EMAIL_OTP"],
+            "ConfiguredUserAuthFactors": ["PASSWORD", "WEB_AUTHN", "SOFTWARE_TOKEN", "EMAIL_OTP", "SMS_OTP"],
+        }))
+    }
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) target: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) authorization: Option<String>,
+    pub(crate) body: Value,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: VecDeque<Reply>,
+    fallback: Reply,
+    received: Vec<Received>,
+    request_ids: u64,
+}
+
+/// A Cognito stand-in on `127.0.0.1`: checks that requests are awsJson1.1
+/// GetUserAuthFactors calls, records them, and answers from a queue of
+/// replies, then a fallback.
+#[derive(Debug, Clone)]
+pub(crate) struct StandIn {
+    pub(crate) endpoint: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl StandIn {
+    pub(crate) async fn start() -> Self {
+        let shared = Arc::new(Mutex::new(Shared {
+            queue: VecDeque::new(),
+            fallback: Reply::full_success(),
+            received: Vec::new(),
+            request_ids: 0,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { endpoint, shared }
+    }
+
+    /// Answers every request (after the queue) with `reply`.
+    pub(crate) fn always(&self, reply: Reply) {
+        self.shared.lock().unwrap().fallback = reply;
+    }
+
+    /// Answers the next requests with `replies`, in order.
+    pub(crate) fn then(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.lock().unwrap().queue.extend(replies);
+    }
+
+    /// Every request received so far.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().received.clone()
+    }
+
+    /// The request id of the `n`th response (1-based).
+    pub(crate) fn request_id(n: u64) -> String {
+        format!("{n:08x}-5ca1-4e00-8000-00000000c0de")
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let received = Received {
+        target: text("x-amz-target"),
+        content_type: text("content-type"),
+        authorization: text("authorization"),
+        body: parsed.clone().unwrap_or(Value::Null),
+    };
+    let (reply, request_id) = {
+        let mut shared = shared.lock().unwrap();
+        shared.received.push(received.clone());
+        shared.request_ids += 1;
+        let reply = shared
+            .queue
+            .pop_front()
+            .unwrap_or_else(|| shared.fallback.clone());
+        (reply, StandIn::request_id(shared.request_ids))
+    };
+    // Refuse what real Cognito would refuse, so a client that drifts from the
+    // protocol fails the tests.
+    let well_formed = method == Method::POST
+        && uri.path() == "/"
+        && received.target.as_deref() == Some(TARGET)
+        && received.content_type.as_deref() == Some(AWS_JSON)
+        && parsed
+            .as_ref()
+            .and_then(|v| v.get("AccessToken"))
+            .is_some_and(Value::is_string);
+    if !well_formed {
+        let reply = Reply::error(
+            400,
+            "UnknownOperationException",
+            "stand-in: not a GetUserAuthFactors call",
+        );
+        return respond(reply, &request_id).await;
+    }
+    respond(reply, &request_id).await
+}
+
+async fn respond(mut reply: Reply, request_id: &str) -> Response {
+    while let Reply::Delay(delay, next) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *next;
+    }
+    let (status, content_type, body) = match reply {
+        Reply::Success(body) => (200, AWS_JSON, body.to_string()),
+        Reply::Error {
+            status,
+            aws_type,
+            mut body,
+        } => {
+            body["__type"] = Value::String(aws_type);
+            (status, AWS_JSON, body.to_string())
+        }
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+        } => (status, content_type, body),
+        Reply::Delay(..) => unreachable!("delays are unwrapped above"),
+    };
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::HeaderName::from_static("x-amzn-requestid"),
+                request_id.to_owned(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The test configuration: short timeouts and delays so tests stay fast.
+pub(crate) fn test_config(endpoint: &str) -> Config {
+    Config {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        log_format: LogFormat::Text,
+        upstream: UpstreamConfig {
+            region: Some("eu-west-1".to_owned()),
+            endpoint: Some(endpoint.to_owned()),
+            connect_timeout: Duration::from_millis(500),
+            attempt_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(3),
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(5),
+        },
+        drain_delay: Duration::from_millis(300),
+        shutdown_grace: Duration::from_secs(3),
+    }
+}
+
+/// The real server, running in this process on `127.0.0.1:0`.
+#[derive(Debug)]
+pub(crate) struct TestApp {
+    pub(crate) addr: SocketAddr,
+    pub(crate) channel: Channel,
+    pub(crate) client: IdentityProviderServiceClient<Channel>,
+    pub(crate) stand_in: StandIn,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub(crate) server: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestApp {
+    /// Sends the shutdown signal (what SIGTERM does in `main`).
+    pub(crate) fn shut_down(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for `run` to return.
+    pub(crate) async fn stopped(&mut self) -> Result<(), ServerError> {
+        self.server.take().expect("not yet awaited").await.unwrap()
+    }
+}
+
+/// Starts a stand-in and the server against it, with [`test_config`].
+pub(crate) async fn spawn_app() -> TestApp {
+    let stand_in = StandIn::start().await;
+    let config = test_config(&stand_in.endpoint);
+    spawn_app_with(stand_in, config).await
+}
+
+/// Starts the server with `config`, talking to whatever `config` names.
+pub(crate) async fn spawn_app_with(stand_in: StandIn, config: Config) -> TestApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cognito = Cognito::from_config(&config.upstream).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, config, cognito, async {
+        let _ = rx.await;
+    }));
+    // The listener is bound already, so connecting cannot race the server.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    TestApp {
+        addr,
+        client: IdentityProviderServiceClient::new(channel.clone()),
+        channel,
+        stand_in,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+/// A request with the token in the field.
+pub(crate) fn request(token: &str) -> tonic::Request<GetUserAuthFactorsRequest> {
+    tonic::Request::new(GetUserAuthFactorsRequest {
+        access_token: token.to_owned(),
+    })
+}
+
+/// The canonical name of a gRPC code (`FAILED_PRECONDITION`).
+pub(crate) fn code_name(code: tonic::Code) -> String {
+    let camel = format!("{code:?}");
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cognito-facade");
+
+/// The binary with an empty environment (no AWS settings, no home directory,
+/// so no profile and no credentials) plus `envs`.
+pub(crate) fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env_clear().env("HOME", "/nonexistent");
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    command
+}
+
+/// The binary running on `127.0.0.1:0` with JSON logs on stdout; killed if
+/// the test fails before it exits.
+#[derive(Debug)]
+pub(crate) struct Running {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+impl Running {
+    /// Starts the binary and waits (bounded) for its "serving" log line, which
+    /// names the bound address (so a `RUST_LOG` filter must let
+    /// `cognito_facade::server` log at info).
+    pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut all_envs = vec![
+            ("COGNITO_FACADE_LISTEN_ADDR", "127.0.0.1:0"),
+            ("COGNITO_FACADE_LOG_FORMAT", "json"),
+            ("COGNITO_FACADE_DRAIN_DELAY", "100ms"),
+        ];
+        all_envs.extend_from_slice(envs);
+        let mut child = command(args, &all_envs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            seen: Vec::new(),
+        };
+        let line = running.wait_for_line("serving");
+        running.addr = match serde_json::from_str::<Value>(&line) {
+            Ok(parsed) => parsed["fields"]["addr"].as_str().unwrap().parse().unwrap(),
+            // Text format: `... serving addr=127.0.0.1:PORT`.
+            Err(_) => line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("addr="))
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+                .parse()
+                .unwrap(),
+        };
+        running
+    }
+
+    /// Waits (at most 10 s) for a log line containing `needle`.
+    pub(crate) fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} within 10 s"));
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// A client connected to the binary.
+    pub(crate) async fn client(&self) -> IdentityProviderServiceClient<Channel> {
+        IdentityProviderServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// One call with the token in the field; the username or the status.
+    pub(crate) async fn call(&self) -> Result<String, tonic::Status> {
+        self.client()
+            .await
+            .get_user_auth_factors(request(TOKEN))
+            .await
+            .map(|r| r.into_inner().username)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit code, without blocking
+    /// the runtime: the stand-in and client connections live on it.
+    pub(crate) async fn terminate(&mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("still running 10 s after SIGTERM");
+    }
+
+    /// Every log line, once the process has exited.
+    pub(crate) fn logs(&mut self) -> Vec<String> {
+        assert!(self.child.try_wait().unwrap().is_some(), "still running");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        self.seen.clone()
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on loopback against a Cognito stand-in.
+
+mod binary;
+mod errors;
+mod health;
+mod helpers;
+mod reflection;
+mod rpc;
+mod secrets;
