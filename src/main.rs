@@ -14,7 +14,20 @@ use cognito_facade::{
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and exit 0.
+        Err(err) if !err.use_stderr() => err.exit(),
+        // clap's own report spans several lines; operators get one.
+        Err(err) => {
+            let report = err.to_string();
+            let first = report.lines().next().unwrap_or_default();
+            return config_error(format!(
+                "{} (see --help)",
+                first.trim_start_matches("error: ")
+            ));
+        }
+    };
     let config = match Config::try_from(cli) {
         Ok(config) => config,
         Err(err) => return config_error(err),

@@ -119,3 +119,30 @@ async fn v1alpha_lists_and_describes() {
     };
     assert_describes_the_rpc_with_comments(reflect!(v1alpha, app.channel, symbol));
 }
+
+/// grpcurl resolves error details through reflection: without these, it
+/// prints ErrorInfo, RetryInfo and BadRequest as raw bytes.
+#[tokio::test]
+async fn resolves_the_error_detail_types() {
+    let app = spawn_app().await;
+    for symbol in [
+        "google.rpc.ErrorInfo",
+        "google.rpc.RetryInfo",
+        "google.rpc.BadRequest",
+    ] {
+        let request = |_| {
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                symbol.to_owned(),
+            )
+        };
+        let Reflected::Files(files) = reflect!(v1alpha, app.channel, request) else {
+            panic!("{symbol} did not resolve to a file")
+        };
+        let file = prost_types::FileDescriptorProto::decode(files[0].as_slice()).unwrap();
+        let name = symbol.trim_start_matches("google.rpc.");
+        assert!(
+            file.message_type.iter().any(|m| m.name() == name),
+            "{symbol}"
+        );
+    }
+}
