@@ -70,15 +70,15 @@ impl FacadeService {
             .and_then(parse_grpc_timeout);
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
         let upstream = self.cognito.get_user_auth_factors(&token);
-        match caller_timeout {
+        // A deadline too far away to represent is no deadline.
+        let deadline =
+            caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
+        match deadline {
             None => Ok(upstream.await?),
-            Some(timeout) => {
-                let deadline = arrived + upstream_budget(timeout);
-                tokio::time::timeout_at(deadline.into(), upstream)
-                    .await
-                    .map_err(|_| UpstreamError::deadline())?
-                    .map_err(Error::from)
-            }
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), upstream)
+                .await
+                .map_err(|_| UpstreamError::deadline())?
+                .map_err(Error::from),
         }
     }
 }

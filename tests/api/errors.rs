@@ -266,6 +266,36 @@ async fn an_unreachable_cognito_is_unavailable() {
 }
 
 #[tokio::test]
+async fn a_connection_closed_without_an_answer_is_unavailable() {
+    // A server that reads the request and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+            drop(socket);
+        }
+    });
+    let mut app = spawn_app_with(StandIn::start().await, test_config(&endpoint)).await;
+    let seen = call(&mut app).await;
+    assert_eq!(seen.status.code(), Code::Unavailable);
+    assert_eq!(seen.reason, "UPSTREAM_UNREACHABLE");
+}
+
+#[tokio::test]
+async fn an_absurdly_long_deadline_is_no_deadline() {
+    let mut app = spawn_app().await;
+    let mut req = request(TOKEN);
+    req.metadata_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+    app.client.get_user_auth_factors(req).await.unwrap();
+}
+
+#[tokio::test]
 async fn the_callers_deadline_caps_the_upstream_call() {
     let mut app = spawn_app().await;
     app.stand_in.always(Reply::Delay(
