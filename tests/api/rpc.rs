@@ -130,9 +130,23 @@ async fn accepts_the_largest_valid_token_in_metadata() {
     );
 }
 
-/// Sends `req` and returns the status, checking that Cognito was not called.
+/// A request with `field` in `access_token` and `authorization: <value>`.
+fn with_authorization(
+    field: &str,
+    value: &'static str,
+) -> tonic::Request<cognito_facade::proto::GetUserAuthFactorsRequest> {
+    let mut req = request(field);
+    req.metadata_mut()
+        .insert("authorization", MetadataValue::from_static(value));
+    req
+}
+
+/// Sends `req`, checks it is refused with `code` and `reason` before any call
+/// to Cognito, and returns the status.
 async fn refused(
     req: tonic::Request<cognito_facade::proto::GetUserAuthFactorsRequest>,
+    code: Code,
+    reason: &str,
 ) -> tonic::Status {
     let mut app = spawn_app().await;
     let status = app.client.get_user_auth_factors(req).await.unwrap_err();
@@ -140,97 +154,82 @@ async fn refused(
         app.stand_in.received().is_empty(),
         "validation happens before any upstream call"
     );
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(status.get_details_error_info().unwrap().reason, reason);
     status
+}
+
+/// The field a `BadRequest` detail blames.
+fn violated_field(status: &tonic::Status) -> String {
+    status.get_details_bad_request().unwrap().field_violations[0]
+        .field
+        .clone()
 }
 
 #[tokio::test]
 async fn no_token_is_unauthenticated() {
-    let status = refused(request("")).await;
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "MISSING_ACCESS_TOKEN"
-    );
+    refused(request(""), Code::Unauthenticated, "MISSING_ACCESS_TOKEN").await;
 }
 
 #[tokio::test]
 async fn two_different_tokens_are_invalid_argument() {
-    let mut req = request(TOKEN);
-    req.metadata_mut().insert(
-        "authorization",
-        MetadataValue::from_static("Bearer someone.else"),
-    );
-    let status = refused(req).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "CONFLICTING_ACCESS_TOKENS"
-    );
+    let req = with_authorization(TOKEN, "Bearer someone.else");
+    refused(req, Code::InvalidArgument, "CONFLICTING_ACCESS_TOKENS").await;
 }
 
 #[tokio::test]
 async fn a_token_outside_the_pattern_is_invalid_argument_with_a_field_violation() {
-    for (token, field) in [
-        ("not a token", "access_token"),
-        ("tok+en/==", "access_token"),
-    ] {
-        let status = refused(request(token)).await;
-        assert_eq!(status.code(), Code::InvalidArgument, "{token}");
-        let violations = status.get_details_bad_request().unwrap().field_violations;
-        assert_eq!(violations[0].field, field);
-        assert_eq!(
-            status.get_details_error_info().unwrap().reason,
-            "INVALID_ACCESS_TOKEN"
-        );
+    for token in ["not a token", "tok+en/=="] {
+        let status = refused(
+            request(token),
+            Code::InvalidArgument,
+            "INVALID_ACCESS_TOKEN",
+        )
+        .await;
+        assert_eq!(violated_field(&status), "access_token");
         assert!(
             !status.message().contains(token),
             "the message never quotes the token"
         );
     }
-    let mut req = request("");
-    req.metadata_mut()
-        .insert("authorization", MetadataValue::from_static("Bearer tok+en"));
-    let status = refused(req).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        status.get_details_bad_request().unwrap().field_violations[0].field,
-        "authorization"
-    );
+    let req = with_authorization("", "Bearer tok+en");
+    let status = refused(req, Code::InvalidArgument, "INVALID_ACCESS_TOKEN").await;
+    assert_eq!(violated_field(&status), "authorization");
 }
 
 #[tokio::test]
 async fn a_token_over_16_kib_is_invalid_argument() {
     let token = "a".repeat(cognito_facade::token::MAX_TOKEN_BYTES + 1);
-    let status = refused(request(&token)).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "INVALID_ACCESS_TOKEN"
-    );
+    let status = refused(
+        request(&token),
+        Code::InvalidArgument,
+        "INVALID_ACCESS_TOKEN",
+    )
+    .await;
     assert!(status.message().contains("16384"), "{}", status.message());
 }
 
 #[tokio::test]
 async fn authorization_that_is_not_bearer_is_invalid_argument() {
-    let mut req = request("");
-    req.metadata_mut().insert(
-        "authorization",
-        MetadataValue::from_static("Basic dXNlcjpwYXNz"),
-    );
-    let status = refused(req).await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "MALFORMED_AUTHORIZATION_METADATA"
-    );
+    let req = with_authorization("", "Basic dXNlcjpwYXNz");
+    let status = refused(
+        req,
+        Code::InvalidArgument,
+        "MALFORMED_AUTHORIZATION_METADATA",
+    )
+    .await;
+    assert_eq!(violated_field(&status), "authorization");
 }
 
 #[tokio::test]
 async fn an_oversize_message_is_refused_without_an_upstream_call() {
-    let status = refused(request(
-        &"a".repeat(cognito_facade::server::MAX_REQUEST_BYTES + 1),
-    ))
-    .await;
+    let mut app = spawn_app().await;
+    let huge = "a".repeat(cognito_facade::server::MAX_REQUEST_BYTES + 1);
+    let status = app
+        .client
+        .get_user_auth_factors(request(&huge))
+        .await
+        .unwrap_err();
     // tonic's decoder refuses it before it is buffered, as the README says.
     assert_eq!(status.code(), Code::OutOfRange);
     assert!(
@@ -238,4 +237,5 @@ async fn an_oversize_message_is_refused_without_an_upstream_call() {
         "{}",
         status.message()
     );
+    assert!(app.stand_in.received().is_empty());
 }
