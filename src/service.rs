@@ -58,11 +58,11 @@ impl FacadeService {
         Self { cognito }
     }
 
-    async fn call(&self, request: Request<GetUserAuthFactorsRequest>) -> Result<Answer, Error> {
-        let arrived = request
-            .extensions()
-            .get::<Arrival>()
-            .map_or_else(Instant::now, |arrival| arrival.0);
+    async fn call(
+        &self,
+        request: Request<GetUserAuthFactorsRequest>,
+        arrived: Instant,
+    ) -> Result<Answer, Error> {
         let caller_timeout = request
             .metadata()
             .get("grpc-timeout")
@@ -98,9 +98,12 @@ impl IdentityProviderService for FacadeService {
             aws_request_id = Empty,
         );
         async move {
-            let started = Instant::now();
-            let result = self.call(request).await;
-            let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let arrived = request
+                .extensions()
+                .get::<Arrival>()
+                .map_or_else(Instant::now, |arrival| arrival.0);
+            let result = self.call(request, arrived).await;
+            let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
             let span = tracing::Span::current();
             span.record("latency_us", latency_us);
             match result {
