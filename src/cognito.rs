@@ -141,6 +141,7 @@ fn mfa_type(value: &str, field: &'static str) -> MfaType {
         "EMAIL_OTP" => MfaType::EmailOtp,
         "SOFTWARE_TOKEN_MFA" => MfaType::SoftwareTokenMfa,
         unknown => {
+            count_unknown(field, unknown);
             tracing::warn!(
                 field,
                 value = unknown,
@@ -149,6 +150,23 @@ fn mfa_type(value: &str, field: &'static str) -> MfaType {
             MfaType::Unspecified
         }
     }
+}
+
+/// Counts an enum value this version does not know. Values are short names
+/// that Cognito adds rarely, so the label set stays small; values that are not
+/// a plausible enum name are counted as `other`.
+fn count_unknown(field: &'static str, value: &str) {
+    let plausible = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let value = if plausible {
+        value.to_owned()
+    } else {
+        "other".to_owned()
+    };
+    metrics::counter!(crate::metrics::UNKNOWN_ENUM_VALUES, "field" => field, "value" => value)
+        .increment(1);
 }
 
 /// The SDK's `AuthFactorType` (including its `Unknown` catch-all).
@@ -162,6 +180,7 @@ fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
         // `AuthFactorType` is `#[non_exhaustive]`: values added after this SDK
         // version arrive as its `Unknown` variant.
         unknown => {
+            count_unknown("configured_user_auth_factors", unknown.as_str());
             tracing::warn!(
                 field = "configured_user_auth_factors",
                 value = unknown.as_str(),

@@ -1,9 +1,11 @@
 //! Command-line flags, their environment fallbacks and defaults, and the one
 //! validated [`Config`] the rest of the service reads.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::tls::TlsConfig;
 
 /// Env var for `--listen-addr`: where the gRPC server listens.
 pub const ENV_LISTEN_ADDR: &str = "COGNITO_FACADE_LISTEN_ADDR";
@@ -51,6 +53,36 @@ pub const ENV_SHUTDOWN_GRACE: &str = "COGNITO_FACADE_SHUTDOWN_GRACE";
 /// Default time in-flight calls get to finish once the listener is closed.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Env var for `--metrics-addr`.
+pub const ENV_METRICS_ADDR: &str = "COGNITO_FACADE_METRICS_ADDR";
+/// Default Prometheus listener: every interface, the conventional exporter port.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9090";
+/// Env var for `--tls-cert`.
+pub const ENV_TLS_CERT: &str = "COGNITO_FACADE_TLS_CERT";
+/// Env var for `--tls-key`.
+pub const ENV_TLS_KEY: &str = "COGNITO_FACADE_TLS_KEY";
+/// Env var for `--tls-client-ca`.
+pub const ENV_TLS_CLIENT_CA: &str = "COGNITO_FACADE_TLS_CLIENT_CA";
+/// Env var for `--max-concurrent-requests`.
+pub const ENV_MAX_CONCURRENT_REQUESTS: &str = "COGNITO_FACADE_MAX_CONCURRENT_REQUESTS";
+/// Default bound on concurrent upstream calls. Each costs a few KiB; a
+/// thousand in flight stays far below Cognito's per-pool request quotas'
+/// usual concurrency and this process's memory budget.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: u32 = 1000;
+/// Env var for `--max-connection-age`.
+pub const ENV_MAX_CONNECTION_AGE: &str = "COGNITO_FACADE_MAX_CONNECTION_AGE";
+/// Default lifetime of a client connection before the server sends GOAWAY, so
+/// clients reconnect and spread over new replicas after a scale-out.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// Env var for `--keepalive-interval`.
+pub const ENV_KEEPALIVE_INTERVAL: &str = "COGNITO_FACADE_KEEPALIVE_INTERVAL";
+/// Default HTTP/2 keepalive ping interval, so dead peers are noticed.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Env var for `--keepalive-timeout`.
+pub const ENV_KEEPALIVE_TIMEOUT: &str = "COGNITO_FACADE_KEEPALIVE_TIMEOUT";
+/// Default time a keepalive ping may go unanswered before the connection closes.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -60,10 +92,40 @@ pub enum LogFormat {
     Text,
 }
 
+/// Where the Prometheus endpoint listens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|_| format!("expected ADDR:PORT or `off`, got {text:?}"))
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
 /// The command line, as clap parses it. [`Config::try_from`] validates it.
 #[derive(Debug, Parser)]
 #[command(name = "cognito-facade", version, about, long_about = None)]
 pub struct Cli {
+    /// Run a subcommand instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address the gRPC server listens on.
     #[arg(long, env = ENV_LISTEN_ADDR, default_value = DEFAULT_LISTEN_ADDR, value_name = "ADDR")]
     pub listen_addr: SocketAddr,
@@ -108,6 +170,62 @@ pub struct Cli {
     /// On shutdown: how long in-flight calls get to finish once the listener is closed.
     #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value_t = DEFAULT_SHUTDOWN_GRACE.into(), value_name = "DURATION")]
     pub shutdown_grace: humantime::Duration,
+
+    /// Prometheus /metrics listen address, or `off`.
+    #[arg(long, env = ENV_METRICS_ADDR, default_value = DEFAULT_METRICS_ADDR, value_name = "ADDR|off")]
+    pub metrics_addr: MetricsAddr,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = ENV_TLS_CERT, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = ENV_TLS_KEY, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates that chain to it (mutual TLS; needs --tls-cert).
+    #[arg(long, env = ENV_TLS_CLIENT_CA, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Most upstream calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = ENV_MAX_CONCURRENT_REQUESTS, default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_concurrent_requests: u32,
+
+    /// Lifetime of a client connection before GOAWAY, so clients rebalance across replicas.
+    #[arg(long, env = ENV_MAX_CONNECTION_AGE, default_value_t = DEFAULT_MAX_CONNECTION_AGE.into(), value_name = "DURATION")]
+    pub max_connection_age: humantime::Duration,
+
+    /// HTTP/2 keepalive ping interval.
+    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = DEFAULT_KEEPALIVE_INTERVAL.into(), value_name = "DURATION")]
+    pub keepalive_interval: humantime::Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, default_value_t = DEFAULT_KEEPALIVE_TIMEOUT.into(), value_name = "DURATION")]
+    pub keepalive_timeout: humantime::Duration,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ask a running server's grpc.health.v1 Check; exit 0 only if it answers SERVING
+    /// (for container HEALTHCHECKs: no extra probe binary needed).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `cognito-facade healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// The server to ask.
+    #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub addr: SocketAddr,
+
+    /// The service to ask about; empty for the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+
+    /// How long to wait for the answer, connecting included.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub timeout: humantime::Duration,
 }
 
 /// Everything the service needs to know, validated.
@@ -124,6 +242,37 @@ pub struct Config {
     pub drain_delay: Duration,
     /// Time in-flight calls get once the listener is closed.
     pub shutdown_grace: Duration,
+    /// Where `/metrics` is served; `None` turns it off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the gRPC listener; `None` serves plaintext (h2c).
+    pub tls: Option<TlsConfig>,
+    /// Load and connection limits.
+    pub limits: Limits,
+}
+
+/// Load and connection management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Most upstream calls in flight at once.
+    pub max_concurrent_requests: usize,
+    /// Lifetime of a client connection before GOAWAY.
+    pub max_connection_age: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// The documented defaults.
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS as usize,
+            max_connection_age: DEFAULT_MAX_CONNECTION_AGE,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+        }
+    }
 }
 
 /// How the service reaches Cognito.
@@ -146,7 +295,7 @@ pub struct UpstreamConfig {
 }
 
 /// A flag value that parses but makes no sense.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A timeout or delay of zero.
     #[error("--{flag} must be greater than zero")]
@@ -170,6 +319,9 @@ pub enum ConfigError {
     /// An empty region.
     #[error("--region / {ENV_REGION} must not be empty")]
     EmptyRegion,
+    /// A certificate, key or CA that cannot be read or used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl TryFrom<Cli> for Config {
@@ -185,12 +337,29 @@ impl TryFrom<Cli> for Config {
             max_attempts: cli.max_attempts,
             retry_backoff: cli.retry_backoff.into(),
         };
+        let tls = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_files(
+                cert,
+                key,
+                cli.tls_client_ca.as_deref(),
+            )?),
+            // clap's `requires` makes the two go together.
+            _ => None,
+        };
         let config = Config {
             listen_addr: cli.listen_addr,
             log_format: cli.log_format,
             upstream,
             drain_delay: cli.drain_delay.into(),
             shutdown_grace: cli.shutdown_grace.into(),
+            metrics_addr: cli.metrics_addr.0,
+            tls,
+            limits: Limits {
+                max_concurrent_requests: cli.max_concurrent_requests as usize,
+                max_connection_age: cli.max_connection_age.into(),
+                keepalive_interval: cli.keepalive_interval.into(),
+                keepalive_timeout: cli.keepalive_timeout.into(),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -206,6 +375,9 @@ impl Config {
             ("attempt-timeout", up.attempt_timeout),
             ("call-timeout", up.call_timeout),
             ("shutdown-grace", self.shutdown_grace),
+            ("max-connection-age", self.limits.max_connection_age),
+            ("keepalive-interval", self.limits.keepalive_interval),
+            ("keepalive-timeout", self.limits.keepalive_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { flag });
@@ -257,6 +429,9 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             drain_delay: DEFAULT_DRAIN_DELAY,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            tls: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -286,6 +461,18 @@ mod tests {
         assert_eq!(config.drain_delay, defaults.drain_delay);
         assert_eq!(config.shutdown_grace, defaults.shutdown_grace);
         assert_eq!(config.upstream.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(config.metrics_addr, DEFAULT_METRICS_ADDR.parse().ok());
+        assert_eq!(config.metrics_addr, defaults.metrics_addr);
+        assert_eq!(config.limits, defaults.limits);
+        assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off() {
+        let config = parse(&["--metrics-addr", "off"]).unwrap();
+        assert_eq!(config.metrics_addr, None);
+        let config = parse(&["--metrics-addr", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
     }
 
     #[test]
@@ -316,6 +503,18 @@ mod tests {
                 "--cognito-endpoint",
             ),
             (&["--region", " "][..], "--region"),
+            (&["--metrics-addr", "nine"][..], "--metrics-addr"),
+            (
+                &["--max-concurrent-requests", "0"][..],
+                "--max-concurrent-requests",
+            ),
+            (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+            (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
+            (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
+            (
+                &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
+                "/nonexistent.pem",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

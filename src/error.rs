@@ -42,6 +42,10 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// How long a shed caller is told to wait (`google.rpc.RetryInfo`): long
+/// enough for in-flight calls (tens of milliseconds each) to drain.
+pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
+
 /// The kinds of upstream outcome that are not a success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamErrorKind {
@@ -241,6 +245,15 @@ pub enum Error {
     /// Cognito did not answer with a success.
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// Too many upstream calls in flight (`--max-concurrent-requests`).
+    #[error("too many calls in flight; retry later")]
+    Overloaded,
+    /// The request message is larger than the server decodes.
+    #[error(
+        "the request message is larger than {} bytes",
+        crate::server::MAX_REQUEST_BYTES
+    )]
+    RequestTooLarge,
 }
 
 impl Error {
@@ -249,6 +262,8 @@ impl Error {
         match self {
             Self::Token(err) => token_status(err),
             Self::Upstream(err) => err.kind.status(),
+            Self::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
+            Self::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
         }
     }
 }
@@ -299,6 +314,12 @@ impl From<Error> for Status {
                 }
                 (message, details)
             }
+            Error::Overloaded => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+                (err.to_string(), details)
+            }
+            Error::RequestTooLarge => (err.to_string(), ErrorDetails::new()),
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
         Status::with_error_details(code, message, details)
@@ -379,6 +400,26 @@ mod tests {
         timeout: K::Timeout, None::<&str> => Code::DeadlineExceeded, "UPSTREAM_TIMEOUT";
         bad_response: K::BadResponse, None::<&str> => Code::Internal, "UPSTREAM_BAD_RESPONSE";
         request_construction: K::RequestConstruction, None::<&str> => Code::Internal, "REQUEST_CONSTRUCTION_FAILED";
+    }
+
+    #[test]
+    fn overload_is_resource_exhausted_with_retry_info() {
+        let status: Status = Error::Overloaded.into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "OVERLOADED"
+        );
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(OVERLOAD_RETRY_DELAY)
+        );
+        let status: Status = Error::RequestTooLarge.into();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.get_details_error_info().unwrap().reason,
+            "REQUEST_TOO_LARGE"
+        );
     }
 
     #[test]

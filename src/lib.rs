@@ -7,8 +7,12 @@
 pub mod cognito;
 pub mod config;
 pub mod error;
+pub mod healthcheck;
+pub mod metrics;
+pub mod middleware;
 pub mod proto;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

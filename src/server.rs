@@ -10,6 +10,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     cognito::Cognito,
     config::Config,
+    middleware::RpcLayer,
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
     service::{FacadeService, stamp_arrival},
 };
@@ -27,10 +28,13 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// largest valid token.
 pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
-/// HTTP/2 keepalive pings, so dead client connections are noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// How long a keepalive ping may go unanswered before the connection is closed.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most concurrent streams (calls) per HTTP/2 connection; a client that
+/// opens more gets REFUSED_STREAM for the excess and retries them.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// After `--max-connection-age`, how long a connection's in-flight calls get
+/// before it is closed.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -69,17 +73,27 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let rpc = IdentityProviderServiceServer::new(FacadeService::new(cognito))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = FacadeService::new(cognito, config.limits.max_concurrent_requests);
+    let rpc =
+        IdentityProviderServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let rpc = tonic::service::interceptor::InterceptedService::new(rpc, stamp_arrival);
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
     let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+    let limits = &config.limits;
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE);
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let server = builder
+        .layer(RpcLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -89,7 +103,7 @@ pub async fn run(
             let _ = stop_signal.await;
         });
     tokio::pin!(server);
-    tracing::info!(addr = %local_addr, "serving");
+    tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving");
 
     tokio::select! {
         result = &mut server => return result.map_err(ServerError::from),

@@ -1,14 +1,20 @@
 //! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
 //! answer (or a precise status) out, inside one span per call.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Semaphore;
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     cognito::{Answer, Cognito},
-    error::{Error, ErrorChain, UpstreamError, code_name},
+    error::{Error, ErrorChain, UpstreamError, UpstreamErrorKind, code_name},
+    metrics as names,
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
@@ -50,12 +56,18 @@ pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
 #[derive(Debug, Clone)]
 pub struct FacadeService {
     cognito: Cognito,
+    /// One permit per upstream call in flight; none left means shed.
+    limiter: Arc<Semaphore>,
 }
 
 impl FacadeService {
-    /// A service that answers through `cognito`.
-    pub fn new(cognito: Cognito) -> Self {
-        Self { cognito }
+    /// A service that answers through `cognito`, with at most
+    /// `max_concurrent_requests` upstream calls in flight.
+    pub fn new(cognito: Cognito, max_concurrent_requests: usize) -> Self {
+        Self {
+            cognito,
+            limiter: Arc::new(Semaphore::new(max_concurrent_requests)),
+        }
     }
 
     async fn call(
@@ -69,17 +81,25 @@ impl FacadeService {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
+        // Refused at once, never queued: a caller that waited here would
+        // only add to the load that caused the refusal.
+        let Ok(_permit) = self.limiter.try_acquire() else {
+            metrics::counter!(names::SHED).increment(1);
+            return Err(Error::Overloaded);
+        };
         let upstream = self.cognito.get_user_auth_factors(&token);
         // A deadline too far away to represent is no deadline.
         let deadline =
             caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
-        match deadline {
-            None => Ok(upstream.await?),
+        let started = Instant::now();
+        let result = match deadline {
+            None => upstream.await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), upstream)
                 .await
-                .map_err(|_| UpstreamError::deadline())?
-                .map_err(Error::from),
-        }
+                .unwrap_or_else(|_| Err(UpstreamError::deadline())),
+        };
+        record_upstream(&result, started.elapsed());
+        Ok(result?)
     }
 }
 
@@ -139,6 +159,21 @@ impl IdentityProviderService for FacadeService {
     }
 }
 
+/// The upstream call metrics.
+fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
+    let outcome = match result {
+        Ok(_) => "ok".to_owned(),
+        Err(err) => match &err.aws_error_code {
+            // Only modeled codes become labels: an unmodeled code is free
+            // text from the upstream and could grow the label set.
+            Some(code) if UpstreamErrorKind::from_aws_code(code).is_some() => code.clone(),
+            _ => err.kind.status().1.to_owned(),
+        },
+    };
+    metrics::counter!(names::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(names::UPSTREAM_DURATION).record(elapsed.as_secs_f64());
+}
+
 /// One line per failed call: warnings for our side's trouble, info for the
 /// caller's.
 fn log_failure(err: &Error, reason: &'static str) {
@@ -154,6 +189,10 @@ fn log_failure(err: &Error, reason: &'static str) {
         Error::Upstream(_) => {
             tracing::warn!(reason, error = %ErrorChain(err), "call failed")
         }
+        // Under overload a line per shed call would add to the trouble; the
+        // shed counter tells the story.
+        Error::Overloaded => tracing::debug!(reason, "call shed"),
+        Error::RequestTooLarge => tracing::info!(reason, "call refused"),
     }
 }
 

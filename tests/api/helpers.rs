@@ -19,7 +19,7 @@ use axum::{
 };
 use cognito_facade::{
     cognito::Cognito,
-    config::{Config, LogFormat, UpstreamConfig},
+    config::{Config, Limits, LogFormat, UpstreamConfig},
     proto::GetUserAuthFactorsRequest,
     proto::identity_provider_service_client::IdentityProviderServiceClient,
     server::{self, ServerError},
@@ -245,6 +245,9 @@ pub(crate) fn test_config(endpoint: &str) -> Config {
         },
         drain_delay: Duration::from_millis(300),
         shutdown_grace: Duration::from_secs(3),
+        metrics_addr: None,
+        tls: None,
+        limits: Limits::default(),
     }
 }
 
@@ -362,6 +365,7 @@ impl Running {
     pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut all_envs = vec![
             ("COGNITO_FACADE_LISTEN_ADDR", "127.0.0.1:0"),
+            ("COGNITO_FACADE_METRICS_ADDR", "127.0.0.1:0"),
             ("COGNITO_FACADE_LOG_FORMAT", "json"),
             ("COGNITO_FACADE_DRAIN_DELAY", "100ms"),
         ];
@@ -387,18 +391,35 @@ impl Running {
             lines,
             seen: Vec::new(),
         };
-        let line = running.wait_for_line("serving");
-        running.addr = match serde_json::from_str::<Value>(&line) {
-            Ok(parsed) => parsed["fields"]["addr"].as_str().unwrap().parse().unwrap(),
-            // Text format: `... serving addr=127.0.0.1:PORT`.
-            Err(_) => line
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix("addr="))
-                .unwrap_or_else(|| panic!("no address in {line:?}"))
-                .parse()
-                .unwrap(),
-        };
+        running.addr = running.wait_for_addr("serving");
         running
+    }
+
+    /// Waits for the log line whose message is exactly `message` and returns
+    /// its `addr` field (JSON or text format).
+    pub(crate) fn wait_for_addr(&mut self, message: &str) -> SocketAddr {
+        let text_prefix = format!(" {message} addr=");
+        let addr_of = |line: &str| -> Option<SocketAddr> {
+            let addr = match serde_json::from_str::<Value>(line) {
+                Ok(parsed) if parsed["fields"]["message"] == message => {
+                    parsed["fields"]["addr"].as_str().map(str::to_owned)
+                }
+                Ok(_) => None,
+                // Text format: `... serving addr=127.0.0.1:PORT ...`.
+                Err(_) => line.split_once(&text_prefix).map(|(_, rest)| {
+                    rest.split_whitespace().next().unwrap_or_default().to_owned()
+                }),
+            };
+            addr.map(|addr| addr.parse().unwrap())
+        };
+        if let Some(addr) = self.seen.iter().find_map(|line| addr_of(line)) {
+            return addr;
+        }
+        loop {
+            if let Some(addr) = addr_of(&self.wait_for_line(message)) {
+                return addr;
+            }
+        }
     }
 
     /// Waits (at most 10 s) for a log line containing `needle`.

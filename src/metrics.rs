@@ -1,0 +1,102 @@
+//! Prometheus metrics: their names, the recorder, and the `/metrics` listener.
+//!
+//! Recording goes through the `metrics` facade; with no recorder installed
+//! (library tests) every call is a no-op.
+
+use std::{future::Future, time::Duration};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// RPCs by `method` and final gRPC `code` (after every mapping).
+pub const RPC_REQUESTS: &str = "cognito_facade_rpc_requests_total";
+/// RPC latency by `method`, in seconds, arrival to response headers.
+pub const RPC_DURATION: &str = "cognito_facade_rpc_duration_seconds";
+/// RPCs being handled now.
+pub const RPC_IN_FLIGHT: &str = "cognito_facade_rpc_in_flight";
+/// Calls to Cognito by `outcome`: `ok`, Cognito's error code, or the reason of
+/// a failure without one (`UPSTREAM_UNREACHABLE`, `UPSTREAM_TIMEOUT`, ...).
+pub const UPSTREAM_REQUESTS: &str = "cognito_facade_upstream_requests_total";
+/// Latency of calls to Cognito, retries included, in seconds.
+pub const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
+/// Calls refused by the concurrency limiter.
+pub const SHED: &str = "cognito_facade_shed_total";
+/// Enum values from Cognito that this version does not know, by `field` and `value`.
+pub const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
+/// Always 1, labelled with the `version`.
+pub const BUILD_INFO: &str = "cognito_facade_build_info";
+
+/// Latency buckets, in seconds: Cognito answers in tens of milliseconds; the
+/// tail reaches the default call timeout (5 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histograms are compacted when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide Prometheus recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    metrics::describe_counter!(RPC_REQUESTS, "RPCs by method and final gRPC code");
+    metrics::describe_histogram!(
+        RPC_DURATION,
+        metrics::Unit::Seconds,
+        "RPC latency, arrival to response"
+    );
+    metrics::describe_gauge!(RPC_IN_FLIGHT, "RPCs being handled now");
+    metrics::describe_counter!(UPSTREAM_REQUESTS, "Calls to Cognito by outcome");
+    metrics::describe_histogram!(
+        UPSTREAM_DURATION,
+        metrics::Unit::Seconds,
+        "Latency of calls to Cognito, retries included"
+    );
+    metrics::describe_counter!(SHED, "Calls refused by the concurrency limiter");
+    metrics::describe_counter!(
+        UNKNOWN_ENUM_VALUES,
+        "Enum values from Cognito this version does not know"
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Build information");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let upkeep = handle.clone();
+    let upkeep = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics");
+    }
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .with_state(handle);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    upkeep.abort();
+    result
+}
+
+async fn render(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+}
