@@ -407,7 +407,10 @@ impl Running {
                 Ok(_) => None,
                 // Text format: `... serving addr=127.0.0.1:PORT ...`.
                 Err(_) => line.split_once(&text_prefix).map(|(_, rest)| {
-                    rest.split_whitespace().next().unwrap_or_default().to_owned()
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned()
                 }),
             };
             addr.map(|addr| addr.parse().unwrap())

@@ -4,6 +4,7 @@ mod binary;
 mod errors;
 mod health;
 mod helpers;
+mod operations;
 mod reflection;
 mod rpc;
 mod secrets;
