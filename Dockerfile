@@ -17,9 +17,16 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/cognito-facade /usr/local/bin/cognito-facade
 USER nonroot:nonroot
-EXPOSE 50051
+# gRPC, and Prometheus /metrics.
+EXPOSE 50051 9090
 ENV COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:50051 \
-    COGNITO_FACADE_LOG_FORMAT=json
+    COGNITO_FACADE_LOG_FORMAT=json \
+    COGNITO_FACADE_METRICS_ADDR=0.0.0.0:9090
+# The same binary probes itself (grpc.health.v1 Check): distroless has no shell
+# and needs no extra probe binary. Plaintext only; with --tls-cert, probe from
+# outside instead.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/cognito-facade", "healthcheck", "--addr", "127.0.0.1:50051"]
 # The process handles SIGTERM itself: NOT_SERVING, drain, grace, exit 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/cognito-facade"]

@@ -380,5 +380,51 @@ fn the_readme_documents_every_row() {
         let (code, reason) = Error::from(err).status();
         produced.insert((code_name(code), reason.to_owned()));
     }
+    for err in [Error::Overloaded, Error::RequestTooLarge] {
+        let (code, reason) = err.status();
+        produced.insert((code_name(code), reason.to_owned()));
+    }
     assert_eq!(documented, produced);
+}
+
+/// Sends `message` (any protobuf) to `path` and returns the status.
+async fn raw_call<M: prost::Message + Default + std::fmt::Debug + Send + Sync + 'static>(
+    app: &TestApp,
+    path: &'static str,
+    message: M,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(message),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::<M, M>::default(),
+    )
+    .await
+    .unwrap_err()
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_internal_and_an_unknown_method_unimplemented() {
+    let app = spawn_app().await;
+    // Field 1 as a varint where the contract has a string: not decodable.
+    let malformed = prost_types::Duration {
+        seconds: 5,
+        nanos: 0,
+    };
+    let status = raw_call(
+        &app,
+        "/cognito.idp.v1.IdentityProviderService/GetUserAuthFactors",
+        malformed,
+    )
+    .await;
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let status = raw_call(
+        &app,
+        "/cognito.idp.v1.IdentityProviderService/DeleteUser",
+        prost_types::Duration::default(),
+    )
+    .await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert!(app.stand_in.received().is_empty());
 }
