@@ -102,16 +102,7 @@ fn help_names_every_flag_and_its_environment_variable() {
 #[tokio::test]
 async fn serves_with_the_sdk_environment_and_no_credentials_then_exits_0_on_sigterm() {
     let stand_in = StandIn::start().await;
-    let mut running = Running::start(
-        &[],
-        &[
-            ("AWS_REGION", "eu-west-1"),
-            (
-                "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
-                &stand_in.endpoint,
-            ),
-        ],
-    );
+    let mut running = Running::against(&stand_in, &[], &[]);
     assert_eq!(running.call().await.unwrap(), USERNAME);
     assert_eq!(running.terminate().await, Some(0));
 }

@@ -395,6 +395,20 @@ impl Running {
         running
     }
 
+    /// Starts the binary against `stand_in` (region and endpoint from the
+    /// SDK's environment variables) with `args` and extra `envs`.
+    pub(crate) fn against(stand_in: &StandIn, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut all = vec![
+            ("AWS_REGION", "eu-west-1"),
+            (
+                "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
+                stand_in.endpoint.as_str(),
+            ),
+        ];
+        all.extend_from_slice(envs);
+        Self::start(args, &all)
+    }
+
     /// Waits for the log line whose message is exactly `message` and returns
     /// its `addr` field (JSON or text format).
     pub(crate) fn wait_for_addr(&mut self, message: &str) -> SocketAddr {

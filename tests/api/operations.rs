@@ -45,16 +45,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
     let stand_in = StandIn::start().await;
-    let mut running = Running::start(
-        &["--max-concurrent-requests", "1"],
-        &[
-            ("AWS_REGION", "eu-west-1"),
-            (
-                "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
-                &stand_in.endpoint,
-            ),
-        ],
-    );
+    let mut running = Running::against(&stand_in, &["--max-concurrent-requests", "1"], &[]);
     let metrics_addr = running.wait_for_addr("serving metrics");
     let mut client = running.client().await;
 
@@ -176,16 +167,7 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
 #[tokio::test]
 async fn metrics_off_binds_no_metrics_listener() {
     let stand_in = StandIn::start().await;
-    let mut running = Running::start(
-        &["--metrics-addr", "off"],
-        &[
-            ("AWS_REGION", "eu-west-1"),
-            (
-                "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
-                &stand_in.endpoint,
-            ),
-        ],
-    );
+    let mut running = Running::against(&stand_in, &["--metrics-addr", "off"], &[]);
     assert_eq!(running.call().await.unwrap(), USERNAME);
     assert_eq!(running.terminate().await, Some(0));
     assert!(

@@ -12,14 +12,10 @@ use crate::helpers::{Reply, Running, StandIn, TOKEN, USERNAME, request};
 /// Starts the binary against a fresh stand-in with `RUST_LOG=filter`.
 async fn start(filter: &str, format: &str) -> (Running, StandIn) {
     let stand_in = StandIn::start().await;
-    let running = Running::start(
+    let running = Running::against(
+        &stand_in,
         &[],
         &[
-            ("AWS_REGION", "eu-west-1"),
-            (
-                "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
-                &stand_in.endpoint,
-            ),
             ("COGNITO_FACADE_LOG_FORMAT", format),
             ("COGNITO_FACADE_RETRY_BACKOFF", "5ms"),
             ("RUST_LOG", filter),
