@@ -1,0 +1,51 @@
+//! `cognito-standin`: a local Cognito user-pools stand-in for demos and for
+//! the example clients, so a full round trip needs no AWS account.
+//!
+//! Every token gets a user with MFA and sign-in factors, except tokens that
+//! start with one of these prefixes:
+//! - `revoked.`: NotAuthorizedException ("Access Token has been revoked")
+//! - `throttled.`: TooManyRequestsException ("Rate exceeded")
+//! - `unknown.`: UserNotFoundException ("User does not exist.")
+//!
+//! Usage: `cargo run --example cognito-standin -- [ADDR]` (default
+//! `127.0.0.1:9229`); point the service at it with
+//! `--cognito-endpoint http://ADDR`.
+
+// The tests use parts of the stand-in that this binary does not.
+#[allow(dead_code)]
+mod standin;
+
+use std::net::SocketAddr;
+
+use standin::{Reply, StandIn};
+
+const DEFAULT_ADDR: &str = "127.0.0.1:9229";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .as_deref()
+        .unwrap_or(DEFAULT_ADDR)
+        .parse()?;
+    let stand_in = StandIn::start_on(addr).await?;
+    stand_in.on_token_prefix(
+        "revoked.",
+        Reply::error(
+            400,
+            "NotAuthorizedException",
+            "Access Token has been revoked",
+        ),
+    );
+    stand_in.on_token_prefix(
+        "throttled.",
+        Reply::error(400, "TooManyRequestsException", "Rate exceeded"),
+    );
+    stand_in.on_token_prefix(
+        "unknown.",
+        Reply::error(400, "UserNotFoundException", "User does not exist."),
+    );
+    eprintln!("cognito-standin: listening on {}", stand_in.endpoint);
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

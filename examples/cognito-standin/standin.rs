@@ -1,0 +1,243 @@
+//! A Cognito user-pools stand-in on loopback that speaks the real wire
+//! protocol (awsJson1.1: `X-Amz-Target`, `__type` error bodies,
+//! `x-amzn-RequestId`). Shared by the integration tests
+//! (`tests/api/helpers.rs`) and the `cognito-standin` example binary; never
+//! part of the release binary.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// The `X-Amz-Target` of GetUserAuthFactors.
+pub(crate) const TARGET: &str = "AWSCognitoIdentityProviderService.GetUserAuthFactors";
+/// The awsJson1.1 content type.
+pub(crate) const AWS_JSON: &str = "application/x-amz-json-1.1";
+/// The username the stand-in answers with by default.
+pub(crate) const USERNAME: &str = "alice.example";
+
+/// What the stand-in answers to one request.
+#[derive(Debug, Clone)]
+pub(crate) enum Reply {
+    /// 200 with this JSON body.
+    Success(Value),
+    /// An awsJson1.1 error: status, `__type`, and the rest of the body.
+    Error {
+        status: u16,
+        aws_type: String,
+        body: Value,
+    },
+    /// Any status, content type and body.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
+    /// Waits, then answers.
+    Delay(Duration, Box<Reply>),
+}
+
+impl Reply {
+    /// A modeled error with a message.
+    pub(crate) fn error(status: u16, aws_type: &str, message: &str) -> Self {
+        Self::Error {
+            status,
+            aws_type: aws_type.to_owned(),
+            body: json!({ "message": message }),
+        }
+    }
+
+    /// The usual success: a user with TOTP preferred and three factors.
+    pub(crate) fn full_success() -> Self {
+        Self::Success(json!({
+            "Username": USERNAME,
+            "PreferredMfaSetting": "SOFTWARE_TOKEN_MFA",
+            "UserMFASettingList": ["SMS_MFA", "SOFTWARE_TOKEN_MFA", "EMAIL_OTP"],
+            "ConfiguredUserAuthFactors": ["PASSWORD", "WEB_AUTHN", "SOFTWARE_TOKEN", "EMAIL_OTP", "SMS_OTP"],
+        }))
+    }
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    pub(crate) target: Option<String>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) authorization: Option<String>,
+    pub(crate) body: Value,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: VecDeque<Reply>,
+    by_prefix: Vec<(String, Reply)>,
+    fallback: Reply,
+    received: Vec<Received>,
+    request_ids: u64,
+}
+
+/// A Cognito stand-in on `127.0.0.1`: checks that requests are awsJson1.1
+/// GetUserAuthFactors calls, records them, and answers from a queue of
+/// replies, then a fallback.
+#[derive(Debug, Clone)]
+pub(crate) struct StandIn {
+    pub(crate) endpoint: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl StandIn {
+    /// Starts on a free loopback port.
+    pub(crate) async fn start() -> Self {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("binding a loopback port")
+    }
+
+    /// Starts on `addr`.
+    pub(crate) async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let shared = Arc::new(Mutex::new(Shared {
+            queue: VecDeque::new(),
+            by_prefix: Vec::new(),
+            fallback: Reply::full_success(),
+            received: Vec::new(),
+            request_ids: 0,
+        }));
+        let listener = TcpListener::bind(addr).await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { endpoint, shared })
+    }
+
+    /// Answers tokens that start with `prefix` with `reply` (after the queue).
+    pub(crate) fn on_token_prefix(&self, prefix: &str, reply: Reply) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.by_prefix.push((prefix.to_owned(), reply));
+    }
+
+    /// Answers every request (after the queue) with `reply`.
+    pub(crate) fn always(&self, reply: Reply) {
+        self.shared.lock().unwrap().fallback = reply;
+    }
+
+    /// Answers the next requests with `replies`, in order.
+    pub(crate) fn then(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.shared.lock().unwrap().queue.extend(replies);
+    }
+
+    /// Every request received so far.
+    pub(crate) fn received(&self) -> Vec<Received> {
+        self.shared.lock().unwrap().received.clone()
+    }
+
+    /// The request id of the `n`th response (1-based).
+    pub(crate) fn request_id(n: u64) -> String {
+        format!("{n:08x}-5ca1-4e00-8000-00000000c0de")
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let received = Received {
+        target: text("x-amz-target"),
+        content_type: text("content-type"),
+        authorization: text("authorization"),
+        body: parsed.clone().unwrap_or(Value::Null),
+    };
+    let (reply, request_id) = {
+        let mut shared = shared.lock().unwrap();
+        shared.received.push(received.clone());
+        shared.request_ids += 1;
+        let token = received.body["AccessToken"].as_str().unwrap_or_default();
+        let by_prefix = shared
+            .by_prefix
+            .iter()
+            .find(|(prefix, _)| token.starts_with(prefix.as_str()))
+            .map(|(_, reply)| reply.clone());
+        let reply = shared
+            .queue
+            .pop_front()
+            .or(by_prefix)
+            .unwrap_or_else(|| shared.fallback.clone());
+        (reply, StandIn::request_id(shared.request_ids))
+    };
+    // Refuse what real Cognito would refuse, so a client that drifts from the
+    // protocol fails the tests.
+    let well_formed = method == Method::POST
+        && uri.path() == "/"
+        && received.target.as_deref() == Some(TARGET)
+        && received.content_type.as_deref() == Some(AWS_JSON)
+        && parsed
+            .as_ref()
+            .and_then(|v| v.get("AccessToken"))
+            .is_some_and(Value::is_string);
+    if !well_formed {
+        let reply = Reply::error(
+            400,
+            "UnknownOperationException",
+            "stand-in: not a GetUserAuthFactors call",
+        );
+        return respond(reply, &request_id).await;
+    }
+    respond(reply, &request_id).await
+}
+
+async fn respond(mut reply: Reply, request_id: &str) -> Response {
+    while let Reply::Delay(delay, next) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *next;
+    }
+    let (status, content_type, body) = match reply {
+        Reply::Success(body) => (200, AWS_JSON, body.to_string()),
+        Reply::Error {
+            status,
+            aws_type,
+            mut body,
+        } => {
+            body["__type"] = Value::String(aws_type);
+            (status, AWS_JSON, body.to_string())
+        }
+        Reply::Raw {
+            status,
+            content_type,
+            body,
+        } => (status, content_type, body),
+        Reply::Delay(..) => unreachable!("delays are unwrapped above"),
+    };
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (
+                header::HeaderName::from_static("x-amzn-requestid"),
+                request_id.to_owned(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
