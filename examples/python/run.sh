@@ -4,7 +4,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${VENV:-$here/.venv}"
-if [ ! -x "$venv/bin/python" ]; then
+if ! "$venv/bin/python" -c 'import grpc_tools, grpc_status' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 fi
