@@ -35,7 +35,7 @@ pub enum SetupError {
 }
 
 /// A GetUserAuthFactors answer, ready for the caller.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Answer {
     /// The response message.
     pub response: GetUserAuthFactorsResponse,
@@ -238,7 +238,7 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
         _ => UpstreamError::new(UpstreamErrorKind::Unavailable),
     };
     up.request_id = request_id;
-    up.source = Some(Box::new(err));
+    up.source = Some(std::sync::Arc::new(err));
     up
 }
 

@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::tls::TlsConfig;
+use crate::{economy::EconomyConfig, tls::TlsConfig};
 
 /// Env var for `--listen-addr`: where the gRPC server listens.
 pub const ENV_LISTEN_ADDR: &str = "COGNITO_FACADE_LISTEN_ADDR";
@@ -82,6 +82,16 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const ENV_KEEPALIVE_TIMEOUT: &str = "COGNITO_FACADE_KEEPALIVE_TIMEOUT";
 /// Default time a keepalive ping may go unanswered before the connection closes.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Env var for `--coalesce`.
+pub const ENV_COALESCE: &str = "COGNITO_FACADE_COALESCE";
+/// Env var for `--cache-ttl`.
+pub const ENV_CACHE_TTL: &str = "COGNITO_FACADE_CACHE_TTL";
+/// Env var for `--cache-max-entries`.
+pub const ENV_CACHE_MAX_ENTRIES: &str = "COGNITO_FACADE_CACHE_MAX_ENTRIES";
+/// Default bound on cached answers: a few hundred bytes each, so at most a
+/// few MiB.
+pub const DEFAULT_CACHE_MAX_ENTRIES: u32 = 10_000;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -195,6 +205,19 @@ pub struct Cli {
     #[arg(long, env = ENV_MAX_CONNECTION_AGE, default_value_t = DEFAULT_MAX_CONNECTION_AGE.into(), value_name = "DURATION")]
     pub max_connection_age: humantime::Duration,
 
+    /// Concurrent calls with the same token share one call to Cognito (`--coalesce=false` turns it off).
+    #[arg(long, env = ENV_COALESCE, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub coalesce: bool,
+
+    /// Serve a token's successful answer from memory for this long (off by default). A revoked
+    /// token keeps its answer until the TTL ends.
+    #[arg(long, env = ENV_CACHE_TTL, value_name = "DURATION")]
+    pub cache_ttl: Option<humantime::Duration>,
+
+    /// Most answers the cache holds; the oldest go first.
+    #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
+    pub cache_max_entries: u32,
+
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = DEFAULT_KEEPALIVE_INTERVAL.into(), value_name = "DURATION")]
     pub keepalive_interval: humantime::Duration,
@@ -248,6 +271,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Load and connection limits.
     pub limits: Limits,
+    /// Single flight and cache.
+    pub economy: EconomyConfig,
 }
 
 /// Load and connection management.
@@ -360,6 +385,15 @@ impl TryFrom<Cli> for Config {
                 keepalive_interval: cli.keepalive_interval.into(),
                 keepalive_timeout: cli.keepalive_timeout.into(),
             },
+            economy: EconomyConfig {
+                coalesce: cli.coalesce,
+                // A zero TTL means off, like leaving the flag out.
+                cache_ttl: cli
+                    .cache_ttl
+                    .map(Duration::from)
+                    .filter(|ttl| !ttl.is_zero()),
+                cache_max_entries: cli.cache_max_entries as usize,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -432,6 +466,11 @@ impl Default for Config {
             metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
             tls: None,
             limits: Limits::default(),
+            economy: EconomyConfig {
+                coalesce: true,
+                cache_ttl: None,
+                cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES as usize,
+            },
         }
     }
 }
@@ -464,7 +503,17 @@ mod tests {
         assert_eq!(config.metrics_addr, DEFAULT_METRICS_ADDR.parse().ok());
         assert_eq!(config.metrics_addr, defaults.metrics_addr);
         assert_eq!(config.limits, defaults.limits);
+        assert_eq!(config.economy, defaults.economy);
         assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn coalescing_and_the_cache_are_configurable() {
+        let config = parse(&["--coalesce=false", "--cache-ttl", "30s"]).unwrap();
+        assert!(!config.economy.coalesce);
+        assert_eq!(config.economy.cache_ttl, Some(Duration::from_secs(30)));
+        let config = parse(&["--cache-ttl", "0s"]).unwrap();
+        assert_eq!(config.economy.cache_ttl, None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! The README's error table documents the same rows; `tests/api/errors.rs`
 //! checks that the two agree.
 
-use std::{collections::HashMap, error::Error as StdError, time::Duration};
+use std::{collections::HashMap, error::Error as StdError, sync::Arc, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -199,7 +199,8 @@ impl UpstreamErrorKind {
 }
 
 /// An upstream call that did not succeed, with what Cognito said about it.
-#[derive(Debug, thiserror::Error)]
+/// Cheap to clone: every waiter of a coalesced call gets its own copy.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind:?} (aws_error_code={aws_error_code:?}, aws_request_id={request_id:?})")]
 pub struct UpstreamError {
     /// Which row of the table it is.
@@ -214,7 +215,7 @@ pub struct UpstreamError {
     pub reason_code: Option<String>,
     /// The underlying cause, for logs only.
     #[source]
-    pub source: Option<Box<dyn StdError + Send + Sync>>,
+    pub source: Option<Arc<dyn StdError + Send + Sync>>,
 }
 
 impl UpstreamError {
@@ -237,7 +238,7 @@ impl UpstreamError {
 }
 
 /// Why a GetUserAuthFactors call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request carried no usable access token.
     #[error(transparent)]

@@ -6,6 +6,7 @@
 
 pub mod cognito;
 pub mod config;
+pub mod economy;
 pub mod error;
 pub mod healthcheck;
 pub mod metrics;

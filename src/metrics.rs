@@ -24,6 +24,10 @@ pub const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
 pub const SHED: &str = "cognito_facade_shed_total";
 /// Enum values from Cognito that this version does not know, by `field` and `value`.
 pub const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
+/// Calls answered by joining another call's upstream request (single flight).
+pub const COALESCED: &str = "cognito_facade_coalesced_total";
+/// Calls answered from the cache (`--cache-ttl`).
+pub const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "cognito_facade_build_info";
 
@@ -59,6 +63,11 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         UNKNOWN_ENUM_VALUES,
         "Enum values from Cognito this version does not know"
     );
+    metrics::describe_counter!(
+        COALESCED,
+        "Calls that shared another call's upstream request"
+    );
+    metrics::describe_counter!(CACHE_HITS, "Calls answered from the cache");
     metrics::describe_gauge!(BUILD_INFO, "Build information");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

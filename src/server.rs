@@ -73,7 +73,11 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let service = FacadeService::new(cognito, config.limits.max_concurrent_requests);
+    let service = FacadeService::new(
+        cognito,
+        config.limits.max_concurrent_requests,
+        config.economy,
+    );
     let rpc =
         IdentityProviderServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let rpc = tonic::service::interceptor::InterceptedService::new(rpc, stamp_arrival);

@@ -13,6 +13,7 @@ use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     cognito::{Answer, Cognito},
+    economy::{self, Economy, EconomyConfig, Ticket},
     error::{Error, ErrorChain, UpstreamError, UpstreamErrorKind, code_name},
     metrics as names,
     proto::{
@@ -58,15 +59,18 @@ pub struct FacadeService {
     cognito: Cognito,
     /// One permit per upstream call in flight; none left means shed.
     limiter: Arc<Semaphore>,
+    /// Single flight and cache.
+    economy: Arc<Economy>,
 }
 
 impl FacadeService {
     /// A service that answers through `cognito`, with at most
     /// `max_concurrent_requests` upstream calls in flight.
-    pub fn new(cognito: Cognito, max_concurrent_requests: usize) -> Self {
+    pub fn new(cognito: Cognito, max_concurrent_requests: usize, economy: EconomyConfig) -> Self {
         Self {
             cognito,
             limiter: Arc::new(Semaphore::new(max_concurrent_requests)),
+            economy: Economy::new(economy),
         }
     }
 
@@ -81,25 +85,38 @@ impl FacadeService {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
-        // Refused at once, never queued: a caller that waited here would
-        // only add to the load that caused the refusal.
-        let Ok(_permit) = self.limiter.try_acquire() else {
-            metrics::counter!(names::SHED).increment(1);
-            return Err(Error::Overloaded);
+        let flight = match self.economy.ticket(&token) {
+            Ticket::Cached(answer) => return Ok(answer),
+            Ticket::Follow(flight) => flight,
+            Ticket::Lead(leader) => {
+                // Refused at once, never queued: a caller that waited here
+                // would only add to the load that caused the refusal.
+                let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
+                    metrics::counter!(names::SHED).increment(1);
+                    leader.abandon(Err(Error::Overloaded));
+                    return Err(Error::Overloaded);
+                };
+                let cognito = self.cognito.clone();
+                // The call runs in its own task, bounded by the call timeout:
+                // a waiter that gives up does not cancel it for the others.
+                leader.run(async move {
+                    let started = Instant::now();
+                    let result = cognito.get_user_auth_factors(&token).await;
+                    record_upstream(&result, started.elapsed());
+                    drop(permit);
+                    result.map_err(Error::from)
+                })
+            }
         };
-        let upstream = self.cognito.get_user_auth_factors(&token);
         // A deadline too far away to represent is no deadline.
         let deadline =
             caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
-        let started = Instant::now();
-        let result = match deadline {
-            None => upstream.await,
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), upstream)
+        match deadline {
+            None => economy::outcome(flight).await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), economy::outcome(flight))
                 .await
-                .unwrap_or_else(|_| Err(UpstreamError::deadline())),
-        };
-        record_upstream(&result, started.elapsed());
-        Ok(result?)
+                .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
+        }
     }
 }
 

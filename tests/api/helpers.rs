@@ -13,6 +13,7 @@ use std::{
 use cognito_facade::{
     cognito::Cognito,
     config::{Config, Limits, LogFormat, UpstreamConfig},
+    economy::EconomyConfig,
     proto::GetUserAuthFactorsRequest,
     proto::identity_provider_service_client::IdentityProviderServiceClient,
     server::{self, ServerError},
@@ -50,6 +51,11 @@ pub(crate) fn test_config(endpoint: &str) -> Config {
         metrics_addr: None,
         tls: None,
         limits: Limits::default(),
+        economy: EconomyConfig {
+            coalesce: true,
+            cache_ttl: None,
+            cache_max_entries: 100,
+        },
     }
 }
 

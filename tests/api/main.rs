@@ -2,6 +2,7 @@
 
 mod binary;
 mod deploy;
+mod economy;
 mod errors;
 mod health;
 mod helpers;

@@ -76,12 +76,16 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
         Box::new(Reply::full_success()),
     )]);
     let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move { slow_client.get_user_auth_factors(request(TOKEN)).await });
+    let slow = tokio::spawn(async move {
+        slow_client
+            .get_user_auth_factors(request("slow.token"))
+            .await
+    });
     while stand_in.received().len() < 4 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let shed = client
-        .get_user_auth_factors(request(TOKEN))
+        .get_user_auth_factors(request("shed.token"))
         .await
         .unwrap_err();
     assert_eq!(shed.code(), Code::ResourceExhausted);
@@ -335,20 +339,22 @@ async fn calls_over_the_limit_are_shed_at_once_and_never_reach_cognito() {
     let app = spawn_app_with(stand_in, config).await;
 
     let held: Vec<_> = (0..LIMIT)
-        .map(|_| {
+        .map(|i| {
             let mut client = app.client.clone();
-            tokio::spawn(async move { client.get_user_auth_factors(request(TOKEN)).await })
+            // Distinct tokens: identical ones would share one upstream call.
+            let token = format!("held.{i}");
+            tokio::spawn(async move { client.get_user_auth_factors(request(&token)).await })
         })
         .collect();
     while app.stand_in.received().len() < LIMIT {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    for _ in 0..5 {
+    for i in 0..5 {
         let started = Instant::now();
         let status = app
             .client
             .clone()
-            .get_user_auth_factors(request(TOKEN))
+            .get_user_auth_factors(request(&format!("excess.{i}")))
             .await
             .unwrap_err();
         assert!(

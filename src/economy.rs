@@ -1,0 +1,321 @@
+//! Upstream-call economy: concurrent identical calls share one Cognito call
+//! (single flight), and an opt-in cache answers repeats for a short TTL.
+//!
+//! Both are keyed by an HMAC-SHA256 of the token under a key drawn at start-up
+//! and never stored: the token itself is never a map key and never kept. A
+//! collision would hand one user another's answer, so the key is a full
+//! 256-bit MAC rather than a 64-bit hash.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::{hmac, rand::SystemRandom};
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::{
+    cognito::Answer,
+    error::{Error, UpstreamError, UpstreamErrorKind},
+    metrics as names,
+    token::AccessToken,
+};
+
+/// The outcome every waiter of one flight receives.
+pub type Outcome = Result<Answer, Error>;
+
+/// What identifies "the same call": a MAC of the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct TokenKey([u8; 32]);
+
+/// Single flight and cache settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EconomyConfig {
+    /// Whether concurrent identical calls share one upstream call.
+    pub coalesce: bool,
+    /// How long a success may be served from the cache; `None` turns it off.
+    pub cache_ttl: Option<Duration>,
+    /// Most cached answers; the oldest go first.
+    pub cache_max_entries: usize,
+}
+
+/// Shared by every call of the service.
+pub struct Economy {
+    config: EconomyConfig,
+    mac_key: hmac::Key,
+    flights: Mutex<HashMap<TokenKey, watch::Receiver<Option<Outcome>>>>,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Economy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Economy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the caller's answer was obtained.
+#[derive(Debug)]
+pub enum Ticket {
+    /// From the cache.
+    Cached(Answer),
+    /// Another call for the same token is in flight: wait for its outcome.
+    Follow(watch::Receiver<Option<Outcome>>),
+    /// This call leads: run the upstream call with [`Leader::run`].
+    Lead(Leader),
+}
+
+/// The right (and duty) to make the upstream call for a key.
+pub struct Leader {
+    economy: Arc<Economy>,
+    key: Option<TokenKey>,
+    sender: watch::Sender<Option<Outcome>>,
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader").finish_non_exhaustive()
+    }
+}
+
+impl Economy {
+    /// A fresh economy with a new random MAC key.
+    pub fn new(config: EconomyConfig) -> Arc<Self> {
+        // Drawing 32 random bytes from the OS cannot fail on any supported
+        // platform; if it did, a fixed key would still be correct (only the
+        // secrecy of the map keys would suffer), so fall back rather than panic.
+        let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"cognito-facade"));
+        Arc::new(Self {
+            config,
+            mac_key,
+            flights: Mutex::new(HashMap::new()),
+            cache: Mutex::new(Cache::default()),
+        })
+    }
+
+    fn key(&self, token: &AccessToken) -> TokenKey {
+        let tag = hmac::sign(&self.mac_key, token.expose().as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(tag.as_ref());
+        TokenKey(key)
+    }
+
+    /// Decides how the call for `token` gets its answer.
+    pub fn ticket(self: &Arc<Self>, token: &AccessToken) -> Ticket {
+        if !self.config.coalesce && self.config.cache_ttl.is_none() {
+            return Ticket::Lead(self.leader(None));
+        }
+        let key = self.key(token);
+        if self.config.cache_ttl.is_some() {
+            let hit = lock(&self.cache).get(&key, Instant::now());
+            if let Some(answer) = hit {
+                metrics::counter!(names::CACHE_HITS).increment(1);
+                return Ticket::Cached(answer);
+            }
+        }
+        if !self.config.coalesce {
+            return Ticket::Lead(self.leader(Some(key)));
+        }
+        let mut flights = lock(&self.flights);
+        if let Some(receiver) = flights.get(&key) {
+            metrics::counter!(names::COALESCED).increment(1);
+            return Ticket::Follow(receiver.clone());
+        }
+        let leader = self.leader(Some(key));
+        flights.insert(key, leader.sender.subscribe());
+        Ticket::Lead(leader)
+    }
+
+    fn leader(self: &Arc<Self>, key: Option<TokenKey>) -> Leader {
+        let (sender, _) = watch::channel(None);
+        Leader {
+            economy: Arc::clone(self),
+            key,
+            sender,
+        }
+    }
+}
+
+impl Leader {
+    /// Runs `upstream` to completion in its own task, so that one waiter
+    /// giving up (deadline, cancellation) does not fail the others, and
+    /// returns a receiver of its outcome.
+    pub fn run<F>(self, upstream: F) -> watch::Receiver<Option<Outcome>>
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let receiver = self.sender.subscribe();
+        // The leader's span follows the call, so the SDK's logs stay
+        // attributed to the RPC that started it.
+        tokio::spawn(
+            async move {
+                let outcome = upstream.await;
+                self.finish(outcome);
+            }
+            .in_current_span(),
+        );
+        receiver
+    }
+
+    /// Ends the flight without an upstream call (the call was shed); its
+    /// followers get the same answer.
+    pub fn abandon(self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    fn finish(self, outcome: Outcome) {
+        let economy = &self.economy;
+        if let (Some(key), Some(ttl), Ok(answer)) = (self.key, economy.config.cache_ttl, &outcome) {
+            lock(&economy.cache).insert(
+                key,
+                answer.clone(),
+                Instant::now() + ttl,
+                economy.config.cache_max_entries,
+            );
+        }
+        // Publish first, then leave the map: a call arriving in between
+        // follows a flight that has already landed and gets its outcome.
+        self.sender.send_replace(Some(outcome));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            lock(&self.economy.flights).remove(&key);
+        }
+        // If the task ended without an outcome (it cannot, short of a panic),
+        // followers see the sender gone and answer UNAVAILABLE.
+    }
+}
+
+/// Waits for a flight's outcome.
+pub async fn outcome(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
+    match receiver.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(lost_flight())),
+        Err(_) => Err(lost_flight()),
+    }
+}
+
+fn lost_flight() -> Error {
+    UpstreamError::new(UpstreamErrorKind::Unavailable).into()
+}
+
+/// A lock that survives a panic elsewhere: the maps stay consistent because
+/// every critical section is a single insert, get or remove.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Successes by key, expiring after the TTL, bounded in entries. The TTL is
+/// the same for every entry, so insertion order is expiry order and a queue
+/// finds both the expired and the oldest entries.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<TokenKey, (Instant, Answer)>,
+    order: VecDeque<(TokenKey, Instant)>,
+}
+
+impl Cache {
+    fn get(&mut self, key: &TokenKey, now: Instant) -> Option<Answer> {
+        match self.entries.get(key) {
+            Some((expires, answer)) if *expires > now => Some(answer.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&mut self, key: TokenKey, answer: Answer, expires: Instant, max_entries: usize) {
+        let now = Instant::now();
+        while let Some((old_key, old_expires)) = self.order.front().copied() {
+            let expired = old_expires <= now;
+            if !expired && self.entries.len() < max_entries {
+                break;
+            }
+            self.order.pop_front();
+            // Only remove the entry this queue slot stands for, not a newer
+            // insert under the same key.
+            if self
+                .entries
+                .get(&old_key)
+                .is_some_and(|(at, _)| *at == old_expires)
+            {
+                self.entries.remove(&old_key);
+            }
+        }
+        if max_entries == 0 {
+            return;
+        }
+        self.entries.insert(key, (expires, answer));
+        self.order.push_back((key, expires));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::GetUserAuthFactorsResponse;
+
+    fn answer(name: &str) -> Answer {
+        Answer {
+            response: GetUserAuthFactorsResponse {
+                username: name.to_owned(),
+                ..Default::default()
+            },
+            request_id: None,
+        }
+    }
+
+    fn key(n: u8) -> TokenKey {
+        TokenKey([n; 32])
+    }
+
+    #[test]
+    fn the_cache_expires_entries() {
+        let mut cache = Cache::default();
+        let now = Instant::now();
+        cache.insert(key(1), answer("a"), now + Duration::from_secs(5), 10);
+        assert!(cache.get(&key(1), now).is_some());
+        assert!(cache.get(&key(1), now + Duration::from_secs(6)).is_none());
+        assert!(cache.entries.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_drops_the_oldest() {
+        let mut cache = Cache::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        for n in 0..10 {
+            cache.insert(
+                key(n),
+                answer("x"),
+                later + Duration::from_millis(n.into()),
+                3,
+            );
+        }
+        assert_eq!(cache.entries.len(), 3);
+        assert!(cache.order.len() <= 3);
+        let now = Instant::now();
+        assert!(cache.get(&key(9), now).is_some());
+        assert!(cache.get(&key(0), now).is_none());
+    }
+
+    #[test]
+    fn a_zero_bound_caches_nothing() {
+        let mut cache = Cache::default();
+        cache.insert(
+            key(1),
+            answer("a"),
+            Instant::now() + Duration::from_secs(5),
+            0,
+        );
+        assert!(cache.entries.is_empty());
+    }
+}
