@@ -7,9 +7,9 @@
 //! - `throttled.`: TooManyRequestsException ("Rate exceeded")
 //! - `unknown.`: UserNotFoundException ("User does not exist.")
 //!
-//! Usage: `cargo run --example cognito-standin -- [ADDR]` (default
-//! `127.0.0.1:9229`); point the service at it with
-//! `--cognito-endpoint http://ADDR`.
+//! Usage: `cargo run --example cognito-standin -- [ADDR] [DELAY]` (default
+//! `127.0.0.1:9229`, no delay; a DELAY such as `1s` holds every answer that
+//! long); point the service at it with `--cognito-endpoint http://ADDR`.
 
 // The tests use parts of the stand-in that this binary does not.
 #[allow(dead_code)]
@@ -29,6 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(DEFAULT_ADDR)
         .parse()?;
     let stand_in = StandIn::start_on(addr).await?;
+    if let Some(delay) = std::env::args().nth(2) {
+        let delay = humantime::parse_duration(&delay)?;
+        stand_in.always(Reply::Delay(delay, Box::new(Reply::full_success())));
+    }
     stand_in.on_token_prefix(
         "revoked.",
         Reply::error(

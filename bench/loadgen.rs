@@ -1,0 +1,251 @@
+//! The benchmark's load generator (`cargo run --release --example loadgen`):
+//! drives one target at a fixed concurrency for a fixed time and prints one
+//! JSON line with the throughput and latency percentiles.
+//!
+//! Targets (`--mode`):
+//! - `health`: grpc.health.v1 Check on the service (the gRPC floor);
+//! - `facade`: GetUserAuthFactors through the service, every call with a
+//!   distinct token so single flight cannot flatter it;
+//! - `sdk`: GetUserAuthFactors straight to the stand-in through the AWS SDK
+//!   with the service's own client settings (the SDK floor);
+//! - `startup`: starts the service binary and reports the time to SERVING.
+
+use std::{
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, ValueEnum};
+use cognito_facade::{
+    cognito::Cognito,
+    config::UpstreamConfig,
+    proto::{
+        GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
+    },
+    token,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Health,
+    Facade,
+    Sdk,
+    Startup,
+}
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// The service (`health`, `facade`) or the stand-in (`sdk`), as a URL.
+    #[arg(long)]
+    target: String,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Seconds of measured load (after a short warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// HTTP/2 connections to spread the load over (gRPC modes).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// `startup`: the service binary and its arguments.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+/// What each worker measured.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    if args.mode == Mode::Startup {
+        return startup(&args).await;
+    }
+    let channels = connect(&args).await?;
+    let cognito = match args.mode {
+        Mode::Sdk => Some(Arc::new(
+            Cognito::from_config(&UpstreamConfig {
+                region: Some("us-east-1".to_owned()),
+                endpoint: Some(args.target.clone()),
+                ..UpstreamConfig::default()
+            })
+            .await?,
+        )),
+        _ => None,
+    };
+    // Warm-up: connections, pools and caches settle before measuring.
+    run(
+        &args,
+        &channels,
+        cognito.as_ref(),
+        Duration::from_secs_f64(args.seconds.min(1.0)),
+    )
+    .await;
+    let measured = Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let tallies = run(&args, &channels, cognito.as_ref(), measured).await;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut latencies: Vec<u32> = tallies
+        .iter()
+        .flat_map(|t| t.latencies_us.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let percentile = |p: f64| -> u32 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    println!(
+        "{{\"mode\":\"{:?}\",\"concurrency\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+        args.mode,
+        args.concurrency,
+        latencies.len(),
+        errors,
+        latencies.len() as f64 / elapsed,
+        percentile(0.50),
+        percentile(0.99)
+    );
+    Ok(())
+}
+
+async fn connect(args: &Args) -> Result<Vec<Channel>, Box<dyn std::error::Error>> {
+    if args.mode == Mode::Sdk {
+        return Ok(Vec::new());
+    }
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(Channel::from_shared(args.target.clone())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+/// Runs `concurrency` workers for `duration`; each sends one call after another.
+async fn run(
+    args: &Args,
+    channels: &[Channel],
+    cognito: Option<&Arc<Cognito>>,
+    duration: Duration,
+) -> Vec<Tally> {
+    let until = Instant::now() + duration;
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|worker| {
+            let mode = args.mode;
+            let channel = channels.get(worker % channels.len().max(1)).cloned();
+            let cognito = cognito.cloned();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut seq = 0u64;
+                while Instant::now() < until {
+                    seq += 1;
+                    let started = Instant::now();
+                    let ok = match mode {
+                        Mode::Health => {
+                            let mut client = HealthClient::new(channel.clone().expect("a channel"));
+                            client
+                                .check(HealthCheckRequest {
+                                    service: String::new(),
+                                })
+                                .await
+                                .is_ok()
+                        }
+                        Mode::Facade => {
+                            let mut client = IdentityProviderServiceClient::new(
+                                channel.clone().expect("a channel"),
+                            );
+                            let request = GetUserAuthFactorsRequest {
+                                access_token: format!("bench.{worker}.{seq}"),
+                            };
+                            client.get_user_auth_factors(request).await.is_ok()
+                        }
+                        Mode::Sdk => {
+                            let token = token::extract(
+                                &format!("bench.{worker}.{seq}"),
+                                &Default::default(),
+                            )
+                            .expect("a valid token");
+                            cognito
+                                .as_ref()
+                                .expect("an SDK client")
+                                .get_user_auth_factors(&token)
+                                .await
+                                .is_ok()
+                        }
+                        Mode::Startup => unreachable!("handled in main"),
+                    };
+                    if ok {
+                        let us = started.elapsed().as_micros();
+                        tally
+                            .latencies_us
+                            .push(u32::try_from(us).unwrap_or(u32::MAX));
+                    } else {
+                        tally.errors += 1;
+                    }
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tallies = Vec::new();
+    for worker in workers {
+        tallies.push(worker.await.expect("a worker"));
+    }
+    tallies
+}
+
+/// Starts the service and polls its health every millisecond until SERVING.
+async fn startup(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or("startup needs -- BINARY ARGS")?;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = started + Duration::from_secs(10);
+    let serving_ms = loop {
+        if Instant::now() > deadline {
+            return Err("not SERVING within 10 s".into());
+        }
+        if let Ok(channel) = Channel::from_shared(args.target.clone())?.connect().await {
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.get_ref().status == 1) {
+                break started.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    // Idle memory once settled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let idle_rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    child.kill().await?;
+    println!(
+        "{{\"mode\":\"Startup\",\"serving_ms\":{serving_ms:.1},\"idle_rss_kb\":{idle_rss_kb}}}"
+    );
+    Ok(())
+}

@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""The benchmark: gRPC floor, SDK floor and the facade, side by side in one run.
+
+    python3 bench/run.py             # full run, writes BENCHMARKS.md and bench/throughput.svg
+    python3 bench/run.py --smoke     # seconds-long run for CI, writes under target/
+
+Starts nginx (Debian's nginx-light, installed if missing) as a fast Cognito
+stand-in answering a fixed awsJson1.1 body, the release service against it,
+and the load generator (bench/loadgen.rs). Everything binds 127.0.0.1 and
+every load is bounded in time. Ratios measured in the same run are the
+result; absolute numbers drift with the machine.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+SERVICE = RELEASE / "cognito-facade"
+LOADGEN = RELEASE / "examples" / "loadgen"
+STANDIN = RELEASE / "examples" / "cognito-standin"
+BODY = ('{"Username":"bench-user","PreferredMfaSetting":"SOFTWARE_TOKEN_MFA",'
+        '"UserMFASettingList":["SOFTWARE_TOKEN_MFA"],'
+        '"ConfiguredUserAuthFactors":["PASSWORD","WEB_AUTHN"]}')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, text=True, capture_output=True, **kw).stdout
+
+
+def ensure_nginx():
+    if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env=env)
+
+
+def start_nginx(workdir, port):
+    prefix = workdir / "nginx"
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  client_body_temp_path {prefix}/body;
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{
+      default_type application/x-amz-json-1.1;
+      add_header x-amzn-RequestId 00000000-0000-4000-8000-000000000000 always;
+      return 200 '{BODY}';
+    }}
+  }}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(prefix)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def service_args(port, upstream_port, *extra):
+    return [str(SERVICE), "--region", "us-east-1",
+            "--cognito-endpoint", f"http://127.0.0.1:{upstream_port}",
+            "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", "off",
+            "--drain-delay", "0s", *extra]
+
+
+def start_service(port, upstream_port, *extra):
+    proc = subprocess.Popen(service_args(port, upstream_port, *extra),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakRss:
+    """Samples a process's RSS every 20 ms while a load runs."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.running = pid, 0, True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, rss_kb(self.pid))
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+
+def load(mode, target, concurrency, seconds):
+    out = sh(str(LOADGEN), "--mode", mode, "--target", target,
+             "--concurrency", str(concurrency), "--seconds", str(seconds))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def svg_plot(rows, path):
+    """Throughput and p99 against concurrency, as a dependency-free SVG."""
+    levels = [r["concurrency"] for r in rows]
+    series = {"gRPC floor": "health", "SDK floor": "sdk", "facade": "facade"}
+    colours = {"gRPC floor": "#1b9e77", "SDK floor": "#7570b3", "facade": "#d95f02"}
+    w, h, pad = 420, 260, 50
+
+    def panel(x0, title, key, unit):
+        top = max(max(r[s][key] for r in rows) for s in series.values()) or 1
+        parts = [f'<text x="{x0 + w / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+                 f'<line x1="{x0 + pad}" y1="{h - pad}" x2="{x0 + w - 10}" y2="{h - pad}" stroke="black"/>',
+                 f'<line x1="{x0 + pad}" y1="30" x2="{x0 + pad}" y2="{h - pad}" stroke="black"/>',
+                 f'<text x="{x0 + 5}" y="35" font-size="10">{top:.0f} {unit}</text>']
+        n = len(levels)
+        xs = [x0 + pad + (w - pad - 20) * (i / max(n - 1, 1)) for i in range(n)]
+        for i, c in enumerate(levels):
+            parts.append(f'<text x="{xs[i]}" y="{h - pad + 15}" text-anchor="middle" font-size="10">{c}</text>')
+        parts.append(f'<text x="{x0 + w / 2}" y="{h - 12}" text-anchor="middle" font-size="11">concurrency</text>')
+        for label, key_ in series.items():
+            pts = " ".join(f"{xs[i]:.1f},{(h - pad) - (h - pad - 30) * rows[i][key_][key] / top:.1f}"
+                           for i in range(n))
+            parts.append(f'<polyline fill="none" stroke="{colours[label]}" stroke-width="2" points="{pts}"/>')
+        return parts
+
+    parts = panel(0, "throughput (calls/s)", "rps", "/s") + panel(w + 20, "p99 latency (µs)", "p99_us", "µs")
+    for i, label in enumerate(series):
+        parts.append(f'<rect x="{60 + i * 120}" y="{h + 5}" width="12" height="12" fill="{colours[label]}"/>')
+        parts.append(f'<text x="{76 + i * 120}" y="{h + 15}" font-size="11">{label}</text>')
+    path.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * w + 20}" height="{h + 25}" '
+                    f'font-family="sans-serif">' + "".join(parts) + "</svg>\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI")
+    args = parser.parse_args()
+    smoke = args.smoke
+    levels = [1, 16] if smoke else [1, 16, 64, 256, 1024]
+    seconds = 0.5 if smoke else 8
+    report = ROOT / "target" / "bench-smoke.md" if smoke else ROOT / "BENCHMARKS.md"
+    plot = ROOT / "target" / "bench-smoke.svg" if smoke else ROOT / "bench" / "throughput.svg"
+    workdir = ROOT / "target" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    ensure_nginx()
+    subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "cognito-facade",
+                    "--example", "loadgen", "--example", "cognito-standin"], check=True, cwd=ROOT)
+
+    procs = []
+    try:
+        nginx_port = free_port()
+        procs.append(start_nginx(workdir, nginx_port))
+
+        # Start-up and idle memory: the median of a few starts.
+        starts = []
+        for _ in range(1 if smoke else 5):
+            port = free_port()
+            out = sh(str(LOADGEN), "--mode", "startup", "--target", f"http://127.0.0.1:{port}",
+                     "--", *service_args(port, nginx_port))
+            starts.append(json.loads(out.strip().splitlines()[-1]))
+        serving_ms = statistics.median(s["serving_ms"] for s in starts)
+        idle_rss_kb = statistics.median(s["idle_rss_kb"] for s in starts)
+
+        port = free_port()
+        service = start_service(port, nginx_port)
+        procs.append(service)
+        target = f"http://127.0.0.1:{port}"
+        rows = []
+        for c in levels:
+            row = {"concurrency": c}
+            row["health"] = load("health", target, c, seconds)
+            row["sdk"] = load("sdk", f"http://127.0.0.1:{nginx_port}", c, seconds)
+            with PeakRss(service.pid) as peak:
+                row["facade"] = load("facade", target, c, seconds)
+            row["peak_rss_kb"] = peak.peak
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+        # Memory with many calls held in flight by a slow upstream.
+        inflight = 200 if smoke else 1000
+        slow_port = free_port()
+        procs.append(subprocess.Popen([str(STANDIN), f"127.0.0.1:{slow_port}", "1s"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(slow_port)
+        held_port = free_port()
+        held = start_service(held_port, slow_port, "--max-concurrent-requests", "2000")
+        procs.append(held)
+        with PeakRss(held.pid) as held_peak:
+            held_load = load("facade", f"http://127.0.0.1:{held_port}", inflight, 1 if smoke else 3)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    svg_plot(rows, plot)
+    write_report(report, plot, rows, serving_ms, idle_rss_kb, inflight, held_peak.peak, held_load, smoke)
+    print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
+
+
+def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_kb, held_load, smoke):
+    def mib(kb):
+        return kb / 1024
+
+    lines = ["# Benchmarks", "",
+             "Generated by `python3 bench/run.py`" + (" --smoke" if smoke else "") + "; do not edit by hand "
+             "(notes on profiling are in [bench/PROFILE.md](bench/PROFILE.md)).", "",
+             "## Machine", "",
+             f"- {os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}",
+             f"- {cpu_model()}",
+             f"- {sh('rustc', '--version').strip()}; {nginx_version()}",
+             f"- cognito-facade {cargo_version()}, release build; date {time.strftime('%Y-%m-%d')}",
+             "", "## Throughput and latency", "",
+             "Each level runs the three targets one after another for "
+             f"{0.5 if smoke else 8} s each (after a warm-up). The facade's calls all carry distinct tokens, "
+             "so single flight cannot help it. *Predicted* is 1 / (1/gRPC floor + 1/SDK floor): the "
+             "throughput if the facade added nothing to its two legs.", "",
+             "| concurrency | gRPC floor RPS | SDK floor RPS | facade RPS | facade / predicted | "
+             "p50 µs (gRPC / SDK / facade) | p99 µs (gRPC / SDK / facade) | facade errors | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, s, f = r["health"], r["sdk"], r["facade"]
+        predicted = 1 / (1 / g["rps"] + 1 / s["rps"]) if g["rps"] and s["rps"] else 0
+        ratio = f["rps"] / predicted if predicted else 0
+        r["ratio"] = ratio
+        lines.append(f"| {r['concurrency']} | {g['rps']:.0f} | {s['rps']:.0f} | {f['rps']:.0f} | {ratio:.2f} | "
+                     f"{g['p50_us']} / {s['p50_us']} / {f['p50_us']} | {g['p99_us']} / {s['p99_us']} / {f['p99_us']} | "
+                     f"{f['errors']} | {mib(r['peak_rss_kb']):.1f} |")
+    lines += ["", f"![throughput and p99 against concurrency]({os.path.relpath(plot, path.parent)})", "",
+              "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+
+    def verdict(ok):
+        return "met" if ok else "**missed**"
+
+    for r in rows:
+        if r["concurrency"] in (64, 256):
+            lines.append(f"| facade RPS ≥ 0.85 × predicted at {r['concurrency']} | {r['ratio']:.2f} × | "
+                         f"{verdict(r['ratio'] >= 0.85)} |")
+    one = next(r for r in rows if r["concurrency"] == 1)
+    overhead = one["facade"]["p50_us"] - one["sdk"]["p50_us"]
+    lines += [f"| facade p50 − SDK-floor p50 ≤ 100 µs at concurrency 1 | {overhead} µs | {verdict(overhead <= 100)} |",
+              f"| peak RSS ≤ 30 MiB with {inflight} calls in flight (upstream waits 1 s) | "
+              f"{mib(held_rss_kb):.1f} MiB ({held_load['requests']} calls, {held_load['errors']} errors) | "
+              f"{verdict(mib(held_rss_kb) <= 30)} |",
+              f"| idle RSS ≤ 15 MiB after start | {mib(idle_rss_kb):.1f} MiB | {verdict(mib(idle_rss_kb) <= 15)} |",
+              f"| process start to SERVING ≤ 100 ms | {serving_ms:.1f} ms | {verdict(serving_ms <= 100)} |",
+              ""]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def nginx_version():
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    out = subprocess.run([nginx, "-v"], capture_output=True, text=True)
+    return (out.stderr or out.stdout).strip()
+
+
+def cargo_version():
+    for line in (ROOT / "Cargo.toml").read_text().splitlines():
+        if line.startswith("version"):
+            return line.split('"')[1]
+    return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
