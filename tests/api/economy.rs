@@ -7,7 +7,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Reply, StandIn, TOKEN, TestApp, USERNAME, request, spawn_app, spawn_app_with, test_config,
+    Reply, StandIn, TOKEN, TestApp, USERNAME, request, spawn_app, spawn_app_with, spawn_call,
+    test_config, until_received,
 };
 
 /// Starts `n` concurrent calls with `token` and returns their results.
@@ -92,11 +93,8 @@ async fn a_waiters_own_deadline_applies_to_it_alone() {
         Duration::from_millis(800),
         Box::new(Reply::full_success()),
     ));
-    let mut patient = app.client.clone();
-    let leader = tokio::spawn(async move { patient.get_user_auth_factors(request(TOKEN)).await });
-    while app.stand_in.received().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let leader = spawn_call(&app, TOKEN);
+    until_received(&app.stand_in, 1).await;
     let mut hurried = request(TOKEN);
     hurried.set_timeout(Duration::from_millis(300));
     let started = Instant::now();
@@ -126,13 +124,9 @@ async fn a_cancelled_first_caller_does_not_fail_the_others() {
         Duration::from_millis(500),
         Box::new(Reply::full_success()),
     ));
-    let mut first = app.client.clone();
-    let first = tokio::spawn(async move { first.get_user_auth_factors(request(TOKEN)).await });
-    while app.stand_in.received().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut second = app.client.clone();
-    let second = tokio::spawn(async move { second.get_user_auth_factors(request(TOKEN)).await });
+    let first = spawn_call(&app, TOKEN);
+    until_received(&app.stand_in, 1).await;
+    let second = spawn_call(&app, TOKEN);
     tokio::time::sleep(Duration::from_millis(50)).await;
     first.abort();
     let answer = second.await.unwrap().expect("the shared call carries on");

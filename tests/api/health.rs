@@ -8,23 +8,14 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{Reply, StandIn, TOKEN, request, spawn_app, spawn_app_with, test_config};
+use crate::helpers::{
+    Reply, StandIn, TOKEN, spawn_app, spawn_app_with, spawn_call, test_config, until_received,
+};
 
 fn health_request(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
         service: service.to_owned(),
     }
-}
-
-/// Polls `check` until the stand-in has seen `n` requests, for at most 5 s.
-async fn until_received(stand_in: &StandIn, n: usize) {
-    for _ in 0..500 {
-        if stand_in.received().len() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stand-in never saw {n} requests");
 }
 
 #[tokio::test]
@@ -68,8 +59,7 @@ async fn shutdown_flips_to_not_serving_drains_and_finishes_in_flight_calls() {
         Duration::from_millis(700),
         Box::new(Reply::full_success()),
     ));
-    let mut client = app.client.clone();
-    let in_flight = tokio::spawn(async move { client.get_user_auth_factors(request(TOKEN)).await });
+    let in_flight = spawn_call(&app, TOKEN);
     until_received(&app.stand_in, 1).await;
 
     app.shut_down();
@@ -118,8 +108,7 @@ async fn shutdown_gives_up_on_calls_that_outlive_the_grace_period() {
         Box::new(Reply::full_success()),
     ));
     let mut app = spawn_app_with(stand_in, config).await;
-    let mut client = app.client.clone();
-    let _stuck = tokio::spawn(async move { client.get_user_auth_factors(request(TOKEN)).await });
+    let _stuck = spawn_call(&app, TOKEN);
     until_received(&app.stand_in, 1).await;
     app.shut_down();
     tokio::time::timeout(Duration::from_secs(3), app.stopped())

@@ -14,8 +14,8 @@ use cognito_facade::{
     cognito::Cognito,
     config::{Config, Limits, LogFormat, UpstreamConfig},
     economy::EconomyConfig,
-    proto::GetUserAuthFactorsRequest,
     proto::identity_provider_service_client::IdentityProviderServiceClient,
+    proto::{GetUserAuthFactorsRequest, GetUserAuthFactorsResponse},
     server::{self, ServerError},
 };
 use serde_json::Value;
@@ -114,6 +114,27 @@ pub(crate) async fn spawn_app_with(stand_in: StandIn, config: Config) -> TestApp
         shutdown: Some(tx),
         server: Some(server),
     }
+}
+
+/// Waits until the stand-in has seen `n` requests, for at most 5 s.
+pub(crate) async fn until_received(stand_in: &StandIn, n: usize) {
+    for _ in 0..500 {
+        if stand_in.received().len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stand-in never saw {n} requests");
+}
+
+/// Starts a call with `token` in the background.
+pub(crate) fn spawn_call(
+    app: &TestApp,
+    token: &str,
+) -> JoinHandle<Result<tonic::Response<GetUserAuthFactorsResponse>, tonic::Status>> {
+    let mut client = app.client.clone();
+    let request = request(token);
+    tokio::spawn(async move { client.get_user_auth_factors(request).await })
 }
 
 /// A request with the token in the field.

@@ -19,7 +19,8 @@ use tonic::{
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Reply, Running, StandIn, TOKEN, USERNAME, command, request, spawn_app_with, test_config,
+    Reply, Running, StandIn, TOKEN, USERNAME, command, request, spawn_app_with, spawn_call,
+    test_config, until_received,
 };
 
 /// `GET /metrics` over plain HTTP/1.1; the body.
@@ -81,9 +82,7 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
             .get_user_auth_factors(request("slow.token"))
             .await
     });
-    while stand_in.received().len() < 4 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_received(&stand_in, 4).await;
     let shed = client
         .get_user_auth_factors(request("shed.token"))
         .await
@@ -338,17 +337,11 @@ async fn calls_over_the_limit_are_shed_at_once_and_never_reach_cognito() {
     ));
     let app = spawn_app_with(stand_in, config).await;
 
+    // Distinct tokens: identical ones would share one upstream call.
     let held: Vec<_> = (0..LIMIT)
-        .map(|i| {
-            let mut client = app.client.clone();
-            // Distinct tokens: identical ones would share one upstream call.
-            let token = format!("held.{i}");
-            tokio::spawn(async move { client.get_user_auth_factors(request(&token)).await })
-        })
+        .map(|i| spawn_call(&app, &format!("held.{i}")))
         .collect();
-    while app.stand_in.received().len() < LIMIT {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_received(&app.stand_in, LIMIT).await;
     for i in 0..5 {
         let started = Instant::now();
         let status = app
