@@ -468,4 +468,30 @@ mod tests {
             "MISSING_ACCESS_TOKEN"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Any error code string maps to a documented row (or to none,
+            /// which the caller treats as unmodeled) without panicking.
+            #[test]
+            fn any_aws_code_maps_to_a_documented_row(code in ".{0,80}") {
+                match K::from_aws_code(&code) {
+                    Some(kind) => prop_assert!(K::ALL.contains(&kind)),
+                    None => {
+                        let status = status_of(UpstreamError {
+                            aws_error_code: Some(code.clone()),
+                            ..UpstreamError::new(K::Unmodeled)
+                        });
+                        prop_assert_eq!(status.code(), Code::Unknown);
+                        let info = status.get_details_error_info().unwrap();
+                        prop_assert_eq!(info.metadata.get("aws_error_code"), Some(&code));
+                    }
+                }
+            }
+        }
+    }
 }

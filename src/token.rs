@@ -250,4 +250,41 @@ mod tests {
         assert_eq!(format!("{token:?}"), "[REDACTED]");
         assert_eq!(format!("{token}"), "[REDACTED]");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn allowed(token: &str) -> bool {
+            !token.is_empty()
+                && token.len() <= MAX_TOKEN_BYTES
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.'))
+        }
+
+        proptest! {
+            /// Whatever the field and the header hold, extraction answers
+            /// without panicking, and what it accepts fits the model's pattern.
+            #[test]
+            fn extraction_accepts_only_model_tokens(field in ".{0,64}", header in proptest::option::of(".{0,64}")) {
+                let mut map = MetadataMap::new();
+                if let Some(value) = header.as_deref().and_then(|h| h.parse().ok()) {
+                    map.insert(AUTHORIZATION_KEY, value);
+                }
+                if let Ok(token) = extract(&field, &map) {
+                    prop_assert!(allowed(token.expose()));
+                    prop_assert_eq!(format!("{token:?}"), "[REDACTED]");
+                }
+            }
+
+            /// A token that fits the pattern is always accepted from the field.
+            #[test]
+            fn model_tokens_are_accepted(token in "[A-Za-z0-9_=.-]{1,512}") {
+                let extracted = extract(&token, &MetadataMap::new()).unwrap();
+                prop_assert_eq!(extracted.expose(), token.as_str());
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ mod binary;
 mod deploy;
 mod economy;
 mod errors;
+mod faults;
 mod health;
 mod helpers;
 mod operations;
