@@ -7,6 +7,7 @@ mod errors;
 mod faults;
 mod health;
 mod helpers;
+mod hostile;
 mod operations;
 mod reflection;
 mod rpc;
