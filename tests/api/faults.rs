@@ -28,6 +28,22 @@ async fn expect(app: &mut TestApp, code: Code, reason: &str, bound: Duration) {
     assert_eq!(status.get_details_error_info().unwrap().reason, reason);
 }
 
+/// Points the server at `endpoint` with the given attempt and call timeouts
+/// and expects UPSTREAM_TIMEOUT well within a few seconds.
+async fn expect_timeout(endpoint: &str, attempt: Duration, call: Duration) {
+    let mut config = test_config(endpoint);
+    config.upstream.attempt_timeout = attempt;
+    config.upstream.call_timeout = call;
+    let mut app = spawn_app_with(StandIn::start().await, config).await;
+    expect(
+        &mut app,
+        Code::DeadlineExceeded,
+        "UPSTREAM_TIMEOUT",
+        Duration::from_secs(3),
+    )
+    .await;
+}
+
 async fn next_call_succeeds(app: &mut TestApp) {
     app.stand_in.always(Reply::full_success());
     app.client
@@ -97,16 +113,10 @@ async fn a_slow_drip_of_bytes_times_out() {
             });
         }
     });
-    let stand_in = StandIn::start().await;
-    let mut config = test_config(&endpoint);
-    config.upstream.attempt_timeout = Duration::from_millis(500);
-    config.upstream.call_timeout = Duration::from_secs(1);
-    let mut app = spawn_app_with(stand_in, config).await;
-    expect(
-        &mut app,
-        Code::DeadlineExceeded,
-        "UPSTREAM_TIMEOUT",
-        Duration::from_secs(3),
+    expect_timeout(
+        &endpoint,
+        Duration::from_millis(500),
+        Duration::from_secs(1),
     )
     .await;
 }
@@ -122,16 +132,10 @@ async fn nothing_at_all_times_out() {
             held.push(socket);
         }
     });
-    let stand_in = StandIn::start().await;
-    let mut config = test_config(&endpoint);
-    config.upstream.attempt_timeout = Duration::from_millis(300);
-    config.upstream.call_timeout = Duration::from_millis(800);
-    let mut app = spawn_app_with(stand_in, config).await;
-    expect(
-        &mut app,
-        Code::DeadlineExceeded,
-        "UPSTREAM_TIMEOUT",
-        Duration::from_secs(3),
+    expect_timeout(
+        &endpoint,
+        Duration::from_millis(300),
+        Duration::from_millis(800),
     )
     .await;
 }
