@@ -11,6 +11,7 @@
 //! - `startup`: starts the service binary and reports the time to SERVING.
 
 use std::{
+    collections::BTreeMap,
     process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
@@ -48,6 +49,16 @@ struct Args {
     /// Seconds of measured load (after a short warm-up).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// `facade`: draw every call's token from a pool of this many (a
+    /// realistic mix, where single flight and the cache can help) instead of
+    /// a fresh token per call.
+    #[arg(long)]
+    tokens: Option<u64>,
+    /// Calls per second over all workers (open loop, for the soak): each
+    /// worker starts a call every `concurrency / rate` seconds instead of as
+    /// soon as its last one returned.
+    #[arg(long)]
+    rate: Option<f64>,
     /// HTTP/2 connections to spread the load over (gRPC modes).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -56,11 +67,18 @@ struct Args {
     command: Vec<String>,
 }
 
+/// The service's allocator, so the SDK floor (which runs in this process) is
+/// measured under the same allocator as the SDK inside the service.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What each worker measured.
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
+    /// Failed calls by gRPC code.
+    error_codes: BTreeMap<String, u64>,
 }
 
 #[tokio::main]
@@ -100,6 +118,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     latencies.sort_unstable();
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let mut error_codes: BTreeMap<&str, u64> = BTreeMap::new();
+    for (code, n) in tallies.iter().flat_map(|t| &t.error_codes) {
+        *error_codes.entry(code).or_default() += n;
+    }
+    let error_codes = error_codes
+        .iter()
+        .map(|(code, n)| format!("\"{code}\":{n}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let percentile = |p: f64| -> u32 {
         if latencies.is_empty() {
             return 0;
@@ -108,11 +135,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         latencies[rank - 1]
     };
     println!(
-        "{{\"mode\":\"{:?}\",\"concurrency\":{},\"requests\":{},\"errors\":{},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
+        "{{\"mode\":\"{:?}\",\"concurrency\":{},\"requests\":{},\"errors\":{},\"error_codes\":{{{}}},\"rps\":{:.1},\"p50_us\":{},\"p99_us\":{}}}",
         args.mode,
         args.concurrency,
         latencies.len(),
         errors,
+        error_codes,
         latencies.len() as f64 / elapsed,
         percentile(0.50),
         percentile(0.99)
@@ -142,15 +170,31 @@ async fn run(
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| {
             let mode = args.mode;
+            let concurrency = args.concurrency.max(1);
+            let pool = args.tokens;
+            let pace = args
+                .rate
+                .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(0.001)));
             let channel = channels.get(worker % channels.len().max(1)).cloned();
             let cognito = cognito.cloned();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut seq = 0u64;
+                let mut ticks = pace.map(|pace| {
+                    // Workers start spread over one period, not all at once.
+                    let start = tokio::time::Instant::now()
+                        + pace.mul_f64(worker as f64 / concurrency as f64);
+                    let mut ticks = tokio::time::interval_at(start, pace);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    ticks
+                });
                 while Instant::now() < until {
+                    if let Some(ticks) = ticks.as_mut() {
+                        ticks.tick().await;
+                    }
                     seq += 1;
                     let started = Instant::now();
-                    let ok = match mode {
+                    let outcome: Result<(), String> = match mode {
                         Mode::Health => {
                             let mut client = HealthClient::new(channel.clone().expect("a channel"));
                             client
@@ -158,16 +202,31 @@ async fn run(
                                     service: String::new(),
                                 })
                                 .await
-                                .is_ok()
+                                .map(drop)
+                                .map_err(|status| format!("{:?}", status.code()))
                         }
                         Mode::Facade => {
                             let mut client = IdentityProviderServiceClient::new(
                                 channel.clone().expect("a channel"),
                             );
-                            let request = GetUserAuthFactorsRequest {
-                                access_token: format!("bench.{worker}.{seq}"),
+                            let access_token = match pool {
+                                // Callers walk the pool at different strides,
+                                // so identical calls overlap as they would
+                                // in production, not in lockstep.
+                                Some(size) => {
+                                    format!(
+                                        "bench.pool.{}",
+                                        (seq * (worker as u64 + 1)) % size.max(1)
+                                    )
+                                }
+                                None => format!("bench.{worker}.{seq}"),
                             };
-                            client.get_user_auth_factors(request).await.is_ok()
+                            let request = GetUserAuthFactorsRequest { access_token };
+                            client
+                                .get_user_auth_factors(request)
+                                .await
+                                .map(drop)
+                                .map_err(|status| format!("{:?}", status.code()))
                         }
                         Mode::Sdk => {
                             let token = token::extract(
@@ -180,17 +239,22 @@ async fn run(
                                 .expect("an SDK client")
                                 .get_user_auth_factors(&token)
                                 .await
-                                .is_ok()
+                                .map(drop)
+                                .map_err(|err| format!("{:?}", err.kind))
                         }
                         Mode::Startup => unreachable!("handled in main"),
                     };
-                    if ok {
-                        let us = started.elapsed().as_micros();
-                        tally
-                            .latencies_us
-                            .push(u32::try_from(us).unwrap_or(u32::MAX));
-                    } else {
-                        tally.errors += 1;
+                    match outcome {
+                        Ok(()) => {
+                            let us = started.elapsed().as_micros();
+                            tally
+                                .latencies_us
+                                .push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
+                        Err(code) => {
+                            tally.errors += 1;
+                            *tally.error_codes.entry(code).or_default() += 1;
+                        }
                     }
                 }
                 tally

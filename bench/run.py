@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,13 @@ STANDIN = RELEASE / "examples" / "cognito-standin"
 BODY = ('{"Username":"bench-user","PreferredMfaSetting":"SOFTWARE_TOKEN_MFA",'
         '"UserMFASettingList":["SOFTWARE_TOKEN_MFA"],'
         '"ConfiguredUserAuthFactors":["PASSWORD","WEB_AUTHN"]}')
+
+
+# The upstream-call economy mix: this many callers, each call with one of
+# this many tokens, against a stand-in that answers in this many milliseconds.
+ECONOMY_CALLERS = 64
+ECONOMY_TOKENS = 20
+ECONOMY_UPSTREAM_MS = 20
 
 
 def free_port():
@@ -95,15 +103,17 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def service_args(port, upstream_port, *extra):
+def service_args(port, upstream_port, *extra, metrics_port=0):
+    """The service as deployed: default flags, metrics recorded and served
+    (on `metrics_port`, any free one by default), loopback only."""
     return [str(SERVICE), "--region", "us-east-1",
             "--cognito-endpoint", f"http://127.0.0.1:{upstream_port}",
-            "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", "off",
+            "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}",
             "--drain-delay", "0s", *extra]
 
 
-def start_service(port, upstream_port, *extra):
-    proc = subprocess.Popen(service_args(port, upstream_port, *extra),
+def start_service(port, upstream_port, *extra, metrics_port=0):
+    proc = subprocess.Popen(service_args(port, upstream_port, *extra, metrics_port=metrics_port),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc
@@ -141,10 +151,50 @@ class PeakRss:
         self.thread.join()
 
 
-def load(mode, target, concurrency, seconds):
+def load(mode, target, concurrency, seconds, *extra):
     out = sh(str(LOADGEN), "--mode", mode, "--target", target,
-             "--concurrency", str(concurrency), "--seconds", str(seconds))
+             "--concurrency", str(concurrency), "--seconds", str(seconds), *extra)
     return json.loads(out.strip().splitlines()[-1])
+
+
+def metric_sum(metrics_port, name, label=""):
+    """Sums a counter's samples on the service's /metrics page, optionally
+    only those whose labels contain `label`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as page:
+        text = page.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (line[len(name)] in " {") and label in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+# Single flight and the cache, each against the same mix.
+ECONOMY_VARIANTS = [
+    ("neither (`--coalesce=false`)", ["--coalesce=false"]),
+    ("single flight (default)", []),
+    ("single flight + `--cache-ttl 30s`", ["--cache-ttl", "30s"]),
+]
+
+
+def economy(upstream_port, tokens, callers, seconds):
+    """Upstream calls per variant for `callers` callers hammering `tokens`
+    distinct tokens, counted by the service's own metrics."""
+    rows = []
+    for label, flags in ECONOMY_VARIANTS:
+        port, metrics_port = free_port(), free_port()
+        proc = start_service(port, upstream_port, *flags, metrics_port=metrics_port)
+        try:
+            result = load("facade", f"http://127.0.0.1:{port}", callers, seconds,
+                          "--tokens", str(tokens))
+            calls = metric_sum(metrics_port, "cognito_facade_rpc_requests_total", 'code="OK"')
+            upstream = metric_sum(metrics_port, "cognito_facade_upstream_requests_total")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        rows.append({"label": label, "calls": calls, "upstream": upstream,
+                     "errors": result["errors"], "p50_us": result["p50_us"]})
+    return rows
 
 
 def svg_plot(rows, path):
@@ -236,6 +286,14 @@ def main():
         procs.append(held)
         with PeakRss(held.pid) as held_peak:
             held_load = load("facade", f"http://127.0.0.1:{held_port}", inflight, 1 if smoke else 3)
+
+        # Upstream-call economy against a stand-in with Cognito-like latency.
+        cognito_like_port = free_port()
+        procs.append(subprocess.Popen([str(STANDIN), f"127.0.0.1:{cognito_like_port}",
+                                       f"{ECONOMY_UPSTREAM_MS}ms"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(cognito_like_port)
+        savings = economy(cognito_like_port, ECONOMY_TOKENS, ECONOMY_CALLERS, 1 if smoke else 5)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -246,11 +304,13 @@ def main():
                 proc.kill()
 
     svg_plot(rows, plot)
-    write_report(report, plot, rows, serving_ms, idle_rss_kb, inflight, held_peak.peak, held_load, smoke)
+    write_report(report, plot, rows, serving_ms, idle_rss_kb, inflight, held_peak.peak, held_load,
+                 savings, smoke)
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
-def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_kb, held_load, smoke):
+def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_kb, held_load,
+                 savings, smoke):
     def mib(kb):
         return kb / 1024
 
@@ -296,7 +356,19 @@ def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_k
               f"{verdict(mib(held_rss_kb) <= 30)} |",
               f"| idle RSS ≤ 15 MiB after start | {mib(idle_rss_kb):.1f} MiB | {verdict(mib(idle_rss_kb) <= 15)} |",
               f"| process start to SERVING ≤ 100 ms | {serving_ms:.1f} ms | {verdict(serving_ms <= 100)} |",
-              ""]
+              "", "## Upstream-call economy", "",
+              f"{ECONOMY_CALLERS} callers, each call carrying one of {ECONOMY_TOKENS} tokens, against a "
+              f"stand-in that answers in {ECONOMY_UPSTREAM_MS} ms (Cognito-like), "
+              f"{1 if smoke else 5} s per variant. Calls and upstream calls are the service's own "
+              "counters (`cognito_facade_rpc_requests_total{code=\"OK\"}`, "
+              "`cognito_facade_upstream_requests_total`).", "",
+              "| variant | calls answered | upstream calls | saved | facade errors | p50 µs |",
+              "|---|---|---|---|---|---|"]
+    for v in savings:
+        saved = 1 - v["upstream"] / v["calls"] if v["calls"] else 0
+        lines.append(f"| {v['label']} | {v['calls']} | {v['upstream']} | {saved:.0%} | {v['errors']} | "
+                     f"{v['p50_us']} |")
+    lines.append("")
     path.write_text("\n".join(lines) + "\n")
 
 

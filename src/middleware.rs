@@ -1,7 +1,8 @@
 //! A tower layer around the gRPC routes that sees every call of the RPC
-//! service as the caller will: it records the RPC metrics from the final
-//! status, and turns the decoder's "message too large" (OUT_OF_RANGE, before
-//! our handler runs) into the documented RESOURCE_EXHAUSTED.
+//! service as the caller will: it refuses requests that are not gRPC (HTTP
+//! 415), records the RPC metrics from the final status, and turns the
+//! decoder's "message too large" (OUT_OF_RANGE, before our handler runs) into
+//! the documented RESOURCE_EXHAUSTED.
 
 use std::{
     pin::Pin,
@@ -55,14 +56,24 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = rpc_method(request.uri().path());
-        let future = self.inner.call(request);
+        // A refused request never reaches the routes.
+        let answer = match content_type_refusal(request.headers()) {
+            Some(refusal) => Err(refusal),
+            None => Ok(self.inner.call(request)),
+        };
+        let respond = async move {
+            match answer {
+                Ok(future) => future.await,
+                Err(refusal) => Ok(refusal),
+            }
+        };
         let Some(method) = method else {
-            return Box::pin(future);
+            return Box::pin(respond);
         };
         let started = Instant::now();
         let in_flight = InFlight::enter();
         Box::pin(async move {
-            let mut response = future.await?;
+            let mut response = respond.await?;
             let code = final_code(&mut response);
             metrics::counter!(names::RPC_REQUESTS, "method" => method, "code" => error::code_name(code))
                 .increment(1);
@@ -72,6 +83,29 @@ where
             Ok(response)
         })
     }
+}
+
+/// A request that is not gRPC (its content type is not `application/grpc`
+/// or `application/grpc+...`) gets what the gRPC over HTTP/2 spec asks for:
+/// HTTP 415 with `grpc-status` INVALID_ARGUMENT, before any handler or
+/// decoder sees it. `None` for a gRPC request.
+fn content_type_refusal<B: Default>(headers: &http::HeaderMap) -> Option<http::Response<B>> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(http::HeaderValue::as_bytes);
+    let is_grpc = content_type.is_some_and(|value| {
+        value == b"application/grpc"
+            || value.starts_with(b"application/grpc+")
+            || value.starts_with(b"application/grpc;")
+    });
+    if is_grpc {
+        return None;
+    }
+    let mut response =
+        Status::invalid_argument("not a gRPC request: the content-type must be application/grpc")
+            .into_http();
+    *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    Some(response)
 }
 
 /// The method label of a request path, or `None` for other services.
@@ -147,6 +181,38 @@ mod tests {
             None
         );
         assert_eq!(rpc_method(""), None);
+    }
+
+    #[test]
+    fn only_grpc_content_types_pass() {
+        let refused = |value: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            }
+            content_type_refusal::<tonic::body::Body>(&headers)
+        };
+        for ok in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(refused(Some(ok)).is_none(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("application/json"),
+            Some("application/grpcx"),
+            Some("text/plain"),
+        ] {
+            let response = refused(bad).expect("refused");
+            assert_eq!(
+                response.status(),
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{bad:?}"
+            );
+            assert_eq!(response.headers()["grpc-status"], "3", "{bad:?}");
+        }
     }
 
     fn response_with_status(code: Option<&str>) -> http::Response<tonic::body::Body> {

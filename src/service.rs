@@ -9,7 +9,7 @@ use std::{
 use tokio::sync::Semaphore;
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
-use tracing::{Instrument as _, field::Empty};
+use tracing::Instrument as _;
 
 use crate::{
     cognito::{Answer, Cognito},
@@ -126,13 +126,14 @@ impl IdentityProviderService for FacadeService {
         &self,
         request: Request<GetUserAuthFactorsRequest>,
     ) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
+        // The span carries only what is known on arrival: recording fields
+        // into a span later makes the JSON formatter re-serialize all of them
+        // each time (the profile found it). The outcome goes on the line that
+        // ends the call.
         let span = tracing::info_span!(
             "rpc",
             rpc.service = "cognito.idp.v1.IdentityProviderService",
             rpc.method = "GetUserAuthFactors",
-            grpc.code = Empty,
-            latency_us = Empty,
-            aws_request_id = Empty,
         );
         async move {
             let arrived = request
@@ -141,15 +142,14 @@ impl IdentityProviderService for FacadeService {
                 .map_or_else(Instant::now, |arrival| arrival.0);
             let result = self.call(request, arrived).await;
             let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
-            let span = tracing::Span::current();
-            span.record("latency_us", latency_us);
             match result {
                 Ok(answer) => {
-                    span.record("grpc.code", code_name(tonic::Code::Ok));
-                    if let Some(id) = &answer.request_id {
-                        span.record("aws_request_id", id.as_str());
-                    }
-                    tracing::info!("call finished");
+                    tracing::info!(
+                        grpc.code = code_name(tonic::Code::Ok),
+                        latency_us,
+                        aws_request_id = answer.request_id.as_deref(),
+                        "call finished"
+                    );
                     let mut response = Response::new(answer.response);
                     if let Some(id) = answer.request_id.as_deref().and_then(metadata_value) {
                         response.metadata_mut().insert(REQUEST_ID_METADATA, id);
@@ -157,16 +157,7 @@ impl IdentityProviderService for FacadeService {
                     Ok(response)
                 }
                 Err(err) => {
-                    let (code, reason) = err.status();
-                    span.record("grpc.code", code_name(code));
-                    if let Error::Upstream(UpstreamError {
-                        request_id: Some(id),
-                        ..
-                    }) = &err
-                    {
-                        span.record("aws_request_id", id.as_str());
-                    }
-                    log_failure(&err, reason);
+                    log_failure(&err, latency_us);
                     Err(err.into())
                 }
             }
@@ -191,25 +182,37 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
     metrics::histogram!(names::UPSTREAM_DURATION).record(elapsed.as_secs_f64());
 }
 
-/// One line per failed call: warnings for our side's trouble, info for the
-/// caller's.
-fn log_failure(err: &Error, reason: &'static str) {
+/// One line per failed call, with its code, reason and latency: warnings for
+/// our side's trouble, info for the caller's.
+fn log_failure(err: &Error, latency_us: u64) {
+    let (code, reason) = err.status();
+    let code = code_name(code);
     match err {
-        Error::Token(_) => tracing::info!(reason, error = %err, "call refused"),
-        Error::Upstream(up) if up.kind.passes_message() => {
-            tracing::info!(
-                reason,
-                aws_error_code = up.aws_error_code.as_deref(),
-                "call failed"
-            )
+        Error::Token(_) => {
+            tracing::info!(grpc.code = code, reason, latency_us, error = %err, "call refused")
         }
-        Error::Upstream(_) => {
-            tracing::warn!(reason, error = %ErrorChain(err), "call failed")
-        }
+        Error::Upstream(up) if up.kind.passes_message() => tracing::info!(
+            grpc.code = code,
+            reason,
+            latency_us,
+            aws_request_id = up.request_id.as_deref(),
+            aws_error_code = up.aws_error_code.as_deref(),
+            "call failed"
+        ),
+        Error::Upstream(up) => tracing::warn!(
+            grpc.code = code,
+            reason,
+            latency_us,
+            aws_request_id = up.request_id.as_deref(),
+            error = %ErrorChain(err),
+            "call failed"
+        ),
         // Under overload a line per shed call would add to the trouble; the
         // shed counter tells the story.
-        Error::Overloaded => tracing::debug!(reason, "call shed"),
-        Error::RequestTooLarge => tracing::info!(reason, "call refused"),
+        Error::Overloaded => tracing::debug!(grpc.code = code, reason, "call shed"),
+        Error::RequestTooLarge => {
+            tracing::info!(grpc.code = code, reason, latency_us, "call refused")
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Reply, StandIn, TOKEN, TestApp, code_name, request, spawn_app, spawn_app_with, test_config,
+    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, request, spawn_app, spawn_app_with,
+    test_config,
 };
 
 /// What a failed call answered.
@@ -167,6 +168,7 @@ async fn invalid_parameter_reason_code_reaches_error_info() {
 
 #[tokio::test]
 async fn internal_error_is_retried_then_unavailable_with_a_generic_message() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     app.stand_in.always(Reply::error(
         500,
@@ -179,10 +181,17 @@ async fn internal_error_is_retried_then_unavailable_with_a_generic_message() {
     assert_eq!(seen.metadata["aws_error_code"], "InternalErrorException");
     assert!(!seen.status.message().contains("secret internals"));
     assert_eq!(app.stand_in.received().len(), 3, "the SDK's three attempts");
+    app.stand_in.always(Reply::full_success());
+    app.client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .expect("the next good call succeeds");
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
 async fn internal_error_then_success_succeeds() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     app.stand_in
         .then([Reply::error(500, "InternalErrorException", "blip")]);
@@ -191,6 +200,7 @@ async fn internal_error_then_success_succeeds() {
         .await
         .unwrap();
     assert_eq!(app.stand_in.received().len(), 2);
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
@@ -209,6 +219,7 @@ async fn an_unmodeled_4xx_is_unknown_and_names_the_code() {
 
 #[tokio::test]
 async fn an_unmodeled_5xx_and_an_html_error_page_are_unavailable() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     for reply in [
         Reply::error(503, "ServiceUnavailableException", "down"),
@@ -229,10 +240,17 @@ async fn an_unmodeled_5xx_and_an_html_error_page_are_unavailable() {
         assert_eq!(seen.reason, "UPSTREAM_UNAVAILABLE", "{reply:?}");
         assert_eq!(seen.status.message(), "Cognito is unavailable");
     }
+    app.stand_in.always(Reply::full_success());
+    app.client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .expect("the next good call succeeds");
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
 async fn an_unparseable_success_is_internal() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     for reply in [
         Reply::Raw {
@@ -248,10 +266,17 @@ async fn an_unparseable_success_is_internal() {
         assert_eq!(seen.status.code(), Code::Internal, "{reply:?}");
         assert_eq!(seen.reason, "UPSTREAM_BAD_RESPONSE", "{reply:?}");
     }
+    app.stand_in.always(Reply::full_success());
+    app.client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .expect("the next good call succeeds");
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
 async fn an_unreachable_cognito_is_unavailable() {
+    let metrics = LocalMetrics::install();
     // A port that was just free: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
@@ -263,10 +288,12 @@ async fn an_unreachable_cognito_is_unavailable() {
     assert_eq!(seen.reason, "UPSTREAM_UNREACHABLE");
     assert_eq!(seen.status.message(), "Cognito could not be reached");
     assert!(!seen.metadata.contains_key("aws_request_id"));
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
 async fn a_connection_closed_without_an_answer_is_unavailable() {
+    let metrics = LocalMetrics::install();
     // A server that reads the request and hangs up.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -284,6 +311,7 @@ async fn a_connection_closed_without_an_answer_is_unavailable() {
     let seen = call(&mut app).await;
     assert_eq!(seen.status.code(), Code::Unavailable);
     assert_eq!(seen.reason, "UPSTREAM_UNREACHABLE");
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    AWS_JSON, Reply, StandIn, TOKEN, TestApp, request, spawn_app, spawn_app_with, test_config,
+    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, request, spawn_app, spawn_app_with,
+    test_config,
 };
 
 /// Calls once, checks code, reason and that it came within `bound`.
@@ -29,8 +30,10 @@ async fn expect(app: &mut TestApp, code: Code, reason: &str, bound: Duration) {
 }
 
 /// Points the server at `endpoint` with the given attempt and call timeouts
-/// and expects UPSTREAM_TIMEOUT well within a few seconds.
+/// and expects UPSTREAM_TIMEOUT well within a few seconds, with nothing left
+/// in flight.
 async fn expect_timeout(endpoint: &str, attempt: Duration, call: Duration) {
+    let metrics = LocalMetrics::install();
     let mut config = test_config(endpoint);
     config.upstream.attempt_timeout = attempt;
     config.upstream.call_timeout = call;
@@ -42,6 +45,7 @@ async fn expect_timeout(endpoint: &str, attempt: Duration, call: Duration) {
         Duration::from_secs(3),
     )
     .await;
+    metrics.until_nothing_in_flight().await;
 }
 
 async fn next_call_succeeds(app: &mut TestApp) {
@@ -54,6 +58,7 @@ async fn next_call_succeeds(app: &mut TestApp) {
 
 #[tokio::test]
 async fn a_ten_megabyte_body_is_a_bad_response() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     app.stand_in.then([Reply::Raw {
         status: 200,
@@ -68,10 +73,12 @@ async fn a_ten_megabyte_body_is_a_bad_response() {
     )
     .await;
     next_call_succeeds(&mut app).await;
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
 async fn a_burst_of_throttling_is_retried_away() {
+    let metrics = LocalMetrics::install();
     let mut app = spawn_app().await;
     app.stand_in.then([
         Reply::error(400, "TooManyRequestsException", "Rate exceeded"),
@@ -86,6 +93,7 @@ async fn a_burst_of_throttling_is_retried_away() {
         3,
         "two throttled attempts, then success"
     );
+    metrics.until_nothing_in_flight().await;
 }
 
 #[tokio::test]
@@ -138,4 +146,38 @@ async fn nothing_at_all_times_out() {
         Duration::from_millis(800),
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_success_with_the_wrong_content_type_is_judged_by_its_body() {
+    // The SDK parses the body whatever the content type says; the service
+    // keeps it that way (a proxy that relabels a good answer should not break
+    // sign-in), so a valid body is an answer and anything else a bad response.
+    let metrics = LocalMetrics::install();
+    let mut app = spawn_app().await;
+    app.stand_in.then([Reply::Raw {
+        status: 200,
+        content_type: "text/html",
+        body: "<html>Welcome to nginx!</html>".to_owned(),
+    }]);
+    expect(
+        &mut app,
+        Code::Internal,
+        "UPSTREAM_BAD_RESPONSE",
+        Duration::from_secs(3),
+    )
+    .await;
+    app.stand_in.then([Reply::Raw {
+        status: 200,
+        content_type: "text/plain",
+        body: format!("{{\"Username\":\"{}\"}}", crate::helpers::USERNAME),
+    }]);
+    let answer = app
+        .client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .expect("a valid body is an answer");
+    assert_eq!(answer.get_ref().username, crate::helpers::USERNAME);
+    next_call_succeeds(&mut app).await;
+    metrics.until_nothing_in_flight().await;
 }

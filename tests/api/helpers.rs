@@ -303,6 +303,12 @@ impl Running {
     /// Sends SIGTERM and waits (bounded) for the exit code, without blocking
     /// the runtime: the stand-in and client connections live on it.
     pub(crate) async fn terminate(&mut self) -> Option<i32> {
+        self.send_sigterm();
+        self.exit_code(Duration::from_secs(10)).await
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub(crate) fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -311,14 +317,18 @@ impl Running {
                 .unwrap()
                 .success()
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
+    }
+
+    /// Waits at most `bound` for the process to exit; its exit code.
+    pub(crate) async fn exit_code(&mut self, bound: Duration) -> Option<i32> {
+        let deadline = Instant::now() + bound;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("still running 10 s after SIGTERM");
+        panic!("still running {bound:?} after SIGTERM");
     }
 
     /// Every log line, once the process has exited.
@@ -328,5 +338,48 @@ impl Running {
             self.seen.push(line);
         }
         self.seen.clone()
+    }
+}
+
+/// A Prometheus recorder for the current thread only. `#[tokio::test]` runs
+/// the test and the server it spawns on one thread, so this test's calls, and
+/// no other test's, record here.
+pub(crate) struct LocalMetrics {
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    _guard: metrics::LocalRecorderGuard<'static>,
+}
+
+impl LocalMetrics {
+    pub(crate) fn install() -> Self {
+        // Leaked so the guard can borrow it for the rest of the test.
+        let recorder: &'static metrics_exporter_prometheus::PrometheusRecorder = Box::leak(
+            Box::new(metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder()),
+        );
+        Self {
+            handle: recorder.handle(),
+            _guard: metrics::set_default_local_recorder(recorder),
+        }
+    }
+
+    /// The in-flight gauge, once some call has moved it.
+    fn in_flight(&self) -> Option<f64> {
+        self.handle.render().lines().find_map(|line| {
+            line.strip_prefix(cognito_facade::metrics::RPC_IN_FLIGHT)?
+                .strip_prefix(' ')?
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Waits (at most 2 s) for the in-flight gauge to be back at zero after
+    /// the calls this test made.
+    pub(crate) async fn until_nothing_in_flight(&self) {
+        for _ in 0..200 {
+            if self.in_flight() == Some(0.0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("calls still in flight: {:?}", self.in_flight());
     }
 }

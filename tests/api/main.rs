@@ -12,3 +12,4 @@ mod operations;
 mod reflection;
 mod rpc;
 mod secrets;
+mod shutdown;

@@ -179,7 +179,14 @@ async fn two_different_tokens_are_invalid_argument() {
 
 #[tokio::test]
 async fn a_token_outside_the_pattern_is_invalid_argument_with_a_field_violation() {
-    for token in ["not a token", "tok+en/=="] {
+    for token in [
+        "not a token",
+        "tok+en/==",
+        "tok\u{1}en",
+        "tok\ren",
+        "tökén",
+        "токен",
+    ] {
         let status = refused(
             request(token),
             Code::InvalidArgument,
