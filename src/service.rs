@@ -23,6 +23,9 @@ use crate::{
     token,
 };
 
+/// The method, as logged.
+const METHOD: &str = "GetUserAuthFactors";
+
 /// Response metadata that carries Cognito's request id.
 pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
 
@@ -126,14 +129,14 @@ impl IdentityProviderService for FacadeService {
         &self,
         request: Request<GetUserAuthFactorsRequest>,
     ) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
-        // The span carries only what is known on arrival: recording fields
-        // into a span later makes the JSON formatter re-serialize all of them
-        // each time (the profile found it). The outcome goes on the line that
-        // ends the call.
+        // The span carries only what is known on arrival (recording fields
+        // into it later makes the formatter re-serialize them all each time);
+        // the outcome goes on the line that ends the call, which also names
+        // the method, so JSON lines need no span (bench/PROFILE.md).
         let span = tracing::info_span!(
             "rpc",
             rpc.service = "cognito.idp.v1.IdentityProviderService",
-            rpc.method = "GetUserAuthFactors",
+            rpc.method = METHOD,
         );
         async move {
             let arrived = request
@@ -145,6 +148,7 @@ impl IdentityProviderService for FacadeService {
             match result {
                 Ok(answer) => {
                     tracing::info!(
+                        rpc.method = METHOD,
                         grpc.code = code_name(tonic::Code::Ok),
                         latency_us,
                         aws_request_id = answer.request_id.as_deref(),
@@ -188,10 +192,16 @@ fn log_failure(err: &Error, latency_us: u64) {
     let (code, reason) = err.status();
     let code = code_name(code);
     match err {
-        Error::Token(_) => {
-            tracing::info!(grpc.code = code, reason, latency_us, error = %err, "call refused")
-        }
+        Error::Token(_) => tracing::info!(
+            rpc.method = METHOD,
+            grpc.code = code,
+            reason,
+            latency_us,
+            error = %err,
+            "call refused"
+        ),
         Error::Upstream(up) if up.kind.passes_message() => tracing::info!(
+            rpc.method = METHOD,
             grpc.code = code,
             reason,
             latency_us,
@@ -200,6 +210,7 @@ fn log_failure(err: &Error, latency_us: u64) {
             "call failed"
         ),
         Error::Upstream(up) => tracing::warn!(
+            rpc.method = METHOD,
             grpc.code = code,
             reason,
             latency_us,
@@ -209,10 +220,16 @@ fn log_failure(err: &Error, latency_us: u64) {
         ),
         // Under overload a line per shed call would add to the trouble; the
         // shed counter tells the story.
-        Error::Overloaded => tracing::debug!(grpc.code = code, reason, "call shed"),
-        Error::RequestTooLarge => {
-            tracing::info!(grpc.code = code, reason, latency_us, "call refused")
+        Error::Overloaded => {
+            tracing::debug!(rpc.method = METHOD, grpc.code = code, reason, "call shed")
         }
+        Error::RequestTooLarge => tracing::info!(
+            rpc.method = METHOD,
+            grpc.code = code,
+            reason,
+            latency_us,
+            "call refused"
+        ),
     }
 }
 

@@ -58,7 +58,9 @@ where
     let layer = match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_current_span(true)
+            // Rendering the span into each JSON line re-parses its fields for
+            // every event; the lines that matter carry the method themselves.
+            .with_current_span(false)
             .with_span_list(false)
             .with_writer(writer)
             .boxed(),

@@ -134,16 +134,16 @@ async fn each_call_logs_one_line_with_code_latency_and_request_id() {
     };
     let finished = with_message("call finished");
     assert_eq!(finished.len(), 1, "{lines:#?}");
-    assert_eq!(finished[0]["span"]["rpc.method"], "GetUserAuthFactors");
     let fields = &finished[0]["fields"];
+    assert_eq!(fields["rpc.method"], "GetUserAuthFactors");
     assert_eq!(fields["grpc.code"], "OK");
     assert_eq!(fields["aws_request_id"], StandIn::request_id(1));
     assert!(fields["latency_us"].as_u64().is_some(), "{fields}");
 
     let failed = with_message("call failed");
     assert_eq!(failed.len(), 1, "{lines:#?}");
-    assert_eq!(failed[0]["span"]["rpc.method"], "GetUserAuthFactors");
     let fields = &failed[0]["fields"];
+    assert_eq!(fields["rpc.method"], "GetUserAuthFactors");
     assert_eq!(fields["reason"], "USER_NOT_FOUND");
     assert_eq!(fields["grpc.code"], "NOT_FOUND");
     assert_eq!(fields["aws_request_id"], StandIn::request_id(2));
