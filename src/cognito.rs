@@ -220,16 +220,10 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
             UpstreamError::new(UpstreamErrorKind::Timeout)
         }
         SdkError::DispatchFailure(_) => UpstreamError::new(UpstreamErrorKind::Unreachable),
-        SdkError::ResponseError(context) => {
-            // The body could not be read or parsed at all: a broken 2xx is a
-            // bad response, anything else an unavailable upstream.
-            let status = context.raw().status();
-            UpstreamError::new(if status.is_success() {
-                UpstreamErrorKind::BadResponse
-            } else {
-                UpstreamErrorKind::Unavailable
-            })
-        }
+        SdkError::ResponseError(context) => UpstreamError::new(kind_of_unreadable(
+            caused_by_io(&err),
+            context.raw().status(),
+        )),
         SdkError::ConstructionFailure(_) => {
             UpstreamError::new(UpstreamErrorKind::RequestConstruction)
         }
@@ -240,6 +234,29 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
     up.request_id = request_id;
     up.source = Some(std::sync::Arc::new(err));
     up
+}
+
+/// A response whose body could not be read or parsed: the connection failing
+/// under it (`io`) is an unreachable upstream, whatever the status said; a
+/// 2xx with a broken body is a bad response; anything else an unavailable
+/// upstream.
+fn kind_of_unreadable(
+    io: bool,
+    status: aws_smithy_runtime_api::http::StatusCode,
+) -> UpstreamErrorKind {
+    if io {
+        UpstreamErrorKind::Unreachable
+    } else if status.is_success() {
+        UpstreamErrorKind::BadResponse
+    } else {
+        UpstreamErrorKind::Unavailable
+    }
+}
+
+/// Whether an I/O error (a reset, a connection closed mid-body) is anywhere
+/// in `err`'s cause chain.
+fn caused_by_io(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| err.is::<std::io::Error>())
 }
 
 /// An error without a modeled code: `has_code` is whether Cognito sent a
@@ -288,6 +305,33 @@ mod tests {
             kind_of_unmodeled(false, status(200)),
             UpstreamErrorKind::BadResponse
         );
+    }
+
+    #[test]
+    fn unreadable_responses_follow_the_table() {
+        assert_eq!(
+            kind_of_unreadable(true, status(200)),
+            UpstreamErrorKind::Unreachable
+        );
+        assert_eq!(
+            kind_of_unreadable(false, status(200)),
+            UpstreamErrorKind::BadResponse
+        );
+        assert_eq!(
+            kind_of_unreadable(false, status(500)),
+            UpstreamErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn an_io_error_is_found_anywhere_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the body")]
+        struct Wrapper(#[source] std::io::Error);
+        let reset = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(caused_by_io(&reset));
+        let parse = std::fmt::Error;
+        assert!(!caused_by_io(&parse));
     }
 
     #[test]
