@@ -9,7 +9,9 @@
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
 
@@ -142,24 +144,19 @@ impl Economy {
 }
 
 impl Leader {
-    /// Runs `upstream` to completion in its own task, so that one waiter
-    /// giving up (deadline, cancellation) does not fail the others, and
-    /// returns a receiver of its outcome.
-    pub fn run<F>(self, upstream: F) -> watch::Receiver<Option<Outcome>>
+    /// The leader's share of the flight: a future that runs `upstream` in the
+    /// leader's own task (no hand-off on the common path) and publishes its
+    /// outcome to the followers. If the leader gives up first (its deadline,
+    /// its cancellation), the call moves to a task of its own and still
+    /// lands for the followers and the cache.
+    pub fn run<F>(self, upstream: F) -> Flight
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let receiver = self.sender.subscribe();
-        // The leader's span follows the call, so the SDK's logs stay
-        // attributed to the RPC that started it.
-        tokio::spawn(
-            async move {
-                let outcome = upstream.await;
-                self.finish(outcome);
-            }
-            .in_current_span(),
-        );
-        receiver
+        Flight {
+            leader: Some(self),
+            call: Some(Box::pin(upstream)),
+        }
     }
 
     /// Ends the flight without an upstream call (the call was shed); its
@@ -194,8 +191,75 @@ impl Drop for Leader {
     }
 }
 
-/// Waits for a flight's outcome.
-pub async fn outcome(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
+/// The upstream call of a flight, driven by its leader. See [`Leader::run`].
+pub struct Flight {
+    leader: Option<Leader>,
+    call: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight").finish_non_exhaustive()
+    }
+}
+
+impl Future for Flight {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let Some(call) = self.call.as_mut() else {
+            return Poll::Ready(Err(lost_flight()));
+        };
+        let outcome = ready!(call.as_mut().poll(cx));
+        self.call = None;
+        if let Some(leader) = self.leader.take() {
+            leader.finish(outcome.clone());
+        }
+        Poll::Ready(outcome)
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        let (Some(leader), Some(call)) = (self.leader.take(), self.call.take()) else {
+            return;
+        };
+        // The leader gave up before the call landed: finish it in the
+        // background, bounded by the call timeout, for the followers. Outside
+        // a runtime (the process is exiting) nobody is left to answer.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(
+                async move {
+                    let outcome = call.await;
+                    leader.finish(outcome);
+                }
+                .in_current_span(),
+            );
+        }
+    }
+}
+
+/// What a caller that does not answer from the cache waits on.
+#[derive(Debug)]
+pub enum Wait {
+    /// Another caller's flight.
+    Follow(watch::Receiver<Option<Outcome>>),
+    /// This caller's own flight, which it drives.
+    Lead(Flight),
+}
+
+impl Wait {
+    /// The flight's outcome.
+    pub async fn outcome(self) -> Outcome {
+        match self {
+            Self::Follow(receiver) => follow(receiver).await,
+            Self::Lead(flight) => flight.await,
+        }
+    }
+}
+
+/// Waits for another caller's flight to land.
+async fn follow(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
     match receiver.wait_for(Option::is_some).await {
         Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(lost_flight())),
         Err(_) => Err(lost_flight()),

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 
 use crate::{
     cognito::{Answer, Cognito},
-    economy::{self, Economy, EconomyConfig, Ticket},
+    economy::{Economy, EconomyConfig, Ticket, Wait},
     error::{Error, ErrorChain, UpstreamError, UpstreamErrorKind, code_name},
     metrics as names,
     proto::{
@@ -88,9 +88,9 @@ impl FacadeService {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
-        let flight = match self.economy.ticket(&token) {
+        let wait = match self.economy.ticket(&token) {
             Ticket::Cached(answer) => return Ok(answer),
-            Ticket::Follow(flight) => flight,
+            Ticket::Follow(flight) => Wait::Follow(flight),
             Ticket::Lead(leader) => {
                 // Refused at once, never queued: a caller that waited here
                 // would only add to the load that caused the refusal.
@@ -100,23 +100,23 @@ impl FacadeService {
                     return Err(Error::Overloaded);
                 };
                 let cognito = self.cognito.clone();
-                // The call runs in its own task, bounded by the call timeout:
-                // a waiter that gives up does not cancel it for the others.
-                leader.run(async move {
+                // Bounded by the call timeout; if this caller gives up first,
+                // the call finishes in the background for the others.
+                Wait::Lead(leader.run(async move {
                     let started = Instant::now();
                     let result = cognito.get_user_auth_factors(&token).await;
                     record_upstream(&result, started.elapsed());
                     drop(permit);
                     result.map_err(Error::from)
-                })
+                }))
             }
         };
         // A deadline too far away to represent is no deadline.
         let deadline =
             caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
         match deadline {
-            None => economy::outcome(flight).await,
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), economy::outcome(flight))
+            None => wait.outcome().await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
                 .await
                 .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
         }
@@ -173,13 +173,13 @@ impl IdentityProviderService for FacadeService {
 
 /// The upstream call metrics.
 fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
-    let outcome = match result {
-        Ok(_) => "ok".to_owned(),
+    let outcome: metrics::SharedString = match result {
+        Ok(_) => "ok".into(),
         Err(err) => match &err.aws_error_code {
             // Only modeled codes become labels: an unmodeled code is free
             // text from the upstream and could grow the label set.
-            Some(code) if UpstreamErrorKind::from_aws_code(code).is_some() => code.clone(),
-            _ => err.kind.status().1.to_owned(),
+            Some(code) if UpstreamErrorKind::from_aws_code(code).is_some() => code.clone().into(),
+            _ => err.kind.status().1.into(),
         },
     };
     metrics::counter!(names::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);

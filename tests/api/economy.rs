@@ -118,6 +118,26 @@ async fn a_waiters_own_deadline_applies_to_it_alone() {
 }
 
 #[tokio::test]
+async fn a_leader_out_of_time_leaves_the_call_running_for_the_others() {
+    let app = spawn_app().await;
+    app.stand_in.always(Reply::Delay(
+        Duration::from_millis(600),
+        Box::new(Reply::full_success()),
+    ));
+    let mut hurried = request(TOKEN);
+    hurried.set_timeout(Duration::from_millis(250));
+    let mut client = app.client.clone();
+    let leader = tokio::spawn(async move { client.get_user_auth_factors(hurried).await });
+    until_received(&app.stand_in, 1).await;
+    let patient = spawn_call(&app, TOKEN);
+    let status = leader.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    let answer = patient.await.unwrap().expect("the shared call carries on");
+    assert_eq!(answer.into_inner().username, USERNAME);
+    assert_eq!(app.stand_in.received().len(), 1);
+}
+
+#[tokio::test]
 async fn a_cancelled_first_caller_does_not_fail_the_others() {
     let app = spawn_app().await;
     app.stand_in.always(Reply::Delay(

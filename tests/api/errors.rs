@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, request, spawn_app, spawn_app_with,
-    test_config,
+    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, next_call_succeeds, request,
+    spawn_app, spawn_app_with, test_config,
 };
 
 /// What a failed call answered.
@@ -26,12 +26,23 @@ struct Seen {
     metadata: std::collections::HashMap<String, String>,
 }
 
+/// How long any failure may take to be answered in these tests: the test
+/// configuration's call timeout with room to spare, so a hang fails the test.
+const ANSWER_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One call that must fail, answered within [`ANSWER_BOUND`].
 async fn call(app: &mut TestApp) -> Seen {
+    let started = std::time::Instant::now();
     let status = app
         .client
         .get_user_auth_factors(request(TOKEN))
         .await
         .unwrap_err();
+    assert!(
+        started.elapsed() < ANSWER_BOUND,
+        "answered after {:?}",
+        started.elapsed()
+    );
     let info = status
         .get_details_error_info()
         .expect("every error carries ErrorInfo");
@@ -181,11 +192,7 @@ async fn internal_error_is_retried_then_unavailable_with_a_generic_message() {
     assert_eq!(seen.metadata["aws_error_code"], "InternalErrorException");
     assert!(!seen.status.message().contains("secret internals"));
     assert_eq!(app.stand_in.received().len(), 3, "the SDK's three attempts");
-    app.stand_in.always(Reply::full_success());
-    app.client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .expect("the next good call succeeds");
+    next_call_succeeds(&mut app).await;
     metrics.until_nothing_in_flight().await;
 }
 
@@ -240,11 +247,7 @@ async fn an_unmodeled_5xx_and_an_html_error_page_are_unavailable() {
         assert_eq!(seen.reason, "UPSTREAM_UNAVAILABLE", "{reply:?}");
         assert_eq!(seen.status.message(), "Cognito is unavailable");
     }
-    app.stand_in.always(Reply::full_success());
-    app.client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .expect("the next good call succeeds");
+    next_call_succeeds(&mut app).await;
     metrics.until_nothing_in_flight().await;
 }
 
@@ -266,11 +269,7 @@ async fn an_unparseable_success_is_internal() {
         assert_eq!(seen.status.code(), Code::Internal, "{reply:?}");
         assert_eq!(seen.reason, "UPSTREAM_BAD_RESPONSE", "{reply:?}");
     }
-    app.stand_in.always(Reply::full_success());
-    app.client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .expect("the next good call succeeds");
+    next_call_succeeds(&mut app).await;
     metrics.until_nothing_in_flight().await;
 }
 

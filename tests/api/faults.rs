@@ -19,8 +19,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, request, spawn_app, spawn_app_with,
-    test_config,
+    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, next_call_succeeds, request, spawn_app,
+    spawn_app_with, test_config,
 };
 
 /// What a broken Cognito endpoint does with each connection.
@@ -225,14 +225,6 @@ async fn expect(app: &mut TestApp, code: Code, reason: &str, bound: Duration) {
     );
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(status.get_details_error_info().unwrap().reason, reason);
-}
-
-async fn next_call_succeeds(app: &mut TestApp) {
-    app.stand_in.always(Reply::full_success());
-    app.client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .expect("the next good call succeeds");
 }
 
 #[tokio::test]

@@ -127,6 +127,15 @@ pub(crate) async fn until_received(stand_in: &StandIn, n: usize) {
     panic!("the stand-in never saw {n} requests");
 }
 
+/// Cognito answers normally again, and the next call succeeds.
+pub(crate) async fn next_call_succeeds(app: &mut TestApp) {
+    app.stand_in.always(Reply::full_success());
+    app.client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .expect("the next good call succeeds");
+}
+
 /// Starts a call with `token` in the background.
 pub(crate) fn spawn_call(
     app: &TestApp,
