@@ -103,13 +103,14 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def service_args(port, upstream_port, *extra, metrics_port=0):
+def service_args(port, upstream_port, *extra, metrics_port=0, drain="0s"):
     """The service as deployed: default flags, metrics recorded and served
-    (on `metrics_port`, any free one by default), loopback only."""
+    (on `metrics_port`, any free one by default), loopback only; no drain
+    delay unless asked, so runs end promptly."""
     return [str(SERVICE), "--region", "us-east-1",
             "--cognito-endpoint", f"http://127.0.0.1:{upstream_port}",
             "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}",
-            "--drain-delay", "0s", *extra]
+            "--drain-delay", drain, *extra]
 
 
 def start_service(port, upstream_port, *extra, metrics_port=0):
