@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, next_call_succeeds, request,
-    spawn_app, spawn_app_with, test_config,
+    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, failed_call, next_call_succeeds,
+    request, spawn_app, spawn_app_with, test_config,
 };
 
 /// What a failed call answered.
@@ -32,20 +32,7 @@ const ANSWER_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One call that must fail, answered within [`ANSWER_BOUND`].
 async fn call(app: &mut TestApp) -> Seen {
-    let started = std::time::Instant::now();
-    let status = app
-        .client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < ANSWER_BOUND,
-        "answered after {:?}",
-        started.elapsed()
-    );
-    let info = status
-        .get_details_error_info()
-        .expect("every error carries ErrorInfo");
+    let (status, info) = failed_call(app, ANSWER_BOUND).await;
     assert_eq!(info.domain, ERROR_DOMAIN);
     Seen {
         reason: info.reason,

@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tokio::{
@@ -16,11 +16,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tonic::Code;
-use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, next_call_succeeds, request, spawn_app,
-    spawn_app_with, test_config,
+    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, failed_call, next_call_succeeds,
+    request, spawn_app, spawn_app_with, test_config,
 };
 
 /// What a broken Cognito endpoint does with each connection.
@@ -212,19 +211,9 @@ async fn a_slow_drip_of_bytes_times_out_then_recovers() {
 
 /// Calls once, checks code, reason and that it came within `bound`.
 async fn expect(app: &mut TestApp, code: Code, reason: &str, bound: Duration) {
-    let started = Instant::now();
-    let status = app
-        .client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < bound,
-        "{reason} took {:?}",
-        started.elapsed()
-    );
+    let (status, info) = failed_call(app, bound).await;
     assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(status.get_details_error_info().unwrap().reason, reason);
+    assert_eq!(info.reason, reason);
 }
 
 #[tokio::test]

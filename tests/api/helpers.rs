@@ -127,6 +127,27 @@ pub(crate) async fn until_received(stand_in: &StandIn, n: usize) {
     panic!("the stand-in never saw {n} requests");
 }
 
+/// One call that must fail within `bound`: its status and ErrorInfo.
+pub(crate) async fn failed_call(
+    app: &mut TestApp,
+    bound: Duration,
+) -> (tonic::Status, tonic_types::ErrorInfo) {
+    let started = Instant::now();
+    let status = app
+        .client
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < bound,
+        "answered after {:?}: {status:?}",
+        started.elapsed()
+    );
+    let info = tonic_types::StatusExt::get_details_error_info(&status)
+        .expect("every error carries ErrorInfo");
+    (status, info)
+}
+
 /// Cognito answers normally again, and the next call succeeds.
 pub(crate) async fn next_call_succeeds(app: &mut TestApp) {
     app.stand_in.always(Reply::full_success());
