@@ -150,6 +150,33 @@ async fn each_call_logs_one_line_with_code_latency_and_request_id() {
     assert!(fields["latency_us"].as_u64().is_some(), "{fields}");
 }
 
+/// The call's span exists at `debug` and places the SDK's own events inside
+/// the call; at `info` it is not created (README, "Logs").
+#[tokio::test]
+async fn the_call_span_is_there_at_debug_and_not_at_info() {
+    let span = "rpc{rpc.service=";
+    let (mut running, _stand_in) = start("debug", "text").await;
+    running.call().await.unwrap();
+    assert_eq!(running.terminate().await, Some(0));
+    let logs = running.logs();
+    let sdk_in_call = logs
+        .iter()
+        .find(|l| l.contains("aws_smithy_runtime") && l.contains(span))
+        .unwrap_or_else(|| panic!("no SDK event inside the call's span: {logs:#?}"));
+    assert!(sdk_in_call.contains("GetUserAuthFactors"), "{sdk_in_call}");
+
+    let (mut running, _stand_in) = start("info", "text").await;
+    running.call().await.unwrap();
+    assert_eq!(running.terminate().await, Some(0));
+    let logs = running.logs();
+    let finished = logs
+        .iter()
+        .find(|l| l.contains("call finished"))
+        .unwrap_or_else(|| panic!("no call line: {logs:#?}"));
+    assert!(finished.contains("GetUserAuthFactors"), "{finished}");
+    assert!(logs.iter().all(|l| !l.contains(span)), "{logs:#?}");
+}
+
 #[tokio::test]
 async fn an_unknown_enum_value_is_named_in_a_warning() {
     let (mut running, stand_in) = start("warn,cognito_facade::server=info", "json").await;

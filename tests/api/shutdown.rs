@@ -1,8 +1,8 @@
 //! SIGTERM in the middle of load, on the real binary: health flips to
 //! NOT_SERVING at once, every call that arrived before the listener closed
-//! completes normally, later calls are refused with UNAVAILABLE (or
-//! CANCELLED from tonic's client, as the README documents for shutdown), and
-//! the process exits 0 within drain + grace.
+//! completes normally, later calls are refused with UNAVAILABLE (or, from
+//! tonic's client, CANCELLED or a GOAWAY's INTERNAL, as the README documents
+//! for shutdown), and the process exits 0 within drain + grace.
 
 use std::{
     sync::{
@@ -25,8 +25,29 @@ const UPSTREAM_DELAY: Duration = Duration::from_millis(150);
 const DRAIN: Duration = Duration::from_millis(600);
 const GRACE: Duration = Duration::from_secs(5);
 
-/// One call's outcome: when it started and its code.
+/// One call's outcome: when it started and its code ([`outcome_code`]).
 type Outcome = (Instant, Code);
+
+/// tonic's client reports a call it sent on a connection after the server's
+/// graceful GOAWAY (so the server never took it) as INTERNAL, "h2 protocol
+/// error", caused by the remote's GOAWAY with NO_ERROR.
+fn refused_by_goaway(status: &tonic::Status) -> bool {
+    let cause = format!("{:?}", std::error::Error::source(status));
+    status.code() == Code::Internal
+        && cause.contains("GoAway")
+        && cause.contains("NO_ERROR")
+        && cause.contains("Remote")
+}
+
+/// The code of a call, with a GOAWAY refusal reported as UNAVAILABLE (what
+/// grpc-go, grpcio and grpc-js say for it).
+fn outcome_code(result: Result<tonic::Response<impl Sized>, tonic::Status>) -> Code {
+    match result {
+        Ok(_) => Code::Ok,
+        Err(status) if refused_by_goaway(&status) => Code::Unavailable,
+        Err(status) => status.code(),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_drains_and_completes_every_call_in_flight() {
@@ -59,10 +80,7 @@ async fn sigterm_under_load_drains_and_completes_every_call_in_flight() {
                 let mut outcomes: Vec<Outcome> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let code = match client.get_user_auth_factors(request(TOKEN)).await {
-                        Ok(_) => Code::Ok,
-                        Err(status) => status.code(),
-                    };
+                    let code = outcome_code(client.get_user_auth_factors(request(TOKEN)).await);
                     outcomes.push((started, code));
                     if code != Code::Ok {
                         // The server is going away; do not spin.
@@ -130,8 +148,10 @@ async fn sigterm_under_load_drains_and_completes_every_call_in_flight() {
         failed_before.iter().map(|(_, c)| c).collect::<Vec<_>>()
     );
     // tonic's client reports a call it had queued on a connection that
-    // closed before sending it as CANCELLED; other libraries say UNAVAILABLE.
-    // Either way the server never saw it (README, "Operations: Shutdown").
+    // closed before sending it as CANCELLED (and one the server's GOAWAY
+    // refused as INTERNAL, counted above as UNAVAILABLE); other libraries say
+    // UNAVAILABLE. Either way the server never saw it (README, "Operations:
+    // Shutdown").
     let undocumented: Vec<_> = after
         .iter()
         .filter(|(_, c)| !matches!(c, Code::Ok | Code::Unavailable | Code::Cancelled))
