@@ -1,6 +1,7 @@
 //! The benchmark's load generator (`cargo run --release --example loadgen`):
-//! drives one target at a fixed concurrency for a fixed time and prints one
-//! JSON line with the throughput and latency percentiles.
+//! drives one target at a fixed concurrency for a fixed time, prints
+//! `measuring` and `measured` at the edges of the measured window (after a
+//! warm-up), then one JSON line with the throughput and latency percentiles.
 //!
 //! Targets (`--mode`):
 //! - `health`: grpc.health.v1 Check on the service (the gRPC floor);
@@ -108,9 +109,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await;
     let measured = Duration::from_secs_f64(args.seconds);
+    // Marks the measured window on its own lines, so bench/run.py can read
+    // each process's CPU time at its edges.
+    println!("measuring");
     let started = Instant::now();
     let tallies = run(&args, &channels, cognito.as_ref(), measured).await;
     let elapsed = started.elapsed().as_secs_f64();
+    println!("measured");
 
     let mut latencies: Vec<u32> = tallies
         .iter()

@@ -152,10 +152,64 @@ class PeakRss:
         self.thread.join()
 
 
-def load(mode, target, concurrency, seconds, *extra):
-    out = sh(str(LOADGEN), "--mode", mode, "--target", target,
-             "--concurrency", str(concurrency), "--seconds", str(seconds), *extra)
-    return json.loads(out.strip().splitlines()[-1])
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """A process's user + system CPU time so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def children(pid):
+    """The pids whose parent is `pid` (nginx's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def load(mode, target, concurrency, seconds, *extra, cpu_of=None, peak_rss=False):
+    """One load generator run. The result carries `cpu_us` (µs of CPU per
+    call over the measured window) for the load generator (`loadgen`) and for
+    each process in `cpu_of` ({name: [pids]}), and with `peak_rss` the load
+    generator's own peak RSS in `peak_rss_kb`."""
+    procs = dict(cpu_of or {})
+    proc = subprocess.Popen([str(LOADGEN), "--mode", mode, "--target", target,
+                             "--concurrency", str(concurrency), "--seconds", str(seconds), *extra],
+                            stdout=subprocess.PIPE, text=True)
+    procs["loadgen"] = [proc.pid]
+    peak = PeakRss(proc.pid) if peak_rss else None
+    if peak:
+        peak.__enter__()
+    edges, last = [], ""
+    try:
+        for line in proc.stdout:
+            if line.strip() in ("measuring", "measured"):
+                edges.append({name: sum(cpu_seconds(p) for p in pids) for name, pids in procs.items()})
+            last = line or last
+    finally:
+        if peak:
+            peak.__exit__(None, None, None)
+    if proc.wait() != 0:
+        raise RuntimeError(f"the load generator failed ({mode}, {concurrency})")
+    result = json.loads(last)
+    if len(edges) == 2 and result["requests"]:
+        result["cpu_us"] = {name: (edges[1][name] - edges[0][name]) / result["requests"] * 1e6
+                            for name in procs}
+    if peak:
+        result["peak_rss_kb"] = peak.peak
+    return result
 
 
 def metric_sum(metrics_port, name, label=""):
@@ -249,7 +303,9 @@ def main():
     procs = []
     try:
         nginx_port = free_port()
-        procs.append(start_nginx(workdir, nginx_port))
+        nginx = start_nginx(workdir, nginx_port)
+        procs.append(nginx)
+        stand_in = {"stand-in": children(nginx.pid) or [nginx.pid]}
 
         # Start-up and idle memory: the median of a few starts.
         starts = []
@@ -268,10 +324,11 @@ def main():
         rows = []
         for c in levels:
             row = {"concurrency": c}
-            row["health"] = load("health", target, c, seconds)
-            row["sdk"] = load("sdk", f"http://127.0.0.1:{nginx_port}", c, seconds)
+            row["health"] = load("health", target, c, seconds, cpu_of={"service": [service.pid]})
+            row["sdk"] = load("sdk", f"http://127.0.0.1:{nginx_port}", c, seconds, cpu_of=stand_in)
             with PeakRss(service.pid) as peak:
-                row["facade"] = load("facade", target, c, seconds)
+                row["facade"] = load("facade", target, c, seconds,
+                                     cpu_of={"service": [service.pid], **stand_in})
             row["peak_rss_kb"] = peak.peak
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -287,6 +344,11 @@ def main():
         procs.append(held)
         with PeakRss(held.pid) as held_peak:
             held_load = load("facade", f"http://127.0.0.1:{held_port}", inflight, 1 if smoke else 3)
+        # The same calls straight through the AWS SDK (the load generator's
+        # SDK mode): what the SDK alone holds per call in flight.
+        sdk_one = load("sdk", f"http://127.0.0.1:{slow_port}", 1, 1, peak_rss=True)
+        sdk_held = load("sdk", f"http://127.0.0.1:{slow_port}", inflight, 1 if smoke else 3,
+                        peak_rss=True)
 
         # Upstream-call economy against a stand-in with Cognito-like latency.
         cognito_like_port = free_port()
@@ -305,15 +367,20 @@ def main():
                 proc.kill()
 
     svg_plot(rows, plot)
-    write_report(report, plot, rows, serving_ms, idle_rss_kb, inflight, held_peak.peak, held_load,
-                 savings, smoke)
+    memory = {"inflight": inflight, "service_idle_kb": idle_rss_kb,
+              "service_peak_kb": held_peak.peak, "service_load": held_load,
+              "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"],
+              "sdk_load": sdk_held}
+    write_report(report, plot, rows, serving_ms, memory, savings, smoke)
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
-def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_kb, held_load,
-                 savings, smoke):
+def write_report(path, plot, rows, serving_ms, memory, savings, smoke):
     def mib(kb):
         return kb / 1024
+
+    inflight, idle_rss_kb = memory["inflight"], memory["service_idle_kb"]
+    held_rss_kb, held_load = memory["service_peak_kb"], memory["service_load"]
 
     lines = ["# Benchmarks", "",
              "Generated by `python3 bench/run.py`" + (" --smoke" if smoke else "") + "; do not edit by hand "
@@ -340,7 +407,35 @@ def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_k
                      f"{g['p50_us']} / {s['p50_us']} / {f['p50_us']} | {g['p99_us']} / {s['p99_us']} / {f['p99_us']} | "
                      f"{f['errors']} | {mib(r['peak_rss_kb']):.1f} |")
     lines += ["", f"![throughput and p99 against concurrency]({os.path.relpath(plot, path.parent)})", "",
-              "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
+              "### CPU per call", "",
+              "Microseconds of CPU (user + system, from `/proc`) per call over each measured window, by "
+              "process. The floors' total is what the facade's run would cost if it added nothing: "
+              "its service does the gRPC floor's server work and the SDK floor's client work.", "",
+              "| concurrency | gRPC floor: service / load gen | SDK floor: load gen / stand-in | floors' total | "
+              "facade: service / load gen / stand-in | facade total | facade / floors |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        g, s, f = (r[k].get("cpu_us", {}) for k in ("health", "sdk", "facade"))
+        floors = sum(g.values()) + sum(s.values())
+        total = sum(f.values())
+        lines.append(f"| {r['concurrency']} | {g.get('service', 0):.0f} / {g.get('loadgen', 0):.0f} | "
+                     f"{s.get('loadgen', 0):.0f} / {s.get('stand-in', 0):.0f} | {floors:.0f} | "
+                     f"{f.get('service', 0):.0f} / {f.get('loadgen', 0):.0f} / {f.get('stand-in', 0):.0f} | "
+                     f"{total:.0f} | {total / floors if floors else 0:.2f} |")
+    def per_call(peak_kb, base_kb):
+        return (peak_kb - base_kb) / inflight
+
+    lines += ["", "### Memory with calls in flight", "",
+              f"{inflight} calls held in flight by a stand-in that waits 1 s, through the service and "
+              "straight through the AWS SDK (the load generator's SDK mode, same client settings), "
+              "peak RSS sampled every 20 ms.", "",
+              "| process | before | peak | KiB per call in flight |", "|---|---|---|---|",
+              f"| the service (before: idle after start) | {mib(idle_rss_kb):.1f} MiB | "
+              f"{mib(held_rss_kb):.1f} MiB | {per_call(held_rss_kb, idle_rss_kb):.0f} |",
+              f"| the AWS SDK alone (before: one call in flight) | {mib(memory['sdk_one_kb']):.1f} MiB | "
+              f"{mib(memory['sdk_peak_kb']):.1f} MiB | "
+              f"{per_call(memory['sdk_peak_kb'], memory['sdk_one_kb']):.0f} |",
+              "", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
 
     def verdict(ok):
         return "met" if ok else "**missed**"
@@ -353,7 +448,8 @@ def write_report(path, plot, rows, serving_ms, idle_rss_kb, inflight, held_rss_k
     overhead = one["facade"]["p50_us"] - one["sdk"]["p50_us"]
     lines += [f"| facade p50 − SDK-floor p50 ≤ 100 µs at concurrency 1 | {overhead} µs | {verdict(overhead <= 100)} |",
               f"| peak RSS ≤ 30 MiB with {inflight} calls in flight (upstream waits 1 s) | "
-              f"{mib(held_rss_kb):.1f} MiB ({held_load['requests']} calls, {held_load['errors']} errors) | "
+              f"{mib(held_rss_kb):.1f} MiB ({held_load['requests']} calls, {held_load['errors']} errors; "
+              f"the AWS SDK alone: {mib(memory['sdk_peak_kb']):.1f} MiB) | "
               f"{verdict(mib(held_rss_kb) <= 30)} |",
               f"| idle RSS ≤ 15 MiB after start | {mib(idle_rss_kb):.1f} MiB | {verdict(mib(idle_rss_kb) <= 15)} |",
               f"| process start to SERVING ≤ 100 ms | {serving_ms:.1f} ms | {verdict(serving_ms <= 100)} |",
