@@ -13,11 +13,11 @@ use std::{
 use tonic::{Code, Status, codegen::http};
 use tower::{Layer, Service};
 
-use crate::{error, metrics as names, server::SERVICE_NAME};
+use crate::{error, metrics as names, server::SERVICE_NAME, service};
 
 /// The RPC methods that get their own label; anything else under the service
 /// is `unknown`, so hostile paths cannot grow the label set.
-const METHODS: &[&str] = &["GetUserAuthFactors"];
+const METHODS: &[&str] = &[service::METHOD];
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]

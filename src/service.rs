@@ -20,11 +20,12 @@ use crate::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
+    server::SERVICE_NAME,
     token,
 };
 
-/// The method, as logged.
-const METHOD: &str = "GetUserAuthFactors";
+/// The method, as logged and as labelled in metrics.
+pub const METHOD: &str = "GetUserAuthFactors";
 
 /// Response metadata that carries Cognito's request id.
 pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
@@ -135,11 +136,7 @@ impl IdentityProviderService for FacadeService {
         // (a span per call at `info` was ~5 µs of CPU: bench/PROFILE.md).
         // The outcome goes on that last line, not into the span: recording
         // fields later makes the formatter re-serialize them all each time.
-        let span = tracing::debug_span!(
-            "rpc",
-            rpc.service = "cognito.idp.v1.IdentityProviderService",
-            rpc.method = METHOD,
-        );
+        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = METHOD,);
         async move {
             let arrived = request
                 .extensions()
