@@ -150,29 +150,34 @@ async fn each_call_logs_one_line_with_code_latency_and_request_id() {
     assert!(fields["latency_us"].as_u64().is_some(), "{fields}");
 }
 
+/// The text log lines of the real binary at `filter` for one good call.
+async fn text_logs_of_one_call(filter: &str) -> Vec<String> {
+    let (mut running, _stand_in) = start(filter, "text").await;
+    running.call().await.unwrap();
+    assert_eq!(running.terminate().await, Some(0));
+    running.logs()
+}
+
+/// The first line that `matches`, or a failure that shows all of them.
+fn line_where<'l>(logs: &'l [String], what: &str, matches: impl Fn(&str) -> bool) -> &'l str {
+    logs.iter()
+        .find(|l| matches(l))
+        .unwrap_or_else(|| panic!("no {what}: {logs:#?}"))
+}
+
 /// The call's span exists at `debug` and places the SDK's own events inside
 /// the call; at `info` it is not created (README, "Logs").
 #[tokio::test]
 async fn the_call_span_is_there_at_debug_and_not_at_info() {
     let span = "rpc{rpc.service=";
-    let (mut running, _stand_in) = start("debug", "text").await;
-    running.call().await.unwrap();
-    assert_eq!(running.terminate().await, Some(0));
-    let logs = running.logs();
-    let sdk_in_call = logs
-        .iter()
-        .find(|l| l.contains("aws_smithy_runtime") && l.contains(span))
-        .unwrap_or_else(|| panic!("no SDK event inside the call's span: {logs:#?}"));
+    let logs = text_logs_of_one_call("debug").await;
+    let sdk_in_call = line_where(&logs, "SDK event inside the call's span", |l| {
+        l.contains("aws_smithy_runtime") && l.contains(span)
+    });
     assert!(sdk_in_call.contains("GetUserAuthFactors"), "{sdk_in_call}");
 
-    let (mut running, _stand_in) = start("info", "text").await;
-    running.call().await.unwrap();
-    assert_eq!(running.terminate().await, Some(0));
-    let logs = running.logs();
-    let finished = logs
-        .iter()
-        .find(|l| l.contains("call finished"))
-        .unwrap_or_else(|| panic!("no call line: {logs:#?}"));
+    let logs = text_logs_of_one_call("info").await;
+    let finished = line_where(&logs, "call line", |l| l.contains("call finished"));
     assert!(finished.contains("GetUserAuthFactors"), "{finished}");
     assert!(logs.iter().all(|l| !l.contains(span)), "{logs:#?}");
 }
