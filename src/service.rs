@@ -133,10 +133,10 @@ impl IdentityProviderService for FacadeService {
         // The span names only the method, which the line that ends the call
         // carries too; it is there to place the SDK's own debug and trace
         // events inside a call, so it costs nothing unless those are on
-        // (a span per call at `info` was ~5 µs of CPU: bench/PROFILE.md).
+        // (a span per call at `info` was ~8 µs of CPU: bench/PROFILE.md).
         // The outcome goes on that last line, not into the span: recording
         // fields later makes the formatter re-serialize them all each time.
-        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = METHOD,);
+        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = METHOD);
         async move {
             let arrived = request
                 .extensions()
