@@ -350,6 +350,8 @@ def main():
         sdk_one = load("sdk", f"http://127.0.0.1:{slow_port}", 1, 1, peak_rss=True)
         sdk_held = load("sdk", f"http://127.0.0.1:{slow_port}", inflight, 1 if smoke else 3,
                         peak_rss=True)
+        if sdk_one["errors"] or sdk_held["errors"]:
+            raise RuntimeError(f"calls failed in the SDK's memory run: {sdk_held['error_codes']}")
 
         # Upstream-call economy against a stand-in with Cognito-like latency.
         cognito_like_port = free_port()
@@ -370,8 +372,7 @@ def main():
     svg_plot(rows, plot)
     memory = {"inflight": inflight, "service_idle_kb": idle_rss_kb,
               "service_peak_kb": held_peak.peak, "service_load": held_load,
-              "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"],
-              "sdk_load": sdk_held}
+              "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"]}
     write_report(report, plot, rows, serving_ms, memory, savings, smoke)
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
@@ -423,6 +424,7 @@ def write_report(path, plot, rows, serving_ms, memory, savings, smoke):
                      f"{s.get('loadgen', 0):.0f} / {s.get('stand-in', 0):.0f} | {floors:.0f} | "
                      f"{f.get('service', 0):.0f} / {f.get('loadgen', 0):.0f} / {f.get('stand-in', 0):.0f} | "
                      f"{total:.0f} | {total / floors if floors else 0:.2f} |")
+
     def per_call(peak_kb, base_kb):
         return (peak_kb - base_kb) / inflight
 
