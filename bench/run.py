@@ -12,6 +12,7 @@ result; absolute numbers drift with the machine.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -190,18 +191,12 @@ def load(mode, target, concurrency, seconds, *extra, cpu_of=None, peak_rss=False
                              "--concurrency", str(concurrency), "--seconds", str(seconds), *extra],
                             stdout=subprocess.PIPE, text=True)
     procs["loadgen"] = [proc.pid]
-    peak = PeakRss(proc.pid) if peak_rss else None
-    if peak:
-        peak.__enter__()
     edges, last = [], ""
-    try:
+    with PeakRss(proc.pid) if peak_rss else contextlib.nullcontext() as peak:
         for line in proc.stdout:
             if line.strip() in ("measuring", "measured"):
                 edges.append({name: sum(cpu_seconds(p) for p in pids) for name, pids in procs.items()})
-            last = line or last
-    finally:
-        if peak:
-            peak.__exit__(None, None, None)
+            last = line
     if proc.wait() != 0:
         raise RuntimeError(f"the load generator failed ({mode}, {concurrency})")
     result = json.loads(last)
