@@ -20,8 +20,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use cognito_facade::{
-    cognito::Cognito,
-    config::UpstreamConfig,
+    cognito::{Cognito, UpstreamConfig},
     proto::{
         GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
     },

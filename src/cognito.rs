@@ -17,12 +17,63 @@ use aws_sdk_cognitoidentityprovider::{
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 
+use std::time::Duration;
+
 use crate::{
-    config::UpstreamConfig,
     error::{UpstreamError, UpstreamErrorKind},
+    metric_names,
     proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
     token::AccessToken,
 };
+
+/// Default TCP+TLS connect timeout to Cognito: a regional endpoint connects in
+/// tens of milliseconds; a second means it is not coming.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default timeout of one HTTP attempt; leaves room for a retry inside the
+/// call timeout.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default bound on one upstream call, retries and backoff included. A
+/// caller's shorter gRPC deadline wins.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default attempts per upstream call (the AWS SDKs' standard retry mode).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default initial retry backoff. The SDK doubles it per retry with full
+/// jitter; its own default (1s) would spend most of a 5s call budget waiting.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How the service reaches Cognito.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Region; `None` leaves it to the environment and the AWS profile.
+    pub region: Option<String>,
+    /// Endpoint URL override.
+    pub endpoint: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of one attempt.
+    pub attempt_timeout: Duration,
+    /// Timeout of a whole call, retries included.
+    pub call_timeout: Duration,
+    /// Attempts per call.
+    pub max_attempts: u32,
+    /// Initial retry backoff.
+    pub retry_backoff: Duration,
+}
+
+impl Default for UpstreamConfig {
+    /// The documented defaults, no region and no endpoint override.
+    fn default() -> Self {
+        Self {
+            region: None,
+            endpoint: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+        }
+    }
+}
 
 /// Why the Cognito client could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +216,7 @@ fn count_unknown(field: &'static str, value: &str) {
     } else {
         "other".to_owned()
     };
-    metrics::counter!(crate::metrics::UNKNOWN_ENUM_VALUES, "field" => field, "value" => value)
+    metrics::counter!(metric_names::UNKNOWN_ENUM_VALUES, "field" => field, "value" => value)
         .increment(1);
 }
 

@@ -22,7 +22,7 @@ use tracing::Instrument as _;
 use crate::{
     cognito::Answer,
     error::{Error, UpstreamError, UpstreamErrorKind},
-    metrics as names,
+    metric_names,
     token::AccessToken,
 };
 
@@ -33,6 +33,10 @@ pub type Outcome = Result<Answer, Error>;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct TokenKey([u8; 32]);
 
+/// Default bound on cached answers: a few hundred bytes each, so at most a
+/// few MiB.
+pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 10_000;
+
 /// Single flight and cache settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EconomyConfig {
@@ -42,6 +46,17 @@ pub struct EconomyConfig {
     pub cache_ttl: Option<Duration>,
     /// Most cached answers; the oldest go first.
     pub cache_max_entries: usize,
+}
+
+impl Default for EconomyConfig {
+    /// The documented defaults: single flight on, the cache off.
+    fn default() -> Self {
+        Self {
+            coalesce: true,
+            cache_ttl: None,
+            cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+        }
+    }
 }
 
 /// Shared by every call of the service.
@@ -116,7 +131,7 @@ impl Economy {
         if self.config.cache_ttl.is_some() {
             let hit = lock(&self.cache).get(&key, Instant::now());
             if let Some(answer) = hit {
-                metrics::counter!(names::CACHE_HITS).increment(1);
+                metrics::counter!(metric_names::CACHE_HITS).increment(1);
                 return Ticket::Cached(answer);
             }
         }
@@ -125,7 +140,7 @@ impl Economy {
         }
         let mut flights = lock(&self.flights);
         if let Some(receiver) = flights.get(&key) {
-            metrics::counter!(names::COALESCED).increment(1);
+            metrics::counter!(metric_names::COALESCED).increment(1);
             return Ticket::Follow(receiver.clone());
         }
         let leader = self.leader(Some(key));

@@ -46,9 +46,25 @@ pub fn code_name(code: Code) -> &'static str {
 /// enough for in-flight calls (tens of milliseconds each) to drain.
 pub const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
 
-/// The kinds of upstream outcome that are not a success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum UpstreamErrorKind {
+/// Declares [`UpstreamErrorKind`] and its [`UpstreamErrorKind::ALL`] from one
+/// list, so a new variant cannot be left out of `ALL` (and so out of the
+/// README-table test that iterates it).
+macro_rules! upstream_error_kinds {
+    ($($(#[$doc:meta])* $kind:ident,)*) => {
+        /// The kinds of upstream outcome that are not a success.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum UpstreamErrorKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl UpstreamErrorKind {
+            /// Every kind, in the README's order.
+            pub const ALL: &'static [Self] = &[$(Self::$kind,)*];
+        }
+    };
+}
+
+upstream_error_kinds! {
     /// `NotAuthorizedException`: the token is invalid, expired or revoked.
     NotAuthorized,
     /// `InvalidParameterException`.
@@ -84,26 +100,6 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    /// Every kind, in the README's order.
-    pub const ALL: [Self; 16] = [
-        Self::NotAuthorized,
-        Self::InvalidParameter,
-        Self::ResourceNotFound,
-        Self::UserNotFound,
-        Self::UserNotConfirmed,
-        Self::PasswordResetRequired,
-        Self::OperationNotEnabled,
-        Self::TooManyRequests,
-        Self::Forbidden,
-        Self::InternalError,
-        Self::Unmodeled,
-        Self::Unavailable,
-        Self::Unreachable,
-        Self::Timeout,
-        Self::BadResponse,
-        Self::RequestConstruction,
-    ];
-
     /// The kind of a modeled Cognito error code, or `None` for any other code.
     pub fn from_aws_code(code: &str) -> Option<Self> {
         Some(match code {
@@ -252,12 +248,18 @@ pub enum Error {
     /// The request message is larger than the server decodes.
     #[error(
         "the request message is larger than {} bytes",
-        crate::server::MAX_REQUEST_BYTES
+        crate::wire::MAX_REQUEST_BYTES
     )]
     RequestTooLarge,
 }
 
 impl Error {
+    /// The error a [`Status`] was made from (by `Status::from(Error)`), if it
+    /// was made from one.
+    pub fn of_status(status: &Status) -> Option<&Self> {
+        StdError::source(status)?.downcast_ref::<Self>()
+    }
+
     /// The gRPC code and `ErrorInfo.reason` of this error.
     pub fn status(&self) -> (Code, &'static str) {
         match self {
@@ -323,7 +325,11 @@ impl From<Error> for Status {
             Error::RequestTooLarge => (err.to_string(), ErrorDetails::new()),
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
-        Status::with_error_details(code, message, details)
+        let mut status = Status::with_error_details(code, message, details);
+        // Never sent to the caller: the source rides along to the one
+        // observer of the call (`crate::observe`), which logs it.
+        status.set_source(Arc::new(err));
+        status
     }
 }
 

@@ -1,19 +1,56 @@
 //! cognito-facade: a gRPC front door to Amazon Cognito user pools.
 //!
-//! `main` parses the [`config`], starts [`telemetry`], builds the
-//! [`cognito`] client and hands a bound listener plus a shutdown future to
-//! [`server::run`]. Tests do the same with a listener on `127.0.0.1:0`.
+//! # Layers
+//!
+//! Modules only import from layers below their own (a test,
+//! `tests/api/layers.rs`, reads every `crate::` path and fails on one that
+//! points up):
+//!
+//! ```text
+//!  binary  src/main.rs, src/cli.rs     flags and env → Config; signals
+//!  ────────────────────────────────────────────────────────────────────
+//!  9  app                              builds everything from a Config
+//!  8  config                           assembles the components' settings
+//!  7  server                           listener, health, reflection, shutdown
+//!  6  service                          the RPC: token → economy → Cognito
+//!  5  economy  observe                 single flight and cache; the call's
+//!                                      one observer (clock, metrics, line)
+//!  4  cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
+//!     healthcheck                      the health probe
+//!  3  error                            the one error table
+//!  2  token                            the token and its redacted type
+//!  1  wire  metric_names  telemetry    names and limits on the wire; metric
+//!                                      names; the log subscriber
+//!  0  proto                            generated code, the redaction marker
+//! ```
+//!
+//! # One call
+//!
+//! A call arrives on the listener [`server::run`] serves; [`observe`] starts
+//! its one clock, refuses it if it is not gRPC, and passes it to tonic, which
+//! decodes it (refusing oversize messages) and calls
+//! [`service::FacadeService`]. The service takes the token from the field or
+//! the `authorization` metadata ([`token`]), asks the [`economy`] whether the
+//! answer is cached or already being fetched, and otherwise, holding one of
+//! the limiter's permits, calls Cognito through [`cognito`] within the
+//! caller's deadline. Cognito's answer or error becomes a response or a
+//! status through the one table in [`error`], marked with where it came from;
+//! back in [`observe`], the RPC metrics and the call's single log line are
+//! written from the same elapsed time, and the answer goes to the caller.
 
+pub mod app;
 pub mod cognito;
 pub mod config;
 pub mod economy;
 pub mod error;
 pub mod healthcheck;
-pub mod metrics;
-pub mod middleware;
+pub mod metric_names;
+pub mod observe;
+pub mod prometheus;
 pub mod proto;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod wire;

@@ -1,17 +1,16 @@
-//! The `cognito-facade` binary: configuration, telemetry, metrics, the Cognito
-//! client, bound listeners and the shutdown signal, handed to the library.
-//! Also `cognito-facade healthcheck`.
+//! The `cognito-facade` binary: the command line ([`cli`]), telemetry, and
+//! the library's [`Application`] run until SIGTERM or SIGINT. Also
+//! `cognito-facade healthcheck`.
+
+mod cli;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use cognito_facade::{
-    cognito::Cognito,
-    config::{Cli, Command, Config, HealthcheckArgs},
-    healthcheck, metrics, server, telemetry,
-};
-use tokio::net::TcpListener;
+use cognito_facade::{app::Application, healthcheck, telemetry};
 use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::cli::{Cli, Command, HealthcheckArgs};
 
 /// mimalloc instead of glibc's malloc: the profile in `bench/PROFILE.md`
 /// found a fifth of the service's CPU time in glibc's allocator (arena locks
@@ -50,7 +49,7 @@ fn main() -> ExitCode {
     if let Some(Command::Healthcheck(args)) = cli.command.take() {
         return runtime.block_on(run_healthcheck(args));
     }
-    let config = match Config::try_from(cli) {
+    let config = match cli.into_config() {
         Ok(config) => config,
         Err(err) => return config_error(err),
     };
@@ -68,67 +67,28 @@ fn main() -> ExitCode {
         eprintln!("cognito-facade: installing the log subscriber: {err}");
         return ExitCode::FAILURE;
     }
-    runtime.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> ExitCode {
-    let cognito = match Cognito::from_config(&config.upstream).await {
-        Ok(cognito) => cognito,
-        Err(err) => return config_error(err),
-    };
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => match bind(addr).await {
-            Some(listener) => Some(listener),
-            None => return ExitCode::FAILURE,
-        },
-        None => None,
-    };
-    let Some(listener) = bind(config.listen_addr).await else {
-        return ExitCode::FAILURE;
-    };
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(metrics_listener) = metrics_listener {
-        let handle = match metrics::install() {
-            Ok(handle) => handle,
+    runtime.block_on(async {
+        let app = match Application::build(config).await {
+            Ok(app) => app,
+            Err(err) if err.is_config() => return config_error(err),
             Err(err) => {
-                tracing::error!(error = %err, "cannot install the metrics recorder");
+                tracing::error!(error = %err, "cannot start");
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(async move {
-            let stopped = async {
-                let _ = metrics_stopped.await;
-            };
-            if let Err(err) = metrics::serve(metrics_listener, handle, stopped).await {
-                tracing::error!(error = %err, "metrics listener failed");
+        match app.run_until_stopped(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "server failed");
+                ExitCode::FAILURE
             }
-        });
-    }
-    let result = server::run(listener, config, cognito, shutdown_signal()).await;
-    let _ = stop_metrics.send(());
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %err, "server failed");
-            ExitCode::FAILURE
         }
-    }
-}
-
-/// Binds `addr`, logging why not.
-async fn bind(addr: std::net::SocketAddr) -> Option<TcpListener> {
-    match TcpListener::bind(addr).await {
-        Ok(listener) => Some(listener),
-        Err(err) => {
-            tracing::error!(%addr, error = %err, "cannot listen");
-            None
-        }
-    }
+    })
 }
 
 /// `healthcheck`: exit 0 only on SERVING; one line on stderr otherwise.
 async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
-    match healthcheck::check(&args).await {
+    match healthcheck::check(args.addr(), args.service(), args.timeout()).await {
         Ok(ServingStatus::Serving) => ExitCode::SUCCESS,
         Ok(status) => {
             eprintln!("cognito-facade healthcheck: {}", status.as_str_name());

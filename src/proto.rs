@@ -12,7 +12,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cognito_idp_v1_descriptor.bin"));
 
 /// What `Debug` prints in place of a secret.
-pub(crate) const REDACTED: &str = "[REDACTED]";
+pub const REDACTED: &str = "[REDACTED]";
 
 impl fmt::Debug for GetUserAuthFactorsRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,40 +1,88 @@
-//! The gRPC server: the RPC, health, reflection, and the shutdown sequence
-//! (NOT_SERVING, drain, stop accepting, grace, exit).
+//! The gRPC server: its settings, the RPC behind the call observer, health,
+//! reflection, and the shutdown sequence (NOT_SERVING, drain, stop
+//! accepting, grace, exit).
 
-use std::{future::Future, time::Duration};
-
-use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
-use tonic_health::{ServingStatus, server::HealthReporter};
-
-use crate::{
-    cognito::Cognito,
-    config::Config,
-    middleware::RpcLayer,
-    proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
-    service::{FacadeService, stamp_arrival},
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
 };
 
-/// The fully-qualified name of the RPC service, as health checks name it.
-pub const SERVICE_NAME: &str = "cognito.idp.v1.IdentityProviderService";
+use tokio::net::TcpListener;
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::ServingStatus;
 
-/// Largest request message accepted. A GetUserAuthFactorsRequest holds one
-/// token of at most 16 KiB; anything far larger is refused by tonic with
-/// RESOURCE_EXHAUSTED before it is buffered.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+use crate::{
+    observe::ObserveLayer,
+    proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
+    service::FacadeService,
+    tls::TlsConfig,
+    wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
+};
 
-/// Largest header block accepted. Room for a 16 KiB `authorization: Bearer`
-/// token plus ordinary metadata; hyper's default (16 KiB) would refuse the
-/// largest valid token.
-pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// Default gRPC listen address: every interface, the conventional gRPC port.
+pub const DEFAULT_LISTEN_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50051));
+/// Default time between reporting NOT_SERVING and closing the listener, so
+/// load balancers and Kubernetes endpoints notice first.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// Default time in-flight calls get to finish once the listener is closed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default lifetime of a client connection before the server sends GOAWAY, so
+/// clients reconnect and spread over new replicas after a scale-out.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+/// Default HTTP/2 keepalive ping interval, so dead peers are noticed.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default time a keepalive ping may go unanswered before the connection closes.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Most concurrent streams (calls) per HTTP/2 connection; a client that
-/// opens more gets REFUSED_STREAM for the excess and retries them.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
-
-/// After `--max-connection-age`, how long a connection's in-flight calls get
+/// After `max_connection_age`, how long a connection's in-flight calls get
 /// before it is closed.
 const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
+/// The gRPC health checking protocol's name for the whole server.
+const WHOLE_SERVER: &str = "";
+
+/// The RPC service as served (and as health checks name it).
+type Rpc = IdentityProviderServiceServer<FacadeService>;
+
+/// The server's settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the gRPC server listens (the application binds it; [`run`] takes
+    /// the bound listener).
+    pub listen_addr: SocketAddr,
+    /// Time between NOT_SERVING and closing the listener on shutdown.
+    pub drain_delay: Duration,
+    /// Time in-flight calls get once the listener is closed.
+    pub shutdown_grace: Duration,
+    /// Lifetime of a client connection before GOAWAY.
+    pub max_connection_age: Duration,
+    /// HTTP/2 keepalive ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keepalive ping timeout.
+    pub keepalive_timeout: Duration,
+    /// TLS on the gRPC listener; `None` serves plaintext (h2c).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    /// The documented defaults: plaintext on [`DEFAULT_LISTEN_ADDR`].
+    fn default() -> Self {
+        Self {
+            listen_addr: DEFAULT_LISTEN_ADDR,
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_connection_age: DEFAULT_MAX_CONNECTION_AGE,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            tls: None,
+        }
+    }
+}
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -50,17 +98,17 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves on `listener` until `shutdown` completes, then: reports
+/// Serves `service` on `listener` until `shutdown` completes, then: reports
 /// NOT_SERVING, keeps serving for `config.drain_delay`, stops accepting, gives
 /// in-flight calls up to `config.shutdown_grace`, and returns.
 pub async fn run(
     listener: TcpListener,
-    config: Config,
-    cognito: Cognito,
+    config: &ServerConfig,
+    service: FacadeService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
-    set_status(&health, ServingStatus::Serving).await;
+    health.set_serving::<Rpc>().await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -72,32 +120,23 @@ pub async fn run(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let service = FacadeService::new(
-        cognito,
-        config.limits.max_concurrent_requests,
-        config.economy,
-    );
-    let rpc =
-        IdentityProviderServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
-    let rpc = tonic::service::interceptor::InterceptedService::new(rpc, stamp_arrival);
+    let rpc = Rpc::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
     let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let limits = &config.limits;
     let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_connection_age(limits.max_connection_age)
+        .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE);
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(tls.server_config())?;
     }
     let server = builder
-        .layer(RpcLayer)
+        .layer(ObserveLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -117,7 +156,10 @@ pub async fn run(
         drain_delay = ?config.drain_delay,
         "shutdown requested: reporting NOT_SERVING and draining"
     );
-    set_status(&health, ServingStatus::NotServing).await;
+    health
+        .set_service_status(WHOLE_SERVER, ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<Rpc>().await;
     tokio::select! {
         result = &mut server => return result.map_err(ServerError::from),
         () = tokio::time::sleep(config.drain_delay) => {}
@@ -125,7 +167,7 @@ pub async fn run(
 
     // Ending the health statuses ends open Watch streams, which would
     // otherwise hold the graceful shutdown open until the grace runs out.
-    for name in ["", SERVICE_NAME] {
+    for name in [WHOLE_SERVER, Rpc::NAME] {
         health.clear_service_status(name).await;
     }
     let _ = stop_accepting.send(());
@@ -136,11 +178,4 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Sets the status of the whole server (`""`) and of the RPC service.
-async fn set_status(health: &HealthReporter, status: ServingStatus) {
-    for name in ["", SERVICE_NAME] {
-        health.set_service_status(name, status).await;
-    }
 }

@@ -1,5 +1,6 @@
 //! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
-//! answer (or a precise status) out, and one log line per call.
+//! answer (or a precise status) out, with where the answer came from. The
+//! call's metrics and log line are written by [`crate::observe`].
 
 use std::{
     sync::Arc,
@@ -7,28 +8,42 @@ use std::{
 };
 
 use tokio::sync::Semaphore;
-
 use tonic::{Request, Response, Status, metadata::MetadataValue};
-use tracing::Instrument as _;
 
 use crate::{
     cognito::{Answer, Cognito},
     economy::{Economy, EconomyConfig, Ticket, Wait},
-    error::{Error, ErrorChain, UpstreamError, UpstreamErrorKind, code_name},
-    metrics as names,
+    error::{Error, UpstreamError, UpstreamErrorKind},
+    metric_names,
+    observe::{Arrival, Source},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
-    server::SERVICE_NAME,
     token,
+    wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
 };
 
-/// The method, as logged and as labelled in metrics.
-pub const METHOD: &str = "GetUserAuthFactors";
+/// Default bound on concurrent upstream calls. Each costs a few KiB; a
+/// thousand in flight stays far below Cognito's per-pool request quotas'
+/// usual concurrency and this process's memory budget.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1000;
 
-/// Response metadata that carries Cognito's request id.
-pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
+/// The RPC's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Most upstream calls in flight at once; more are shed.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for ServiceConfig {
+    /// The documented defaults.
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+        }
+    }
+}
 
 /// We answer DEADLINE_EXCEEDED a little before the caller's deadline, so the
 /// answer (with its ErrorInfo) reaches the caller before its own timer fires
@@ -45,18 +60,6 @@ fn upstream_budget(timeout: Duration) -> Duration {
     timeout.saturating_sub(margin)
 }
 
-/// When a call arrived, stamped by [`stamp_arrival`] before the request body
-/// is read, so the caller's deadline is measured from the same instant as
-/// tonic's.
-#[derive(Debug, Clone, Copy)]
-struct Arrival(Instant);
-
-/// A tonic interceptor that records when each call arrived.
-pub fn stamp_arrival(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request.extensions_mut().insert(Arrival(Instant::now()));
-    Ok(request)
-}
-
 /// The service implementation.
 #[derive(Debug, Clone)]
 pub struct FacadeService {
@@ -68,59 +71,64 @@ pub struct FacadeService {
 }
 
 impl FacadeService {
-    /// A service that answers through `cognito`, with at most
-    /// `max_concurrent_requests` upstream calls in flight.
-    pub fn new(cognito: Cognito, max_concurrent_requests: usize, economy: EconomyConfig) -> Self {
+    /// A service that answers through `cognito`.
+    pub fn new(cognito: Cognito, config: &ServiceConfig, economy: EconomyConfig) -> Self {
         Self {
             cognito,
-            limiter: Arc::new(Semaphore::new(max_concurrent_requests)),
+            limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             economy: Economy::new(economy),
         }
     }
 
+    /// The answer, and where it came from.
     async fn call(
         &self,
         request: Request<GetUserAuthFactorsRequest>,
         arrived: Instant,
-    ) -> Result<Answer, Error> {
+    ) -> (Source, Result<Answer, Error>) {
         let caller_timeout = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let token = token::extract(&request.get_ref().access_token, request.metadata())?;
-        let wait = match self.economy.ticket(&token) {
-            Ticket::Cached(answer) => return Ok(answer),
-            Ticket::Follow(flight) => Wait::Follow(flight),
+        let token = match token::extract(&request.get_ref().access_token, request.metadata()) {
+            Ok(token) => token,
+            Err(err) => return (Source::Local, Err(err.into())),
+        };
+        let (source, wait) = match self.economy.ticket(&token) {
+            Ticket::Cached(answer) => return (Source::Cache, Ok(answer)),
+            Ticket::Follow(flight) => (Source::Coalesced, Wait::Follow(flight)),
             Ticket::Lead(leader) => {
                 // Refused at once, never queued: a caller that waited here
                 // would only add to the load that caused the refusal.
                 let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
-                    metrics::counter!(names::SHED).increment(1);
+                    metrics::counter!(metric_names::SHED).increment(1);
                     leader.abandon(Err(Error::Overloaded));
-                    return Err(Error::Overloaded);
+                    return (Source::Local, Err(Error::Overloaded));
                 };
                 let cognito = self.cognito.clone();
                 // Bounded by the call timeout; if this caller gives up first,
                 // the call finishes in the background for the others.
-                Wait::Lead(leader.run(async move {
+                let flight = leader.run(async move {
                     let started = Instant::now();
                     let result = cognito.get_user_auth_factors(&token).await;
                     record_upstream(&result, started.elapsed());
                     drop(permit);
                     result.map_err(Error::from)
-                }))
+                });
+                (Source::Cognito, Wait::Lead(flight))
             }
         };
         // A deadline too far away to represent is no deadline.
         let deadline =
             caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
-        match deadline {
+        let outcome = match deadline {
             None => wait.outcome().await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
                 .await
                 .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
-        }
+        };
+        (source, outcome)
     }
 }
 
@@ -130,43 +138,29 @@ impl IdentityProviderService for FacadeService {
         &self,
         request: Request<GetUserAuthFactorsRequest>,
     ) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
-        // The span names only the method, which the line that ends the call
-        // carries too; it is there to place the SDK's own debug and trace
-        // events inside a call, so it costs nothing unless those are on
-        // (a span per call at `info` was ~8 µs of CPU: bench/PROFILE.md).
-        // The outcome goes on that last line, not into the span: recording
-        // fields later makes the formatter re-serialize them all each time.
-        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = METHOD);
-        async move {
-            let arrived = request
-                .extensions()
-                .get::<Arrival>()
-                .map_or_else(Instant::now, |arrival| arrival.0);
-            let result = self.call(request, arrived).await;
-            let latency_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
-            match result {
-                Ok(answer) => {
-                    tracing::info!(
-                        rpc.method = METHOD,
-                        grpc.code = code_name(tonic::Code::Ok),
-                        latency_us,
-                        aws_request_id = answer.request_id.as_deref(),
-                        "call finished"
-                    );
-                    let mut response = Response::new(answer.response);
-                    if let Some(id) = answer.request_id.as_deref().and_then(metadata_value) {
-                        response.metadata_mut().insert(REQUEST_ID_METADATA, id);
-                    }
-                    Ok(response)
+        let arrived = request
+            .extensions()
+            .get::<Arrival>()
+            .map_or_else(Instant::now, |arrival| arrival.0);
+        let (source, result) = self.call(request, arrived).await;
+        match result {
+            Ok(answer) => {
+                let mut response = Response::new(answer.response);
+                let metadata = response.metadata_mut();
+                metadata.insert(SOURCE_METADATA, source.metadata_value());
+                if let Some(id) = answer.request_id.as_deref().and_then(metadata_value) {
+                    metadata.insert(REQUEST_ID_METADATA, id);
                 }
-                Err(err) => {
-                    log_failure(&err, latency_us);
-                    Err(err.into())
-                }
+                Ok(response)
+            }
+            Err(err) => {
+                let mut status = Status::from(err);
+                status
+                    .metadata_mut()
+                    .insert(SOURCE_METADATA, source.metadata_value());
+                Err(status)
             }
         }
-        .instrument(span)
-        .await
     }
 }
 
@@ -181,55 +175,8 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
             _ => err.kind.status().1.into(),
         },
     };
-    metrics::counter!(names::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
-    metrics::histogram!(names::UPSTREAM_DURATION).record(elapsed.as_secs_f64());
-}
-
-/// One line per failed call, with its code, reason and latency: warnings for
-/// our side's trouble, info for the caller's.
-fn log_failure(err: &Error, latency_us: u64) {
-    let (code, reason) = err.status();
-    let code = code_name(code);
-    match err {
-        Error::Token(_) => tracing::info!(
-            rpc.method = METHOD,
-            grpc.code = code,
-            reason,
-            latency_us,
-            error = %err,
-            "call refused"
-        ),
-        Error::Upstream(up) if up.kind.passes_message() => tracing::info!(
-            rpc.method = METHOD,
-            grpc.code = code,
-            reason,
-            latency_us,
-            aws_request_id = up.request_id.as_deref(),
-            aws_error_code = up.aws_error_code.as_deref(),
-            "call failed"
-        ),
-        Error::Upstream(up) => tracing::warn!(
-            rpc.method = METHOD,
-            grpc.code = code,
-            reason,
-            latency_us,
-            aws_request_id = up.request_id.as_deref(),
-            error = %ErrorChain(err),
-            "call failed"
-        ),
-        // Under overload a line per shed call would add to the trouble; the
-        // shed counter tells the story.
-        Error::Overloaded => {
-            tracing::debug!(rpc.method = METHOD, grpc.code = code, reason, "call shed")
-        }
-        Error::RequestTooLarge => tracing::info!(
-            rpc.method = METHOD,
-            grpc.code = code,
-            reason,
-            latency_us,
-            "call refused"
-        ),
-    }
+    metrics::counter!(metric_names::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(metric_names::UPSTREAM_DURATION).record(elapsed.as_secs_f64());
 }
 
 /// A request id as ASCII metadata, or `None` if Cognito sent something that
@@ -258,7 +205,6 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
         _ => return None,
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

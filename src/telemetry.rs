@@ -9,7 +9,15 @@ use tracing_subscriber::{
     layer::SubscriberExt as _,
 };
 
-use crate::config::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object a line, for log pipelines (the default).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
 
 /// The filter when `RUST_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";

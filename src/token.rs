@@ -30,13 +30,13 @@ impl AccessToken {
 
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::proto::REDACTED)
+        f.write_str(crate::wire::REDACTED)
     }
 }
 
 impl fmt::Display for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::proto::REDACTED)
+        f.write_str(crate::wire::REDACTED)
     }
 }
 

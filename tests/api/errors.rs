@@ -7,7 +7,7 @@ use std::{
 };
 
 use cognito_facade::{
-    error::{ERROR_DOMAIN, Error, UpstreamError, UpstreamErrorKind},
+    error::{ERROR_DOMAIN, Error, UpstreamError, UpstreamErrorKind, code_name},
     token::{TokenError, TokenSource},
 };
 use serde_json::json;
@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    LocalMetrics, Reply, StandIn, TOKEN, TestApp, code_name, failed_call, next_call_succeeds,
-    request, spawn_app, spawn_app_with, test_config,
+    LocalMetrics, Reply, StandIn, TOKEN, TestApp, failed_call, next_call_succeeds, request,
+    spawn_app, spawn_app_with, test_config,
 };
 
 /// What a failed call answered.
@@ -379,9 +379,9 @@ fn the_readme_documents_every_row() {
         .collect();
 
     let mut produced = BTreeSet::new();
-    for kind in UpstreamErrorKind::ALL {
+    for &kind in UpstreamErrorKind::ALL {
         let (code, reason) = Error::from(UpstreamError::new(kind)).status();
-        produced.insert((code_name(code), reason.to_owned()));
+        produced.insert((code_name(code).to_owned(), reason.to_owned()));
     }
     for err in [
         TokenError::Missing,
@@ -392,11 +392,11 @@ fn the_readme_documents_every_row() {
         },
     ] {
         let (code, reason) = Error::from(err).status();
-        produced.insert((code_name(code), reason.to_owned()));
+        produced.insert((code_name(code).to_owned(), reason.to_owned()));
     }
     for err in [Error::Overloaded, Error::RequestTooLarge] {
         let (code, reason) = err.status();
-        produced.insert((code_name(code), reason.to_owned()));
+        produced.insert((code_name(code).to_owned(), reason.to_owned()));
     }
     assert_eq!(documented, produced);
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cognito_facade::server::SERVICE_NAME;
+use cognito_facade::wire::SERVICE_NAME;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -99,8 +99,8 @@ async fn shutdown_flips_to_not_serving_drains_and_finishes_in_flight_calls() {
 async fn shutdown_gives_up_on_calls_that_outlive_the_grace_period() {
     let stand_in = StandIn::start().await;
     let mut config = test_config(&stand_in.endpoint);
-    config.drain_delay = Duration::from_millis(50);
-    config.shutdown_grace = Duration::from_millis(300);
+    config.server.drain_delay = Duration::from_millis(50);
+    config.server.shutdown_grace = Duration::from_millis(300);
     config.upstream.call_timeout = Duration::from_secs(30);
     config.upstream.attempt_timeout = Duration::from_secs(30);
     stand_in.always(Reply::Delay(

@@ -11,15 +11,16 @@ use std::{
 };
 
 use cognito_facade::{
-    cognito::Cognito,
-    config::{Config, Limits, LogFormat, UpstreamConfig},
+    app::Application,
+    cognito::UpstreamConfig,
+    config::Config,
     economy::EconomyConfig,
     proto::identity_provider_service_client::IdentityProviderServiceClient,
     proto::{GetUserAuthFactorsRequest, GetUserAuthFactorsResponse},
-    server::{self, ServerError},
+    server::{ServerConfig, ServerError},
 };
 use serde_json::Value;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
 // The example binary uses parts of the stand-in that the tests do not.
@@ -32,30 +33,32 @@ pub(crate) use standin::{AWS_JSON, Reply, StandIn, TARGET, USERNAME};
 pub(crate) const TOKEN: &str =
     "eyJraWQiOiJrMSJ9.eyJzdWIiOiJ1MSIsInNjb3BlIjoiYWRtaW4ifQ.c2lnbmF0dXJl";
 
-/// The test configuration: short timeouts and delays so tests stay fast.
+/// The shipped defaults, changed only where tests need it: loopback on an
+/// ephemeral port, no metrics listener (tests install a local recorder), the
+/// stand-in as Cognito, and short timeouts and delays so tests stay fast.
 pub(crate) fn test_config(endpoint: &str) -> Config {
+    let defaults = Config::default();
     Config {
-        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        log_format: LogFormat::Text,
+        server: ServerConfig {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            drain_delay: Duration::from_millis(300),
+            shutdown_grace: Duration::from_secs(3),
+            ..defaults.server
+        },
         upstream: UpstreamConfig {
             region: Some("eu-west-1".to_owned()),
             endpoint: Some(endpoint.to_owned()),
             connect_timeout: Duration::from_millis(500),
-            attempt_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(3),
-            max_attempts: 3,
             retry_backoff: Duration::from_millis(5),
+            ..defaults.upstream
         },
-        drain_delay: Duration::from_millis(300),
-        shutdown_grace: Duration::from_secs(3),
-        metrics_addr: None,
-        tls: None,
-        limits: Limits::default(),
         economy: EconomyConfig {
-            coalesce: true,
-            cache_ttl: None,
             cache_max_entries: 100,
+            ..defaults.economy
         },
+        metrics_addr: None,
+        ..defaults
     }
 }
 
@@ -91,13 +94,13 @@ pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(stand_in, config).await
 }
 
-/// Starts the server with `config`, talking to whatever `config` names.
+/// Builds the application from `config` exactly as the binary does, and
+/// runs it until the test calls [`TestApp::shut_down`].
 pub(crate) async fn spawn_app_with(stand_in: StandIn, config: Config) -> TestApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cognito = Cognito::from_config(&config.upstream).await.unwrap();
+    let app = Application::build(config).await.unwrap();
+    let addr = app.addr();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, config, cognito, async {
+    let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
     // The listener is bound already, so connecting cannot race the server.
@@ -172,19 +175,6 @@ pub(crate) fn request(token: &str) -> tonic::Request<GetUserAuthFactorsRequest> 
     tonic::Request::new(GetUserAuthFactorsRequest {
         access_token: token.to_owned(),
     })
-}
-
-/// The canonical name of a gRPC code (`FAILED_PRECONDITION`).
-pub(crate) fn code_name(code: tonic::Code) -> String {
-    let camel = format!("{code:?}");
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
 }
 
 /// The binary under test.
@@ -394,7 +384,7 @@ impl LocalMetrics {
     /// The in-flight gauge, once some call has moved it.
     fn in_flight(&self) -> Option<f64> {
         self.handle.render().lines().find_map(|line| {
-            line.strip_prefix(cognito_facade::metrics::RPC_IN_FLIGHT)?
+            line.strip_prefix(cognito_facade::metric_names::RPC_IN_FLIGHT)?
                 .strip_prefix(' ')?
                 .parse()
                 .ok()

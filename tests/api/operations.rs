@@ -91,19 +91,19 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
     slow.await.unwrap().unwrap();
 
     let page = scrape(metrics_addr).await;
-    let rpc = |code: &str| {
+    let rpc = |code: &str, source: &str| {
         sample(
             &page,
             &format!(
-                "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"{code}\"}}"
+                "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"{code}\",source=\"{source}\"}}"
             ),
         )
     };
-    assert_eq!(rpc("OK"), Some(3.0), "{page}");
-    assert_eq!(rpc("UNAUTHENTICATED"), Some(1.0), "{page}");
-    assert_eq!(rpc("INVALID_ARGUMENT"), Some(1.0), "{page}");
+    assert_eq!(rpc("OK", "cognito"), Some(3.0), "{page}");
+    assert_eq!(rpc("UNAUTHENTICATED", "cognito"), Some(1.0), "{page}");
+    assert_eq!(rpc("INVALID_ARGUMENT", "local"), Some(1.0), "{page}");
     assert_eq!(
-        rpc("RESOURCE_EXHAUSTED"),
+        rpc("RESOURCE_EXHAUSTED", "local"),
         Some(2.0),
         "oversize and shed: {page}"
     );
@@ -248,7 +248,7 @@ async fn call_over(channel: Channel) -> Result<String, tonic::Status> {
 async fn spawn_tls_app(tls: TlsConfig) -> std::net::SocketAddr {
     let stand_in = StandIn::start().await;
     let mut config = test_config(&stand_in.endpoint);
-    config.tls = Some(tls);
+    config.server.tls = Some(tls);
     spawn_app_with(stand_in, config).await.addr
 }
 
@@ -330,7 +330,7 @@ async fn calls_over_the_limit_are_shed_at_once_and_never_reach_cognito() {
     const LIMIT: usize = 3;
     let stand_in = StandIn::start().await;
     let mut config = test_config(&stand_in.endpoint);
-    config.limits.max_concurrent_requests = LIMIT;
+    config.service.max_concurrent_requests = LIMIT;
     stand_in.always(Reply::Delay(
         Duration::from_millis(800),
         Box::new(Reply::full_success()),
@@ -393,7 +393,7 @@ async fn healthcheck(args: Vec<String>) -> Output {
 async fn healthcheck_exits_0_only_on_serving() {
     let stand_in = StandIn::start().await;
     let mut config = test_config(&stand_in.endpoint);
-    config.drain_delay = Duration::from_secs(5);
+    config.server.drain_delay = Duration::from_secs(5);
     let mut app = spawn_app_with(stand_in, config).await;
     let addr = app.addr.to_string();
 

@@ -231,7 +231,7 @@ async fn authorization_that_is_not_bearer_is_invalid_argument() {
 #[tokio::test]
 async fn an_oversize_message_is_refused_without_an_upstream_call() {
     let mut app = spawn_app().await;
-    let huge = "a".repeat(cognito_facade::server::MAX_REQUEST_BYTES + 1);
+    let huge = "a".repeat(cognito_facade::wire::MAX_REQUEST_BYTES + 1);
     let status = app
         .client
         .get_user_auth_factors(request(&huge))

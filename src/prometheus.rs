@@ -1,35 +1,25 @@
-//! Prometheus metrics: their names, the recorder, and the `/metrics` listener.
-//!
-//! Recording goes through the `metrics` facade; with no recorder installed
-//! (library tests) every call is a no-op.
+//! The Prometheus side of the metrics: the process-wide recorder, the
+//! description of every metric named in [`crate::metric_names`], and the
+//! `/metrics` listener.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-/// RPCs by `method` and final gRPC `code` (after every mapping).
-pub const RPC_REQUESTS: &str = "cognito_facade_rpc_requests_total";
-/// RPC latency by `method`, in seconds, arrival to response headers.
-pub const RPC_DURATION: &str = "cognito_facade_rpc_duration_seconds";
-/// RPCs being handled now.
-pub const RPC_IN_FLIGHT: &str = "cognito_facade_rpc_in_flight";
-/// Calls to Cognito by `outcome`: `ok`, Cognito's error code, or the reason of
-/// a failure without one (`UPSTREAM_UNREACHABLE`, `UPSTREAM_TIMEOUT`, ...).
-pub const UPSTREAM_REQUESTS: &str = "cognito_facade_upstream_requests_total";
-/// Latency of calls to Cognito, retries included, in seconds.
-pub const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
-/// Calls refused by the concurrency limiter.
-pub const SHED: &str = "cognito_facade_shed_total";
-/// Enum values from Cognito that this version does not know, by `field` and `value`.
-pub const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
-/// Calls answered by joining another call's upstream request (single flight).
-pub const COALESCED: &str = "cognito_facade_coalesced_total";
-/// Calls answered from the cache (`--cache-ttl`).
-pub const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
-/// Always 1, labelled with the `version`.
-pub const BUILD_INFO: &str = "cognito_facade_build_info";
+use crate::metric_names::{
+    BUILD_INFO, CACHE_HITS, COALESCED, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
+    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_REQUESTS,
+};
+
+/// Default `/metrics` listener: every interface, the conventional exporter port.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9090));
 
 /// Latency buckets, in seconds: Cognito answers in tens of milliseconds; the
 /// tail reaches the default call timeout (5 s).
@@ -45,7 +35,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
         .install_recorder()?;
-    metrics::describe_counter!(RPC_REQUESTS, "RPCs by method and final gRPC code");
+    metrics::describe_counter!(
+        RPC_REQUESTS,
+        "RPCs by method, final gRPC code and where the answer came from"
+    );
     metrics::describe_histogram!(
         RPC_DURATION,
         metrics::Unit::Seconds,

@@ -1,0 +1,141 @@
+//! The application: everything built from a [`Config`] (the Cognito client,
+//! the RPC service, the bound listeners, the metrics recorder) and run until
+//! a shutdown future completes. The binary and the tests both go through
+//! [`Application::build`], so the tests run exactly what ships.
+
+use std::{future::Future, net::SocketAddr};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::{
+    cognito::{Cognito, SetupError},
+    config::{Config, ConfigError},
+    prometheus,
+    server::{self, ServerError},
+    service::FacadeService,
+};
+
+/// Why the application could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A setting that makes no sense.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The Cognito client could not be set up (no region).
+    #[error(transparent)]
+    Upstream(#[from] SetupError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The metrics recorder could not be installed.
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+}
+
+impl BuildError {
+    /// Whether the configuration is at fault (exit code 2), rather than the
+    /// environment (a port in use).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Upstream(_))
+    }
+}
+
+/// A built application, its listeners bound, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    metrics: Option<Metrics>,
+    service: FacadeService,
+}
+
+/// The `/metrics` listener and the recorder it renders.
+#[derive(Debug)]
+struct Metrics {
+    listener: TcpListener,
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+}
+
+impl Application {
+    /// Validates `config`, builds the Cognito client (no network calls),
+    /// binds the metrics listener and installs the process-wide recorder if
+    /// metrics are on, and binds the gRPC listener.
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        config.validate()?;
+        let cognito = Cognito::from_config(&config.upstream).await?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
+        let (listener, addr) = bind("gRPC", config.server.listen_addr).await?;
+        let metrics = match metrics_listener {
+            Some((listener, addr)) => Some(Metrics {
+                listener,
+                addr,
+                handle: prometheus::install()?,
+            }),
+            None => None,
+        };
+        let service = FacadeService::new(cognito, &config.service, config.economy);
+        Ok(Self {
+            config,
+            listener,
+            addr,
+            metrics,
+            service,
+        })
+    }
+
+    /// The bound gRPC address (the real port when the config asked for 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound `/metrics` address, if metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|metrics| metrics.addr)
+    }
+
+    /// Serves until `shutdown` completes, then runs the shutdown sequence
+    /// ([`server::run`]) and stops the metrics listener.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(metrics) = self.metrics {
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = metrics_stopped.await;
+                };
+                if let Err(err) = prometheus::serve(metrics.listener, metrics.handle, stopped).await
+                {
+                    tracing::error!(error = %err, "metrics listener failed");
+                }
+            });
+        }
+        let result = server::run(self.listener, &self.config.server, self.service, shutdown).await;
+        let _ = stop_metrics.send(());
+        result
+    }
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), BuildError> {
+    let bind_error = |source| BuildError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}

@@ -1,0 +1,370 @@
+//! The command line of the binary (flags, their environment variables and
+//! defaults, the `healthcheck` subcommand) and its conversion into the
+//! library's [`Config`]. Every default shown here is the owning component's
+//! constant, so `--help`, the code and the README (checked by a test) agree.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Parser, Subcommand};
+use cognito_facade::{
+    cognito::{self, UpstreamConfig},
+    config::*,
+    economy::{self, EconomyConfig},
+    healthcheck, prometheus,
+    server::{self, ServerConfig},
+    service::{self, ServiceConfig},
+    telemetry::LogFormat,
+    tls::TlsConfig,
+};
+
+/// Where the Prometheus endpoint listens, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetricsAddr(pub(crate) Option<SocketAddr>);
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self(None));
+        }
+        text.parse()
+            .map(|addr| Self(Some(addr)))
+            .map_err(|_| format!("expected ADDR:PORT or `off`, got {text:?}"))
+    }
+}
+
+impl fmt::Display for MetricsAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+/// A duration flag's default, as clap shows it.
+fn shown(duration: Duration) -> humantime::Duration {
+    duration.into()
+}
+
+/// The command line, as clap parses it. [`Cli::into_config`] validates it.
+#[derive(Debug, Parser)]
+#[command(name = "cognito-facade", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Run a subcommand instead of the server.
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+
+    /// Address the gRPC server listens on.
+    #[arg(long, env = ENV_LISTEN_ADDR, default_value_t = server::DEFAULT_LISTEN_ADDR, value_name = "ADDR")]
+    listen_addr: SocketAddr,
+
+    /// Log line format. `RUST_LOG` sets the filter (default `info`).
+    #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::default())]
+    log_format: LogFormat,
+
+    /// AWS region of the user pool, e.g. eu-west-1. Without it: AWS_DEFAULT_REGION, then the
+    /// AWS profile's region.
+    #[arg(long, env = ENV_REGION, value_name = "REGION")]
+    region: Option<String>,
+
+    /// Cognito endpoint URL, overriding the regional one (and AWS_ENDPOINT_URL).
+    #[arg(long, env = ENV_COGNITO_ENDPOINT, value_name = "URL")]
+    cognito_endpoint: Option<String>,
+
+    /// Timeout to open a connection to Cognito.
+    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value_t = shown(cognito::DEFAULT_CONNECT_TIMEOUT), value_name = "DURATION")]
+    connect_timeout: humantime::Duration,
+
+    /// Timeout of one HTTP attempt to Cognito.
+    #[arg(long, env = ENV_ATTEMPT_TIMEOUT, default_value_t = shown(cognito::DEFAULT_ATTEMPT_TIMEOUT), value_name = "DURATION")]
+    attempt_timeout: humantime::Duration,
+
+    /// Timeout of a whole upstream call, retries included. A shorter caller deadline wins.
+    #[arg(long, env = ENV_CALL_TIMEOUT, default_value_t = shown(cognito::DEFAULT_CALL_TIMEOUT), value_name = "DURATION")]
+    call_timeout: humantime::Duration,
+
+    /// Attempts per upstream call, the first included (1 disables retries).
+    #[arg(long, env = ENV_MAX_ATTEMPTS, default_value_t = cognito::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10), value_name = "N")]
+    max_attempts: u32,
+
+    /// Initial backoff before a retry; doubled per retry, with full jitter.
+    #[arg(long, env = ENV_RETRY_BACKOFF, default_value_t = shown(cognito::DEFAULT_RETRY_BACKOFF), value_name = "DURATION")]
+    retry_backoff: humantime::Duration,
+
+    /// On SIGTERM/SIGINT: how long to report NOT_SERVING while still serving, before closing the listener.
+    #[arg(long, env = ENV_DRAIN_DELAY, default_value_t = shown(server::DEFAULT_DRAIN_DELAY), value_name = "DURATION")]
+    drain_delay: humantime::Duration,
+
+    /// On shutdown: how long in-flight calls get to finish once the listener is closed.
+    #[arg(long, env = ENV_SHUTDOWN_GRACE, default_value_t = shown(server::DEFAULT_SHUTDOWN_GRACE), value_name = "DURATION")]
+    shutdown_grace: humantime::Duration,
+
+    /// Prometheus /metrics listen address, or `off`.
+    #[arg(long, env = ENV_METRICS_ADDR, default_value_t = MetricsAddr(Some(prometheus::DEFAULT_METRICS_ADDR)), value_name = "ADDR|off")]
+    metrics_addr: MetricsAddr,
+
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
+    #[arg(long, env = ENV_TLS_CERT, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = ENV_TLS_KEY, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: require client certificates that chain to it (mutual TLS; needs --tls-cert).
+    #[arg(long, env = ENV_TLS_CLIENT_CA, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Most upstream calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = ENV_MAX_CONCURRENT_REQUESTS, default_value_t = service::DEFAULT_MAX_CONCURRENT_REQUESTS, value_name = "N")]
+    max_concurrent_requests: usize,
+
+    /// Lifetime of a client connection before GOAWAY, so clients rebalance across replicas.
+    #[arg(long, env = ENV_MAX_CONNECTION_AGE, default_value_t = shown(server::DEFAULT_MAX_CONNECTION_AGE), value_name = "DURATION")]
+    max_connection_age: humantime::Duration,
+
+    /// Concurrent calls with the same token share one call to Cognito (`--coalesce=false` turns it off).
+    #[arg(long, env = ENV_COALESCE, default_value_t = EconomyConfig::default().coalesce, action = clap::ArgAction::Set, value_name = "BOOL")]
+    coalesce: bool,
+
+    /// Serve a token's successful answer from memory for this long (off by default). A revoked
+    /// token keeps its answer until the TTL ends.
+    #[arg(long, env = ENV_CACHE_TTL, value_name = "DURATION")]
+    cache_ttl: Option<humantime::Duration>,
+
+    /// Most answers the cache holds; the oldest go first.
+    #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = economy::DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
+    cache_max_entries: usize,
+
+    /// HTTP/2 keepalive ping interval.
+    #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = shown(server::DEFAULT_KEEPALIVE_INTERVAL), value_name = "DURATION")]
+    keepalive_interval: humantime::Duration,
+
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = ENV_KEEPALIVE_TIMEOUT, default_value_t = shown(server::DEFAULT_KEEPALIVE_TIMEOUT), value_name = "DURATION")]
+    keepalive_timeout: humantime::Duration,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Ask a running server's grpc.health.v1 Check; exit 0 only if it answers SERVING
+    /// (for container HEALTHCHECKs: no extra probe binary needed).
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `cognito-facade healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct HealthcheckArgs {
+    /// The server to ask: by default the address the server itself listens on (the same
+    /// environment variable), an unspecified host (0.0.0.0, [::]) probed on loopback.
+    #[arg(long, env = ENV_LISTEN_ADDR, default_value_t = server::DEFAULT_LISTEN_ADDR, value_name = "ADDR")]
+    addr: SocketAddr,
+
+    /// The service to ask about; empty for the whole server.
+    #[arg(long, default_value = "")]
+    service: String,
+
+    /// How long to wait for the answer, connecting included.
+    #[arg(long, default_value_t = shown(healthcheck::DEFAULT_TIMEOUT), value_name = "DURATION")]
+    timeout: humantime::Duration,
+}
+
+impl HealthcheckArgs {
+    /// The address to probe.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        healthcheck::probe_addr(self.addr)
+    }
+
+    /// The service to ask about.
+    pub(crate) fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout.into()
+    }
+}
+
+impl Cli {
+    /// The validated configuration (TLS files read and checked).
+    pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsConfig::from_files(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?),
+            // clap's `requires` makes the two go together.
+            _ => None,
+        };
+        let config = Config {
+            server: ServerConfig {
+                listen_addr: self.listen_addr,
+                drain_delay: self.drain_delay.into(),
+                shutdown_grace: self.shutdown_grace.into(),
+                max_connection_age: self.max_connection_age.into(),
+                keepalive_interval: self.keepalive_interval.into(),
+                keepalive_timeout: self.keepalive_timeout.into(),
+                tls,
+            },
+            service: ServiceConfig {
+                max_concurrent_requests: self.max_concurrent_requests,
+            },
+            upstream: UpstreamConfig {
+                region: self.region,
+                endpoint: self.cognito_endpoint,
+                connect_timeout: self.connect_timeout.into(),
+                attempt_timeout: self.attempt_timeout.into(),
+                call_timeout: self.call_timeout.into(),
+                max_attempts: self.max_attempts,
+                retry_backoff: self.retry_backoff.into(),
+            },
+            economy: EconomyConfig {
+                coalesce: self.coalesce,
+                // A zero TTL means off, like leaving the flag out.
+                cache_ttl: self
+                    .cache_ttl
+                    .map(Duration::from)
+                    .filter(|ttl| !ttl.is_zero()),
+                cache_max_entries: self.cache_max_entries,
+            },
+            log_format: self.log_format,
+            metrics_addr: self.metrics_addr.0,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("cognito-facade").chain(args.iter().copied()))
+                .map_err(|err| err.to_string())?;
+        cli.into_config().map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn no_flags_give_the_library_defaults() {
+        let config = parse(&[]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(config.server.listen_addr, defaults.server.listen_addr);
+        assert_eq!(config.server.drain_delay, defaults.server.drain_delay);
+        assert_eq!(config.server.shutdown_grace, defaults.server.shutdown_grace);
+        assert_eq!(
+            config.server.max_connection_age,
+            defaults.server.max_connection_age
+        );
+        assert_eq!(
+            config.server.keepalive_interval,
+            defaults.server.keepalive_interval
+        );
+        assert_eq!(
+            config.server.keepalive_timeout,
+            defaults.server.keepalive_timeout
+        );
+        assert!(config.server.tls.is_none());
+        assert_eq!(config.service, defaults.service);
+        // AWS_REGION may be set where the tests run.
+        let upstream = UpstreamConfig {
+            region: None,
+            ..config.upstream
+        };
+        assert_eq!(upstream, defaults.upstream);
+        assert_eq!(config.economy, defaults.economy);
+        assert_eq!(config.log_format, defaults.log_format);
+        assert_eq!(config.metrics_addr, defaults.metrics_addr);
+    }
+
+    #[test]
+    fn coalescing_and_the_cache_are_configurable() {
+        let config = parse(&["--coalesce=false", "--cache-ttl", "30s"]).unwrap();
+        assert!(!config.economy.coalesce);
+        assert_eq!(config.economy.cache_ttl, Some(Duration::from_secs(30)));
+        let config = parse(&["--cache-ttl", "0s"]).unwrap();
+        assert_eq!(config.economy.cache_ttl, None);
+    }
+
+    #[test]
+    fn metrics_can_be_turned_off() {
+        let config = parse(&["--metrics-addr", "off"]).unwrap();
+        assert_eq!(config.metrics_addr, None);
+        let config = parse(&["--metrics-addr", "127.0.0.1:9100"]).unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn parses_human_durations() {
+        let config = parse(&["--attempt-timeout", "250ms", "--call-timeout", "1m 30s"]).unwrap();
+        assert_eq!(config.upstream.attempt_timeout, Duration::from_millis(250));
+        assert_eq!(config.upstream.call_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        for (args, needle) in [
+            (&["--listen-addr", "nowhere"][..], "--listen-addr"),
+            (&["--connect-timeout", "soon"][..], "--connect-timeout"),
+            (&["--connect-timeout", "0s"][..], "--connect-timeout"),
+            (&["--max-attempts", "0"][..], "--max-attempts"),
+            (&["--log-format", "xml"][..], "--log-format"),
+            (
+                &["--attempt-timeout", "10s", "--call-timeout", "5s"][..],
+                "--attempt-timeout",
+            ),
+            (
+                &["--cognito-endpoint", "localhost:9229"][..],
+                "--cognito-endpoint",
+            ),
+            (
+                &["--cognito-endpoint", "ftp://example.com"][..],
+                "--cognito-endpoint",
+            ),
+            (&["--region", " "][..], "--region"),
+            (&["--metrics-addr", "nine"][..], "--metrics-addr"),
+            (
+                &["--max-concurrent-requests", "0"][..],
+                "--max-concurrent-requests",
+            ),
+            (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+            (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
+            (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
+            (
+                &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
+                "/nonexistent.pem",
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn accepts_an_http_endpoint() {
+        let config = parse(&["--cognito-endpoint", "http://127.0.0.1:9229"]).unwrap();
+        assert_eq!(
+            config.upstream.endpoint.as_deref(),
+            Some("http://127.0.0.1:9229")
+        );
+    }
+
+    #[test]
+    fn healthcheck_probes_where_the_server_listens() {
+        let cli = Cli::try_parse_from(["cognito-facade", "healthcheck"]).unwrap();
+        let Some(Command::Healthcheck(args)) = cli.command else {
+            panic!("no healthcheck");
+        };
+        assert_eq!(
+            args.addr(),
+            healthcheck::probe_addr(server::DEFAULT_LISTEN_ADDR)
+        );
+        assert_eq!(args.addr().to_string(), "127.0.0.1:50051");
+    }
+}

@@ -1,0 +1,28 @@
+//! The name of every metric this service records, in one place at the bottom
+//! of the crate (the `/metrics` listener is [`crate::prometheus`]).
+//!
+//! Recording goes through the `metrics` facade; with no recorder installed
+//! (library tests) every call is a no-op.
+
+/// RPCs by `method`, final gRPC `code` (after every mapping) and `source`
+/// (where the answer came from: `cognito`, `coalesced`, `cache`, `local`).
+pub const RPC_REQUESTS: &str = "cognito_facade_rpc_requests_total";
+/// RPC latency by `method`, in seconds, arrival to response headers.
+pub const RPC_DURATION: &str = "cognito_facade_rpc_duration_seconds";
+/// RPCs being handled now.
+pub const RPC_IN_FLIGHT: &str = "cognito_facade_rpc_in_flight";
+/// Calls to Cognito by `outcome`: `ok`, Cognito's error code, or the reason of
+/// a failure without one (`UPSTREAM_UNREACHABLE`, `UPSTREAM_TIMEOUT`, ...).
+pub const UPSTREAM_REQUESTS: &str = "cognito_facade_upstream_requests_total";
+/// Latency of calls to Cognito, retries included, in seconds.
+pub const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
+/// Calls refused by the concurrency limiter.
+pub const SHED: &str = "cognito_facade_shed_total";
+/// Enum values from Cognito that this version does not know, by `field` and `value`.
+pub const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
+/// Calls answered by joining another call's upstream request (single flight).
+pub const COALESCED: &str = "cognito_facade_coalesced_total";
+/// Calls answered from the cache (`--cache-ttl`).
+pub const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
+/// Always 1, labelled with the `version`.
+pub const BUILD_INFO: &str = "cognito_facade_build_info";

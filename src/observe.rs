@@ -1,0 +1,461 @@
+//! The one observer of every call of the RPC service: a tower layer around
+//! the gRPC routes that sees each call as the caller will. It starts the
+//! call's one clock, refuses requests that are not gRPC (HTTP 415), turns the
+//! decoder's "message too large" into the documented RESOURCE_EXHAUSTED,
+//! and, once the answer is known, writes the RPC metrics and the call's one
+//! log line from the same elapsed time, for every call: answered by the
+//! handler, refused before it (415, oversize, unknown method), or abandoned
+//! by its caller.
+//!
+//! The handler tells it what only the handler knows through the answer
+//! itself: where the answer came from in [`SOURCE_METADATA`] response
+//! metadata (which the caller sees too), and on failure the
+//! [`Error`](crate::error::Error) as the `Status`'s source (which the caller
+//! never sees).
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tonic::{Code, Status, codegen::http, metadata::AsciiMetadataValue};
+use tower::{Layer, Service};
+use tracing::{Instrument as _, Level};
+
+use crate::{
+    error::{Error, ErrorChain, code_name},
+    metric_names,
+    wire::{METHOD, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
+};
+
+/// Where a call's answer came from; logged as `source`, labelled as
+/// `source`, and sent to the caller as [`SOURCE_METADATA`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This call's own request to Cognito.
+    Cognito,
+    /// Another concurrent call's request to Cognito (single flight).
+    Coalesced,
+    /// The answer cache.
+    Cache,
+    /// The facade itself, without Cognito: a refused request, a shed call.
+    Local,
+}
+
+impl Source {
+    /// Every source.
+    pub const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
+
+    /// The name in logs, labels and metadata.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cognito => "cognito",
+            Self::Coalesced => "coalesced",
+            Self::Cache => "cache",
+            Self::Local => "local",
+        }
+    }
+
+    /// The metadata value that carries this source.
+    pub fn metadata_value(self) -> AsciiMetadataValue {
+        AsciiMetadataValue::from_static(self.as_str())
+    }
+
+    fn from_header(value: &http::HeaderValue) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|source| value.as_bytes() == source.as_str().as_bytes())
+    }
+}
+
+/// When a call arrived: the instant the observer's clock starts, put in the
+/// request's extensions so the handler measures the caller's deadline from
+/// it too.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
+/// The layer; see the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed { inner }
+    }
+}
+
+/// The service [`ObserveLayer`] wraps around the routes.
+#[derive(Debug, Clone)]
+pub struct Observed<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, ResB> Service<http::Request<B>> for Observed<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<ResB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // A refused request never reaches the routes, whatever its path.
+        let refusal = content_type_refusal(request.headers());
+        // Only the RPC service's calls are observed, not health or reflection.
+        let Some(method) = rpc_method(request.uri().path()) else {
+            return match refusal {
+                Some(refusal) => Box::pin(std::future::ready(Ok(refusal))),
+                None => Box::pin(self.inner.call(request)),
+            };
+        };
+        let call = Call::start(method);
+        request.extensions_mut().insert(Arrival(call.arrived));
+        let answer = match refusal {
+            Some(refusal) => Err(refusal),
+            None => Ok(self.inner.call(request)),
+        };
+        // Only at `debug`: a span per call at `info` cost ~8 µs of CPU
+        // (bench/PROFILE.md). It places the SDK's own debug and trace events
+        // inside the call.
+        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = method);
+        Box::pin(
+            async move {
+                let mut response = match answer {
+                    Ok(future) => future.await?,
+                    Err(refusal) => refusal,
+                };
+                call.finish(&mut response);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// One call being observed. Dropped unfinished (its caller gave up, or the
+/// connection went away), it still writes its metrics and line, as
+/// CANCELLED.
+struct Call {
+    method: &'static str,
+    arrived: Instant,
+    finished: bool,
+}
+
+impl Call {
+    fn start(method: &'static str) -> Self {
+        metrics::gauge!(metric_names::RPC_IN_FLIGHT).increment(1.0);
+        Self {
+            method,
+            arrived: Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Reads the answer (rewriting the decoder's size refusal and marking a
+    /// local answer on the way) and writes the call's metrics and line.
+    fn finish<B: Default>(mut self, response: &mut http::Response<B>) {
+        let code = final_code(response);
+        let source = match response.headers().get(SOURCE_METADATA) {
+            Some(value) => Source::from_header(value).unwrap_or(Source::Local),
+            None => {
+                response.headers_mut().insert(
+                    SOURCE_METADATA,
+                    http::HeaderValue::from_static(Source::Local.as_str()),
+                );
+                Source::Local
+            }
+        };
+        let elapsed = self.arrived.elapsed();
+        let outcome = Outcome::of(code, response);
+        self.record(code, source, elapsed, &outcome);
+        self.finished = true;
+    }
+
+    /// The metrics and the line, from one `elapsed`.
+    fn record(&self, code: Code, source: Source, elapsed: Duration, outcome: &Outcome<'_>) {
+        let code_name = code_name(code);
+        metrics::counter!(
+            metric_names::RPC_REQUESTS,
+            "method" => self.method,
+            "code" => code_name,
+            "source" => source.as_str()
+        )
+        .increment(1);
+        metrics::histogram!(metric_names::RPC_DURATION, "method" => self.method)
+            .record(elapsed.as_secs_f64());
+        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        log_line(self.method, code_name, source, latency_us, outcome);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            let outcome = Outcome::Other {
+                message: "the caller went away before the answer",
+            };
+            self.record(
+                Code::Cancelled,
+                Source::Local,
+                self.arrived.elapsed(),
+                &outcome,
+            );
+        }
+        metrics::gauge!(metric_names::RPC_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// What the line says about how the call ended.
+enum Outcome<'a> {
+    /// A success, with Cognito's request id if there is one.
+    Ok { request_id: &'a str },
+    /// One of this service's documented errors.
+    Error(&'a Error),
+    /// A status from the gRPC layer itself (no ErrorInfo): an unknown method,
+    /// undecodable protobuf, a non-gRPC content type.
+    Other { message: &'a str },
+}
+
+impl<'a> Outcome<'a> {
+    fn of<B>(code: Code, response: &'a http::Response<B>) -> Self {
+        if code == Code::Ok {
+            let request_id = response
+                .headers()
+                .get(REQUEST_ID_METADATA)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            return Self::Ok { request_id };
+        }
+        let status = response.extensions().get::<Status>();
+        match status.and_then(Error::of_status) {
+            Some(err) => Self::Error(err),
+            None => Self::Other {
+                message: status.map(Status::message).unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Writes the call's line: the same fields on every line, empty where they do
+/// not apply. Warnings for our side's trouble (the cause chain in `error`),
+/// info for everything else.
+fn log_line(
+    method: &'static str,
+    code: &'static str,
+    source: Source,
+    latency_us: u64,
+    outcome: &Outcome<'_>,
+) {
+    macro_rules! line {
+        ($level:expr, $message:literal, $reason:expr, $request_id:expr, $aws_code:expr, $error:expr) => {
+            tracing::event!(
+                $level,
+                rpc.method = method,
+                grpc.code = code,
+                reason = $reason,
+                source = source.as_str(),
+                latency_us,
+                aws_request_id = $request_id,
+                aws_error_code = $aws_code,
+                error = $error,
+                $message
+            )
+        };
+    }
+    match outcome {
+        Outcome::Ok { request_id } => line!(Level::INFO, "call finished", "", *request_id, "", ""),
+        Outcome::Error(err @ Error::Upstream(up)) => {
+            let reason = err.status().1;
+            let request_id = up.request_id.as_deref().unwrap_or_default();
+            let aws_code = up.aws_error_code.as_deref().unwrap_or_default();
+            if up.kind.passes_message() {
+                line!(Level::INFO, "call failed", reason, request_id, aws_code, "")
+            } else {
+                let chain = ErrorChain(*err).to_string();
+                line!(
+                    Level::WARN,
+                    "call failed",
+                    reason,
+                    request_id,
+                    aws_code,
+                    chain.as_str()
+                )
+            }
+        }
+        Outcome::Error(err) => {
+            let reason = err.status().1;
+            // Token errors never quote the token; the others are fixed text.
+            let text = err.to_string();
+            line!(Level::INFO, "call refused", reason, "", "", text.as_str())
+        }
+        Outcome::Other { message } => line!(Level::INFO, "call refused", "", "", "", *message),
+    }
+}
+
+/// A request that is not gRPC (its content type is not `application/grpc`
+/// or `application/grpc+...`) gets what the gRPC over HTTP/2 spec asks for:
+/// HTTP 415 with `grpc-status` INVALID_ARGUMENT, before any handler or
+/// decoder sees it. `None` for a gRPC request.
+fn content_type_refusal<B: Default>(headers: &http::HeaderMap) -> Option<http::Response<B>> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(http::HeaderValue::as_bytes);
+    let is_grpc = content_type.is_some_and(|value| {
+        value == b"application/grpc"
+            || value.starts_with(b"application/grpc+")
+            || value.starts_with(b"application/grpc;")
+    });
+    if is_grpc {
+        return None;
+    }
+    let mut response =
+        Status::invalid_argument("not a gRPC request: the content-type must be application/grpc")
+            .into_http();
+    *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    Some(response)
+}
+
+/// The method label of a request path, or `None` for other services.
+/// Anything under the service but the one method is `unknown`, so hostile
+/// paths cannot grow the label set.
+fn rpc_method(path: &str) -> Option<&'static str> {
+    let method = path
+        .strip_prefix('/')?
+        .strip_prefix(SERVICE_NAME)?
+        .strip_prefix('/')?;
+    Some(if method == METHOD { METHOD } else { "unknown" })
+}
+
+/// The call's gRPC code. An error answer is trailers-only, its status in the
+/// headers; a success carries `grpc-status: 0` in trailers after the message.
+/// Rewrites the decoder's size refusal on the way.
+fn final_code<B: Default>(response: &mut http::Response<B>) -> Code {
+    let Some(status) = response.headers().get("grpc-status") else {
+        return Code::Ok;
+    };
+    let code = status
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from_i32);
+    if code == Code::OutOfRange {
+        // Our handler never answers OUT_OF_RANGE; tonic's decoder does, for a
+        // message over `wire::MAX_REQUEST_BYTES`, before buffering it.
+        *response = Status::from(Error::RequestTooLarge).into_http();
+        return Code::ResourceExhausted;
+    }
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_only_the_rpc_service() {
+        assert_eq!(
+            rpc_method("/cognito.idp.v1.IdentityProviderService/GetUserAuthFactors"),
+            Some("GetUserAuthFactors")
+        );
+        assert_eq!(
+            rpc_method("/cognito.idp.v1.IdentityProviderService/DropTables"),
+            Some("unknown")
+        );
+        assert_eq!(rpc_method("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            rpc_method("/cognito.idp.v1.IdentityProviderServiceX/Get"),
+            None
+        );
+        assert_eq!(rpc_method(""), None);
+    }
+
+    #[test]
+    fn sources_round_trip_through_metadata() {
+        for source in Source::ALL {
+            let value = http::HeaderValue::from_static(source.as_str());
+            assert_eq!(Source::from_header(&value), Some(source));
+        }
+        let other = http::HeaderValue::from_static("elsewhere");
+        assert_eq!(Source::from_header(&other), None);
+    }
+
+    #[test]
+    fn only_grpc_content_types_pass() {
+        let refused = |value: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            }
+            content_type_refusal::<tonic::body::Body>(&headers)
+        };
+        for ok in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc;charset=utf-8",
+        ] {
+            assert!(refused(Some(ok)).is_none(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("application/json"),
+            Some("application/grpcx"),
+            Some("text/plain"),
+        ] {
+            let response = refused(bad).expect("refused");
+            assert_eq!(
+                response.status(),
+                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{bad:?}"
+            );
+            assert_eq!(response.headers()["grpc-status"], "3", "{bad:?}");
+        }
+    }
+
+    fn response_with_status(code: Option<&str>) -> http::Response<tonic::body::Body> {
+        let mut response = http::Response::new(tonic::body::Body::default());
+        if let Some(code) = code {
+            response
+                .headers_mut()
+                .insert("grpc-status", code.parse().unwrap());
+        }
+        response
+    }
+
+    #[test]
+    fn reads_the_final_code() {
+        assert_eq!(final_code(&mut response_with_status(None)), Code::Ok);
+        assert_eq!(
+            final_code(&mut response_with_status(Some("16"))),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            final_code(&mut response_with_status(Some("x"))),
+            Code::Unknown
+        );
+    }
+
+    #[test]
+    fn turns_the_decoders_size_refusal_into_resource_exhausted() {
+        let mut response = response_with_status(Some("11"));
+        assert_eq!(final_code(&mut response), Code::ResourceExhausted);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let carried = response.extensions().get::<Status>().unwrap();
+        assert!(matches!(
+            Error::of_status(carried),
+            Some(Error::RequestTooLarge)
+        ));
+    }
+}

@@ -1,0 +1,71 @@
+//! What goes over the wire, named once at the bottom of the crate: the service
+//! and method names (taken from the generated code where it names them),
+//! size limits, response metadata keys, and the redaction marker.
+//!
+//! Every other module may import from here; this module imports only
+//! [`crate::proto`].
+
+use crate::proto::identity_provider_service_server;
+
+/// The fully-qualified name of the RPC service, as tonic generates it (and
+/// as health checks and request paths name it).
+pub const SERVICE_NAME: &str = identity_provider_service_server::SERVICE_NAME;
+
+/// The one RPC method. tonic generates no constant for a method name; a
+/// unit test checks this one against the compiled descriptor.
+pub const METHOD: &str = "GetUserAuthFactors";
+
+/// Largest request message accepted. A GetUserAuthFactorsRequest holds one
+/// token of at most 16 KiB; anything far larger is refused by tonic's
+/// decoder before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest header block accepted. Room for a 16 KiB `authorization: Bearer`
+/// token plus ordinary metadata; hyper's default (16 KiB) would refuse the
+/// largest valid token.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+/// Most concurrent streams (calls) per HTTP/2 connection; a client that
+/// opens more gets REFUSED_STREAM for the excess and retries them.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+
+/// Response metadata that carries Cognito's request id.
+pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
+
+/// Response metadata that says where the answer came from (see
+/// [`crate::observe::Source`]).
+pub const SOURCE_METADATA: &str = "x-cognito-facade-source";
+
+/// What `Debug`, `Display` and logs print in place of a secret (defined
+/// beside the generated messages whose `Debug` uses it).
+pub use crate::proto::REDACTED;
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// The method named here is the one `proto/` defines, in the service
+    /// tonic generated.
+    #[test]
+    fn the_method_is_the_one_the_contract_defines() {
+        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .expect("the compiled descriptor set");
+        let methods: Vec<(String, String)> = set
+            .file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package().to_owned();
+                file.service.iter().flat_map(move |service| {
+                    let service_name = format!("{package}.{}", service.name());
+                    service
+                        .method
+                        .iter()
+                        .map(move |method| (service_name.clone(), method.name().to_owned()))
+                })
+            })
+            .collect();
+        assert_eq!(methods, [(SERVICE_NAME.to_owned(), METHOD.to_owned())]);
+    }
+}
