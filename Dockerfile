@@ -25,10 +25,14 @@ ENV COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:50051 \
     COGNITO_FACADE_LOG_FORMAT=json \
     COGNITO_FACADE_METRICS_ADDR=0.0.0.0:9090
 # The same binary probes itself (grpc.health.v1 Check): distroless has no shell
-# and needs no extra probe binary. Plaintext only; with --tls-cert, probe from
-# outside instead.
+# and needs no extra probe binary. It asks wherever COGNITO_FACADE_LISTEN_ADDR
+# says the server listens (0.0.0.0 is probed on loopback), so `docker run -e
+# COGNITO_FACADE_LISTEN_ADDR=...` moves the probe with the server. Plaintext
+# only; with --tls-cert, probe from outside instead.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/cognito-facade", "healthcheck", "--addr", "127.0.0.1:50051"]
-# The process handles SIGTERM itself: NOT_SERVING, drain, grace, exit 0.
+    CMD ["/usr/local/bin/cognito-facade", "healthcheck"]
+# The process handles SIGTERM itself: NOT_SERVING, drain (5 s), grace (10 s),
+# exit 0. That is longer than `docker stop`'s default 10 s before SIGKILL:
+# stop with `docker stop -t 20` or run with `--stop-timeout 20`.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/cognito-facade"]

@@ -142,3 +142,95 @@ async fn flags_override_the_environment() {
     assert_eq!(running.call().await.unwrap(), USERNAME);
     assert_eq!(running.terminate().await, Some(0));
 }
+
+/// One flag as `--help` describes it: its environment variable and default.
+#[derive(Debug, PartialEq, Eq)]
+struct Flag {
+    env: Option<String>,
+    default: Option<String>,
+}
+
+/// The server's flags from the binary's own `--help`.
+fn flags_from_help() -> std::collections::BTreeMap<String, Flag> {
+    let output = run_to_exit(&["--help"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    let mut flags = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut finish = |current: Option<(String, String)>| {
+        if let Some((name, text)) = current {
+            let bracket = |key: &str| {
+                let start = text.find(&format!("[{key}: "))? + key.len() + 3;
+                let end = start + text[start..].find(']')?;
+                Some(text[start..end].trim_end_matches('=').to_owned())
+            };
+            let flag = Flag {
+                env: bracket("env"),
+                default: bracket("default"),
+            };
+            flags.insert(name, flag);
+        }
+    };
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        let flag_start = trimmed
+            .strip_prefix("-h, ")
+            .or_else(|| trimmed.strip_prefix("-V, "))
+            .unwrap_or(trimmed);
+        if line.starts_with("  ") && flag_start.starts_with("--") {
+            finish(current.take());
+            let name = flag_start.split_whitespace().next().unwrap().to_owned();
+            current = Some((name, String::new()));
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    finish(current);
+    flags.remove("--help");
+    flags.remove("--version");
+    flags
+}
+
+/// The flags of the README's configuration table: `| flag | env | default |`,
+/// a default in backticks being a value and anything else a description.
+fn flags_from_readme() -> std::collections::BTreeMap<String, Flag> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Configuration\n"))
+        .expect("a Configuration section");
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix("`--")?.strip_suffix('`')?;
+            let code = |cell: &str| {
+                cell.strip_prefix('`')
+                    .and_then(|c| c.strip_suffix('`'))
+                    .map(str::to_owned)
+            };
+            let flag = Flag {
+                env: code(cells.get(2)?),
+                default: code(cells.get(3)?),
+            };
+            Some((format!("--{name}"), flag))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_configuration_table_matches_help() {
+    let help = flags_from_help();
+    assert!(help.len() > 20, "{help:#?}");
+    assert!(help.values().all(|flag| flag.env.is_some()), "{help:#?}");
+    let readme = flags_from_readme();
+    let names = |flags: &std::collections::BTreeMap<String, Flag>| -> Vec<String> {
+        flags.keys().cloned().collect()
+    };
+    assert_eq!(names(&readme), names(&help), "the same flags");
+    for (name, flag) in &help {
+        assert_eq!(&readme[name], flag, "{name}: README vs --help");
+    }
+}

@@ -79,6 +79,32 @@ fn probes_and_ports_match_the_binary() {
     assert_eq!(value_after(&deployment, "runAsNonRoot:", 0), "true");
 
     let dockerfile = file("Dockerfile");
-    assert!(dockerfile.contains("\"healthcheck\", \"--addr\", \"127.0.0.1:50051\""));
+    // No address in the HEALTHCHECK: it follows COGNITO_FACADE_LISTEN_ADDR.
+    assert!(dockerfile.contains("CMD [\"/usr/local/bin/cognito-facade\", \"healthcheck\"]"));
     assert!(dockerfile.contains("USER nonroot"));
+}
+
+/// `docker stop` sends SIGKILL after its timeout (10 s unless told): the
+/// README and the Dockerfile give a `-t` that outlasts the shipped drain and
+/// grace, and say so.
+#[test]
+fn the_documented_docker_stop_timeout_outlasts_drain_and_grace() {
+    use cognito_facade::server::{DEFAULT_DRAIN_DELAY, DEFAULT_SHUTDOWN_GRACE};
+    let needed = DEFAULT_DRAIN_DELAY + DEFAULT_SHUTDOWN_GRACE;
+    for path in ["README.md", "Dockerfile"] {
+        let text = file(path);
+        let seconds: u64 = text
+            .split("docker stop -t ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{path} names no `docker stop -t`"))
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            Duration::from_secs(seconds) > needed,
+            "{path}: docker stop -t {seconds} does not outlast drain + grace ({needed:?})"
+        );
+    }
 }

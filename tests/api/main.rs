@@ -8,6 +8,8 @@ mod faults;
 mod health;
 mod helpers;
 mod hostile;
+mod layers;
+mod observe;
 mod operations;
 mod reflection;
 mod rpc;

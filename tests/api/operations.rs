@@ -11,7 +11,6 @@ use cognito_facade::{
 };
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
@@ -19,29 +18,9 @@ use tonic::{
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Reply, Running, StandIn, TOKEN, USERNAME, command, request, spawn_app_with, spawn_call,
-    test_config, until_received,
+    Reply, Running, StandIn, TOKEN, USERNAME, command, request, sample, scrape, spawn_app_with,
+    spawn_call, test_config, until_received,
 };
-
-/// `GET /metrics` over plain HTTP/1.1; the body.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
-}
-
-/// The value of the sample `series` (name and labels exactly as rendered).
-fn sample(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map(|value| value.trim().parse().unwrap())
-}
 
 #[tokio::test]
 async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
@@ -444,4 +423,33 @@ async fn healthcheck_exits_1_when_nothing_listens() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!output.stderr.is_empty());
+}
+
+/// The container's HEALTHCHECK runs `healthcheck` with no address: it probes
+/// wherever the server's own `COGNITO_FACADE_LISTEN_ADDR` says it listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_finds_the_server_from_its_listen_address() {
+    let stand_in = StandIn::start().await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = free.local_addr().unwrap().to_string();
+    drop(free);
+    let env = [("COGNITO_FACADE_LISTEN_ADDR", listen.as_str())];
+    let mut running = Running::against(&stand_in, &[], &env);
+    assert_eq!(running.addr.to_string(), listen);
+
+    let probe = |envs: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            command(&["healthcheck"], &envs).output().unwrap()
+        })
+    };
+    let serving = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", listen.clone())])
+        .await
+        .unwrap();
+    assert_eq!(serving.status.code(), Some(0), "{serving:?}");
+    assert_eq!(running.terminate().await, Some(0));
+    let gone = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", listen.clone())])
+        .await
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1), "{gone:?}");
 }
