@@ -425,3 +425,44 @@ pub(crate) fn sample(page: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.trim().parse().unwrap())
 }
+
+/// Starts a call with `token` that Cognito answers only after `delay`, and
+/// returns once the stand-in has seen it (its `nth` request): the call holds
+/// a permit meanwhile.
+pub(crate) async fn slow_call_in_flight(
+    stand_in: &StandIn,
+    client: &IdentityProviderServiceClient<Channel>,
+    token: &str,
+    delay: Duration,
+    nth: usize,
+) -> JoinHandle<Result<tonic::Response<GetUserAuthFactorsResponse>, tonic::Status>> {
+    stand_in.then([Reply::Delay(delay, Box::new(Reply::full_success()))]);
+    let mut client = client.clone();
+    let request = request(token);
+    let call = tokio::spawn(async move { client.get_user_auth_factors(request).await });
+    until_received(stand_in, nth).await;
+    call
+}
+
+/// With `--max-concurrent-requests 1`: a slow call holds the only permit and
+/// the next call is shed. The shed call's status, once the slow one is done.
+pub(crate) async fn shed_one_call(
+    stand_in: &StandIn,
+    client: &mut IdentityProviderServiceClient<Channel>,
+    nth: usize,
+) -> tonic::Status {
+    let slow = slow_call_in_flight(
+        stand_in,
+        client,
+        "slow.token",
+        Duration::from_millis(400),
+        nth,
+    )
+    .await;
+    let shed = client
+        .get_user_auth_factors(request("shed.token"))
+        .await
+        .unwrap_err();
+    slow.await.unwrap().expect("the slow call succeeds");
+    shed
+}

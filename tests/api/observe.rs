@@ -12,7 +12,10 @@ use serde_json::Value;
 use tonic::{Code, codegen::http, transport::Channel};
 use tower::ServiceExt as _;
 
-use crate::helpers::{Reply, Running, StandIn, TOKEN, request, sample, scrape, until_received};
+use crate::helpers::{
+    Reply, Running, StandIn, TOKEN, request, sample, scrape, shed_one_call, slow_call_in_flight,
+    until_received,
+};
 
 const SOURCE: &str = "x-cognito-facade-source";
 
@@ -116,35 +119,17 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
     .await;
     assert_eq!(unknown.headers()["grpc-status"], "12");
     // 7. A slow call holds the only permit; 8. the next is shed.
-    stand_in.then([Reply::Delay(
-        Duration::from_millis(400),
-        Box::new(Reply::full_success()),
-    )]);
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move {
-        slow_client
-            .get_user_auth_factors(request("slow.token"))
-            .await
-    });
-    until_received(&stand_in, 3).await;
-    let shed = client
-        .get_user_auth_factors(request("shed.token"))
-        .await
-        .unwrap_err();
+    let shed = shed_one_call(&stand_in, &mut client, 3).await;
     assert_eq!(shed.code(), Code::ResourceExhausted);
-    slow.await.unwrap().unwrap();
     // 9. A caller that gives up while Cognito is still answering.
-    stand_in.then([Reply::Delay(
+    let quitter = slow_call_in_flight(
+        &stand_in,
+        &client,
+        "quitter.token",
         Duration::from_millis(400),
-        Box::new(Reply::full_success()),
-    )]);
-    let mut quitter_client = client.clone();
-    let quitter = tokio::spawn(async move {
-        quitter_client
-            .get_user_auth_factors(request("quitter.token"))
-            .await
-    });
-    until_received(&stand_in, 4).await;
+        4,
+    )
+    .await;
     quitter.abort();
 
     // The abandoned call is counted once the server sees the reset.

@@ -18,8 +18,8 @@ use tonic::{
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    Reply, Running, StandIn, TOKEN, USERNAME, command, request, sample, scrape, spawn_app_with,
-    spawn_call, test_config, until_received,
+    Reply, Running, StandIn, TOKEN, USERNAME, command, request, sample, scrape, shed_one_call,
+    spawn_app_with, spawn_call, test_config, until_received,
 };
 
 #[tokio::test]
@@ -51,23 +51,8 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
         .await
         .unwrap_err();
     // One slow call holds the only permit; the next is shed.
-    stand_in.then([Reply::Delay(
-        Duration::from_millis(500),
-        Box::new(Reply::full_success()),
-    )]);
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move {
-        slow_client
-            .get_user_auth_factors(request("slow.token"))
-            .await
-    });
-    until_received(&stand_in, 4).await;
-    let shed = client
-        .get_user_auth_factors(request("shed.token"))
-        .await
-        .unwrap_err();
+    let shed = shed_one_call(&stand_in, &mut client, 4).await;
     assert_eq!(shed.code(), Code::ResourceExhausted);
-    slow.await.unwrap().unwrap();
 
     let page = scrape(metrics_addr).await;
     let rpc = |code: &str, source: &str| {
