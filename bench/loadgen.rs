@@ -90,11 +90,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let channels = connect(&args).await?;
     let cognito = match args.mode {
         Mode::Sdk => Some(Arc::new(
-            Cognito::from_config(&UpstreamConfig {
-                region: Some("us-east-1".to_owned()),
-                endpoint: Some(args.target.clone()),
-                ..UpstreamConfig::default()
-            })
+            Cognito::from_config(
+                &UpstreamConfig {
+                    region: Some("us-east-1".to_owned()),
+                    endpoint: Some(args.target.clone()),
+                    ..UpstreamConfig::default()
+                },
+                &Default::default(),
+            )
             .await?,
         )),
         _ => None,
@@ -241,7 +244,7 @@ async fn run(
                             cognito
                                 .as_ref()
                                 .expect("an SDK client")
-                                .get_user_auth_factors(&token)
+                                .get_user_auth_factors(&token, None)
                                 .await
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))

@@ -14,6 +14,7 @@ use crate::{
     prometheus,
     server::{self, ServerError},
     service::FacadeService,
+    verify::TokenGate,
 };
 
 /// Why the application could not be built.
@@ -55,6 +56,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     metrics: Option<Metrics>,
+    gate: TokenGate,
     service: FacadeService,
 }
 
@@ -72,7 +74,8 @@ impl Application {
     /// metrics are on, and binds the gRPC listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         config.validate()?;
-        let cognito = Cognito::from_config(&config.upstream).await?;
+        let cognito = Cognito::from_config(&config.upstream, &config.tokens.regions()).await?;
+        let gate = TokenGate::new(&config.tokens, &config.upstream);
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(bind("metrics", addr).await?),
             None => None,
@@ -86,12 +89,13 @@ impl Application {
             }),
             None => None,
         };
-        let service = FacadeService::new(cognito, &config.service, config.economy);
+        let service = FacadeService::new(cognito, gate.clone(), &config.service, config.economy);
         Ok(Self {
             config,
             listener,
             addr,
             metrics,
+            gate,
             service,
         })
     }
@@ -107,11 +111,13 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then runs the shutdown sequence
-    /// ([`server::run`]) and stops the metrics listener.
+    /// ([`server::run`]) and stops the metrics listener. The pools' keys are
+    /// fetched in the background meanwhile: serving never waits for them.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
+        self.gate.prefetch();
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(metrics) = self.metrics {
             tokio::spawn(async move {

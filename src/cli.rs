@@ -3,18 +3,23 @@
 //! library's [`Config`]. Every default shown here is the owning component's
 //! constant, so `--help`, the code and the README (checked by a test) agree.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use cognito_facade::{
     cognito::{self, UpstreamConfig},
     config::*,
     economy::{self, EconomyConfig},
-    healthcheck, prometheus,
+    healthcheck, jwks,
+    pools::UserPoolId,
+    prometheus,
     server::{self, ServerConfig},
     service::{self, ServiceConfig},
     telemetry::LogFormat,
     tls::TlsConfig,
+    verify::TokenConfig,
 };
 
 /// Where the Prometheus endpoint listens, or `off`.
@@ -43,6 +48,27 @@ impl fmt::Display for MetricsAddr {
     }
 }
 
+/// `REGION=URL`: an endpoint override for one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RegionEndpoint {
+    region: String,
+    url: String,
+}
+
+impl FromStr for RegionEndpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (region, url) = text
+            .split_once('=')
+            .ok_or_else(|| format!("expected REGION=URL, got {text:?}"))?;
+        Ok(Self {
+            region: region.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+}
+
 /// A duration flag's default, as clap shows it.
 fn shown(duration: Duration) -> humantime::Duration {
     duration.into()
@@ -64,14 +90,38 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_LOG_FORMAT, value_enum, default_value_t = LogFormat::default())]
     log_format: LogFormat,
 
-    /// AWS region of the user pool, e.g. eu-west-1. Without it: AWS_DEFAULT_REGION, then the
-    /// AWS profile's region.
+    /// AWS region of the user pool, e.g. eu-west-1 (optional with --user-pool-id). Without it:
+    /// AWS_DEFAULT_REGION, then the AWS profile's region.
     #[arg(long, env = ENV_REGION, value_name = "REGION")]
     region: Option<String>,
 
-    /// Cognito endpoint URL, overriding the regional one (and AWS_ENDPOINT_URL).
+    /// A user pool to serve (repeatable; the environment takes a comma-separated list). Each
+    /// names its region; tokens are routed by their issuer and verified locally.
+    #[arg(long = "user-pool-id", env = ENV_USER_POOL_IDS, value_delimiter = ',', value_name = "ID")]
+    user_pool_ids: Vec<UserPoolId>,
+
+    /// Verify the tokens of the configured pools locally before calling Cognito
+    /// (`--verify-tokens=false` turns it off).
+    #[arg(long, env = ENV_VERIFY_TOKENS, default_value_t = TokenConfig::default().verify, action = clap::ArgAction::Set, value_name = "BOOL")]
+    verify_tokens: bool,
+
+    /// An app client to serve (repeatable; comma-separated in the environment); tokens of other
+    /// clients are refused. Without it, any client of the configured pools.
+    #[arg(long = "client-id", env = ENV_CLIENT_IDS, value_delimiter = ',', value_name = "ID")]
+    client_ids: Vec<String>,
+
+    /// Least time between two JWKS refreshes of a pool for tokens with an unknown key id.
+    #[arg(long, env = ENV_JWKS_REFRESH_INTERVAL, default_value_t = shown(jwks::DEFAULT_REFRESH_INTERVAL), value_name = "DURATION")]
+    jwks_refresh_interval: humantime::Duration,
+
+    /// Cognito endpoint URL for every region, overriding the regional one (and AWS_ENDPOINT_URL).
     #[arg(long, env = ENV_COGNITO_ENDPOINT, value_name = "URL")]
     cognito_endpoint: Option<String>,
+
+    /// Cognito endpoint URL for one region, ahead of --cognito-endpoint (repeatable;
+    /// comma-separated in the environment).
+    #[arg(long = "region-endpoint", env = ENV_REGION_ENDPOINTS, value_delimiter = ',', value_name = "REGION=URL")]
+    region_endpoints: Vec<RegionEndpoint>,
 
     /// Timeout to open a connection to Cognito.
     #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value_t = shown(cognito::DEFAULT_CONNECT_TIMEOUT), value_name = "DURATION")]
@@ -217,11 +267,22 @@ impl Cli {
             upstream: UpstreamConfig {
                 region: self.region,
                 endpoint: self.cognito_endpoint,
+                region_endpoints: self
+                    .region_endpoints
+                    .into_iter()
+                    .map(|e| (e.region, e.url))
+                    .collect::<BTreeMap<_, _>>(),
                 connect_timeout: self.connect_timeout.into(),
                 attempt_timeout: self.attempt_timeout.into(),
                 call_timeout: self.call_timeout.into(),
                 max_attempts: self.max_attempts,
                 retry_backoff: self.retry_backoff.into(),
+            },
+            tokens: TokenConfig {
+                pools: self.user_pool_ids,
+                verify: self.verify_tokens,
+                client_ids: self.client_ids,
+                jwks_refresh_interval: self.jwks_refresh_interval.into(),
             },
             economy: EconomyConfig {
                 coalesce: self.coalesce,
@@ -279,6 +340,7 @@ mod tests {
         };
         assert_eq!(upstream, defaults.upstream);
         assert_eq!(config.economy, defaults.economy);
+        assert_eq!(config.tokens, defaults.tokens);
         assert_eq!(config.log_format, defaults.log_format);
         assert_eq!(config.metrics_addr, defaults.metrics_addr);
     }
@@ -340,6 +402,45 @@ mod tests {
                 &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
                 "/nonexistent.pem",
             ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn pools_clients_and_region_endpoints() {
+        let config = parse(&[
+            "--user-pool-id",
+            "eu-west-1_AbC",
+            "--user-pool-id",
+            "us-east-1_XyZ123",
+            "--client-id",
+            "app1",
+            "--verify-tokens=false",
+            "--region-endpoint",
+            "eu-west-1=http://127.0.0.1:9001",
+        ])
+        .unwrap();
+        let pools: Vec<&str> = config.tokens.pools.iter().map(UserPoolId::as_str).collect();
+        assert_eq!(pools, ["eu-west-1_AbC", "us-east-1_XyZ123"]);
+        assert_eq!(config.tokens.client_ids, ["app1"]);
+        assert!(!config.tokens.verify);
+        assert_eq!(
+            config.upstream.endpoint_for("eu-west-1"),
+            Some("http://127.0.0.1:9001")
+        );
+        assert_eq!(config.upstream.endpoint_for("us-east-1"), None);
+        for (args, needle) in [
+            (&["--user-pool-id", "eu-west-1"][..], "--user-pool-id"),
+            (&["--user-pool-id", "eu-west-1_a-b"][..], "--user-pool-id"),
+            (&["--region-endpoint", "http://x"][..], "--region-endpoint"),
+            (
+                &["--region-endpoint", "nowhere=http://x"][..],
+                "--region-endpoint",
+            ),
+            (&["--region-endpoint", "eu-west-1=ftp://x"][..], "ftp://x"),
+            (&["--client-id", ""][..], "--client-id"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -17,7 +17,11 @@ use aws_sdk_cognitoidentityprovider::{
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use crate::{
     error::{UpstreamError, UpstreamErrorKind},
@@ -44,10 +48,13 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// How the service reaches Cognito.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// Region; `None` leaves it to the environment and the AWS profile.
+    /// The default region (for tokens without a configured pool); `None`
+    /// leaves it to the environment and the AWS profile.
     pub region: Option<String>,
-    /// Endpoint URL override.
+    /// Endpoint URL override, for every region.
     pub endpoint: Option<String>,
+    /// Endpoint URL overrides by region, ahead of [`Self::endpoint`].
+    pub region_endpoints: BTreeMap<String, String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Timeout of one attempt.
@@ -60,12 +67,23 @@ pub struct UpstreamConfig {
     pub retry_backoff: Duration,
 }
 
+impl UpstreamConfig {
+    /// The endpoint override that applies to `region`, if any.
+    pub fn endpoint_for(&self, region: &str) -> Option<&str> {
+        self.region_endpoints
+            .get(region)
+            .or(self.endpoint.as_ref())
+            .map(String::as_str)
+    }
+}
+
 impl Default for UpstreamConfig {
     /// The documented defaults, no region and no endpoint override.
     fn default() -> Self {
         Self {
             region: None,
             endpoint: None,
+            region_endpoints: BTreeMap::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             call_timeout: DEFAULT_CALL_TIMEOUT,
@@ -94,32 +112,47 @@ pub struct Answer {
     pub request_id: Option<String>,
 }
 
-/// The Cognito user-pools client, built once at startup and shared by every
-/// call (it is cheap to clone and pools its connections).
+/// The Cognito user-pools clients, one per region, built once at start-up
+/// and shared by every call (cheap to clone; each pools its connections).
 #[derive(Debug, Clone)]
 pub struct Cognito {
+    /// The client for tokens without a configured pool (opaque mode).
+    default: Option<RegionalClient>,
+    /// The client of each region a configured pool lives in.
+    by_region: Arc<HashMap<String, RegionalClient>>,
+}
+
+#[derive(Debug, Clone)]
+struct RegionalClient {
+    region: Arc<str>,
     client: Client,
 }
 
 impl Cognito {
-    /// Builds the client from aws-config's standard chain (env vars, profile
-    /// files) with `config`'s overrides. GetUserAuthFactors is `noAuth` in the
-    /// model, so no credentials are loaded, and the region chain deliberately
-    /// skips the instance metadata service: start-up never waits on the network.
-    pub async fn from_config(config: &UpstreamConfig) -> Result<Self, SetupError> {
-        let region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
+    /// Builds a client for the default region (the flag, then aws-config's
+    /// standard chain: env vars, profile files) and one for each region in
+    /// `pool_regions`, with `config`'s overrides. Without pools, a default
+    /// region is required. GetUserAuthFactors is `noAuth` in the model, so no
+    /// credentials are loaded, and the region chain deliberately skips the
+    /// instance metadata service: start-up never waits on the network.
+    pub async fn from_config(
+        config: &UpstreamConfig,
+        pool_regions: &BTreeSet<String>,
+    ) -> Result<Self, SetupError> {
+        let default_region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
             .or_else(EnvironmentVariableRegionProvider::new())
             .or_else(ProfileFileRegionProvider::new())
             .region()
-            .await
-            .ok_or(SetupError::NoRegion)?;
+            .await;
+        if default_region.is_none() && pool_regions.is_empty() {
+            return Err(SetupError::NoRegion);
+        }
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(config.connect_timeout)
             .operation_attempt_timeout(config.attempt_timeout)
             .operation_timeout(config.call_timeout)
             .build();
         let shared = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
             .no_credentials()
             .timeout_config(timeouts)
             .retry_config(
@@ -129,21 +162,54 @@ impl Cognito {
             )
             .load()
             .await;
-        let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared);
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
+        let client_for = |region: &str| {
+            let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
+                .region(Region::new(region.to_owned()));
+            if let Some(endpoint) = config.endpoint_for(region) {
+                builder = builder.endpoint_url(endpoint);
+            }
+            RegionalClient {
+                region: region.into(),
+                client: Client::from_conf(builder.build()),
+            }
+        };
         Ok(Self {
-            client: Client::from_conf(builder.build()),
+            default: default_region.map(|region| client_for(region.as_ref())),
+            by_region: Arc::new(
+                pool_regions
+                    .iter()
+                    .map(|region| (region.clone(), client_for(region)))
+                    .collect(),
+            ),
         })
     }
 
-    /// Calls GetUserAuthFactors with `token`.
+    /// The region a call for `pool_region` (or, for `None`, a token without
+    /// a configured pool) goes to.
+    pub fn region(&self, pool_region: Option<&str>) -> Option<&str> {
+        self.client(pool_region).map(|c| &*c.region)
+    }
+
+    fn client(&self, pool_region: Option<&str>) -> Option<&RegionalClient> {
+        match pool_region {
+            Some(region) => self.by_region.get(region),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// Calls GetUserAuthFactors with `token`, in the region of its pool
+    /// (`pool_region`) or, for `None`, the default region.
     pub async fn get_user_auth_factors(
         &self,
         token: &AccessToken,
+        pool_region: Option<&str>,
     ) -> Result<Answer, UpstreamError> {
-        let output = self
+        // Validated configuration builds a client for every pool's region and
+        // a default one whenever there are no pools.
+        let Some(regional) = self.client(pool_region) else {
+            return Err(UpstreamError::new(UpstreamErrorKind::RequestConstruction));
+        };
+        let output = regional
             .client
             .get_user_auth_factors()
             .access_token(token.expose())

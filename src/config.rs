@@ -6,8 +6,9 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    cognito::UpstreamConfig, economy::EconomyConfig, prometheus::DEFAULT_METRICS_ADDR,
-    server::ServerConfig, service::ServiceConfig, telemetry::LogFormat,
+    cognito::UpstreamConfig, economy::EconomyConfig, pools::is_region,
+    prometheus::DEFAULT_METRICS_ADDR, server::ServerConfig, service::ServiceConfig,
+    telemetry::LogFormat, verify::TokenConfig,
 };
 
 /// Env var for `--listen-addr` (and the address `healthcheck` probes).
@@ -20,6 +21,16 @@ pub const ENV_REGION: &str = "AWS_REGION";
 /// Env var for `--cognito-endpoint`; the AWS SDKs' own service-specific name.
 /// The SDK also honours the general `AWS_ENDPOINT_URL`.
 pub const ENV_COGNITO_ENDPOINT: &str = "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER";
+/// Env var for `--region-endpoint` (comma-separated `REGION=URL`s).
+pub const ENV_REGION_ENDPOINTS: &str = "COGNITO_FACADE_REGION_ENDPOINTS";
+/// Env var for `--user-pool-id` (comma-separated).
+pub const ENV_USER_POOL_IDS: &str = "COGNITO_FACADE_USER_POOL_IDS";
+/// Env var for `--verify-tokens`.
+pub const ENV_VERIFY_TOKENS: &str = "COGNITO_FACADE_VERIFY_TOKENS";
+/// Env var for `--client-id` (comma-separated).
+pub const ENV_CLIENT_IDS: &str = "COGNITO_FACADE_CLIENT_IDS";
+/// Env var for `--jwks-refresh-interval`.
+pub const ENV_JWKS_REFRESH_INTERVAL: &str = "COGNITO_FACADE_JWKS_REFRESH_INTERVAL";
 /// Env var for `--connect-timeout`.
 pub const ENV_CONNECT_TIMEOUT: &str = "COGNITO_FACADE_CONNECT_TIMEOUT";
 /// Env var for `--attempt-timeout`.
@@ -66,6 +77,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// How Cognito is reached.
     pub upstream: UpstreamConfig,
+    /// The pools served and how their tokens are checked.
+    pub tokens: TokenConfig,
     /// Single flight and cache.
     pub economy: EconomyConfig,
     /// Log line format.
@@ -81,6 +94,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             service: ServiceConfig::default(),
             upstream: UpstreamConfig::default(),
+            tokens: TokenConfig::default(),
             economy: EconomyConfig::default(),
             log_format: LogFormat::default(),
             metrics_addr: Some(DEFAULT_METRICS_ADDR),
@@ -119,6 +133,12 @@ pub enum ConfigError {
     /// An empty region.
     #[error("--region / {ENV_REGION} must not be empty")]
     EmptyRegion,
+    /// A per-region endpoint whose region is not a region name.
+    #[error("--region-endpoint: {0:?} is not an AWS region (for example eu-west-1=https://...)")]
+    BadEndpointRegion(String),
+    /// An empty app client id.
+    #[error("--client-id / {ENV_CLIENT_IDS} must not hold an empty id")]
+    EmptyClientId,
     /// A certificate, key or CA that cannot be read or used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -137,6 +157,7 @@ impl Config {
             ("max-connection-age", server.max_connection_age),
             ("keepalive-interval", server.keepalive_interval),
             ("keepalive-timeout", server.keepalive_timeout),
+            ("jwks-refresh-interval", self.tokens.jwks_refresh_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { flag });
@@ -162,7 +183,7 @@ impl Config {
         if up.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return Err(ConfigError::EmptyRegion);
         }
-        if let Some(endpoint) = &up.endpoint {
+        for endpoint in up.endpoint.iter().chain(up.region_endpoints.values()) {
             let uri: tonic::codegen::http::Uri = endpoint
                 .parse()
                 .map_err(|_| ConfigError::BadEndpoint(endpoint.clone()))?;
@@ -170,6 +191,12 @@ impl Config {
             if !scheme_ok || uri.host().is_none() {
                 return Err(ConfigError::BadEndpoint(endpoint.clone()));
             }
+        }
+        if let Some(region) = up.region_endpoints.keys().find(|r| !is_region(r)) {
+            return Err(ConfigError::BadEndpointRegion(region.clone()));
+        }
+        if self.tokens.client_ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(ConfigError::EmptyClientId);
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aws_lc_rs::{hmac, rand::SystemRandom};
@@ -90,6 +90,8 @@ pub enum Ticket {
 pub struct Leader {
     economy: Arc<Economy>,
     key: Option<TokenKey>,
+    /// The token's `exp`: no cached answer outlives it.
+    token_expires: Option<SystemTime>,
     sender: watch::Sender<Option<Outcome>>,
 }
 
@@ -122,10 +124,17 @@ impl Economy {
         TokenKey(key)
     }
 
-    /// Decides how the call for `token` gets its answer.
-    pub fn ticket(self: &Arc<Self>, token: &AccessToken) -> Ticket {
+    /// Whether answers are cached (then a token's `exp` matters).
+    pub fn caches(&self) -> bool {
+        self.config.cache_ttl.is_some()
+    }
+
+    /// Decides how the call for `token` gets its answer. A success it leads
+    /// to is cached until the TTL ends or `expires_at` (the token's `exp`),
+    /// whichever comes first.
+    pub fn ticket(self: &Arc<Self>, token: &AccessToken, expires_at: Option<SystemTime>) -> Ticket {
         if !self.config.coalesce && self.config.cache_ttl.is_none() {
-            return Ticket::Lead(self.leader(None));
+            return Ticket::Lead(self.leader(None, None));
         }
         let key = self.key(token);
         if self.config.cache_ttl.is_some() {
@@ -136,23 +145,28 @@ impl Economy {
             }
         }
         if !self.config.coalesce {
-            return Ticket::Lead(self.leader(Some(key)));
+            return Ticket::Lead(self.leader(Some(key), expires_at));
         }
         let mut flights = lock(&self.flights);
         if let Some(receiver) = flights.get(&key) {
             metrics::counter!(metric_names::COALESCED).increment(1);
             return Ticket::Follow(receiver.clone());
         }
-        let leader = self.leader(Some(key));
+        let leader = self.leader(Some(key), expires_at);
         flights.insert(key, leader.sender.subscribe());
         Ticket::Lead(leader)
     }
 
-    fn leader(self: &Arc<Self>, key: Option<TokenKey>) -> Leader {
+    fn leader(
+        self: &Arc<Self>,
+        key: Option<TokenKey>,
+        token_expires: Option<SystemTime>,
+    ) -> Leader {
         let (sender, _) = watch::channel(None);
         Leader {
             economy: Arc::clone(self),
             key,
+            token_expires,
             sender,
         }
     }
@@ -183,12 +197,23 @@ impl Leader {
     fn finish(self, outcome: Outcome) {
         let economy = &self.economy;
         if let (Some(key), Some(ttl), Ok(answer)) = (self.key, economy.config.cache_ttl, &outcome) {
-            lock(&economy.cache).insert(
-                key,
-                answer.clone(),
-                Instant::now() + ttl,
-                economy.config.cache_max_entries,
-            );
+            let now = Instant::now();
+            let lifetime = match self.token_expires {
+                // An `exp` already past (or unreadable as a time) caches nothing.
+                Some(exp) => exp
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .min(ttl),
+                None => ttl,
+            };
+            if !lifetime.is_zero() {
+                lock(&economy.cache).insert(
+                    key,
+                    answer.clone(),
+                    now + lifetime,
+                    economy.config.cache_max_entries,
+                );
+            }
         }
         // Publish first, then leave the map: a call arriving in between
         // follows a flight that has already landed and gets its outcome.
@@ -291,9 +316,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Successes by key, expiring after the TTL, bounded in entries. The TTL is
-/// the same for every entry, so insertion order is expiry order and a queue
-/// finds both the expired and the oldest entries.
+/// Successes by key, each expiring at the end of the TTL or at its token's
+/// `exp`, whichever comes first, and bounded in entries. A queue in
+/// insertion order finds the oldest entries (evicted first when full) and,
+/// from the front, expired ones; an expired entry further back is never
+/// served (`get` checks) and leaves when it reaches the front or is asked for.
 #[derive(Default)]
 struct Cache {
     entries: HashMap<TokenKey, (Instant, Answer)>,

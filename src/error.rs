@@ -9,7 +9,7 @@ use std::{collections::HashMap, error::Error as StdError, sync::Arc, time::Durat
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::token::TokenError;
+use crate::token::{Refusal, TokenError};
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "cognito-idp.amazonaws.com";
@@ -239,6 +239,9 @@ pub enum Error {
     /// The request carried no usable access token.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The token was refused here, without a call to Cognito.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Cognito did not answer with a success.
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
@@ -264,6 +267,7 @@ impl Error {
     pub fn status(&self) -> (Code, &'static str) {
         match self {
             Self::Token(err) => token_status(err),
+            Self::Refused(refusal) => refusal_status(*refusal),
             Self::Upstream(err) => err.kind.status(),
             Self::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
             Self::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
@@ -282,6 +286,23 @@ pub fn token_status(err: &TokenError) -> (Code, &'static str) {
         TokenError::TooLong { .. } | TokenError::InvalidCharacters { .. } => {
             (Code::InvalidArgument, "INVALID_ACCESS_TOKEN")
         }
+    }
+}
+
+/// The gRPC code and reason of each local refusal: the token's own faults are
+/// UNAUTHENTICATED, as Cognito's refusal is; a valid token this facade does
+/// not serve is PERMISSION_DENIED.
+pub fn refusal_status(refusal: Refusal) -> (Code, &'static str) {
+    match refusal {
+        Refusal::Malformed => (Code::Unauthenticated, "TOKEN_MALFORMED"),
+        Refusal::AlgorithmNotAllowed => (Code::Unauthenticated, "TOKEN_ALGORITHM_NOT_ALLOWED"),
+        Refusal::KeyUnknown => (Code::Unauthenticated, "TOKEN_KEY_UNKNOWN"),
+        Refusal::SignatureInvalid => (Code::Unauthenticated, "TOKEN_SIGNATURE_INVALID"),
+        Refusal::NotAccess => (Code::Unauthenticated, "TOKEN_NOT_ACCESS"),
+        Refusal::Expired => (Code::Unauthenticated, "TOKEN_EXPIRED"),
+        Refusal::ScopeMissing => (Code::Unauthenticated, "TOKEN_SCOPE_MISSING"),
+        Refusal::PoolNotAllowed => (Code::PermissionDenied, "USER_POOL_NOT_ALLOWED"),
+        Refusal::ClientNotAllowed => (Code::PermissionDenied, "CLIENT_NOT_ALLOWED"),
     }
 }
 
@@ -317,6 +338,7 @@ impl From<Error> for Status {
                 }
                 (message, details)
             }
+            Error::Refused(refusal) => (refusal.to_string(), ErrorDetails::new()),
             Error::Overloaded => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));

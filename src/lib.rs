@@ -14,13 +14,14 @@
 //!  7  server                           listener, health, reflection, shutdown
 //!  6  service                          the RPC: token → economy → Cognito
 //!  5  economy  observe                 single flight and cache; the call's
-//!                                      one observer (clock, metrics, line)
+//!                                      one observer (clock, metrics, line);
+//!     verify                           pools, routing, local verification
 //!  4  cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
-//!     healthcheck                      the health probe
+//!     healthcheck  jwks                the health probe; the pools' keys
 //!  3  error                            the one error table
 //!  2  token                            the token and its redacted type
 //!  1  wire  metric_names  telemetry    names and limits on the wire; metric
-//!                                      names; the log subscriber
+//!     pools                            names; the log subscriber; pool ids
 //!  0  proto                            generated code, the redaction marker
 //! ```
 //!
@@ -44,8 +45,10 @@ pub mod config;
 pub mod economy;
 pub mod error;
 pub mod healthcheck;
+pub mod jwks;
 pub mod metric_names;
 pub mod observe;
+pub mod pools;
 pub mod prometheus;
 pub mod proto;
 pub mod server;
@@ -53,4 +56,5 @@ pub mod service;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod verify;
 pub mod wire;

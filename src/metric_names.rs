@@ -26,3 +26,11 @@ pub const COALESCED: &str = "cognito_facade_coalesced_total";
 pub const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
 /// Always 1, labelled with the `version`.
 pub const BUILD_INFO: &str = "cognito_facade_build_info";
+/// Tokens refused here without a call to Cognito, by `reason`.
+pub const TOKEN_REFUSALS: &str = "cognito_facade_token_refusals_total";
+/// JWKS fetches by `pool` and `outcome` (`ok`, `unreachable`, `bad_status`,
+/// `bad_body`, `invalid`, `timeout`).
+pub const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";
+/// Calls verified by Cognito alone because their pool's keys could not be
+/// had, by `pool`.
+pub const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";

@@ -15,6 +15,7 @@
 
 use std::{
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use tracing::{Instrument as _, Level};
 use crate::{
     error::{Error, ErrorChain, code_name},
     metric_names,
+    pools::UserPoolId,
     wire::{METHOD, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
 };
 
@@ -75,6 +77,25 @@ impl Source {
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
 
+/// What the handler knows about a call that the answer does not carry: put
+/// in the request's extensions by the observer, filled in by the handler,
+/// read by the observer for the call's line.
+#[derive(Debug, Default)]
+pub struct CallNotes {
+    pool: OnceLock<UserPoolId>,
+}
+
+impl CallNotes {
+    /// The configured user pool the call's token belongs to.
+    pub fn set_pool(&self, pool: UserPoolId) {
+        let _ = self.pool.set(pool);
+    }
+
+    fn pool(&self) -> &str {
+        self.pool.get().map_or("", UserPoolId::as_str)
+    }
+}
+
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ObserveLayer;
@@ -122,6 +143,7 @@ where
         };
         let call = Call::start(method);
         request.extensions_mut().insert(Arrival(call.arrived));
+        request.extensions_mut().insert(Arc::clone(&call.notes));
         let answer = match refusal {
             Some(refusal) => Err(refusal),
             None => Ok(self.inner.call(request)),
@@ -150,6 +172,7 @@ where
 struct Call {
     method: &'static str,
     arrived: Instant,
+    notes: Arc<CallNotes>,
     finished: bool,
 }
 
@@ -159,6 +182,7 @@ impl Call {
         Self {
             method,
             arrived: Instant::now(),
+            notes: Arc::default(),
             finished: false,
         }
     }
@@ -196,7 +220,14 @@ impl Call {
         metrics::histogram!(metric_names::RPC_DURATION, "method" => self.method)
             .record(elapsed.as_secs_f64());
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        log_line(self.method, code_name, source, latency_us, outcome);
+        log_line(
+            self.method,
+            code_name,
+            source,
+            self.notes.pool(),
+            latency_us,
+            outcome,
+        );
     }
 }
 
@@ -255,6 +286,7 @@ fn log_line(
     method: &'static str,
     code: &'static str,
     source: Source,
+    pool_id: &str,
     latency_us: u64,
     outcome: &Outcome<'_>,
 ) {
@@ -266,6 +298,7 @@ fn log_line(
                 grpc.code = code,
                 reason = $reason,
                 source = source.as_str(),
+                pool_id,
                 latency_us,
                 aws_request_id = $request_id,
                 aws_error_code = $aws_code,

@@ -15,12 +15,13 @@ use crate::{
     economy::{Economy, EconomyConfig, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
     metric_names,
-    observe::{Arrival, Source},
+    observe::{Arrival, CallNotes, Source},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
     token,
+    verify::{TokenGate, unverified_expiry},
     wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
 };
 
@@ -64,6 +65,8 @@ fn upstream_budget(timeout: Duration) -> Duration {
 #[derive(Debug, Clone)]
 pub struct FacadeService {
     cognito: Cognito,
+    /// Pools, routing and local verification.
+    gate: TokenGate,
     /// One permit per upstream call in flight; none left means shed.
     limiter: Arc<Semaphore>,
     /// Single flight and cache.
@@ -71,10 +74,16 @@ pub struct FacadeService {
 }
 
 impl FacadeService {
-    /// A service that answers through `cognito`.
-    pub fn new(cognito: Cognito, config: &ServiceConfig, economy: EconomyConfig) -> Self {
+    /// A service that checks tokens with `gate` and answers through `cognito`.
+    pub fn new(
+        cognito: Cognito,
+        gate: TokenGate,
+        config: &ServiceConfig,
+        economy: EconomyConfig,
+    ) -> Self {
         Self {
             cognito,
+            gate,
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             economy: Economy::new(economy),
         }
@@ -95,7 +104,24 @@ impl FacadeService {
             Ok(token) => token,
             Err(err) => return (Source::Local, Err(err.into())),
         };
-        let (source, wait) = match self.economy.ticket(&token) {
+        // A deadline too far away to represent is no deadline.
+        let deadline =
+            caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
+        // Before single flight: a refused token never starts or joins one.
+        let checked = match self.gate.check(&token, deadline).await {
+            Ok(checked) => checked,
+            Err(refusal) => return (Source::Local, Err(refusal.into())),
+        };
+        if let (Some(pool), Some(notes)) =
+            (&checked.pool, request.extensions().get::<Arc<CallNotes>>())
+        {
+            notes.set_pool(pool.clone());
+        }
+        let expires_at = match checked.expires_at {
+            None if self.economy.caches() => unverified_expiry(&token),
+            expires_at => expires_at,
+        };
+        let (source, wait) = match self.economy.ticket(&token, expires_at) {
             Ticket::Cached(answer) => return (Source::Cache, Ok(answer)),
             Ticket::Follow(flight) => (Source::Coalesced, Wait::Follow(flight)),
             Ticket::Lead(leader) => {
@@ -107,21 +133,21 @@ impl FacadeService {
                     return (Source::Local, Err(Error::Overloaded));
                 };
                 let cognito = self.cognito.clone();
+                let pool = checked.pool;
                 // Bounded by the call timeout; if this caller gives up first,
                 // the call finishes in the background for the others.
                 let flight = leader.run(async move {
                     let started = Instant::now();
-                    let result = cognito.get_user_auth_factors(&token).await;
-                    record_upstream(&result, started.elapsed());
+                    let pool_region = pool.as_ref().map(|pool| pool.region());
+                    let result = cognito.get_user_auth_factors(&token, pool_region).await;
+                    let region = cognito.region(pool_region).unwrap_or_default();
+                    record_upstream(&result, started.elapsed(), region);
                     drop(permit);
                     result.map_err(Error::from)
                 });
                 (Source::Cognito, Wait::Lead(flight))
             }
         };
-        // A deadline too far away to represent is no deadline.
-        let deadline =
-            caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
         let outcome = match deadline {
             None => wait.outcome().await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
@@ -165,7 +191,7 @@ impl IdentityProviderService for FacadeService {
 }
 
 /// The upstream call metrics.
-fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
+fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, region: &str) {
     let outcome: metrics::SharedString = match result {
         Ok(_) => "ok".into(),
         Err(err) => match &err.aws_error_code {
@@ -175,8 +201,11 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration) {
             _ => err.kind.status().1.into(),
         },
     };
-    metrics::counter!(metric_names::UPSTREAM_REQUESTS, "outcome" => outcome).increment(1);
-    metrics::histogram!(metric_names::UPSTREAM_DURATION).record(elapsed.as_secs_f64());
+    let region = region.to_owned();
+    metrics::counter!(metric_names::UPSTREAM_REQUESTS, "outcome" => outcome, "region" => region.clone())
+        .increment(1);
+    metrics::histogram!(metric_names::UPSTREAM_DURATION, "region" => region)
+        .record(elapsed.as_secs_f64());
 }
 
 /// A request id as ASCII metadata, or `None` if Cognito sent something that

@@ -71,6 +71,48 @@ pub enum TokenError {
     },
 }
 
+/// Declares [`Refusal`] and [`Refusal::ALL`] from one list, so a new kind
+/// cannot be left out of `ALL` (and so out of the README-table test).
+macro_rules! refusals {
+    ($($(#[$doc:meta])* $kind:ident => $message:literal,)*) => {
+        /// Why a well-formed token was refused here, without a call to
+        /// Cognito (local verification, `crate::verify`). Each is a refusal
+        /// Cognito would also make, or a pool or client this facade does not
+        /// serve.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+        pub enum Refusal {
+            $($(#[$doc])* #[error($message)] $kind,)*
+        }
+
+        impl Refusal {
+            /// Every kind, in the README's order.
+            pub const ALL: &'static [Self] = &[$(Self::$kind,)*];
+        }
+    };
+}
+
+refusals! {
+    /// Not a JWT: not three base64url parts, or a header or payload that is
+    /// not the JSON of a Cognito token.
+    Malformed => "the access token is not a well-formed JWT",
+    /// A signing algorithm other than RS256 (`none` and HMAC included).
+    AlgorithmNotAllowed => "the access token is not signed with RS256",
+    /// A `kid` the pool's JWKS does not hold, even after a refresh.
+    KeyUnknown => "the access token is signed with a key its user pool does not publish",
+    /// The signature does not verify with the pool's key.
+    SignatureInvalid => "the access token's signature does not verify",
+    /// `token_use` is not `access` (an ID token, for example).
+    NotAccess => "the token is not an access token",
+    /// `exp` has passed (beyond a small leeway).
+    Expired => "the access token has expired",
+    /// `scope` lacks `aws.cognito.signin.user.admin`.
+    ScopeMissing => "the access token lacks the aws.cognito.signin.user.admin scope",
+    /// A valid token of a user pool this facade does not serve.
+    PoolNotAllowed => "the access token's user pool is not served here",
+    /// A valid token of an app client this facade does not serve.
+    ClientNotAllowed => "the access token's app client is not served here",
+}
+
 /// Where a token was found, for `google.rpc.BadRequest` field violations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {

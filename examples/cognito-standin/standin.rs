@@ -86,6 +86,10 @@ struct Shared {
     fallback: Reply,
     received: Vec<Received>,
     request_ids: u64,
+    /// What `GET /<pool id>/.well-known/jwks.json` answers; 404 if unset.
+    jwks: Option<Reply>,
+    /// The paths of the JWKS requests received.
+    jwks_requests: Vec<String>,
 }
 
 /// A Cognito stand-in on `127.0.0.1`: checks that requests are awsJson1.1
@@ -113,6 +117,8 @@ impl StandIn {
             fallback: Reply::full_success(),
             received: Vec::new(),
             request_ids: 0,
+            jwks: None,
+            jwks_requests: Vec::new(),
         }));
         let listener = TcpListener::bind(addr).await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
@@ -135,6 +141,18 @@ impl StandIn {
     /// Answers the next requests with `replies`, in order.
     pub(crate) fn then(&self, replies: impl IntoIterator<Item = Reply>) {
         self.shared.lock().unwrap().queue.extend(replies);
+    }
+
+    /// Answers JWKS requests (`GET /<pool id>/.well-known/jwks.json`, as
+    /// Cognito publishes them) with `reply`: `Reply::Success` holds the key
+    /// set.
+    pub(crate) fn serve_jwks(&self, reply: Reply) {
+        self.shared.lock().unwrap().jwks = Some(reply);
+    }
+
+    /// The paths of the JWKS requests received so far.
+    pub(crate) fn jwks_requests(&self) -> Vec<String> {
+        self.shared.lock().unwrap().jwks_requests.clone()
     }
 
     /// Every request received so far.
@@ -161,6 +179,17 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    if method == Method::GET && uri.path().ends_with("/.well-known/jwks.json") {
+        let reply = {
+            let mut shared = shared.lock().unwrap();
+            shared.jwks_requests.push(uri.path().to_owned());
+            shared.jwks.clone()
+        };
+        return match reply {
+            Some(reply) => respond(reply, "jwks").await,
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let received = Received {
         target: text("x-amz-target"),

@@ -8,7 +8,7 @@ use std::{
 
 use cognito_facade::{
     error::{ERROR_DOMAIN, Error, UpstreamError, UpstreamErrorKind, code_name},
-    token::{TokenError, TokenSource},
+    token::{Refusal, TokenError, TokenSource},
 };
 use serde_json::json;
 use tonic::Code;
@@ -392,6 +392,10 @@ fn the_readme_documents_every_row() {
         },
     ] {
         let (code, reason) = Error::from(err).status();
+        produced.insert((code_name(code).to_owned(), reason.to_owned()));
+    }
+    for &refusal in Refusal::ALL {
+        let (code, reason) = Error::from(refusal).status();
         produced.insert((code_name(code).to_owned(), reason.to_owned()));
     }
     for err in [Error::Overloaded, Error::RequestTooLarge] {

@@ -381,6 +381,11 @@ impl LocalMetrics {
         }
     }
 
+    /// The Prometheus page of this test's metrics.
+    pub(crate) fn render(&self) -> String {
+        self.handle.render()
+    }
+
     /// The in-flight gauge, once some call has moved it.
     fn in_flight(&self) -> Option<f64> {
         self.handle.render().lines().find_map(|line| {

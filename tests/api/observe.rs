@@ -157,6 +157,7 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
         "grpc.code",
         "latency_us",
         "message",
+        "pool_id",
         "reason",
         "rpc.method",
         "source",

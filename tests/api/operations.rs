@@ -74,7 +74,9 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
     let upstream = |outcome: &str| {
         sample(
             &page,
-            &format!("cognito_facade_upstream_requests_total{{outcome=\"{outcome}\"}}"),
+            &format!(
+                "cognito_facade_upstream_requests_total{{outcome=\"{outcome}\",region=\"eu-west-1\"}}"
+            ),
         )
     };
     assert_eq!(upstream("ok"), Some(3.0), "{page}");
@@ -117,7 +119,10 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
         "{page}"
     );
     assert_eq!(
-        sample(&page, "cognito_facade_upstream_duration_seconds_count"),
+        sample(
+            &page,
+            "cognito_facade_upstream_duration_seconds_count{region=\"eu-west-1\"}"
+        ),
         Some(4.0),
         "{page}"
     );

@@ -1,0 +1,342 @@
+//! What the token says, used before any call to Cognito: which configured
+//! pool (and so which region) it belongs to, and, with verification on,
+//! whether it is a genuine, unexpired access token of that pool (signature
+//! against the pool's JWKS, `exp`, `iss`, `token_use`, `scope`,
+//! `client_id`). Refusals here are ones Cognito would also make, or a pool
+//! or client this facade does not serve; Cognito stays the authority for
+//! everything else (revocation above all), so no call is ever answered OK
+//! without it.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use serde::Deserialize;
+use tonic::codegen::http::Uri;
+
+use crate::{
+    cognito::UpstreamConfig,
+    jwks::{DEFAULT_REFRESH_INTERVAL, KeyStore, Lookup},
+    metric_names,
+    pools::UserPoolId,
+    token::{AccessToken, Refusal},
+};
+
+/// The scope GetUserAuthFactors requires (the service model's
+/// `aws.cognito.signin.user.admin`).
+pub const REQUIRED_SCOPE: &str = "aws.cognito.signin.user.admin";
+
+/// How long after `exp` a token is still given to Cognito rather than
+/// refused here: our clock may run ahead of Cognito's, and a local refusal
+/// must be one Cognito would also make.
+pub const EXPIRY_LEEWAY: Duration = Duration::from_secs(10);
+
+/// How long a call may wait for its pool's keys when the caller set no
+/// deadline (the fetch itself is bounded too).
+const KEY_WAIT: Duration = Duration::from_secs(3);
+
+/// Token settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenConfig {
+    /// The pools served; none means opaque mode (tokens are not read, calls
+    /// go to the default region).
+    pub pools: Vec<UserPoolId>,
+    /// Whether tokens of the configured pools are verified locally.
+    pub verify: bool,
+    /// The app clients served; empty means any.
+    pub client_ids: Vec<String>,
+    /// Least time between two JWKS refreshes of a pool for unknown `kid`s.
+    pub jwks_refresh_interval: Duration,
+}
+
+impl Default for TokenConfig {
+    /// Opaque mode; verification on as soon as pools are given.
+    fn default() -> Self {
+        Self {
+            pools: Vec::new(),
+            verify: true,
+            client_ids: Vec::new(),
+            jwks_refresh_interval: DEFAULT_REFRESH_INTERVAL,
+        }
+    }
+}
+
+impl TokenConfig {
+    /// The regions of the configured pools.
+    pub fn regions(&self) -> BTreeSet<String> {
+        self.pools.iter().map(|p| p.region().to_owned()).collect()
+    }
+}
+
+/// What the check learned about a token it let through.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// The configured pool it belongs to (`None` in opaque mode).
+    pub pool: Option<UserPoolId>,
+    /// Its `exp` (from the verified token, or, where not verified, from its
+    /// unverified payload, which can only shorten a cache entry's life).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// The check every call passes before single flight and Cognito.
+#[derive(Debug, Clone)]
+pub struct TokenGate {
+    /// Configured pools by the `iss` their tokens carry.
+    issuers: HashMap<String, UserPoolId>,
+    verify: bool,
+    client_ids: HashSet<String>,
+    keys: KeyStore,
+    validation: Validation,
+}
+
+impl TokenGate {
+    /// The gate for `config`, fetching JWKS from each pool's issuer, or from
+    /// the endpoint override of its region. Fetches nothing yet: see
+    /// [`Self::prefetch`].
+    pub fn new(config: &TokenConfig, upstream: &UpstreamConfig) -> Self {
+        let keys = config
+            .pools
+            .iter()
+            .filter(|_| config.verify)
+            .map(|pool| (pool.clone(), jwks_url(pool, upstream)))
+            .collect();
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = EXPIRY_LEEWAY.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = false;
+        // Access tokens carry `client_id`, not `aud`.
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.set_issuer(
+            &config
+                .pools
+                .iter()
+                .map(UserPoolId::issuer)
+                .collect::<Vec<_>>(),
+        );
+        Self {
+            issuers: config
+                .pools
+                .iter()
+                .map(|pool| (pool.issuer(), pool.clone()))
+                .collect(),
+            verify: config.verify,
+            client_ids: config.client_ids.iter().cloned().collect(),
+            keys: KeyStore::new(keys, config.jwks_refresh_interval),
+            validation,
+        }
+    }
+
+    /// Starts fetching every pool's keys in the background (start-up never
+    /// waits for them).
+    pub fn prefetch(&self) {
+        self.keys.prefetch();
+    }
+
+    /// Whether pools are configured (tokens are read).
+    pub fn knows_pools(&self) -> bool {
+        !self.issuers.is_empty()
+    }
+
+    /// Checks `token`, waiting for its pool's keys at most until `deadline`.
+    /// In opaque mode it reads nothing and refuses nothing.
+    pub async fn check(
+        &self,
+        token: &AccessToken,
+        deadline: Option<Instant>,
+    ) -> Result<Checked, Refusal> {
+        if self.issuers.is_empty() {
+            return Ok(Checked::default());
+        }
+        let result = self.check_known(token, deadline).await;
+        if let Err(refusal) = &result {
+            let reason = crate::error::refusal_status(*refusal).1;
+            metrics::counter!(metric_names::TOKEN_REFUSALS, "reason" => reason).increment(1);
+        }
+        result
+    }
+
+    async fn check_known(
+        &self,
+        token: &AccessToken,
+        deadline: Option<Instant>,
+    ) -> Result<Checked, Refusal> {
+        let text = token.expose();
+        let parts = JwtParts::split(text).ok_or(Refusal::Malformed)?;
+        let header: Header = parts.header()?;
+        if header.alg != "RS256" {
+            return Err(Refusal::AlgorithmNotAllowed);
+        }
+        let payload: Claims = match parts.payload() {
+            Ok(payload) => payload,
+            Err(refusal) => {
+                return Err(self.unreadable_payload(text, header.kid.as_deref(), refusal));
+            }
+        };
+        let pool = self
+            .issuers
+            .get(&payload.iss)
+            .ok_or(Refusal::PoolNotAllowed)?
+            .clone();
+        let unverified = Checked {
+            pool: Some(pool.clone()),
+            expires_at: payload.expires_at(),
+        };
+        if !self.verify {
+            return Ok(unverified);
+        }
+        let kid = header.kid.as_deref().ok_or(Refusal::KeyUnknown)?;
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + KEY_WAIT);
+        let key = match self.keys.lookup(&pool, kid, deadline).await {
+            Lookup::Found(key) => key,
+            Lookup::UnknownKid => return Err(Refusal::KeyUnknown),
+            // Fail open: Cognito verifies it instead.
+            Lookup::Unavailable => return Ok(unverified),
+        };
+        let claims = jsonwebtoken::decode::<Claims>(text, &key, &self.validation)
+            .map_err(|err| match err.kind() {
+                ErrorKind::InvalidSignature => Refusal::SignatureInvalid,
+                ErrorKind::ExpiredSignature => Refusal::Expired,
+                ErrorKind::InvalidIssuer => Refusal::PoolNotAllowed,
+                ErrorKind::InvalidAlgorithm => Refusal::AlgorithmNotAllowed,
+                _ => Refusal::Malformed,
+            })?
+            .claims;
+        if claims.token_use.as_deref() != Some("access") {
+            return Err(Refusal::NotAccess);
+        }
+        let scoped = claims
+            .scope
+            .as_deref()
+            .is_some_and(|scope| scope.split(' ').any(|s| s == REQUIRED_SCOPE));
+        if !scoped {
+            return Err(Refusal::ScopeMissing);
+        }
+        if !self.client_ids.is_empty()
+            && !claims
+                .client_id
+                .as_ref()
+                .is_some_and(|id| self.client_ids.contains(id))
+        {
+            return Err(Refusal::ClientNotAllowed);
+        }
+        Ok(Checked {
+            pool: Some(pool),
+            expires_at: claims.expires_at(),
+        })
+    }
+}
+
+impl TokenGate {
+    /// A payload that cannot be read names no pool, yet it may be a genuine
+    /// token altered in transit or by hand: if a pool's key with its `kid` is
+    /// at hand and the signature does not verify with it, that is the
+    /// refusal; otherwise the token is malformed.
+    fn unreadable_payload(&self, token: &str, kid: Option<&str>, malformed: Refusal) -> Refusal {
+        let (Some(kid), true) = (kid, self.verify) else {
+            return malformed;
+        };
+        let Some((signing_input, signature)) = token.rsplit_once('.') else {
+            return malformed;
+        };
+        let forged = self.keys.cached(kid).iter().any(|key| {
+            jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), key, Algorithm::RS256)
+                .is_ok_and(|valid| !valid)
+        });
+        if forged {
+            Refusal::SignatureInvalid
+        } else {
+            malformed
+        }
+    }
+}
+
+/// The JWKS URL of `pool`: `<override>/<pool id>/.well-known/jwks.json` with
+/// an endpoint override for its region, else `<iss>/.well-known/jwks.json`.
+fn jwks_url(pool: &UserPoolId, upstream: &UpstreamConfig) -> Uri {
+    let url = match upstream.endpoint_for(pool.region()) {
+        Some(endpoint) => format!(
+            "{}/{pool}/.well-known/jwks.json",
+            endpoint.trim_end_matches('/')
+        ),
+        None => format!("{}/.well-known/jwks.json", pool.issuer()),
+    };
+    // Both parts are validated (an http(s) URL, a pool id), so this parses;
+    // if it did not, the fetch fails and calls fall through to Cognito.
+    url.parse().unwrap_or_default()
+}
+
+/// The `exp` of `token`'s unverified payload, if it is a JWT with one. Only
+/// ever used to shorten a cache entry's life.
+pub fn unverified_expiry(token: &AccessToken) -> Option<SystemTime> {
+    let parts = JwtParts::split(token.expose())?;
+    parts.payload::<Expiry>().ok()?.expires_at()
+}
+
+/// The three base64url parts of a compact JWS.
+struct JwtParts<'t> {
+    header: &'t str,
+    payload: &'t str,
+}
+
+impl<'t> JwtParts<'t> {
+    fn split(token: &'t str) -> Option<Self> {
+        let mut parts = token.split('.');
+        let (header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+        parts.next().is_none().then_some(Self { header, payload })
+    }
+
+    fn header<T: for<'de> Deserialize<'de>>(&self) -> Result<T, Refusal> {
+        decode_part(self.header)
+    }
+
+    fn payload<T: for<'de> Deserialize<'de>>(&self) -> Result<T, Refusal> {
+        decode_part(self.payload)
+    }
+}
+
+fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, Refusal> {
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Refusal::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| Refusal::Malformed)
+}
+
+/// The JOSE header, read before any key is chosen: `alg` as text, so that
+/// `none` or `HS256` are told apart from a header that is not JSON.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// The claims read from a Cognito access token. The username is never read.
+#[derive(Deserialize)]
+struct Claims {
+    iss: String,
+    exp: Option<u64>,
+    token_use: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+}
+
+impl Claims {
+    fn expires_at(&self) -> Option<SystemTime> {
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
+    }
+}
+
+/// Just the `exp` of a payload.
+#[derive(Deserialize)]
+struct Expiry {
+    exp: Option<u64>,
+}
+
+impl Expiry {
+    fn expires_at(&self) -> Option<SystemTime> {
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
+    }
+}
