@@ -9,7 +9,12 @@
 //!   distinct token so single flight cannot flatter it;
 //! - `sdk`: GetUserAuthFactors straight to the stand-in through the AWS SDK
 //!   with the service's own client settings (the SDK floor);
-//! - `startup`: starts the service binary and reports the time to SERVING.
+//! - `startup`: starts the service binary and reports the time to SERVING;
+//! - `mint`: makes an RSA signing key and writes its JWKS and signed
+//!   Cognito-shaped access tokens to `--target` (a directory), for the token
+//!   verification figures: `valid.txt` (distinct valid tokens), `refused.txt`
+//!   (forged ones) and `mix.txt` (85% valid tokens of 200 users, 10% expired,
+//!   5% forged or of another pool).
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +40,7 @@ enum Mode {
     Facade,
     Sdk,
     Startup,
+    Mint,
 }
 
 #[derive(Debug, Parser)]
@@ -59,6 +65,20 @@ struct Args {
     /// soon as its last one returned.
     #[arg(long)]
     rate: Option<f64>,
+    /// `facade`: draw the tokens from this file (one a line), each caller
+    /// walking it at its own stride.
+    #[arg(long)]
+    tokens_file: Option<std::path::PathBuf>,
+    /// `facade`: count calls answered with this gRPC code (e.g.
+    /// `Unauthenticated`) as answered, with their latency, not as errors.
+    #[arg(long)]
+    expect: Option<String>,
+    /// `mint`: the user pool the tokens belong to.
+    #[arg(long, default_value = "us-east-1_BenchPool")]
+    pool: String,
+    /// `mint`: how many distinct valid tokens `valid.txt` holds.
+    #[arg(long, default_value_t = 2048)]
+    valid: usize,
     /// HTTP/2 connections to spread the load over (gRPC modes).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -86,6 +106,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if args.mode == Mode::Startup {
         return startup(&args).await;
+    }
+    if args.mode == Mode::Mint {
+        return mint(&args);
     }
     let channels = connect(&args).await?;
     let cognito = match args.mode {
@@ -174,6 +197,19 @@ async fn run(
     duration: Duration,
 ) -> Vec<Tally> {
     let until = Instant::now() + duration;
+    let file_tokens: Arc<Vec<String>> = Arc::new(
+        args.tokens_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read_to_string(path)
+                    .expect("the tokens file")
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    let expect = args.expect.clone();
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| {
             let mode = args.mode;
@@ -184,6 +220,8 @@ async fn run(
                 .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(0.001)));
             let channel = channels.get(worker % channels.len().max(1)).cloned();
             let cognito = cognito.cloned();
+            let file_tokens = Arc::clone(&file_tokens);
+            let expect = expect.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut seq = 0u64;
@@ -217,6 +255,14 @@ async fn run(
                                 channel.clone().expect("a channel"),
                             );
                             let access_token = match pool {
+                                _ if !file_tokens.is_empty() => {
+                                    // A stride prime to the file's length
+                                    // walks all of it, each caller from its
+                                    // own start.
+                                    let n = file_tokens.len() as u64;
+                                    let at = (worker as u64 * 7919 + seq * 104_729) % n;
+                                    file_tokens[at as usize].clone()
+                                }
                                 // Callers walk the pool at different strides,
                                 // so identical calls overlap as they would
                                 // in production, not in lockstep.
@@ -233,7 +279,14 @@ async fn run(
                                 .get_user_auth_factors(request)
                                 .await
                                 .map(drop)
-                                .map_err(|status| format!("{:?}", status.code()))
+                                .or_else(|status| {
+                                    let code = format!("{:?}", status.code());
+                                    if expect.as_deref() == Some(code.as_str()) {
+                                        Ok(())
+                                    } else {
+                                        Err(code)
+                                    }
+                                })
                         }
                         Mode::Sdk => {
                             let token = token::extract(
@@ -249,7 +302,7 @@ async fn run(
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))
                         }
-                        Mode::Startup => unreachable!("handled in main"),
+                        Mode::Startup | Mode::Mint => unreachable!("handled in main"),
                     };
                     match outcome {
                         Ok(()) => {
@@ -318,5 +371,80 @@ async fn startup(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "{{\"mode\":\"Startup\",\"serving_ms\":{serving_ms:.1},\"idle_rss_kb\":{idle_rss_kb}}}"
     );
+    Ok(())
+}
+
+/// `mint`: a signing key, its JWKS and tokens; see the module docs.
+fn mint(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    use aws_lc_rs::{
+        rand::SystemRandom,
+        rsa::{KeyPair, KeySize},
+        signature::{KeyPair as _, RSA_PKCS1_SHA256},
+    };
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use serde_json::json;
+
+    let dir = std::path::PathBuf::from(&args.target);
+    std::fs::create_dir_all(&dir)?;
+    let key = KeyPair::generate(KeySize::Rsa2048)?;
+    let impostor = KeyPair::generate(KeySize::Rsa2048)?;
+    let public = key.public_key();
+    let jwks = json!({"keys": [{
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench",
+        "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+        "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+    }]});
+    std::fs::write(dir.join("jwks.json"), jwks.to_string())?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let region = args.pool.split('_').next().unwrap_or_default();
+    let rng = SystemRandom::new();
+    let sign = |key: &KeyPair, pool: &str, user: usize, expires_in: i64| -> String {
+        let header = json!({"kid": "bench", "alg": "RS256"});
+        let claims = json!({
+            "sub": format!("00000000-0000-4000-8000-{user:012}"),
+            "iss": format!("https://cognito-idp.{region}.amazonaws.com/{pool}"),
+            "client_id": "benchclient", "token_use": "access",
+            "scope": "aws.cognito.signin.user.admin",
+            "auth_time": now, "iat": now, "exp": now + expires_in,
+            "jti": format!("bench-{user}-{expires_in}"), "username": format!("user{user}"),
+        });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signature = vec![0; key.public_modulus_len()];
+        key.sign(&RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut signature)
+            .expect("signing");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    };
+    let pool = args.pool.as_str();
+    let other_pool = format!("{region}_SomebodyElse");
+    let lines = |tokens: &[String]| tokens.join("\n") + "\n";
+
+    let valid: Vec<String> = (0..args.valid).map(|u| sign(&key, pool, u, 3600)).collect();
+    std::fs::write(dir.join("valid.txt"), lines(&valid))?;
+    let forged: Vec<String> = (0..10).map(|u| sign(&impostor, pool, u, 3600)).collect();
+    std::fs::write(dir.join("refused.txt"), lines(&forged))?;
+    // 2,000 lines: 1,700 valid (200 users), 200 expired (20 users), 100
+    // forged or of another pool (10 tokens), interleaved.
+    let users: Vec<String> = valid.iter().take(200).cloned().collect();
+    let expired: Vec<String> = (0..20).map(|u| sign(&key, pool, 1000 + u, -600)).collect();
+    let strangers: Vec<String> = (0..5)
+        .map(|u| sign(&key, &other_pool, 2000 + u, 3600))
+        .chain(forged.iter().take(5).cloned())
+        .collect();
+    let mix: Vec<String> = (0..2000)
+        .map(|i| match i % 20 {
+            0 | 1 => expired[(i / 20) % expired.len()].clone(),
+            2 => strangers[(i / 20) % strangers.len()].clone(),
+            _ => users[i % users.len()].clone(),
+        })
+        .collect();
+    std::fs::write(dir.join("mix.txt"), lines(&mix))?;
+    println!("{{\"mode\":\"Mint\",\"valid\":{},\"mix\":{}}}", valid.len(), mix.len());
     Ok(())
 }

@@ -234,3 +234,70 @@ fn the_readme_configuration_table_matches_help() {
         assert_eq!(&readme[name], flag, "{name}: README vs --help");
     }
 }
+
+#[test]
+fn a_malformed_user_pool_id_exits_2_with_one_line_before_binding() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    for (args, envs) in [
+        (
+            vec![
+                "--listen-addr",
+                addr.as_str(),
+                "--user-pool-id",
+                "eu-west-1",
+            ],
+            vec![],
+        ),
+        (
+            vec!["--listen-addr", addr.as_str()],
+            vec![("COGNITO_FACADE_USER_POOL_IDS", "eu-west-1_Ok,not a pool")],
+        ),
+    ] {
+        let output = run_to_exit(&args, &envs);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {envs:?}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("--user-pool-id") && stderr.contains("not a user pool id"),
+            "{stderr}"
+        );
+    }
+}
+
+/// With pools, no region is needed: each pool names its own. The call's
+/// line names the pool, and never the token.
+#[tokio::test]
+async fn pools_need_no_region_and_the_call_line_names_the_pool() {
+    use crate::jwt::{SigningKey, access_claims, jwks};
+    const POOL: &str = "ap-southeast-2_LogPool";
+    let key = SigningKey::generate("k1");
+    let stand_in = StandIn::start().await;
+    stand_in.serve_jwks(crate::helpers::Reply::Success(jwks(&[&key])));
+    let mut running = Running::start(
+        &["--user-pool-id", POOL],
+        &[(
+            "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
+            stand_in.endpoint.as_str(),
+        )],
+    );
+    let token = key.sign(&access_claims(POOL, 3600));
+    let answer = running
+        .client()
+        .await
+        .get_user_auth_factors(crate::helpers::request(&token))
+        .await
+        .unwrap();
+    assert_eq!(answer.into_inner().username, USERNAME);
+    assert_eq!(running.terminate().await, Some(0));
+    let logs = running.logs();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("call finished"))
+        .expect("a call line");
+    let fields: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(fields["fields"]["pool_id"], POOL);
+    for part in token.split('.') {
+        assert!(logs.iter().all(|l| !l.contains(part)), "the token leaked");
+    }
+}

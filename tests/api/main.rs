@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod jwt;
 mod layers;
+mod moto;
 mod observe;
 mod operations;
 mod reflection;
