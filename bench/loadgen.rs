@@ -73,6 +73,10 @@ struct Args {
     /// `Unauthenticated`) as answered, with their latency, not as errors.
     #[arg(long)]
     expect: Option<String>,
+    /// Skip the warm-up (to measure first calls, such as the first sight of
+    /// each token).
+    #[arg(long)]
+    no_warmup: bool,
     /// `mint`: the user pool the tokens belong to.
     #[arg(long, default_value = "us-east-1_BenchPool")]
     pool: String,
@@ -126,13 +130,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => None,
     };
     // Warm-up: connections, pools and caches settle before measuring.
-    run(
-        &args,
-        &channels,
-        cognito.as_ref(),
-        Duration::from_secs_f64(args.seconds.min(1.0)),
-    )
-    .await;
+    if !args.no_warmup {
+        run(
+            &args,
+            &channels,
+            cognito.as_ref(),
+            Duration::from_secs_f64(args.seconds.min(1.0)),
+        )
+        .await;
+    }
     let measured = Duration::from_secs_f64(args.seconds);
     // Marks the measured window on its own lines, so bench/run.py can read
     // each process's CPU time at its edges.
@@ -445,6 +451,10 @@ fn mint(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     std::fs::write(dir.join("mix.txt"), lines(&mix))?;
-    println!("{{\"mode\":\"Mint\",\"valid\":{},\"mix\":{}}}", valid.len(), mix.len());
+    println!(
+        "{{\"mode\":\"Mint\",\"valid\":{},\"mix\":{}}}",
+        valid.len(),
+        mix.len()
+    );
     Ok(())
 }

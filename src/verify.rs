@@ -8,10 +8,12 @@
 //! without it.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use aws_lc_rs::{hmac, rand::SystemRandom};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::Deserialize;
@@ -33,6 +35,9 @@ pub const REQUIRED_SCOPE: &str = "aws.cognito.signin.user.admin";
 /// refused here: our clock may run ahead of Cognito's, and a local refusal
 /// must be one Cognito would also make.
 pub const EXPIRY_LEEWAY: Duration = Duration::from_secs(10);
+
+/// Most tokens remembered as verified. A few hundred bytes each.
+const MEMO_MAX_ENTRIES: usize = 10_000;
 
 /// How long a call may wait for its pool's keys when the caller set no
 /// deadline (the fetch itself is bounded too).
@@ -90,6 +95,8 @@ pub struct TokenGate {
     client_ids: HashSet<String>,
     keys: KeyStore,
     validation: Validation,
+    /// Tokens already verified, until their `exp`.
+    memo: Arc<Memo>,
 }
 
 impl TokenGate {
@@ -127,6 +134,7 @@ impl TokenGate {
             client_ids: config.client_ids.iter().cloned().collect(),
             keys: KeyStore::new(keys, config.jwks_refresh_interval),
             validation,
+            memo: Arc::new(Memo::new()),
         }
     }
 
@@ -188,6 +196,13 @@ impl TokenGate {
         if !self.verify {
             return Ok(unverified);
         }
+        // A token verified before, and not yet expired, is not verified
+        // again: the RSA check alone costs ~18 µs of CPU, and clients reuse
+        // an access token for its whole life. Keyed by a MAC, like the cache.
+        let memo_key = self.memo.key(text);
+        if let Some(checked) = self.memo.get(&memo_key) {
+            return Ok(checked);
+        }
         let kid = header.kid.as_deref().ok_or(Refusal::KeyUnknown)?;
         let deadline = deadline.unwrap_or_else(|| Instant::now() + KEY_WAIT);
         let key = match self.keys.lookup(&pool, kid, deadline).await {
@@ -223,10 +238,79 @@ impl TokenGate {
         {
             return Err(Refusal::ClientNotAllowed);
         }
-        Ok(Checked {
+        let checked = Checked {
             pool: Some(pool),
             expires_at: claims.expires_at(),
-        })
+        };
+        self.memo.insert(memo_key, &checked);
+        Ok(checked)
+    }
+}
+
+/// Tokens that passed verification, by an HMAC-SHA256 of the token under a
+/// key drawn at start-up (the token itself is never kept), each until its
+/// `exp`; bounded, the oldest going first.
+struct Memo {
+    mac_key: hmac::Key,
+    entries: Mutex<MemoEntries>,
+}
+
+/// The remembered tokens, and their keys oldest first.
+type MemoEntries = (HashMap<[u8; 32], Checked>, VecDeque<[u8; 32]>);
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memo").finish_non_exhaustive()
+    }
+}
+
+impl Memo {
+    fn new() -> Self {
+        // As in the economy: a fixed key would still be correct if the OS
+        // could not give 32 random bytes; only the keys' secrecy would suffer.
+        let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
+            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"cognito-facade-memo"));
+        Self {
+            mac_key,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn key(&self, token: &str) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        key.copy_from_slice(hmac::sign(&self.mac_key, token.as_bytes()).as_ref());
+        key
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Checked> {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let checked = entries.0.get(key)?;
+        // Past `exp` (beyond the leeway, as `decode` would judge it): forget
+        // it and verify again, which refuses it.
+        let live = checked
+            .expires_at
+            .is_some_and(|exp| exp + EXPIRY_LEEWAY > SystemTime::now());
+        if live {
+            return Some(checked.clone());
+        }
+        entries.0.remove(key);
+        None
+    }
+
+    fn insert(&self, key: [u8; 32], checked: &Checked) {
+        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let (entries, order) = &mut *guard;
+        // The queue can hold keys already forgotten (expired); it is bounded
+        // too, at the price of forgetting a live entry early now and then.
+        while entries.len() >= MEMO_MAX_ENTRIES || order.len() >= 2 * MEMO_MAX_ENTRIES {
+            let Some(oldest) = order.pop_front() else {
+                break;
+            };
+            entries.remove(&oldest);
+        }
+        if entries.insert(key, checked.clone()).is_none() {
+            order.push_back(key);
+        }
     }
 }
 
