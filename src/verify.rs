@@ -424,3 +424,57 @@ impl Expiry {
         UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(expires_in: i64) -> Checked {
+        let now = SystemTime::now();
+        let delta = Duration::from_secs(expires_in.unsigned_abs());
+        Checked {
+            pool: Some("eu-west-1_AbC".parse().unwrap()),
+            expires_at: Some(if expires_in >= 0 {
+                now + delta
+            } else {
+                now - delta
+            }),
+        }
+    }
+
+    #[test]
+    fn the_memo_forgets_a_token_past_its_exp_and_leeway() {
+        let memo = Memo::new();
+        let (live, dead) = (memo.key("live.token.x"), memo.key("dead.token.x"));
+        assert_ne!(live, dead);
+        memo.insert(live, &checked(60));
+        memo.insert(dead, &checked(-(EXPIRY_LEEWAY.as_secs() as i64) - 1));
+        assert!(memo.get(&live).is_some());
+        assert!(memo.get(&dead).is_none());
+        assert!(memo.get(&memo.key("never.seen.x")).is_none());
+    }
+
+    #[test]
+    fn the_memo_is_bounded() {
+        let memo = Memo::new();
+        for n in 0..MEMO_MAX_ENTRIES + 10 {
+            memo.insert(memo.key(&format!("token.{n}.x")), &checked(60));
+        }
+        let entries = memo.entries.lock().unwrap();
+        assert_eq!(entries.0.len(), MEMO_MAX_ENTRIES);
+        assert!(entries.1.len() <= 2 * MEMO_MAX_ENTRIES);
+    }
+
+    #[test]
+    fn unverified_expiry_reads_only_jwts() {
+        let claims =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"exp":2000000000}"#);
+        let token = |text: &str| crate::token::extract(text, &Default::default()).unwrap();
+        assert_eq!(
+            unverified_expiry(&token(&format!("eyJhbGciOiJSUzI1NiJ9.{claims}.c2ln"))),
+            UNIX_EPOCH.checked_add(Duration::from_secs(2_000_000_000))
+        );
+        assert_eq!(unverified_expiry(&token("opaque")), None);
+        assert_eq!(unverified_expiry(&token("a.bm90IGpzb24.c")), None);
+    }
+}
