@@ -11,9 +11,11 @@ use tokio::net::TcpListener;
 use crate::{
     cognito::{Cognito, SetupError},
     config::{Config, ConfigError},
+    observe::ObserveLayer,
     prometheus,
     server::{self, ServerError},
     service::FacadeService,
+    traces::{Tracing, TracingSetupError},
     verify::TokenGate,
 };
 
@@ -39,13 +41,16 @@ pub enum BuildError {
     /// The metrics recorder could not be installed.
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// Trace export could not be set up.
+    #[error(transparent)]
+    Tracing(#[from] TracingSetupError),
 }
 
 impl BuildError {
     /// Whether the configuration is at fault (exit code 2), rather than the
     /// environment (a port in use).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Upstream(_))
+        matches!(self, Self::Config(_) | Self::Upstream(_) | Self::Tracing(_))
     }
 }
 
@@ -57,6 +62,7 @@ pub struct Application {
     addr: SocketAddr,
     metrics: Option<Metrics>,
     gate: TokenGate,
+    tracing: Tracing,
     service: FacadeService,
 }
 
@@ -76,6 +82,7 @@ impl Application {
         config.validate()?;
         let cognito = Cognito::from_config(&config.upstream, &config.tokens.regions()).await?;
         let gate = TokenGate::new(&config.tokens, &config.upstream);
+        let tracing = Tracing::new(&config.tracing)?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(bind("metrics", addr).await?),
             None => None,
@@ -89,13 +96,20 @@ impl Application {
             }),
             None => None,
         };
-        let service = FacadeService::new(cognito, gate.clone(), &config.service, config.economy);
+        let service = FacadeService::new(
+            cognito,
+            gate.clone(),
+            tracing.clone(),
+            &config.service,
+            config.economy,
+        );
         Ok(Self {
             config,
             listener,
             addr,
             metrics,
             gate,
+            tracing,
             service,
         })
     }
@@ -111,7 +125,8 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then runs the shutdown sequence
-    /// ([`server::run`]) and stops the metrics listener. The pools' keys are
+    /// ([`server::run`]), flushes pending spans within what is left of the
+    /// shutdown grace, and stops the metrics listener. The pools' keys are
     /// fetched in the background meanwhile: serving never waits for them.
     pub async fn run_until_stopped(
         self,
@@ -130,9 +145,20 @@ impl Application {
                 }
             });
         }
-        let result = server::run(self.listener, &self.config.server, self.service, shutdown).await;
+        let observer = ObserveLayer::new(self.tracing.clone());
+        let result = server::run(
+            self.listener,
+            &self.config.server,
+            self.service,
+            observer,
+            shutdown,
+        )
+        .await;
+        if let Ok(grace_left) = &result {
+            self.tracing.shutdown(*grace_left).await;
+        }
         let _ = stop_metrics.send(());
-        result
+        result.map(drop)
     }
 }
 

@@ -19,6 +19,7 @@ use cognito_facade::{
     service::{self, ServiceConfig},
     telemetry::LogFormat,
     tls::TlsConfig,
+    traces::TracingConfig,
     verify::TokenConfig,
 };
 
@@ -295,6 +296,7 @@ impl Cli {
             },
             log_format: self.log_format,
             metrics_addr: self.metrics_addr.0,
+            tracing: TracingConfig::from_env()?,
         };
         config.validate()?;
         Ok(config)

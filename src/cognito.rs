@@ -15,7 +15,17 @@ use aws_sdk_cognitoidentityprovider::{
     },
     types::AuthFactorType as SdkAuthFactor,
 };
-use aws_smithy_runtime_api::http::Response as HttpResponse;
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{
+        interceptors::{Intercept, context::FinalizerInterceptorContextRef},
+        retries::RequestAttempts,
+        runtime_components::RuntimeComponents,
+    },
+    http::Response as HttpResponse,
+};
+use aws_smithy_types::config_bag::ConfigBag;
+use opentelemetry::{KeyValue, trace::TraceContextExt as _};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -164,7 +174,8 @@ impl Cognito {
             .await;
         let client_for = |region: &str| {
             let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
-                .region(Region::new(region.to_owned()));
+                .region(Region::new(region.to_owned()))
+                .interceptor(AttemptSpans);
             if let Some(endpoint) = config.endpoint_for(region) {
                 builder = builder.endpoint_url(endpoint);
             }
@@ -227,6 +238,52 @@ impl Cognito {
             request_id: output.request_id().map(str::to_owned),
             response: to_proto(&output),
         })
+    }
+}
+
+/// Records each HTTP attempt of a call (its number and HTTP status) on the
+/// client span the call runs in, if one is recording: retries show as one
+/// event each.
+#[derive(Debug)]
+struct AttemptSpans;
+
+impl Intercept for AttemptSpans {
+    fn name(&self) -> &'static str {
+        "AttemptSpans"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let trace = opentelemetry::Context::current();
+        let span = trace.span();
+        if !span.is_recording() {
+            return Ok(());
+        }
+        let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        let mut attributes = vec![KeyValue::new("attempt", i64::from(attempt))];
+        match context.response() {
+            Some(response) => {
+                let status = KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+                span.set_attribute(status.clone());
+                attributes.push(status);
+            }
+            None => attributes.push(KeyValue::new("error.type", "no HTTP response")),
+        }
+        if attempt > 1 {
+            span.set_attribute(KeyValue::new(
+                "http.request.resend_count",
+                i64::from(attempt - 1),
+            ));
+        }
+        span.add_event("attempt", attributes);
+        Ok(())
     }
 }
 

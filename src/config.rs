@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use crate::{
     cognito::UpstreamConfig, economy::EconomyConfig, pools::is_region,
     prometheus::DEFAULT_METRICS_ADDR, server::ServerConfig, service::ServiceConfig,
-    telemetry::LogFormat, verify::TokenConfig,
+    telemetry::LogFormat, traces::TracingConfig, verify::TokenConfig,
 };
 
 /// Env var for `--listen-addr` (and the address `healthcheck` probes).
@@ -85,6 +85,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None` turns it off.
     pub metrics_addr: Option<SocketAddr>,
+    /// Trace propagation and export (from the OpenTelemetry environment).
+    pub tracing: TracingConfig,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             economy: EconomyConfig::default(),
             log_format: LogFormat::default(),
             metrics_addr: Some(DEFAULT_METRICS_ADDR),
+            tracing: TracingConfig::default(),
         }
     }
 }
@@ -142,6 +145,9 @@ pub enum ConfigError {
     /// A certificate, key or CA that cannot be read or used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// An OpenTelemetry environment variable that cannot be used.
+    #[error(transparent)]
+    Tracing(#[from] crate::traces::TracingEnvError),
 }
 
 impl Config {

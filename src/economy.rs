@@ -10,12 +10,13 @@ use std::{
     collections::{HashMap, VecDeque},
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     task::{Context, Poll, ready},
     time::{Duration, Instant, SystemTime},
 };
 
 use aws_lc_rs::{hmac, rand::SystemRandom};
+use opentelemetry::trace::SpanContext;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -28,6 +29,10 @@ use crate::{
 
 /// The outcome every waiter of one flight receives.
 pub type Outcome = Result<Answer, Error>;
+
+/// The span of a flight's upstream call, once its leader has started it: its
+/// followers' spans link to it.
+pub type FlightSpan = Arc<OnceLock<SpanContext>>;
 
 /// What identifies "the same call": a MAC of the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,7 +68,7 @@ impl Default for EconomyConfig {
 pub struct Economy {
     config: EconomyConfig,
     mac_key: hmac::Key,
-    flights: Mutex<HashMap<TokenKey, watch::Receiver<Option<Outcome>>>>,
+    flights: Mutex<HashMap<TokenKey, (watch::Receiver<Option<Outcome>>, FlightSpan)>>,
     cache: Mutex<Cache>,
 }
 
@@ -80,8 +85,9 @@ impl std::fmt::Debug for Economy {
 pub enum Ticket {
     /// From the cache.
     Cached(Answer),
-    /// Another call for the same token is in flight: wait for its outcome.
-    Follow(watch::Receiver<Option<Outcome>>),
+    /// Another call for the same token is in flight: wait for its outcome
+    /// (and link to its upstream span).
+    Follow(watch::Receiver<Option<Outcome>>, FlightSpan),
     /// This call leads: run the upstream call with [`Leader::run`].
     Lead(Leader),
 }
@@ -93,6 +99,7 @@ pub struct Leader {
     /// The token's `exp`: no cached answer outlives it.
     token_expires: Option<SystemTime>,
     sender: watch::Sender<Option<Outcome>>,
+    span: FlightSpan,
 }
 
 impl std::fmt::Debug for Leader {
@@ -148,12 +155,12 @@ impl Economy {
             return Ticket::Lead(self.leader(Some(key), expires_at));
         }
         let mut flights = lock(&self.flights);
-        if let Some(receiver) = flights.get(&key) {
+        if let Some((receiver, span)) = flights.get(&key) {
             metrics::counter!(metric_names::COALESCED).increment(1);
-            return Ticket::Follow(receiver.clone());
+            return Ticket::Follow(receiver.clone(), Arc::clone(span));
         }
         let leader = self.leader(Some(key), expires_at);
-        flights.insert(key, leader.sender.subscribe());
+        flights.insert(key, (leader.sender.subscribe(), Arc::clone(&leader.span)));
         Ticket::Lead(leader)
     }
 
@@ -168,11 +175,17 @@ impl Economy {
             key,
             token_expires,
             sender,
+            span: FlightSpan::default(),
         }
     }
 }
 
 impl Leader {
+    /// Names the span of the upstream call, for the followers to link to.
+    pub fn set_span(&self, span: SpanContext) {
+        let _ = self.span.set(span);
+    }
+
     /// The leader's share of the flight: a future that runs `upstream` in the
     /// leader's own task (no hand-off on the common path) and publishes its
     /// outcome to the followers. If the leader gives up first (its deadline,

@@ -17,7 +17,8 @@
 //!                                      one observer (clock, metrics, line);
 //!     verify                           pools, routing, local verification
 //!  4  cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
-//!     healthcheck  jwks                the health probe; the pools' keys
+//!     healthcheck  jwks  traces        the health probe; the pools' keys;
+//!                                      trace context in, spans out
 //!  3  error                            the one error table
 //!  2  token                            the token and its redacted type
 //!  1  wire  metric_names  telemetry    names and limits on the wire; metric
@@ -56,5 +57,6 @@ pub mod service;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod traces;
 pub mod verify;
 pub mod wire;

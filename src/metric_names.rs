@@ -34,3 +34,6 @@ pub const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";
 /// Calls verified by Cognito alone because their pool's keys could not be
 /// had, by `pool`.
 pub const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";
+/// Spans not exported, by `reason`: `queue_full` (the collector is slow or
+/// away, or the service is stopping) or `export_failed`.
+pub const TRACE_SPANS_DROPPED: &str = "cognito_facade_trace_spans_dropped_total";

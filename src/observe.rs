@@ -28,6 +28,7 @@ use crate::{
     error::{Error, ErrorChain, code_name},
     metric_names,
     pools::UserPoolId,
+    traces::{self, Tracing},
     wire::{METHOD, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
 };
 
@@ -83,9 +84,17 @@ pub struct Arrival(pub Instant);
 #[derive(Debug, Default)]
 pub struct CallNotes {
     pool: OnceLock<UserPoolId>,
+    /// The call's trace context: its server span when spans are exported,
+    /// else the caller's context (if it sent one).
+    trace: opentelemetry::Context,
 }
 
 impl CallNotes {
+    /// The call's trace context, to parent the spans of its work.
+    pub fn trace(&self) -> &opentelemetry::Context {
+        &self.trace
+    }
+
     /// The configured user pool the call's token belongs to.
     pub fn set_pool(&self, pool: UserPoolId) {
         let _ = self.pool.set(pool);
@@ -97,14 +106,27 @@ impl CallNotes {
 }
 
 /// The layer; see the module docs.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ObserveLayer;
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer {
+    tracing: Tracing,
+}
+
+impl ObserveLayer {
+    /// The observer, reading trace context and starting server spans with
+    /// `tracing`.
+    pub fn new(tracing: Tracing) -> Self {
+        Self { tracing }
+    }
+}
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observed<S>;
 
     fn layer(&self, inner: S) -> Observed<S> {
-        Observed { inner }
+        Observed {
+            inner,
+            tracing: self.tracing.clone(),
+        }
     }
 }
 
@@ -112,6 +134,7 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Debug, Clone)]
 pub struct Observed<S> {
     inner: S,
+    tracing: Tracing,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -141,7 +164,9 @@ where
                 None => Box::pin(self.inner.call(request)),
             };
         };
-        let call = Call::start(method);
+        let parent = self.tracing.extract(request.headers());
+        let trace = self.tracing.server_span(parent, SERVICE_NAME, method);
+        let call = Call::start(method, trace);
         request.extensions_mut().insert(Arrival(call.arrived));
         request.extensions_mut().insert(Arc::clone(&call.notes));
         let answer = match refusal {
@@ -177,12 +202,15 @@ struct Call {
 }
 
 impl Call {
-    fn start(method: &'static str) -> Self {
+    fn start(method: &'static str, trace: opentelemetry::Context) -> Self {
         metrics::gauge!(metric_names::RPC_IN_FLIGHT).increment(1.0);
         Self {
             method,
             arrived: Instant::now(),
-            notes: Arc::default(),
+            notes: Arc::new(CallNotes {
+                pool: OnceLock::new(),
+                trace,
+            }),
             finished: false,
         }
     }
@@ -220,12 +248,19 @@ impl Call {
         metrics::histogram!(metric_names::RPC_DURATION, "method" => self.method)
             .record(elapsed.as_secs_f64());
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let trace = &self.notes.trace;
+        traces::end_server_span(trace, code, outcome.reason(), source.as_str());
+        let (trace_id, span_id) = traces::ids(trace);
         log_line(
-            self.method,
-            code_name,
-            source,
-            self.notes.pool(),
-            latency_us,
+            &Line {
+                method: self.method,
+                code: code_name,
+                source,
+                pool_id: self.notes.pool(),
+                trace_id: &trace_id,
+                span_id: &span_id,
+                latency_us,
+            },
             outcome,
         );
     }
@@ -260,6 +295,14 @@ enum Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
+    /// The ErrorInfo reason, if the call failed with one.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Error(err) => err.status().1,
+            Self::Ok { .. } | Self::Other { .. } => "",
+        }
+    }
+
     fn of<B>(code: Code, response: &'a http::Response<B>) -> Self {
         if code == Code::Ok {
             let request_id = response
@@ -282,24 +325,30 @@ impl<'a> Outcome<'a> {
 /// Writes the call's line: the same fields on every line, empty where they do
 /// not apply. Warnings for our side's trouble (the cause chain in `error`),
 /// info for everything else.
-fn log_line(
+/// The fields every call line has whatever its outcome.
+struct Line<'a> {
     method: &'static str,
     code: &'static str,
     source: Source,
-    pool_id: &str,
+    pool_id: &'a str,
+    trace_id: &'a str,
+    span_id: &'a str,
     latency_us: u64,
-    outcome: &Outcome<'_>,
-) {
+}
+
+fn log_line(line: &Line<'_>, outcome: &Outcome<'_>) {
     macro_rules! line {
         ($level:expr, $message:literal, $reason:expr, $request_id:expr, $aws_code:expr, $error:expr) => {
             tracing::event!(
                 $level,
-                rpc.method = method,
-                grpc.code = code,
+                rpc.method = line.method,
+                grpc.code = line.code,
                 reason = $reason,
-                source = source.as_str(),
-                pool_id,
-                latency_us,
+                source = line.source.as_str(),
+                pool_id = line.pool_id,
+                trace_id = line.trace_id,
+                span_id = line.span_id,
+                latency_us = line.latency_us,
                 aws_request_id = $request_id,
                 aws_error_code = $aws_code,
                 error = $error,

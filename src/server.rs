@@ -98,15 +98,18 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves `service` on `listener` until `shutdown` completes, then: reports
-/// NOT_SERVING, keeps serving for `config.drain_delay`, stops accepting, gives
-/// in-flight calls up to `config.shutdown_grace`, and returns.
+/// Serves `service` on `listener`, each call observed by `observer`, until
+/// `shutdown` completes, then: reports NOT_SERVING, keeps serving for
+/// `config.drain_delay`, stops accepting, gives in-flight calls up to
+/// `config.shutdown_grace`, and returns what is left of the grace (for
+/// flushing telemetry).
 pub async fn run(
     listener: TcpListener,
     config: &ServerConfig,
     service: FacadeService,
+    observer: ObserveLayer,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), ServerError> {
+) -> Result<Duration, ServerError> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<Rpc>().await;
 
@@ -136,7 +139,7 @@ pub async fn run(
         builder = builder.tls_config(tls.server_config())?;
     }
     let server = builder
-        .layer(ObserveLayer)
+        .layer(observer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -149,7 +152,7 @@ pub async fn run(
     tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving");
 
     tokio::select! {
-        result = &mut server => return result.map_err(ServerError::from),
+        result = &mut server => return result.map(|()| Duration::ZERO).map_err(ServerError::from),
         () = shutdown => {}
     }
     tracing::info!(
@@ -161,7 +164,7 @@ pub async fn run(
         .await;
     health.set_not_serving::<Rpc>().await;
     tokio::select! {
-        result = &mut server => return result.map_err(ServerError::from),
+        result = &mut server => return result.map(|()| Duration::ZERO).map_err(ServerError::from),
         () = tokio::time::sleep(config.drain_delay) => {}
     }
 
@@ -172,10 +175,11 @@ pub async fn run(
     }
     let _ = stop_accepting.send(());
     tracing::info!(grace = ?config.shutdown_grace, "listener closed; finishing in-flight calls");
-    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+    let grace_ends = tokio::time::Instant::now() + config.shutdown_grace;
+    match tokio::time::timeout_at(grace_ends, &mut server).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("shutdown grace ran out; abandoning calls still in flight"),
     }
     tracing::info!("stopped");
-    Ok(())
+    Ok(grace_ends.saturating_duration_since(tokio::time::Instant::now()))
 }

@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
@@ -21,6 +22,7 @@ use crate::{
         identity_provider_service_server::IdentityProviderService,
     },
     token,
+    traces::{self, Tracing},
     verify::{TokenGate, unverified_expiry},
     wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
 };
@@ -67,6 +69,8 @@ pub struct FacadeService {
     cognito: Cognito,
     /// Pools, routing and local verification.
     gate: TokenGate,
+    /// Spans of the calls to Cognito.
+    tracing: Tracing,
     /// One permit per upstream call in flight; none left means shed.
     limiter: Arc<Semaphore>,
     /// Single flight and cache.
@@ -78,12 +82,14 @@ impl FacadeService {
     pub fn new(
         cognito: Cognito,
         gate: TokenGate,
+        tracing: Tracing,
         config: &ServiceConfig,
         economy: EconomyConfig,
     ) -> Self {
         Self {
             cognito,
             gate,
+            tracing,
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             economy: Economy::new(economy),
         }
@@ -112,18 +118,21 @@ impl FacadeService {
             Ok(checked) => checked,
             Err(refusal) => return (Source::Local, Err(refusal.into())),
         };
-        if let (Some(pool), Some(notes)) =
-            (&checked.pool, request.extensions().get::<Arc<CallNotes>>())
-        {
+        let notes = request.extensions().get::<Arc<CallNotes>>().cloned();
+        if let (Some(pool), Some(notes)) = (&checked.pool, &notes) {
             notes.set_pool(pool.clone());
         }
         let expires_at = match checked.expires_at {
             None if self.economy.caches() => unverified_expiry(&token),
             expires_at => expires_at,
         };
+        let mut leader_span = None;
         let (source, wait) = match self.economy.ticket(&token, expires_at) {
             Ticket::Cached(answer) => return (Source::Cache, Ok(answer)),
-            Ticket::Follow(flight) => (Source::Coalesced, Wait::Follow(flight)),
+            Ticket::Follow(flight, span) => {
+                leader_span = Some(span);
+                (Source::Coalesced, Wait::Follow(flight))
+            }
             Ticket::Lead(leader) => {
                 // Refused at once, never queued: a caller that waited here
                 // would only add to the load that caused the refusal.
@@ -134,14 +143,32 @@ impl FacadeService {
                 };
                 let cognito = self.cognito.clone();
                 let pool = checked.pool;
+                let pool_region = pool.as_ref().map(|pool| pool.region());
+                let region = cognito.region(pool_region).unwrap_or_default().to_owned();
+                let server_trace = notes
+                    .as_ref()
+                    .map(|n| n.trace().clone())
+                    .unwrap_or_default();
+                let client_trace = self.tracing.client_span(&server_trace, &region);
+                let upstream_span = client_trace.span().span_context().clone();
+                if upstream_span.is_valid() {
+                    leader.set_span(upstream_span);
+                }
                 // Bounded by the call timeout; if this caller gives up first,
                 // the call finishes in the background for the others.
                 let flight = leader.run(async move {
                     let started = Instant::now();
                     let pool_region = pool.as_ref().map(|pool| pool.region());
-                    let result = cognito.get_user_auth_factors(&token, pool_region).await;
-                    let region = cognito.region(pool_region).unwrap_or_default();
-                    record_upstream(&result, started.elapsed(), region);
+                    let result = cognito
+                        .get_user_auth_factors(&token, pool_region)
+                        .with_context(client_trace.clone())
+                        .await;
+                    let (request_id, failure) = match &result {
+                        Ok(answer) => (answer.request_id.as_deref(), None),
+                        Err(err) => (err.request_id.as_deref(), Some(err.kind.status().1)),
+                    };
+                    traces::end_client_span(&client_trace, request_id, failure);
+                    record_upstream(&result, started.elapsed(), &region);
                     drop(permit);
                     result.map_err(Error::from)
                 });
@@ -154,6 +181,11 @@ impl FacadeService {
                 .await
                 .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
         };
+        // A follower's span links to the upstream call it shared.
+        let shared_span = leader_span.as_ref().and_then(|span| span.get());
+        if let (Some(span), Some(notes)) = (shared_span, &notes) {
+            notes.trace().span().add_link(span.clone(), Vec::new());
+        }
         (source, outcome)
     }
 }

@@ -161,6 +161,8 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
         "reason",
         "rpc.method",
         "source",
+        "span_id",
+        "trace_id",
     ];
     let keys: Vec<&str> = lines[0].keys().map(String::as_str).collect();
     assert_eq!(keys, expected_keys);
