@@ -34,6 +34,9 @@ pub type Outcome = Result<Answer, Error>;
 /// followers' spans link to it.
 pub type FlightSpan = Arc<OnceLock<SpanContext>>;
 
+/// A flight in the map: its outcome to wait for, and its upstream span.
+type InFlight = (watch::Receiver<Option<Outcome>>, FlightSpan);
+
 /// What identifies "the same call": a MAC of the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct TokenKey([u8; 32]);
@@ -68,7 +71,7 @@ impl Default for EconomyConfig {
 pub struct Economy {
     config: EconomyConfig,
     mac_key: hmac::Key,
-    flights: Mutex<HashMap<TokenKey, (watch::Receiver<Option<Outcome>>, FlightSpan)>>,
+    flights: Mutex<HashMap<TokenKey, InFlight>>,
     cache: Mutex<Cache>,
 }
 

@@ -303,13 +303,13 @@ impl Tracing {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(task) = task {
-            if tokio::time::timeout(within, task).await.is_err() {
-                tracing::warn!(
-                    ?within,
-                    "trace export did not finish within the grace; spans dropped"
-                );
-            }
+        if let Some(task) = task
+            && tokio::time::timeout(within, task).await.is_err()
+        {
+            tracing::warn!(
+                ?within,
+                "trace export did not finish within the grace; spans dropped"
+            );
         }
         let _ = export.provider.shutdown();
     }
