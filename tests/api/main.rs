@@ -18,3 +18,4 @@ mod rpc;
 mod secrets;
 mod shutdown;
 mod tokens;
+mod tracing;
