@@ -86,6 +86,10 @@ http {{
       root {jwks_dir};
       try_files /jwks.json =404;
     }}
+    location = /v1/traces {{
+      default_type application/x-protobuf;
+      return 200 '';
+    }}
     location / {{
       default_type application/x-amz-json-1.1;
       add_header x-amzn-RequestId 00000000-0000-4000-8000-000000000000 always;
@@ -122,9 +126,10 @@ def service_args(port, upstream_port, *extra, metrics_port=0, drain="0s"):
             "--drain-delay", drain, *extra]
 
 
-def start_service(port, upstream_port, *extra, metrics_port=0):
+def start_service(port, upstream_port, *extra, metrics_port=0, env=None):
     proc = subprocess.Popen(service_args(port, upstream_port, *extra, metrics_port=metrics_port),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, **(env or {})))
     wait_port(port)
     return proc
 
@@ -306,6 +311,53 @@ def verification(nginx_port, tokens_dir, seconds, repeats, first_sight_seconds):
     return out
 
 
+def tracing_cost(nginx_port, seconds, repeats):
+    """Service CPU per call with span export off (no OpenTelemetry
+    environment: the shipped default) and on (OTLP http/protobuf to nginx,
+    which answers every export; every call a root span, so all sampled),
+    runs interleaved at concurrency 64."""
+    variants = {"export off (default)": {},
+                "export on, 100% sampled": {
+                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{nginx_port}",
+                    "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    "OTEL_BSP_SCHEDULE_DELAY": "200"}}
+    runs = {label: [] for label in variants}
+    for _ in range(repeats):
+        for label, env in variants.items():
+            port, metrics_port = free_port(), free_port()
+            proc = start_service(port, nginx_port, metrics_port=metrics_port, env=env)
+            try:
+                result = load("facade", f"http://127.0.0.1:{port}", 64, seconds,
+                              cpu_of={"service": [proc.pid]})
+                result["dropped"] = metric_sum(metrics_port, "cognito_facade_trace_spans_dropped_total")
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
+            if result["errors"]:
+                raise RuntimeError(f"{label}: calls failed: {result['error_codes']}")
+            runs[label].append(result)
+    return runs
+
+
+def tracing_report(runs, smoke):
+    def median(label, key):
+        return statistics.median(x["cpu_us"]["service"] if key == "cpu" else x[key] for x in runs[label])
+
+    off, on = median("export off (default)", "cpu"), median("export on, 100% sampled", "cpu")
+    lines = ["", "## Tracing", "",
+             f"Service CPU per call at concurrency 64, medians of {len(runs['export off (default)'])} "
+             f"interleaved runs of {0.5 if smoke else 5} s; with export on, every call is a root span "
+             "(sampled) with a server and a client span, exported over OTLP http/protobuf to nginx.", "",
+             "| variant | service CPU µs per call | calls/s | spans dropped |", "|---|---|---|---|"]
+    for label in runs:
+        lines.append(f"| {label} | {median(label, 'cpu'):.1f} | {median(label, 'rps'):.0f} | "
+                     f"{median(label, 'dropped'):.0f} |")
+    lines += ["", "| target | measured | verdict |", "|---|---|---|",
+              f"| what export adds per call, 100% sampled: ≤ 15 µs | {on - off:.1f} µs | "
+              f"{verdict(on - off <= 15)} |"]
+    return lines
+
+
 # Single flight and the cache, each against the same mix.
 ECONOMY_VARIANTS = [
     ("neither (`--coalesce=false`)", ["--coalesce=false"]),
@@ -448,6 +500,7 @@ def main():
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
+        traced = tracing_cost(nginx_port, 0.5 if smoke else 5, 1 if smoke else 3)
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -461,11 +514,11 @@ def main():
     memory = {"inflight": inflight, "service_idle_kb": idle_rss_kb,
               "service_peak_kb": held_peak.peak, "service_load": held_load,
               "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"]}
-    write_report(report, plot, rows, serving_ms, memory, savings, verified, smoke)
+    write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, smoke)
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
-def write_report(path, plot, rows, serving_ms, memory, savings, verified, smoke):
+def write_report(path, plot, rows, serving_ms, memory, savings, verified, traced, smoke):
     def mib(kb):
         return kb / 1024
 
@@ -554,6 +607,7 @@ def write_report(path, plot, rows, serving_ms, memory, savings, verified, smoke)
         lines.append(f"| {v['label']} | {v['calls']} | {v['upstream']} | {saved:.0%} | {v['errors']} | "
                      f"{v['p50_us']} |")
     lines += verification_report(verified, smoke)
+    lines += tracing_report(traced, smoke)
     lines += ["", "## Profile", "",
               f"Copied from [`bench/PROFILE.md`]({os.path.relpath(PROFILE, path.parent)}), which is kept by "
               "hand: how the facade's own path was profiled, what stood out, what was changed for it "

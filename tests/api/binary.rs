@@ -301,3 +301,18 @@ async fn pools_need_no_region_and_the_call_line_names_the_pool() {
         assert!(logs.iter().all(|l| !l.contains(part)), "the token leaked");
     }
 }
+
+#[test]
+fn an_opentelemetry_setting_it_cannot_use_exits_2_naming_it() {
+    for (var, value) in [
+        ("OTEL_PROPAGATORS", "b3"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+    ] {
+        let output = run_to_exit(&[], &[("AWS_REGION", "eu-west-1"), (var, value)]);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
