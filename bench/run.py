@@ -327,20 +327,10 @@ def verification(nginx_port, tokens_dir, seconds, repeats, first_sight_seconds):
     cpu = {label: [] for label in variants}
     for _ in range(repeats):
         for label, (flags, extra) in variants.items():
-            port = free_port()
-            proc = start_service(port, nginx_port, *flags)
             first_sight = "--no-warmup" in extra
-            try:
-                result = load("facade", f"http://127.0.0.1:{port}", 64,
-                              first_sight_seconds if first_sight else seconds,
-                              "--tokens-file", str(tokens_dir / "valid.txt"), *extra,
-                              cpu_of={"service": [proc.pid]})
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-            if result["errors"]:
-                raise RuntimeError(f"{label}: calls failed: {result['error_codes']}")
-            cpu[label].append(result)
+            cpu[label].append(service_run(
+                label, nginx_port, flags, {}, first_sight_seconds if first_sight else seconds,
+                "--tokens-file", str(tokens_dir / "valid.txt"), *extra))
     out["cpu"] = cpu
 
     # 3. The realistic mix, verification off and on; single flight on in both.
@@ -364,6 +354,24 @@ def verification(nginx_port, tokens_dir, seconds, repeats, first_sight_seconds):
     return out
 
 
+def service_run(label, nginx_port, flags, env, seconds, *load_args):
+    """A fresh service with `flags` and `env`, loaded at concurrency 64 with
+    `load_args`: the load generator's result, with the service's CPU per
+    call and the trace spans it dropped. Fails if any call failed."""
+    port, metrics_port = free_port(), free_port()
+    proc = start_service(port, nginx_port, *flags, metrics_port=metrics_port, env=env)
+    try:
+        result = load("facade", f"http://127.0.0.1:{port}", 64, seconds, *load_args,
+                      cpu_of={"service": [proc.pid]})
+        result["dropped"] = metric_sum(metrics_port, "cognito_facade_trace_spans_dropped_total")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    if result["errors"]:
+        raise RuntimeError(f"{label}: calls failed: {result['error_codes']}")
+    return result
+
+
 def tracing_cost(nginx_port, seconds, repeats):
     """Service CPU per call with span export off (no OpenTelemetry
     environment: the shipped default) and on (OTLP http/protobuf to nginx,
@@ -377,18 +385,7 @@ def tracing_cost(nginx_port, seconds, repeats):
     runs = {label: [] for label in variants}
     for _ in range(repeats):
         for label, env in variants.items():
-            port, metrics_port = free_port(), free_port()
-            proc = start_service(port, nginx_port, metrics_port=metrics_port, env=env)
-            try:
-                result = load("facade", f"http://127.0.0.1:{port}", 64, seconds,
-                              cpu_of={"service": [proc.pid]})
-                result["dropped"] = metric_sum(metrics_port, "cognito_facade_trace_spans_dropped_total")
-            finally:
-                proc.terminate()
-                proc.wait(timeout=10)
-            if result["errors"]:
-                raise RuntimeError(f"{label}: calls failed: {result['error_codes']}")
-            runs[label].append(result)
+            runs[label].append(service_run(label, nginx_port, [], env, seconds))
     return runs
 
 

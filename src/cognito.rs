@@ -197,8 +197,8 @@ impl Cognito {
 
     /// The region a call for `pool_region` (or, for `None`, a token without
     /// a configured pool) goes to.
-    pub fn region(&self, pool_region: Option<&str>) -> Option<&str> {
-        self.client(pool_region).map(|c| &*c.region)
+    pub fn region(&self, pool_region: Option<&str>) -> Option<&Arc<str>> {
+        self.client(pool_region).map(|c| &c.region)
     }
 
     fn client(&self, pool_region: Option<&str>) -> Option<&RegionalClient> {

@@ -29,7 +29,7 @@ use crate::{
     metric_names,
     pools::UserPoolId,
     traces::{self, Tracing},
-    wire::{METHOD, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
+    wire::{METHOD, METHOD_PATH, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
 };
 
 /// Where a call's answer came from; logged as `source`, labelled as
@@ -77,6 +77,9 @@ impl Source {
 /// it too.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
+
+/// The server span name of calls to methods the service does not have.
+const UNKNOWN_METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/unknown";
 
 /// What the handler knows about a call that the answer does not carry: put
 /// in the request's extensions by the observer, filled in by the handler,
@@ -165,7 +168,12 @@ where
             };
         };
         let parent = self.tracing.extract(request.headers());
-        let trace = self.tracing.server_span(parent, SERVICE_NAME, method);
+        let name = if method == METHOD {
+            METHOD_PATH
+        } else {
+            UNKNOWN_METHOD_PATH
+        };
+        let trace = self.tracing.server_span(parent, name, SERVICE_NAME, method);
         let call = Call::start(method, trace);
         request.extensions_mut().insert(Arrival(call.arrived));
         request.extensions_mut().insert(Arc::clone(&call.notes));

@@ -144,7 +144,10 @@ impl FacadeService {
                 let cognito = self.cognito.clone();
                 let pool = checked.pool;
                 let pool_region = pool.as_ref().map(|pool| pool.region());
-                let region = cognito.region(pool_region).unwrap_or_default().to_owned();
+                let region = cognito
+                    .region(pool_region)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(""));
                 let server_trace = notes
                     .as_ref()
                     .map(|n| n.trace().clone())
@@ -223,7 +226,7 @@ impl IdentityProviderService for FacadeService {
 }
 
 /// The upstream call metrics.
-fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, region: &str) {
+fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, region: &Arc<str>) {
     let outcome: metrics::SharedString = match result {
         Ok(_) => "ok".into(),
         Err(err) => match &err.aws_error_code {
@@ -233,7 +236,7 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, re
             _ => err.kind.status().1.into(),
         },
     };
-    let region = region.to_owned();
+    let region = metrics::SharedString::from(Arc::clone(region));
     metrics::counter!(metric_names::UPSTREAM_REQUESTS, "outcome" => outcome, "region" => region.clone())
         .increment(1);
     metrics::histogram!(metric_names::UPSTREAM_DURATION, "region" => region)

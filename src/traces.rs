@@ -247,11 +247,13 @@ impl Tracing {
             .extract_with_context(&Context::new(), &Headers(headers))
     }
 
-    /// Starts the server span of one call as a child of `parent`; without
-    /// export, `parent` itself (so the log line still names the trace).
+    /// Starts the server span of one call as a child of `parent`, named
+    /// `name` (`service/method`); without export, `parent` itself (so the log
+    /// line still names the trace).
     pub fn server_span(
         &self,
         parent: Context,
+        name: &'static str,
         service: &'static str,
         method: &'static str,
     ) -> Context {
@@ -260,7 +262,7 @@ impl Tracing {
         };
         let span = export
             .tracer
-            .span_builder(format!("{service}/{method}"))
+            .span_builder(name)
             .with_kind(SpanKind::Server)
             .with_attributes([
                 KeyValue::new("rpc.system", "grpc"),
@@ -272,7 +274,7 @@ impl Tracing {
     }
 
     /// Starts the client span of a call to Cognito, a child of `server`.
-    pub fn client_span(&self, server: &Context, region: &str) -> Context {
+    pub fn client_span(&self, server: &Context, region: &Arc<str>) -> Context {
         let Some(export) = &self.export else {
             return server.clone();
         };
@@ -284,7 +286,7 @@ impl Tracing {
                 KeyValue::new("rpc.system", "aws-api"),
                 KeyValue::new("rpc.service", "CognitoIdentityProvider"),
                 KeyValue::new("rpc.method", "GetUserAuthFactors"),
-                KeyValue::new("cloud.region", region.to_owned()),
+                KeyValue::new("cloud.region", Arc::clone(region)),
             ])
             .start_with_context(&export.tracer, server);
         server.with_span(span)

@@ -409,7 +409,7 @@ struct Claims {
 
 impl Claims {
     fn expires_at(&self) -> Option<SystemTime> {
-        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
+        expiry(self.exp)
     }
 }
 
@@ -421,8 +421,13 @@ struct Expiry {
 
 impl Expiry {
     fn expires_at(&self) -> Option<SystemTime> {
-        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
+        expiry(self.exp)
     }
+}
+
+/// An `exp` claim (seconds since the epoch) as a time.
+fn expiry(exp: Option<u64>) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp?))
 }
 
 #[cfg(test)]

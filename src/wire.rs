@@ -15,6 +15,9 @@ pub const SERVICE_NAME: &str = identity_provider_service_server::SERVICE_NAME;
 /// unit test checks this one against the compiled descriptor.
 pub const METHOD: &str = "GetUserAuthFactors";
 
+/// `service/method`, as RPC span names spell it.
+pub const METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/GetUserAuthFactors";
+
 /// Largest request message accepted. A GetUserAuthFactorsRequest holds one
 /// token of at most 16 KiB; anything far larger is refused by tonic's
 /// decoder before it is buffered.
@@ -67,5 +70,6 @@ mod tests {
             })
             .collect();
         assert_eq!(methods, [(SERVICE_NAME.to_owned(), METHOD.to_owned())]);
+        assert_eq!(METHOD_PATH, format!("{SERVICE_NAME}/{METHOD}"));
     }
 }

@@ -102,10 +102,10 @@ fn allocations_per_successful_call_are_pinned() {
     }));
 
     let per_call = client_side.block_on(async {
-        let mut client = IdentityProviderServiceClient::connect(format!("http://{addr}"))
+        let client = IdentityProviderServiceClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        let mut call = |n: usize| {
+        let call = |n: usize| {
             let request = GetUserAuthFactorsRequest {
                 access_token: format!("alloc.token.{n}"),
             };
@@ -122,7 +122,6 @@ fn allocations_per_successful_call_are_pinned() {
             call(n).await;
         }
         let after = ALLOCATIONS.load(Ordering::Relaxed);
-        drop(client.clone());
         (after - before) as f64 / calls as f64
     });
     let _ = stop.send(());
