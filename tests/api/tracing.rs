@@ -178,7 +178,18 @@ async fn a_callers_trace_continues_through_the_facade(protocol: &str) {
     let stand_in = StandIn::start().await;
     // One retry, so the client span shows two attempts.
     stand_in.then([Reply::error(500, "InternalErrorException", "boom")]);
-    let mut running = exporting(&stand_in, protocol, &endpoint, &[("OTEL_SERVICE_NAME", "")]);
+    // Over HTTP, batches wait far longer than the test: the spans can only
+    // arrive through the flush at shutdown.
+    let delay = if protocol == "grpc" { "100" } else { "600000" };
+    let mut running = exporting(
+        &stand_in,
+        protocol,
+        &endpoint,
+        &[
+            ("OTEL_SERVICE_NAME", ""),
+            ("OTEL_BSP_SCHEDULE_DELAY", delay),
+        ],
+    );
     let service = running.addr.to_string();
     let collector = format!("127.0.0.1:{}", receiver.grpc);
     let client = python.clone();
