@@ -471,3 +471,41 @@ pub(crate) async fn shed_one_call(
     slow.await.unwrap().expect("the slow call succeeds");
     shed
 }
+
+/// The `bin` directory of a Python virtualenv under `target/` named `name`
+/// with `requirements` (a pip requirements file's text) installed from
+/// PyPI. Made on first use, and again only when `requirements` change; tests
+/// run in parallel, so one makes it while the others wait.
+pub(crate) fn python_venv(name: &str, requirements: &str) -> std::path::PathBuf {
+    static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut made = MADE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let venv = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let bin = venv.join("bin");
+    let marker = venv.join("installed-requirements.txt");
+    let installed = std::fs::read_to_string(&marker).ok();
+    if made.iter().any(|n| n == name) || installed.as_deref() == Some(requirements) {
+        return bin;
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let status = Command::new(program).args(args).status().unwrap();
+        assert!(status.success(), "{program:?} {args:?}: {status}");
+    };
+    run("python3".as_ref(), &["-m", "venv", venv.to_str().unwrap()]);
+    let wanted = venv.join("requirements.txt");
+    std::fs::write(&wanted, requirements).unwrap();
+    run(
+        &bin.join("pip"),
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            wanted.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(marker, requirements).unwrap();
+    made.push(name.to_owned());
+    bin
+}

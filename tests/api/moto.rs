@@ -24,34 +24,17 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::{
-    helpers::{Reply, StandIn, request, spawn_app_with, test_config},
+    helpers::{Reply, StandIn, python_venv, request, spawn_app_with, test_config},
     jwt::tamper,
 };
 
 /// The moto release the test pins.
-const MOTO: &str = "moto[server]==5.2.5";
+const MOTO: &str = "moto[server]==5.2.5\n";
 const REGION: &str = "us-east-1";
 
 /// `moto_server` from a virtualenv under `target/`, made on first use.
 fn moto_server() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("moto-venv");
-    let server = venv.join("bin").join("moto_server");
-    if server.exists() {
-        return server;
-    }
-    let run = |program: &PathBuf, args: &[&str]| {
-        let status = Command::new(program).args(args).status().unwrap();
-        assert!(status.success(), "{program:?} {args:?}: {status}");
-    };
-    run(
-        &PathBuf::from("python3"),
-        &["-m", "venv", venv.to_str().unwrap()],
-    );
-    run(
-        &venv.join("bin").join("pip"),
-        &["install", "--quiet", "--disable-pip-version-check", MOTO],
-    );
-    server
+    python_venv("moto-venv", MOTO).join("moto_server")
 }
 
 /// moto's server on a free loopback port; killed when dropped.

@@ -18,45 +18,14 @@ use serde_json::Value;
 use tonic::Code;
 
 use crate::helpers::{
-    Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape, until_received,
+    Reply, Running, StandIn, TOKEN, USERNAME, python_venv, request, sample, scrape, until_received,
 };
 
 /// The Python of a virtualenv under `target/` with
-/// `tests/otel/requirements.txt`, made once per test run (tests run in
-/// parallel: one makes it, the others wait).
+/// `tests/otel/requirements.txt`.
 fn otel_python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(make_otel_python).clone()
-}
-
-fn make_otel_python() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("otel-venv");
-    let python = venv.join("bin").join("python");
-    let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otel/requirements.txt");
-    let marker = venv.join("installed.txt");
-    let wanted = std::fs::read_to_string(requirements).unwrap();
-    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
-        return python;
-    }
-    let run = |program: &str, args: &[&str]| {
-        let status = Command::new(program).args(args).status().unwrap();
-        assert!(status.success(), "{program} {args:?}: {status}");
-    };
-    run("python3", &["-m", "venv", venv.to_str().unwrap()]);
-    run(
-        python.to_str().unwrap(),
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-            requirements,
-        ],
-    );
-    std::fs::write(marker, wanted).unwrap();
-    python
+    let requirements = include_str!("../otel/requirements.txt");
+    python_venv("otel-venv", requirements).join("python")
 }
 
 fn script(name: &str) -> String {
