@@ -115,39 +115,32 @@ impl KeyStore {
 
 /// The `https` (or, for endpoint overrides, `http`) client for JWKS fetches,
 /// trusting the system's roots. Without any, HTTPS fetches fail and calls
-/// fall through to Cognito; the failure is logged then.
-fn http_client() -> HttpClient {
+/// fall through to Cognito; a warning says so at start-up. `None` only if
+/// aws-lc-rs could not serve rustls' default protocol versions, which it
+/// always can: then every fetch fails the same way.
+fn http_client() -> Option<HttpClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    let (added, _unparsable) = roots.add_parsable_certificates(native.certs);
+    if added == 0 {
+        tracing::warn!(errors = ?native.errors, "no system CA roots: JWKS fetches over HTTPS will fail");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(FETCH_TIMEOUT));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match builder
-        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-    {
-        Ok(builder) => builder,
-        Err(err) => {
-            tracing::warn!(error = %err, "no system CA roots: JWKS fetches over HTTPS will fail");
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| unreachable_config()),
-            )
-        }
-    };
-    let https = builder.https_or_http().enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new()).build(https)
-}
-
-/// aws-lc-rs supports rustls' default protocol versions; this cannot run.
-fn unreachable_config() -> rustls::ClientConfig {
-    unreachable!("aws-lc-rs supports TLS 1.2 and 1.3")
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Some(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// One pool's keys and the state of their fetching.
@@ -155,7 +148,7 @@ fn unreachable_config() -> rustls::ClientConfig {
 struct PoolKeys {
     pool: UserPoolId,
     url: Uri,
-    client: HttpClient,
+    client: Option<HttpClient>,
     refresh_interval: Duration,
     state: Mutex<State>,
 }
@@ -299,11 +292,8 @@ impl PoolKeys {
             .header("accept", "application/json")
             .body(Empty::<Bytes>::new())
             .map_err(|_| FetchError::Request)?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(FetchError::Connect)?;
+        let client = self.client.as_ref().ok_or(FetchError::Request)?;
+        let response = client.request(request).await.map_err(FetchError::Connect)?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status(response.status()));
         }
