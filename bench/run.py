@@ -169,18 +169,21 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def service_args(port, upstream_port, *extra, metrics_port=0, drain="0s"):
+def service_args(port, upstream_port, *extra, metrics_port=0, drain="0s", binary=SERVICE):
     """The service as deployed: default flags, metrics recorded and served
-    (on `metrics_port`, any free one by default), loopback only; no drain
-    delay unless asked, so runs end promptly."""
-    return [str(SERVICE), "--region", "us-east-1",
+    (on `metrics_port`, any free one by default, unless `extra` sets
+    `--metrics-addr`), loopback only; no drain delay unless asked, so runs
+    end promptly. `binary`: another build of the service (`bench/ab.py`)."""
+    metrics = ([] if any(flag.startswith("--metrics-addr") for flag in extra)
+               else ["--metrics-addr", f"127.0.0.1:{metrics_port}"])
+    return [str(binary), "--region", "us-east-1",
             "--cognito-endpoint", f"http://127.0.0.1:{upstream_port}",
-            "--listen-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}",
-            "--drain-delay", drain, *extra]
+            "--listen-addr", f"127.0.0.1:{port}", *metrics, "--drain-delay", drain, *extra]
 
 
-def start_service(port, upstream_port, *extra, metrics_port=0, env=None):
-    proc = subprocess.Popen(service_args(port, upstream_port, *extra, metrics_port=metrics_port),
+def start_service(port, upstream_port, *extra, metrics_port=0, env=None, binary=SERVICE):
+    proc = subprocess.Popen(service_args(port, upstream_port, *extra, metrics_port=metrics_port,
+                                         binary=binary),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, **(env or {})))
     wait_port(port)

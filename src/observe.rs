@@ -20,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use metrics::{Counter, Gauge, Histogram};
 use tonic::{Code, Status, codegen::http, metadata::AsciiMetadataValue};
 use tower::{Layer, Service};
 use tracing::{Instrument as _, Level};
@@ -78,6 +79,9 @@ impl Source {
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
 
+/// The method label of calls to methods the service does not have.
+const UNKNOWN_METHOD: &str = "unknown";
+
 /// The server span name of calls to methods the service does not have.
 const UNKNOWN_METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/unknown";
 
@@ -112,13 +116,74 @@ impl CallNotes {
 #[derive(Debug, Clone, Default)]
 pub struct ObserveLayer {
     tracing: Tracing,
+    metrics: Arc<RpcMetrics>,
 }
 
 impl ObserveLayer {
     /// The observer, reading trace context and starting server spans with
     /// `tracing`.
     pub fn new(tracing: Tracing) -> Self {
-        Self { tracing }
+        Self {
+            tracing,
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// The methods a call can be labelled with (see [`rpc_method`]).
+const METHODS: [&str; 2] = [METHOD, UNKNOWN_METHOD];
+
+/// gRPC codes 0 (OK) to 16 (UNAUTHENTICATED).
+const CODES: usize = 17;
+
+/// The RPC metrics' handles, each resolved from the recorder once, on the
+/// first call that uses its label set, then reused: resolving builds the key
+/// (a label vector) and looks it up in the recorder's registry, on every call
+/// otherwise (bench/PROFILE.md). One set per observer, so per server: in
+/// tests, each server records into the recorder of the thread that first
+/// uses a handle, as before. A series still appears in `/metrics` only once
+/// a call has used it.
+#[derive(Default)]
+struct RpcMetrics {
+    in_flight: OnceLock<Gauge>,
+    /// By method, code and source (index in [`Source::ALL`]).
+    requests: [[[OnceLock<Counter>; Source::ALL.len()]; CODES]; METHODS.len()],
+    /// By method.
+    duration: [OnceLock<Histogram>; METHODS.len()],
+}
+
+impl std::fmt::Debug for RpcMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcMetrics").finish_non_exhaustive()
+    }
+}
+
+impl RpcMetrics {
+    fn in_flight(&self) -> &Gauge {
+        self.in_flight
+            .get_or_init(|| metrics::gauge!(metric_names::RPC_IN_FLIGHT))
+    }
+
+    fn record(&self, method: &'static str, code: Code, source: Source, elapsed: Duration) {
+        let m = usize::from(method != METHOD);
+        let c = usize::try_from(code as i32).map_or(Code::Unknown as usize, |c| c.min(CODES - 1));
+        let s = Source::ALL
+            .iter()
+            .position(|&known| known == source)
+            .unwrap_or_default();
+        self.requests[m][c][s]
+            .get_or_init(|| {
+                metrics::counter!(
+                    metric_names::RPC_REQUESTS,
+                    "method" => METHODS[m],
+                    "code" => code_name(code),
+                    "source" => source.as_str()
+                )
+            })
+            .increment(1);
+        self.duration[m]
+            .get_or_init(|| metrics::histogram!(metric_names::RPC_DURATION, "method" => METHODS[m]))
+            .record(elapsed.as_secs_f64());
     }
 }
 
@@ -129,6 +194,7 @@ impl<S> Layer<S> for ObserveLayer {
         Observed {
             inner,
             tracing: self.tracing.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 }
@@ -138,6 +204,7 @@ impl<S> Layer<S> for ObserveLayer {
 pub struct Observed<S> {
     inner: S,
     tracing: Tracing,
+    metrics: Arc<RpcMetrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -174,7 +241,7 @@ where
             UNKNOWN_METHOD_PATH
         };
         let trace = self.tracing.server_span(parent, name, SERVICE_NAME, method);
-        let call = Call::start(method, trace);
+        let call = Call::start(method, trace, Arc::clone(&self.metrics));
         request.extensions_mut().insert(Arrival(call.arrived));
         request.extensions_mut().insert(Arc::clone(&call.notes));
         let answer = match refusal {
@@ -204,16 +271,22 @@ where
 /// CANCELLED.
 struct Call {
     method: &'static str,
+    metrics: Arc<RpcMetrics>,
     arrived: Instant,
     notes: Arc<CallNotes>,
     finished: bool,
 }
 
 impl Call {
-    fn start(method: &'static str, trace: opentelemetry::Context) -> Self {
-        metrics::gauge!(metric_names::RPC_IN_FLIGHT).increment(1.0);
+    fn start(
+        method: &'static str,
+        trace: opentelemetry::Context,
+        metrics: Arc<RpcMetrics>,
+    ) -> Self {
+        metrics.in_flight().increment(1.0);
         Self {
             method,
+            metrics,
             arrived: Instant::now(),
             notes: Arc::new(CallNotes {
                 pool: OnceLock::new(),
@@ -245,16 +318,7 @@ impl Call {
 
     /// The metrics and the line, from one `elapsed`.
     fn record(&self, code: Code, source: Source, elapsed: Duration, outcome: &Outcome<'_>) {
-        let code_name = code_name(code);
-        metrics::counter!(
-            metric_names::RPC_REQUESTS,
-            "method" => self.method,
-            "code" => code_name,
-            "source" => source.as_str()
-        )
-        .increment(1);
-        metrics::histogram!(metric_names::RPC_DURATION, "method" => self.method)
-            .record(elapsed.as_secs_f64());
+        self.metrics.record(self.method, code, source, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let trace = &self.notes.trace;
         traces::end_server_span(trace, code, outcome.reason(), source.as_str());
@@ -262,7 +326,7 @@ impl Call {
         log_line(
             &Line {
                 method: self.method,
-                code: code_name,
+                code: code_name(code),
                 source,
                 pool_id: self.notes.pool(),
                 trace_id: &trace_id,
@@ -287,7 +351,7 @@ impl Drop for Call {
                 &outcome,
             );
         }
-        metrics::gauge!(metric_names::RPC_IN_FLIGHT).decrement(1.0);
+        self.metrics.in_flight().decrement(1.0);
     }
 }
 
@@ -425,7 +489,11 @@ fn rpc_method(path: &str) -> Option<&'static str> {
         .strip_prefix('/')?
         .strip_prefix(SERVICE_NAME)?
         .strip_prefix('/')?;
-    Some(if method == METHOD { METHOD } else { "unknown" })
+    Some(if method == METHOD {
+        METHOD
+    } else {
+        UNKNOWN_METHOD
+    })
 }
 
 /// The call's gRPC code. An error answer is trailers-only, its status in the
