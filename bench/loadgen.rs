@@ -105,8 +105,17 @@ struct Tally {
     error_codes: BTreeMap<String, u64>,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// The service's runtime settings (src/main.rs: tokio's LIFO slot off), so
+/// the SDK floor is the same client under the same runtime as in the service.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .disable_lifo_slot()
+        .build()?
+        .block_on(generate())
+}
+
+async fn generate() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     if args.mode == Mode::Startup {
         return startup(&args).await;
