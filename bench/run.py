@@ -694,7 +694,11 @@ def rebased_targets(rows, memory, lean):
     lines = ["## Targets (re-based: what the facade adds)", "",
              "The targets of issue 14: what the facade adds to its two legs (the gRPC floor's server "
              "work and the SDK floor's client work), with shipped defaults (info logs, metrics, single "
-             "flight on), no user pools, no trace export. CPU from `/proc` over each measured window.", "",
+             "flight on), no user pools, no trace export. CPU from `/proc` over each measured window. "
+             "The load generator, and so the SDK floor, runs the service's allocator and runtime "
+             "settings (mimalloc, tokio's LIFO slot off): the same client under the same runtime. "
+             "The p50 target is over the SDK floor alone, so the gRPC floor's own round trip (the row "
+             "after it) counts against it.", "",
              "| target | inputs | measured | target | verdict |", "|---|---|---|---|---|"]
     for c, target in ((64, 15), (1, 40)):
         got = added_cpu(c)
@@ -705,8 +709,11 @@ def rebased_targets(rows, memory, lean):
                          f"{verdict(added <= target)} |")
     if 1 in by:
         f, s = by[1]["facade"]["p50_us"], by[1]["sdk"]["p50_us"]
+        g = by[1]["health"]["p50_us"]
         lines.append(f"| p50 at concurrency 1, facade minus SDK floor, default worker count | {f} − {s} µs | "
                      f"{f - s} µs | ≤ 100 µs | {verdict(f - s <= 100)} |")
+        lines.append(f"| p50 at concurrency 1 over both floors: facade minus SDK floor minus gRPC floor | "
+                     f"{f} − {s} − {g} µs | {f - s - g} µs | reported | |")
     held, sdk = memory["service_peak_kb"] / 1024, memory["sdk_peak_kb"] / 1024
     lines.append(f"| memory with {memory['inflight']} calls in flight: service peak minus SDK-alone peak | "
                  f"{held:.1f} − {sdk:.1f} MiB | {held - sdk:.1f} MiB | ≤ 4 MiB | {verdict(held - sdk <= 4)} |")
