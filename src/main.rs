@@ -83,13 +83,12 @@ fn main() -> ExitCode {
     })
 }
 
-/// `healthcheck`: exit 0 only on SERVING; one line on stderr otherwise.
 /// The runtime: one worker per core (or per CPU the cgroup allows), with
 /// tokio's LIFO slot off. The slot runs the task a worker woke last before
 /// anything else and cannot be stolen; under load that kept calls queued
 /// behind one worker while the other woke, found nothing it could take and
-/// slept again. Off, at 64 callers: a third more calls per second and a
-/// quarter less CPU per call; at one caller the same latency and more CPU per
+/// slept again. Off, at 64 callers: over a third more calls per second and
+/// a quarter less CPU per call; at one caller the same latency and more CPU per
 /// call, since every wake-up now may rouse the idle worker (bench/PROFILE.md).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -104,6 +103,7 @@ compile_error!(
      environment replaces it): the runtime turns off tokio's LIFO slot, see bench/PROFILE.md"
 );
 
+/// `healthcheck`: exit 0 only on SERVING; one line on stderr otherwise.
 async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
     match healthcheck::check(args.addr(), args.service(), args.timeout()).await {
         Ok(ServingStatus::Serving) => ExitCode::SUCCESS,

@@ -106,6 +106,10 @@ thread_local! {
     static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A line buffer grown past this (a very long event, say at `trace`) is
+/// given back after its line rather than kept by its thread.
+const LINE_KEPT_BYTES: usize = 16 * 1024;
+
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -126,7 +130,11 @@ where
             line.clear();
             json_line(line, event)?;
             let text = std::str::from_utf8(line).map_err(|_| fmt::Error)?;
-            writer.write_str(text)
+            let written = writer.write_str(text);
+            if line.capacity() > LINE_KEPT_BYTES {
+                *line = Vec::new();
+            }
+            written
         })
     }
 }
@@ -281,6 +289,20 @@ mod tests {
         let theirs: Vec<String> = theirs.lines().map(without_timestamp).collect();
         assert_eq!(ours.len(), 7, "{ours:#?}");
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn a_long_line_is_written_whole_and_its_buffer_is_not_kept() {
+        let long = "x".repeat(4 * LINE_KEPT_BYTES);
+        let logs = capture(LogFormat::Json, "info", || {
+            tracing::info!(long = long.as_str(), "long");
+            tracing::info!("short");
+        });
+        assert!(logs.lines().next().unwrap().contains(&long));
+        assert_eq!(logs.lines().count(), 2);
+        let kept = LINE.with(|line| line.borrow().capacity());
+        assert!(kept <= LINE_KEPT_BYTES, "{kept}");
+        assert!(kept > 0, "the short line's buffer is kept");
     }
 
     #[test]
