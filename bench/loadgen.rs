@@ -25,6 +25,7 @@ use std::{
 
 use clap::{Parser, ValueEnum};
 use cognito_facade::{
+    app,
     cognito::{Cognito, UpstreamConfig},
     proto::{
         GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
@@ -105,14 +106,10 @@ struct Tally {
     error_codes: BTreeMap<String, u64>,
 }
 
-/// The service's runtime settings (src/main.rs: tokio's LIFO slot off), so
-/// the SDK floor is the same client under the same runtime as in the service.
+/// On the service's own runtime (`app::runtime`), so the SDK floor is the
+/// same client under the same runtime as in the service.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .disable_lifo_slot()
-        .build()?
-        .block_on(generate())
+    app::runtime()?.block_on(generate())
 }
 
 async fn generate() -> Result<(), Box<dyn std::error::Error>> {

@@ -19,6 +19,28 @@ use crate::{
     verify::TokenGate,
 };
 
+/// The runtime the service runs on, and the load generator too (so the
+/// benchmark's SDK floor is the same client under the same runtime): one
+/// worker per core (or per CPU the cgroup allows), with tokio's LIFO slot
+/// off. The slot runs the task a worker woke last before anything else and
+/// cannot be stolen; under load that kept calls queued behind one worker
+/// while the other woke, found nothing it could take and slept again. Off,
+/// at 64 callers: over a third more calls per second and a quarter less CPU
+/// per call; at one caller the same latency and more CPU per call, since
+/// every wake-up now may rouse the idle worker (bench/PROFILE.md).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .disable_lifo_slot()
+        .build()
+}
+
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "build with `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS in the \
+     environment replaces it): the runtime turns off tokio's LIFO slot, see bench/PROFILE.md"
+);
+
 /// Why the application could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

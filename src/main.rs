@@ -7,7 +7,10 @@ mod cli;
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use cognito_facade::{app::Application, healthcheck, telemetry};
+use cognito_facade::{
+    app::{self, Application},
+    healthcheck, telemetry,
+};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::{Cli, Command, HealthcheckArgs};
@@ -36,7 +39,7 @@ fn main() -> ExitCode {
             ));
         }
     };
-    let runtime = match runtime() {
+    let runtime = match app::runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cognito-facade: starting the async runtime: {err}");
@@ -82,26 +85,6 @@ fn main() -> ExitCode {
         }
     })
 }
-
-/// The runtime: one worker per core (or per CPU the cgroup allows), with
-/// tokio's LIFO slot off. The slot runs the task a worker woke last before
-/// anything else and cannot be stolen; under load that kept calls queued
-/// behind one worker while the other woke, found nothing it could take and
-/// slept again. Off, at 64 callers: over a third more calls per second and
-/// a quarter less CPU per call; at one caller the same latency and more CPU per
-/// call, since every wake-up now may rouse the idle worker (bench/PROFILE.md).
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .disable_lifo_slot()
-        .build()
-}
-
-#[cfg(not(tokio_unstable))]
-compile_error!(
-    "build with `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS in the \
-     environment replaces it): the runtime turns off tokio's LIFO slot, see bench/PROFILE.md"
-);
 
 /// `healthcheck`: exit 0 only on SERVING; one line on stderr otherwise.
 async fn run_healthcheck(args: HealthcheckArgs) -> ExitCode {
