@@ -207,6 +207,17 @@ impl Drop for Running {
     }
 }
 
+/// A helper process (moto, the OTLP receiver), killed and reaped when its
+/// test is done with it, whichever way the test ends.
+pub(crate) struct KilledOnDrop(pub(crate) Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Running {
     /// Starts the binary and waits (bounded) for its "serving" log line, which
     /// names the bound address (so a `RUST_LOG` filter must let

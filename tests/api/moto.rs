@@ -9,7 +9,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,7 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::{
-    helpers::{Reply, StandIn, python_venv, request, spawn_app_with, test_config},
+    helpers::{KilledOnDrop, Reply, StandIn, python_venv, request, spawn_app_with, test_config},
     jwt::tamper,
 };
 
@@ -39,15 +39,8 @@ fn moto_server() -> PathBuf {
 
 /// moto's server on a free loopback port; killed when dropped.
 struct Moto {
-    child: Child,
+    _child: KilledOnDrop,
     addr: SocketAddr,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Moto {
@@ -58,19 +51,24 @@ impl Moto {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = KilledOnDrop(
+            Command::new(server)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(addr).is_err() {
             assert!(Instant::now() < deadline, "moto never listened on {addr}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, addr }
+        Self {
+            _child: child,
+            addr,
+        }
     }
 
     fn endpoint(&self) -> String {

@@ -10,7 +10,7 @@ use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -18,7 +18,8 @@ use serde_json::Value;
 use tonic::Code;
 
 use crate::helpers::{
-    Reply, Running, StandIn, TOKEN, USERNAME, python_venv, request, sample, scrape, until_received,
+    KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, python_venv, request, sample, scrape,
+    until_received,
 };
 
 /// The Python of a virtualenv under `target/` with
@@ -34,30 +35,25 @@ fn script(name: &str) -> String {
 
 /// The test receiver; killed when dropped.
 struct Receiver {
-    child: Child,
+    _child: KilledOnDrop,
     grpc: u16,
     http: u16,
     out: PathBuf,
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Receiver {
     fn start(python: &PathBuf) -> Self {
         let out = tempfile_path("spans");
-        let mut child = Command::new(python)
-            .args([script("receiver.py"), out.to_str().unwrap().to_owned()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut child = KilledOnDrop(
+            Command::new(python)
+                .args([script("receiver.py"), out.to_str().unwrap().to_owned()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        );
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
+        BufReader::new(child.0.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
         let port = |key: &str| -> u16 {
@@ -70,7 +66,7 @@ impl Receiver {
         Self {
             grpc: port("grpc="),
             http: port("http="),
-            child,
+            _child: child,
             out,
         }
     }
