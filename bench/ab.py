@@ -183,7 +183,7 @@ def main():
             run.wait_port(slow_port)
         body = workdir / "ab-call.bin"
         token = b"bench.ab.token"
-        body.write_bytes(run.grpc_frame(b"\x0a" + bytes([len(token)]) + token))
+        body.write_bytes(run.facade_request(token))
         counted = {v["name"]: [] for v in variants}
         for round_ in range(args.pairs):
             # Alternate the order so neither variant always runs first.

@@ -74,6 +74,13 @@ def grpc_frame(message):
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+def facade_request(token):
+    """A GetUserAuthFactors call's body for h2load: the gRPC frame of the
+    request message with `access_token` (field 1, under 128 bytes) set."""
+    assert len(token) < 128
+    return grpc_frame(b"\x0a" + bytes([len(token)]) + token)
+
+
 def h2load(port, path, body_file, seconds, connections=16, streams=4):
     """h2load (a lean HTTP/2 load generator in C) posting `body_file` as a
     gRPC call to `path`: calls per second over `seconds` after a 1 s warm-up."""
@@ -97,7 +104,7 @@ def lean_throughput(nginx_port, workdir, seconds):
     health_body, facade_body = workdir / "health.bin", workdir / "facade.bin"
     health_body.write_bytes(grpc_frame(b""))
     token = b"bench.h2load.token"
-    facade_body.write_bytes(grpc_frame(b"\x0a" + bytes([len(token)]) + token))
+    facade_body.write_bytes(facade_request(token))
     port, metrics_port = free_port(), free_port()
     proc = start_service(port, nginx_port, "--coalesce=false", metrics_port=metrics_port)
     try:
