@@ -13,18 +13,26 @@ load is bounded in time. Exits 1 if a promise does not hold:
 - nothing in flight afterwards;
 - on SIGTERM: health NOT_SERVING within 1 s, exit 0 within drain + grace, and
   no status other than OK, UNAVAILABLE and tonic's CANCELLED (what the README
-  documents for shutdown) seen by the load.
+  documents for shutdown) seen by the load;
+- connections (a service of their own each): silent connections closed at
+  the handshake deadline; out of descriptors (`ulimit -n 600`, 700 silent
+  connections), under 5% of a core and SERVING again after the deadline;
+  `--max-connections 200` holds 200 of 300 HTTP/2 openings.
 """
 
 import argparse
 import json
 import os
+import resource
+import select
+import socket
 import subprocess
 import sys
 import time
 
 import run
-from run import LOADGEN, ROOT, SERVICE, STANDIN, free_port, metric_sum, rss_kb, wait_port
+from run import (LOADGEN, ROOT, SERVICE, STANDIN, cpu_seconds, free_port, metric_sum, rss_kb,
+                 wait_port)
 
 RATE = 2000
 CONCURRENCY = 64
@@ -47,6 +55,154 @@ def serving(port):
     """0 SERVING, 1 not (the binary's own healthcheck)."""
     return subprocess.run([str(SERVICE), "healthcheck", "--addr", f"127.0.0.1:{port}",
                            "--timeout", "1s"], capture_output=True).returncode
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+EMPTY_SETTINGS = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def open_sockets(port, n, opening=b""):
+    """`n` connections, each with the time it opened, after sending `opening`."""
+    socks = []
+    for _ in range(n):
+        sock = socket.create_connection(("127.0.0.1", port))
+        if opening:
+            sock.sendall(opening)
+        socks.append((sock, time.monotonic()))
+    return socks
+
+
+def start_connecting(port, n):
+    """`n` connection attempts that do not wait for the server to accept them:
+    past a full accept queue the kernel completes them when there is room."""
+    socks = []
+    for _ in range(n):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+def wait_closed(socks, bound):
+    """The longest a socket stayed open before the server closed it, or None
+    if one was still open `bound` seconds after the last opened."""
+    opened = dict(socks)
+    pending = list(opened)
+    lifetime = 0.0
+    end = max(opened.values()) + bound
+    while pending and time.monotonic() < end:
+        readable, _, _ = select.select(pending, [], [], 0.05)
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                pending.remove(sock)
+                lifetime = max(lifetime, time.monotonic() - opened[sock])
+    return None if pending else lifetime
+
+
+def still_open(socks, settle=1.0):
+    """How many of `socks` the server has not closed after `settle` seconds."""
+    closed = set()
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        readable, _, _ = select.select([s for s in socks if s not in closed], [], [], 0.05)
+        for sock in readable:
+            try:
+                if not sock.recv(65536):
+                    closed.add(sock)
+            except ConnectionResetError:
+                closed.add(sock)
+    return len(socks) - len(closed)
+
+
+def connection_service(upstream_port, *flags, fd_limit=None):
+    """A service for one connection check, optionally under `ulimit -n`."""
+    port, metrics_port = free_port(), free_port()
+    args = run.service_args(port, upstream_port, *flags, metrics_port=metrics_port)
+    if fd_limit:
+        args = ["sh", "-c", f'ulimit -n {fd_limit} && exec "$0" "$@"', *args]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port, metrics_port
+
+
+def connection_checks(upstream_port, smoke):
+    """The handshake deadline, descriptors running out, and the cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    deadline, silent_n = (1, 200) if smoke else (3, 1000)
+    checks = []
+
+    proc, port, _ = connection_service(upstream_port, "--handshake-timeout", f"{deadline}s")
+    try:
+        idle = rss_kb(proc.pid)
+        socks = open_sockets(port, silent_n)
+        time.sleep(0.3)
+        per_conn = (rss_kb(proc.pid) - idle) * 1024 / silent_n
+        closed = wait_closed(socks, deadline + 3)
+        checks.append((f"{silent_n} silent connections closed at the handshake deadline "
+                       f"({deadline} s)",
+                       "never" if closed is None else f"each within {closed:.2f} s of opening "
+                       f"(RSS {per_conn / 1024:.1f} KiB each while open)",
+                       closed is not None and deadline <= closed <= deadline + 1))
+        for sock, _ in socks:
+            sock.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+    # A longer deadline here: the CPU is measured while the descriptors are out.
+    fd_deadline = 2 if smoke else 6
+    proc, port, metrics_port = connection_service(
+        upstream_port, "--handshake-timeout", f"{fd_deadline}s", "--max-connections", "10000",
+        fd_limit=600)
+    try:
+        socks = start_connecting(port, 700)
+        time.sleep(0.5)
+        window = fd_deadline - 1
+        before = cpu_seconds(proc.pid)
+        time.sleep(window)
+        cpu = (cpu_seconds(proc.pid) - before) / window
+        in_use = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        started = time.monotonic()
+        answered = None
+        while time.monotonic() - started < fd_deadline * 3 + 5:
+            if subprocess.run([str(SERVICE), "healthcheck", "--addr", f"127.0.0.1:{port}",
+                               "--timeout", "2s"], capture_output=True).returncode == 0:
+                answered = time.monotonic() - started
+                break
+        errors = metric_sum(metrics_port, "cognito_facade_accept_errors_total")
+        checks.append(("out of descriptors (`ulimit -n 600`, 700 silent connections): CPU "
+                       "under 5% of a core", f"{cpu * 100:.1f}% over {window} s with {in_use} of 600 "
+                       f"descriptors in use ({errors:.0f} failed accepts, backing off)",
+                       cpu < 0.05 and in_use >= 590 and errors > 0))
+        checks.append(("... and a new connection's health Check answers SERVING after the "
+                       "deadline", "never" if answered is None else f"after {answered:.1f} s",
+                       answered is not None and answered <= fd_deadline + 3))
+        for sock in socks:
+            sock.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+    proc, port, metrics_port = connection_service(upstream_port, "--max-connections", "200")
+    try:
+        socks = [sock for sock, _ in open_sockets(port, 300, PREFACE + EMPTY_SETTINGS)]
+        held = still_open(socks)
+        refused = metric_sum(metrics_port, "cognito_facade_connections_refused_total")
+        checks.append(("`--max-connections 200`, 300 HTTP/2 openings: at most 200 held",
+                       f"{held} held, {refused:.0f} refused", held == 200))
+        for sock in socks:
+            sock.close()
+    finally:
+        proc.kill()
+        proc.wait()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return checks
 
 
 def main():
@@ -93,6 +249,7 @@ def main():
             code = None
         exited = time.monotonic() - signalled
         during = last_json(load.communicate(timeout=60)[0])
+        connections = connection_checks(upstream_port, smoke)
     finally:
         for proc in (service, standin):
             if proc and proc.poll() is None:
@@ -118,6 +275,7 @@ def main():
         ("SIGTERM: only OK and UNAVAILABLE (or tonic's CANCELLED) under load",
          f"{during['requests']} OK, failed by code: {during['error_codes'] or 'none'}",
          set(during["error_codes"]) <= {"Unavailable", "Cancelled"}),
+        *connections,
     ]
     lines = ["# Reliability", "",
              "Generated by `python3 bench/soak.py`" + (" --smoke" if smoke else "") +

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::{
     cognito::{Cognito, SetupError},
     config::{Config, ConfigError},
+    listener,
     observe::ObserveLayer,
     prometheus,
     server::{self, ServerError},
@@ -110,6 +111,8 @@ impl Application {
             None => None,
         };
         let (listener, addr) = bind("gRPC", config.server.listen_addr).await?;
+        let mut config = config;
+        config.server.max_connections = Some(connection_cap(&config));
         let metrics = match metrics_listener {
             Some((listener, addr)) => Some(Metrics {
                 listener,
@@ -182,6 +185,24 @@ impl Application {
         let _ = stop_metrics.send(());
         result.map(drop)
     }
+}
+
+/// Raises the descriptor limit and settles the connection cap: the
+/// configured one, or the default the raised limit allows. Logs both.
+fn connection_cap(config: &Config) -> usize {
+    let fd = listener::raise_fd_limit();
+    let max_connections = config.server.max_connections.unwrap_or_else(|| {
+        listener::default_max_connections(fd.soft, config.service.max_concurrent_requests)
+    });
+    tracing::info!(
+        fd_soft_was = fd.soft_was,
+        fd_soft = fd.soft,
+        fd_hard = fd.hard,
+        max_connections,
+        handshake_timeout = ?config.server.handshake_timeout,
+        "connection limits"
+    );
+    max_connections
 }
 
 async fn bind(

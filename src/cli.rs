@@ -12,7 +12,7 @@ use cognito_facade::{
     cognito::{self, UpstreamConfig},
     config::*,
     economy::{self, EconomyConfig},
-    healthcheck, jwks,
+    healthcheck, jwks, listener,
     pools::UserPoolId,
     prometheus,
     server::{self, ServerConfig},
@@ -189,6 +189,16 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = economy::DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
     cache_max_entries: usize,
 
+    /// Time a new connection gets to finish TLS (when on) and send the HTTP/2 preface and
+    /// SETTINGS; then it is closed.
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value_t = shown(listener::DEFAULT_HANDSHAKE_TIMEOUT), value_name = "DURATION")]
+    handshake_timeout: humantime::Duration,
+
+    /// Most client connections at once; more are closed at once. Default: the file-descriptor
+    /// limit less one per --max-concurrent-requests and 64 more (at most half of it).
+    #[arg(long, env = ENV_MAX_CONNECTIONS, value_name = "N")]
+    max_connections: Option<usize>,
+
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = shown(server::DEFAULT_KEEPALIVE_INTERVAL), value_name = "DURATION")]
     keepalive_interval: humantime::Duration,
@@ -261,6 +271,8 @@ impl Cli {
                 keepalive_interval: self.keepalive_interval.into(),
                 keepalive_timeout: self.keepalive_timeout.into(),
                 tls,
+                handshake_timeout: self.handshake_timeout.into(),
+                max_connections: self.max_connections,
             },
             service: ServiceConfig {
                 max_concurrent_requests: self.max_concurrent_requests,
@@ -334,6 +346,11 @@ mod tests {
             defaults.server.keepalive_timeout
         );
         assert!(config.server.tls.is_none());
+        assert_eq!(
+            config.server.handshake_timeout,
+            defaults.server.handshake_timeout
+        );
+        assert_eq!(config.server.max_connections, None);
         assert_eq!(config.service, defaults.service);
         // AWS_REGION may be set where the tests run.
         let upstream = UpstreamConfig {
@@ -398,6 +415,9 @@ mod tests {
                 "--max-concurrent-requests",
             ),
             (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+            (&["--handshake-timeout", "0s"][..], "--handshake-timeout"),
+            (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--max-connections", "many"][..], "--max-connections"),
             (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
             (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
             (

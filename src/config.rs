@@ -61,6 +61,10 @@ pub const ENV_MAX_CONNECTION_AGE: &str = "COGNITO_FACADE_MAX_CONNECTION_AGE";
 pub const ENV_KEEPALIVE_INTERVAL: &str = "COGNITO_FACADE_KEEPALIVE_INTERVAL";
 /// Env var for `--keepalive-timeout`.
 pub const ENV_KEEPALIVE_TIMEOUT: &str = "COGNITO_FACADE_KEEPALIVE_TIMEOUT";
+/// Env var for `--handshake-timeout`.
+pub const ENV_HANDSHAKE_TIMEOUT: &str = "COGNITO_FACADE_HANDSHAKE_TIMEOUT";
+/// Env var for `--max-connections`.
+pub const ENV_MAX_CONNECTIONS: &str = "COGNITO_FACADE_MAX_CONNECTIONS";
 /// Env var for `--coalesce`.
 pub const ENV_COALESCE: &str = "COGNITO_FACADE_COALESCE";
 /// Env var for `--cache-ttl`.
@@ -163,6 +167,7 @@ impl Config {
             ("max-connection-age", server.max_connection_age),
             ("keepalive-interval", server.keepalive_interval),
             ("keepalive-timeout", server.keepalive_timeout),
+            ("handshake-timeout", server.handshake_timeout),
             ("jwks-refresh-interval", self.tokens.jwks_refresh_interval),
         ] {
             if value.is_zero() {
@@ -175,6 +180,7 @@ impl Config {
                 "max-concurrent-requests",
                 self.service.max_concurrent_requests,
             ),
+            ("max-connections", server.max_connections.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { flag });

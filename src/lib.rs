@@ -15,7 +15,8 @@
 //!  6  service                          the RPC: token → economy → Cognito
 //!  5  economy  observe                 single flight and cache; the call's
 //!                                      one observer (clock, metrics, line);
-//!     verify                           pools, routing, local verification
+//!     verify                           pools, routing, local verification;
+//!     listener                         connection cap, handshake deadline
 //!  4  cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
 //!     healthcheck  jwks  traces        the health probe; the pools' keys;
 //!                                      trace context in, spans out
@@ -28,7 +29,9 @@
 //!
 //! # One call
 //!
-//! A call arrives on the listener [`server::run`] serves; [`observe`] starts
+//! A connection is admitted by [`listener`] (under the connection cap, TLS and
+//! the HTTP/2 opening within the handshake deadline) and served by tonic in
+//! [`server::run`]. A call arrives on it; [`observe`] starts
 //! its one clock, refuses it if it is not gRPC, and passes it to tonic, which
 //! decodes it (refusing oversize messages) and calls
 //! [`service::FacadeService`]. The service takes the token from the field or
@@ -47,6 +50,7 @@ pub mod economy;
 pub mod error;
 pub mod healthcheck;
 pub mod jwks;
+pub mod listener;
 pub mod metric_names;
 pub mod observe;
 pub mod pools;

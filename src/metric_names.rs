@@ -37,3 +37,16 @@ pub const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";
 /// Spans not exported, by `reason`: `queue_full` (the collector is slow or
 /// away, or the service is stopping) or `export_failed`.
 pub const TRACE_SPANS_DROPPED: &str = "cognito_facade_trace_spans_dropped_total";
+/// Client connections open now on the gRPC listener, handshakes included.
+pub const CONNECTIONS_OPEN: &str = "cognito_facade_connections_open";
+/// The connection cap (`--max-connections`, or its default from the
+/// file-descriptor limit).
+pub const MAX_CONNECTIONS: &str = "cognito_facade_max_connections";
+/// Connections closed at once because the cap was reached.
+pub const CONNECTIONS_REFUSED: &str = "cognito_facade_connections_refused_total";
+/// Connections closed because TLS, the HTTP/2 preface and SETTINGS did not
+/// arrive within `--handshake-timeout`.
+pub const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
+/// `accept` failures that made the listener back off, by `error` (`EMFILE`,
+/// `ENFILE`, `ENOMEM`, `ENOBUFS`, `other`).
+pub const ACCEPT_ERRORS: &str = "cognito_facade_accept_errors_total";

@@ -13,7 +13,8 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 use tokio::net::TcpListener;
 
 use crate::metric_names::{
-    BUILD_INFO, CACHE_HITS, COALESCED, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
+    ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
+    HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
     UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_REQUESTS,
 };
 
@@ -61,6 +62,23 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "Calls that shared another call's upstream request"
     );
     metrics::describe_counter!(CACHE_HITS, "Calls answered from the cache");
+    metrics::describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open on the gRPC listener, handshakes included"
+    );
+    metrics::describe_gauge!(MAX_CONNECTIONS, "The connection cap");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because the cap was reached"
+    );
+    metrics::describe_counter!(
+        HANDSHAKE_TIMEOUTS,
+        "Connections closed for not finishing TLS and the HTTP/2 preface and SETTINGS in time"
+    );
+    metrics::describe_counter!(
+        ACCEPT_ERRORS,
+        "Failures to accept a connection that made the listener back off, by error"
+    );
     metrics::describe_gauge!(BUILD_INFO, "Build information");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

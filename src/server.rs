@@ -9,13 +9,11 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tonic::{
-    server::NamedService,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, transport::Server};
 use tonic_health::ServingStatus;
 
 use crate::{
+    listener::{self, ConnectionLimits},
     observe::ObserveLayer,
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
     service::FacadeService,
@@ -67,6 +65,11 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// TLS on the gRPC listener; `None` serves plaintext (h2c).
     pub tls: Option<TlsConfig>,
+    /// Time a new connection gets for TLS, the HTTP/2 preface and SETTINGS.
+    pub handshake_timeout: Duration,
+    /// Most client connections at once; `None` takes the default from the
+    /// file-descriptor limit ([`listener::default_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,8 @@ impl Default for ServerConfig {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             tls: None,
+            handshake_timeout: listener::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: None,
         }
     }
 }
@@ -87,6 +92,9 @@ impl Default for ServerConfig {
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The TLS files made no acceptor (they were checked at start-up).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The reflection service could not read the descriptor sets.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -127,18 +135,20 @@ pub async fn run(
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
     let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = Server::builder()
+    let limits = ConnectionLimits {
+        // The application fills the default in from the descriptor limit.
+        max_connections: config.max_connections.unwrap_or(usize::MAX),
+        handshake_timeout: config.handshake_timeout,
+    };
+    let acceptor = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
+    let incoming = listener::incoming(listener, limits, acceptor);
+    let server = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_connection_age(config.max_connection_age)
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE);
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    let server = builder
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(observer)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,7 +1,12 @@
 //! Log subscriber setup: a format, a filter from `RUST_LOG`, a writer, and a
 //! guard that keeps secrets out of every line whatever the filter says.
 
-use std::{cell::RefCell, fmt};
+use std::{
+    cell::RefCell,
+    fmt,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use serde::ser::{SerializeMap as _, Serializer as _};
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -39,6 +44,42 @@ const SDK_WIRE_TRACE_TARGET: &str = "aws_smithy_runtime::client::orchestrator";
 /// An env var that makes the AWS SDK log response bodies (usernames) even for
 /// outputs its model marks sensitive.
 pub const SDK_SENSITIVE_BODIES_VAR: &str = "LOG_SENSITIVE_BODIES";
+
+/// At most one event per interval, for warnings that a hostile caller or a
+/// failing dependency could otherwise repeat thousands of times a second.
+#[derive(Debug)]
+pub struct Every {
+    interval: Duration,
+    state: Mutex<EveryState>,
+}
+
+#[derive(Debug, Default)]
+struct EveryState {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Every {
+    /// Lets the first event through, then one per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    /// `Some(events held back since the last one let through)` when this one
+    /// may be logged; `None` when it is to be held back.
+    pub fn ready(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.last.is_some_and(|at| at.elapsed() < self.interval) {
+            state.suppressed += 1;
+            return None;
+        }
+        state.last = Some(Instant::now());
+        Some(std::mem::take(&mut state.suppressed))
+    }
+}
 
 /// Refuses to start when [`SDK_SENSITIVE_BODIES_VAR`] is set: this service
 /// promises that no username reaches a log.
@@ -303,6 +344,17 @@ mod tests {
         let kept = LINE.with(|line| line.borrow().capacity());
         assert!(kept <= LINE_KEPT_BYTES, "{kept}");
         assert!(kept > 0, "the short line's buffer is kept");
+    }
+
+    #[test]
+    fn every_lets_one_event_through_per_interval_and_counts_the_rest() {
+        let every = Every::new(Duration::from_millis(200));
+        assert_eq!(every.ready(), Some(0));
+        assert_eq!(every.ready(), None);
+        assert_eq!(every.ready(), None);
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(every.ready(), Some(2));
+        assert_eq!(every.ready(), None);
     }
 
     #[test]

@@ -4,9 +4,17 @@
 use std::{
     fmt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use rustls::{
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::WebPkiClientVerifier,
+};
+use tokio_rustls::TlsAcceptor;
+
+/// The ALPN protocol id of HTTP/2, the only protocol served.
+const ALPN_H2: &[u8] = b"h2";
 
 /// Why the TLS files cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,27 +73,50 @@ impl TlsConfig {
                 .map(|ca| read("--tls-client-ca", ca))
                 .transpose()?,
         };
-        config.check()?;
+        config.acceptor()?;
         Ok(config)
     }
 
-    /// Builds the TLS acceptor once, which parses every PEM block, so a bad
-    /// file fails here rather than on the first connection.
-    pub fn check(&self) -> Result<(), TlsError> {
-        Server::builder()
-            .tls_config(self.server_config())
-            .map(drop)
-            .map_err(|err| TlsError::Invalid(crate::error::ErrorChain(&err).to_string()))
-    }
-
-    /// The tonic configuration. With a client CA, a client certificate that
-    /// chains to it is required.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        let config =
-            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
-        match &self.client_ca_pem {
-            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
-            None => config,
+    /// The TLS acceptor, built once at start-up, which parses every PEM
+    /// block, so a bad file fails there rather than on the first connection.
+    /// With a client CA, a client certificate that chains to it is required.
+    /// ALPN offers `h2`, as gRPC clients expect.
+    pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let invalid =
+            |what: &str, err: &dyn std::fmt::Display| TlsError::Invalid(format!("{what}: {err}"));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| invalid("protocol versions", &err))?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(ca) {
+                    let cert = cert.map_err(|err| invalid("--tls-client-ca", &err))?;
+                    roots
+                        .add(cert)
+                        .map_err(|err| invalid("--tls-client-ca", &err))?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|err| invalid("--tls-client-ca", &err))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| invalid("--tls-cert", &err))?;
+        if chain.is_empty() {
+            return Err(TlsError::Invalid("--tls-cert: no certificate".to_owned()));
         }
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem)
+            .map_err(|err| invalid("--tls-key", &err))?;
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|err| invalid("--tls-cert and --tls-key", &err))?;
+        config.alpn_protocols = vec![ALPN_H2.to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -223,6 +223,40 @@ impl Running {
     /// names the bound address (so a `RUST_LOG` filter must let
     /// `cognito_facade::server` log at info).
     pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::spawn(command(args, &Self::with_test_envs(envs)))
+    }
+
+    /// As [`Running::start`], with the file-descriptor limits set by the
+    /// shell (`ulimit`) before the binary starts.
+    pub(crate) fn start_with_fd_limits(
+        soft: u64,
+        hard: u64,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!(
+                "ulimit -S -n {soft} && ulimit -H -n {hard} && exec \"$0\" \"$@\""
+            ))
+            .arg(BIN)
+            .args(args)
+            .env_clear()
+            .env("HOME", "/nonexistent");
+        for (key, value) in Self::with_test_envs(envs) {
+            shell.env(key, value);
+        }
+        Self::spawn(shell)
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Loopback listeners, JSON logs and a short drain, then `envs`.
+    fn with_test_envs<'a>(envs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut all_envs = vec![
             ("COGNITO_FACADE_LISTEN_ADDR", "127.0.0.1:0"),
             ("COGNITO_FACADE_METRICS_ADDR", "127.0.0.1:0"),
@@ -230,7 +264,11 @@ impl Running {
             ("COGNITO_FACADE_DRAIN_DELAY", "100ms"),
         ];
         all_envs.extend_from_slice(envs);
-        let mut child = command(args, &all_envs)
+        all_envs
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -296,6 +334,15 @@ impl Running {
             if let Some(addr) = addr_of(&self.wait_for_line(message)) {
                 return addr;
             }
+        }
+    }
+
+    /// The first log line containing `needle`, among those seen already or
+    /// else the next ones (waiting at most 10 s).
+    pub(crate) fn find_line(&mut self, needle: &str) -> String {
+        match self.seen.iter().find(|line| line.contains(needle)) {
+            Some(line) => line.clone(),
+            None => self.wait_for_line(needle),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on loopback against a Cognito stand-in.
 
 mod binary;
+mod connections;
 mod deploy;
 mod economy;
 mod errors;

@@ -258,16 +258,42 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     assert!(refusal.contains("CertificateRequired"), "{refusal}");
 }
 
+/// With TLS on, the handshake deadline covers TLS itself: a TCP connection
+/// that never sends a ClientHello is closed at the deadline.
+#[tokio::test]
+async fn tls_a_connection_that_never_says_hello_is_closed_at_the_handshake_deadline() {
+    use tokio::io::AsyncReadExt as _;
+    let pki = Pki::new();
+    let stand_in = StandIn::start().await;
+    let mut config = test_config(&stand_in.endpoint);
+    config.server.tls = Some(pki.server_tls(false));
+    config.server.handshake_timeout = Duration::from_secs(1);
+    let app = spawn_app_with(stand_in, config).await;
+    let addr = app.addr;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(Duration::from_secs(4), silent.read_to_end(&mut sink))
+        .await
+        .expect("a connection without a ClientHello was left open")
+        .unwrap();
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(1), "closed early: {after:?}");
+    assert!(sink.is_empty(), "the server sent {sink:?}");
+    let channel = tls_channel(addr, &pki, false).await.unwrap();
+    assert_eq!(call_over(channel).await.unwrap(), USERNAME);
+}
+
 #[test]
 fn unusable_tls_files_are_refused_at_start_up() {
     let pki = Pki::new();
     let mut bad = pki.server_tls(false);
     bad.key_pem = b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n".to_vec();
-    assert!(bad.check().is_err());
+    assert!(bad.acceptor().is_err());
     let mut bad = pki.server_tls(false);
     bad.cert_pem = b"garbage".to_vec();
-    assert!(bad.check().is_err());
-    assert!(pki.server_tls(true).check().is_ok());
+    assert!(bad.acceptor().is_err());
+    assert!(pki.server_tls(true).acceptor().is_ok());
 }
 
 #[test]
