@@ -257,12 +257,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The error a [`Status`] was made from (by `Status::from(Error)`), if it
-    /// was made from one.
-    pub fn of_status(status: &Status) -> Option<&Self> {
-        StdError::source(status)?.downcast_ref::<Self>()
-    }
-
     /// The gRPC code and `ErrorInfo.reason` of this error.
     pub fn status(&self) -> (Code, &'static str) {
         match self {
@@ -306,11 +300,12 @@ pub fn refusal_status(refusal: Refusal) -> (Code, &'static str) {
     }
 }
 
-impl From<Error> for Status {
-    fn from(err: Error) -> Self {
-        let (code, reason) = err.status();
+impl Error {
+    /// The status the caller gets: code, message and `google.rpc` details.
+    pub fn to_status(&self) -> Status {
+        let (code, reason) = self.status();
         let mut metadata = HashMap::new();
-        let (message, mut details) = match &err {
+        let (message, mut details) = match self {
             Error::Token(token_err) => {
                 let mut details = ErrorDetails::new();
                 if let Some(field) = token_err.field() {
@@ -342,16 +337,12 @@ impl From<Error> for Status {
             Error::Overloaded => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
-                (err.to_string(), details)
+                (self.to_string(), details)
             }
-            Error::RequestTooLarge => (err.to_string(), ErrorDetails::new()),
+            Error::RequestTooLarge => (self.to_string(), ErrorDetails::new()),
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
-        let mut status = Status::with_error_details(code, message, details);
-        // Never sent to the caller: the source rides along to the one
-        // observer of the call (`crate::observe`), which logs it.
-        status.set_source(Arc::new(err));
-        status
+        Status::with_error_details(code, message, details)
     }
 }
 
@@ -378,7 +369,7 @@ mod tests {
     use UpstreamErrorKind as K;
 
     fn status_of(err: UpstreamError) -> Status {
-        Error::from(err).into()
+        Error::from(err).to_status()
     }
 
     /// One test per row of the README's upstream table.
@@ -433,7 +424,7 @@ mod tests {
 
     #[test]
     fn overload_is_resource_exhausted_with_retry_info() {
-        let status: Status = Error::Overloaded.into();
+        let status = Error::Overloaded.to_status();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_details_error_info().unwrap().reason,
@@ -443,7 +434,7 @@ mod tests {
             status.get_details_retry_info().unwrap().retry_delay,
             Some(OVERLOAD_RETRY_DELAY)
         );
-        let status: Status = Error::RequestTooLarge.into();
+        let status = Error::RequestTooLarge.to_status();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.get_details_error_info().unwrap().reason,
@@ -476,10 +467,10 @@ mod tests {
 
     #[test]
     fn token_errors_carry_bad_request_where_a_field_is_at_fault() {
-        let status: Status = Error::from(TokenError::InvalidCharacters {
+        let status = Error::from(TokenError::InvalidCharacters {
             origin: crate::token::TokenSource::Field,
         })
-        .into();
+        .to_status();
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad_request = status.get_details_bad_request().expect("BadRequest");
         assert_eq!(bad_request.field_violations[0].field, "access_token");
@@ -488,7 +479,7 @@ mod tests {
             "INVALID_ACCESS_TOKEN"
         );
 
-        let status: Status = Error::from(TokenError::Missing).into();
+        let status = Error::from(TokenError::Missing).to_status();
         assert_eq!(status.code(), Code::Unauthenticated);
         assert!(status.get_details_bad_request().is_none());
         assert_eq!(

@@ -15,9 +15,11 @@
 //!  6  service                          the RPC: token → economy → Cognito
 //!  5  economy  observe                 single flight and cache; the call's
 //!                                      one observer (clock, metrics, line);
-//!     verify                           pools, routing, local verification;
-//!     listener                         connection cap, handshake deadline
-//!  4  cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
+//!     verify  policy                   pools, routing, local verification;
+//!     listener                         HTTP 415 and the size refusal;
+//!                                      connection cap, handshake deadline
+//!  4  call                             one call's typed context
+//!     cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
 //!     healthcheck  jwks  traces        the health probe; the pools' keys;
 //!                                      trace context in, spans out
 //!  3  error                            the one error table
@@ -44,6 +46,7 @@
 //! written from the same elapsed time, and the answer goes to the caller.
 
 pub mod app;
+pub mod call;
 pub mod cognito;
 pub mod config;
 pub mod economy;
@@ -53,6 +56,7 @@ pub mod jwks;
 pub mod listener;
 pub mod metric_names;
 pub mod observe;
+pub mod policy;
 pub mod pools;
 pub mod prometheus;
 pub mod proto;

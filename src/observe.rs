@@ -1,116 +1,40 @@
 //! The one observer of every call of the RPC service: a tower layer around
-//! the gRPC routes that sees each call as the caller will. It starts the
-//! call's one clock, refuses requests that are not gRPC (HTTP 415), turns the
-//! decoder's "message too large" into the documented RESOURCE_EXHAUSTED,
-//! and, once the answer is known, writes the RPC metrics and the call's one
-//! log line from the same elapsed time, for every call: answered by the
-//! handler, refused before it (415, oversize, unknown method), or abandoned
-//! by its caller.
+//! the gRPC routes (and the request policies, [`crate::policy`]) that sees
+//! each call as the caller will. It starts the call's one clock and its
+//! typed [`CallContext`], and once the answer is known writes the RPC
+//! metrics, the server span and the call's one log line from the same
+//! elapsed time, for every call: answered by the handler, refused before it
+//! (415, oversize, unknown method), or abandoned by its caller.
 //!
-//! The handler tells it what only the handler knows through the answer
-//! itself: where the answer came from in [`SOURCE_METADATA`] response
-//! metadata (which the caller sees too), and on failure the
-//! [`Error`](crate::error::Error) as the `Status`'s source (which the caller
-//! never sees).
+//! What only the handler knows (where the answer came from, the pool, the
+//! error, Cognito's request id) reaches it through that context alone.
 
 use std::{
+    borrow::Cow,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use metrics::{Counter, Gauge, Histogram};
-use tonic::{Code, Status, codegen::http, metadata::AsciiMetadataValue};
+use tonic::{Code, Status, codegen::http};
 use tower::{Layer, Service};
 use tracing::{Instrument as _, Level};
 
 use crate::{
+    call::{CallContext, Source},
     error::{Error, ErrorChain, code_name},
     metric_names,
-    pools::UserPoolId,
     traces::{self, Tracing},
-    wire::{METHOD, METHOD_PATH, REQUEST_ID_METADATA, SERVICE_NAME, SOURCE_METADATA},
+    wire::{METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA},
 };
-
-/// Where a call's answer came from; logged as `source`, labelled as
-/// `source`, and sent to the caller as [`SOURCE_METADATA`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// This call's own request to Cognito.
-    Cognito,
-    /// Another concurrent call's request to Cognito (single flight).
-    Coalesced,
-    /// The answer cache.
-    Cache,
-    /// The facade itself, without Cognito: a refused request, a shed call.
-    Local,
-}
-
-impl Source {
-    /// Every source.
-    pub const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
-
-    /// The name in logs, labels and metadata.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Cognito => "cognito",
-            Self::Coalesced => "coalesced",
-            Self::Cache => "cache",
-            Self::Local => "local",
-        }
-    }
-
-    /// The metadata value that carries this source.
-    pub fn metadata_value(self) -> AsciiMetadataValue {
-        AsciiMetadataValue::from_static(self.as_str())
-    }
-
-    fn from_header(value: &http::HeaderValue) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|source| value.as_bytes() == source.as_str().as_bytes())
-    }
-}
-
-/// When a call arrived: the instant the observer's clock starts, put in the
-/// request's extensions so the handler measures the caller's deadline from
-/// it too.
-#[derive(Debug, Clone, Copy)]
-pub struct Arrival(pub Instant);
 
 /// The method label of calls to methods the service does not have.
 const UNKNOWN_METHOD: &str = "unknown";
 
 /// The server span name of calls to methods the service does not have.
 const UNKNOWN_METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/unknown";
-
-/// What the handler knows about a call that the answer does not carry: put
-/// in the request's extensions by the observer, filled in by the handler,
-/// read by the observer for the call's line.
-#[derive(Debug, Default)]
-pub struct CallNotes {
-    pool: OnceLock<UserPoolId>,
-    /// The call's trace context: its server span when spans are exported,
-    /// else the caller's context (if it sent one).
-    trace: opentelemetry::Context,
-}
-
-impl CallNotes {
-    /// The call's trace context, to parent the spans of its work.
-    pub fn trace(&self) -> &opentelemetry::Context {
-        &self.trace
-    }
-
-    /// The configured user pool the call's token belongs to.
-    pub fn set_pool(&self, pool: UserPoolId) {
-        let _ = self.pool.set(pool);
-    }
-
-    fn pool(&self) -> &str {
-        self.pool.get().map_or("", UserPoolId::as_str)
-    }
-}
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Default)]
@@ -225,14 +149,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        // A refused request never reaches the routes, whatever its path.
-        let refusal = content_type_refusal(request.headers());
         // Only the RPC service's calls are observed, not health or reflection.
         let Some(method) = rpc_method(request.uri().path()) else {
-            return match refusal {
-                Some(refusal) => Box::pin(std::future::ready(Ok(refusal))),
-                None => Box::pin(self.inner.call(request)),
-            };
+            return Box::pin(self.inner.call(request));
         };
         let parent = self.tracing.extract(request.headers());
         let name = if method == METHOD {
@@ -241,23 +160,16 @@ where
             UNKNOWN_METHOD_PATH
         };
         let trace = self.tracing.server_span(parent, name, SERVICE_NAME, method);
-        let call = Call::start(method, trace, Arc::clone(&self.metrics));
-        request.extensions_mut().insert(Arrival(call.arrived));
-        request.extensions_mut().insert(Arc::clone(&call.notes));
-        let answer = match refusal {
-            Some(refusal) => Err(refusal),
-            None => Ok(self.inner.call(request)),
-        };
+        let call = Call::start(method, CallContext::arriving(trace), Arc::clone(&self.metrics));
+        request.extensions_mut().insert(Arc::clone(&call.context));
+        let answer = self.inner.call(request);
         // Only at `debug`: a span per call at `info` cost ~8 µs of CPU
         // (bench/PROFILE.md). It places the SDK's own debug and trace events
         // inside the call.
         let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = method);
         Box::pin(
             async move {
-                let mut response = match answer {
-                    Ok(future) => future.await?,
-                    Err(refusal) => refusal,
-                };
+                let mut response = answer.await?;
                 call.finish(&mut response);
                 Ok(response)
             }
@@ -272,46 +184,34 @@ where
 struct Call {
     method: &'static str,
     metrics: Arc<RpcMetrics>,
-    arrived: Instant,
-    notes: Arc<CallNotes>,
+    context: Arc<CallContext>,
     finished: bool,
 }
 
 impl Call {
-    fn start(
-        method: &'static str,
-        trace: opentelemetry::Context,
-        metrics: Arc<RpcMetrics>,
-    ) -> Self {
+    fn start(method: &'static str, context: Arc<CallContext>, metrics: Arc<RpcMetrics>) -> Self {
         metrics.in_flight().increment(1.0);
         Self {
             method,
             metrics,
-            arrived: Instant::now(),
-            notes: Arc::new(CallNotes {
-                pool: OnceLock::new(),
-                trace,
-            }),
+            context,
             finished: false,
         }
     }
 
-    /// Reads the answer (rewriting the decoder's size refusal and marking a
-    /// local answer on the way) and writes the call's metrics and line.
-    fn finish<B: Default>(mut self, response: &mut http::Response<B>) {
+    /// Reads the answer and the context (marking an answer nobody marked as
+    /// local on the way) and writes the call's metrics and line.
+    fn finish<B>(mut self, response: &mut http::Response<B>) {
         let code = final_code(response);
-        let source = match response.headers().get(SOURCE_METADATA) {
-            Some(value) => Source::from_header(value).unwrap_or(Source::Local),
-            None => {
-                response.headers_mut().insert(
-                    SOURCE_METADATA,
-                    http::HeaderValue::from_static(Source::Local.as_str()),
-                );
-                Source::Local
-            }
-        };
-        let elapsed = self.arrived.elapsed();
-        let outcome = Outcome::of(code, response);
+        let source = self.context.source();
+        if !response.headers().contains_key(SOURCE_METADATA) {
+            response.headers_mut().insert(
+                SOURCE_METADATA,
+                http::HeaderValue::from_static(source.as_str()),
+            );
+        }
+        let elapsed = self.context.arrived().elapsed();
+        let outcome = Outcome::of(code, &self.context, response);
         self.record(code, source, elapsed, &outcome);
         self.finished = true;
     }
@@ -320,7 +220,7 @@ impl Call {
     fn record(&self, code: Code, source: Source, elapsed: Duration, outcome: &Outcome<'_>) {
         self.metrics.record(self.method, code, source, elapsed);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let trace = &self.notes.trace;
+        let trace = self.context.trace();
         traces::end_server_span(trace, code, outcome.reason(), source.as_str());
         let (trace_id, span_id) = traces::ids(trace);
         log_line(
@@ -328,7 +228,7 @@ impl Call {
                 method: self.method,
                 code: code_name(code),
                 source,
-                pool_id: self.notes.pool(),
+                pool_id: self.context.pool(),
                 trace_id: &trace_id,
                 span_id: &span_id,
                 latency_us,
@@ -342,12 +242,12 @@ impl Drop for Call {
     fn drop(&mut self) {
         if !self.finished {
             let outcome = Outcome::Other {
-                message: "the caller went away before the answer",
+                message: Cow::Borrowed("the caller went away before the answer"),
             };
             self.record(
                 Code::Cancelled,
                 Source::Local,
-                self.arrived.elapsed(),
+                self.context.arrived().elapsed(),
                 &outcome,
             );
         }
@@ -363,7 +263,7 @@ enum Outcome<'a> {
     Error(&'a Error),
     /// A status from the gRPC layer itself (no ErrorInfo): an unknown method,
     /// undecodable protobuf, a non-gRPC content type.
-    Other { message: &'a str },
+    Other { message: Cow<'a, str> },
 }
 
 impl<'a> Outcome<'a> {
@@ -375,20 +275,19 @@ impl<'a> Outcome<'a> {
         }
     }
 
-    fn of<B>(code: Code, response: &'a http::Response<B>) -> Self {
+    fn of<B>(code: Code, context: &'a CallContext, response: &http::Response<B>) -> Self {
         if code == Code::Ok {
-            let request_id = response
-                .headers()
-                .get(REQUEST_ID_METADATA)
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            return Self::Ok { request_id };
+            return Self::Ok {
+                request_id: context.request_id(),
+            };
         }
-        let status = response.extensions().get::<Status>();
-        match status.and_then(Error::of_status) {
+        match context.error() {
             Some(err) => Self::Error(err),
+            // The answer's own `grpc-message`, as the caller reads it.
             None => Self::Other {
-                message: status.map(Status::message).unwrap_or_default(),
+                message: Status::from_header_map(response.headers())
+                    .map(|status| Cow::Owned(status.message().to_owned()))
+                    .unwrap_or_default(),
             },
         }
     }
@@ -454,31 +353,10 @@ fn log_line(line: &Line<'_>, outcome: &Outcome<'_>) {
             let text = err.to_string();
             line!(Level::INFO, "call refused", reason, "", "", text.as_str())
         }
-        Outcome::Other { message } => line!(Level::INFO, "call refused", "", "", "", *message),
+        Outcome::Other { message } => {
+            line!(Level::INFO, "call refused", "", "", "", message.as_ref())
+        }
     }
-}
-
-/// A request that is not gRPC (its content type is not `application/grpc`
-/// or `application/grpc+...`) gets what the gRPC over HTTP/2 spec asks for:
-/// HTTP 415 with `grpc-status` INVALID_ARGUMENT, before any handler or
-/// decoder sees it. `None` for a gRPC request.
-fn content_type_refusal<B: Default>(headers: &http::HeaderMap) -> Option<http::Response<B>> {
-    let content_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .map(http::HeaderValue::as_bytes);
-    let is_grpc = content_type.is_some_and(|value| {
-        value == b"application/grpc"
-            || value.starts_with(b"application/grpc+")
-            || value.starts_with(b"application/grpc;")
-    });
-    if is_grpc {
-        return None;
-    }
-    let mut response =
-        Status::invalid_argument("not a gRPC request: the content-type must be application/grpc")
-            .into_http();
-    *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-    Some(response)
 }
 
 /// The method label of a request path, or `None` for other services.
@@ -498,23 +376,15 @@ fn rpc_method(path: &str) -> Option<&'static str> {
 
 /// The call's gRPC code. An error answer is trailers-only, its status in the
 /// headers; a success carries `grpc-status: 0` in trailers after the message.
-/// Rewrites the decoder's size refusal on the way.
-fn final_code<B: Default>(response: &mut http::Response<B>) -> Code {
+fn final_code<B>(response: &http::Response<B>) -> Code {
     let Some(status) = response.headers().get("grpc-status") else {
         return Code::Ok;
     };
-    let code = status
+    status
         .to_str()
         .ok()
         .and_then(|s| s.parse::<i32>().ok())
-        .map_or(Code::Unknown, Code::from_i32);
-    if code == Code::OutOfRange {
-        // Our handler never answers OUT_OF_RANGE; tonic's decoder does, for a
-        // message over `wire::MAX_REQUEST_BYTES`, before buffering it.
-        *response = Status::from(Error::RequestTooLarge).into_http();
-        return Code::ResourceExhausted;
-    }
-    code
+        .map_or(Code::Unknown, Code::from_i32)
 }
 
 #[cfg(test)]
@@ -539,48 +409,6 @@ mod tests {
         assert_eq!(rpc_method(""), None);
     }
 
-    #[test]
-    fn sources_round_trip_through_metadata() {
-        for source in Source::ALL {
-            let value = http::HeaderValue::from_static(source.as_str());
-            assert_eq!(Source::from_header(&value), Some(source));
-        }
-        let other = http::HeaderValue::from_static("elsewhere");
-        assert_eq!(Source::from_header(&other), None);
-    }
-
-    #[test]
-    fn only_grpc_content_types_pass() {
-        let refused = |value: Option<&str>| {
-            let mut headers = http::HeaderMap::new();
-            if let Some(value) = value {
-                headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
-            }
-            content_type_refusal::<tonic::body::Body>(&headers)
-        };
-        for ok in [
-            "application/grpc",
-            "application/grpc+proto",
-            "application/grpc;charset=utf-8",
-        ] {
-            assert!(refused(Some(ok)).is_none(), "{ok}");
-        }
-        for bad in [
-            None,
-            Some("application/json"),
-            Some("application/grpcx"),
-            Some("text/plain"),
-        ] {
-            let response = refused(bad).expect("refused");
-            assert_eq!(
-                response.status(),
-                http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "{bad:?}"
-            );
-            assert_eq!(response.headers()["grpc-status"], "3", "{bad:?}");
-        }
-    }
-
     fn response_with_status(code: Option<&str>) -> http::Response<tonic::body::Body> {
         let mut response = http::Response::new(tonic::body::Body::default());
         if let Some(code) = code {
@@ -593,27 +421,14 @@ mod tests {
 
     #[test]
     fn reads_the_final_code() {
-        assert_eq!(final_code(&mut response_with_status(None)), Code::Ok);
+        assert_eq!(final_code(&response_with_status(None)), Code::Ok);
         assert_eq!(
-            final_code(&mut response_with_status(Some("16"))),
+            final_code(&response_with_status(Some("16"))),
             Code::Unauthenticated
         );
         assert_eq!(
-            final_code(&mut response_with_status(Some("x"))),
+            final_code(&response_with_status(Some("x"))),
             Code::Unknown
         );
-    }
-
-    #[test]
-    fn turns_the_decoders_size_refusal_into_resource_exhausted() {
-        let mut response = response_with_status(Some("11"));
-        assert_eq!(final_code(&mut response), Code::ResourceExhausted);
-        let status = Status::from_header_map(response.headers()).unwrap();
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        let carried = response.extensions().get::<Status>().unwrap();
-        assert!(matches!(
-            Error::of_status(carried),
-            Some(Error::RequestTooLarge)
-        ));
     }
 }

@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use crate::{
     listener::{self, ConnectionLimits},
     observe::ObserveLayer,
+    policy::PolicyLayer,
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
     service::FacadeService,
     tls::TlsConfig,
@@ -150,6 +151,7 @@ pub async fn run(
         .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(observer)
+        .layer(PolicyLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -12,16 +12,17 @@ use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
+    call::{CallContext, Source},
     cognito::{Answer, Cognito},
-    economy::{Economy, EconomyConfig, Ticket, Wait},
+    economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
     metric_names,
-    observe::{Arrival, CallNotes, Source},
+    pools::UserPoolId,
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
-    token,
+    token::{self, AccessToken},
     traces::{self, Tracing},
     verify::{TokenGate, unverified_expiry},
     wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
@@ -95,101 +96,138 @@ impl FacadeService {
         }
     }
 
-    /// The answer, and where it came from.
+    /// The answer. Where it came from, the pool and the error go into
+    /// `context`, for the call's observer.
     async fn call(
         &self,
-        request: Request<GetUserAuthFactorsRequest>,
-        arrived: Instant,
-    ) -> (Source, Result<Answer, Error>) {
-        let caller_timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
-        let token = match token::extract(&request.get_ref().access_token, request.metadata()) {
-            Ok(token) => token,
-            Err(err) => return (Source::Local, Err(err.into())),
-        };
-        // A deadline too far away to represent is no deadline.
-        let deadline =
-            caller_timeout.and_then(|timeout| arrived.checked_add(upstream_budget(timeout)));
+        request: &Request<GetUserAuthFactorsRequest>,
+        context: &CallContext,
+    ) -> Result<Answer, Error> {
+        let deadline = deadline(request, context.arrived());
+        let token = token::extract(&request.get_ref().access_token, request.metadata())?;
         // Before single flight: a refused token never starts or joins one.
-        let checked = match self.gate.check(&token, deadline).await {
-            Ok(checked) => checked,
-            Err(refusal) => return (Source::Local, Err(refusal.into())),
-        };
-        let notes = request.extensions().get::<Arc<CallNotes>>().cloned();
-        if let (Some(pool), Some(notes)) = (&checked.pool, &notes) {
-            notes.set_pool(pool.clone());
+        let checked = self.gate.check(&token, deadline).await?;
+        if let Some(pool) = &checked.pool {
+            context.set_pool(pool.clone());
         }
         let expires_at = match checked.expires_at {
             None if self.economy.caches() => unverified_expiry(&token),
             expires_at => expires_at,
         };
-        let mut leader_span = None;
-        let (source, wait) = match self.economy.ticket(&token, expires_at) {
-            Ticket::Cached(answer) => return (Source::Cache, Ok(answer)),
+        match self.economy.ticket(&token, expires_at) {
+            Ticket::Cached(answer) => {
+                context.set_source(Source::Cache);
+                Ok(answer)
+            }
             Ticket::Follow(flight, span) => {
-                leader_span = Some(span);
-                (Source::Coalesced, Wait::Follow(flight))
+                context.set_source(Source::Coalesced);
+                let outcome = until(deadline, Wait::Follow(flight)).await;
+                // A follower's span links to the upstream call it shared.
+                if let Some(span) = span.get() {
+                    context.trace().span().add_link(span.clone(), Vec::new());
+                }
+                outcome
             }
             Ticket::Lead(leader) => {
-                // Refused at once, never queued: a caller that waited here
-                // would only add to the load that caused the refusal.
-                let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
-                    metrics::counter!(metric_names::SHED).increment(1);
-                    leader.abandon(Err(Error::Overloaded));
-                    return (Source::Local, Err(Error::Overloaded));
-                };
-                let cognito = self.cognito.clone();
-                let pool = checked.pool;
-                let pool_region = pool.as_ref().map(|pool| pool.region());
-                let region = cognito
-                    .region(pool_region)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(""));
-                let server_trace = notes
-                    .as_ref()
-                    .map(|n| n.trace().clone())
-                    .unwrap_or_default();
-                let client_trace = self.tracing.client_span(&server_trace, &region);
-                let upstream_span = client_trace.span().span_context().clone();
-                if upstream_span.is_valid() {
-                    leader.set_span(upstream_span);
-                }
-                // Bounded by the call timeout; if this caller gives up first,
-                // the call finishes in the background for the others.
-                let flight = leader.run(async move {
-                    let started = Instant::now();
-                    let pool_region = pool.as_ref().map(|pool| pool.region());
-                    let result = cognito
-                        .get_user_auth_factors(&token, pool_region)
-                        .with_context(client_trace.clone())
-                        .await;
-                    let (request_id, failure) = match &result {
-                        Ok(answer) => (answer.request_id.as_deref(), None),
-                        Err(err) => (err.request_id.as_deref(), Some(err.kind.status().1)),
-                    };
-                    traces::end_client_span(&client_trace, request_id, failure);
-                    record_upstream(&result, started.elapsed(), &region);
-                    drop(permit);
-                    result.map_err(Error::from)
-                });
-                (Source::Cognito, Wait::Lead(flight))
+                let flight = self.lead(leader, token, checked.pool, context)?;
+                context.set_source(Source::Cognito);
+                until(deadline, Wait::Lead(flight)).await
             }
-        };
-        let outcome = match deadline {
-            None => wait.outcome().await,
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
-                .await
-                .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
-        };
-        // A follower's span links to the upstream call it shared.
-        let shared_span = leader_span.as_ref().and_then(|span| span.get());
-        if let (Some(span), Some(notes)) = (shared_span, &notes) {
-            notes.trace().span().add_link(span.clone(), Vec::new());
         }
-        (source, outcome)
+    }
+
+    /// Starts the flight this call leads: takes a permit (or sheds the call,
+    /// and its flight with it) and runs the call to Cognito in the call's
+    /// trace.
+    fn lead(
+        &self,
+        leader: Leader,
+        token: AccessToken,
+        pool: Option<UserPoolId>,
+        context: &CallContext,
+    ) -> Result<Flight, Error> {
+        // Refused at once, never queued: a caller that waited here would
+        // only add to the load that caused the refusal.
+        let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
+            metrics::counter!(metric_names::SHED).increment(1);
+            leader.abandon(Err(Error::Overloaded));
+            return Err(Error::Overloaded);
+        };
+        let region = self
+            .cognito
+            .region(pool.as_ref().map(UserPoolId::region))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let client_trace = self.tracing.client_span(context.trace(), &region);
+        let upstream_span = client_trace.span().span_context().clone();
+        if upstream_span.is_valid() {
+            leader.set_span(upstream_span);
+        }
+        let upstream = Upstream {
+            cognito: self.cognito.clone(),
+            token,
+            pool,
+            region,
+            trace: client_trace,
+        };
+        // Bounded by the call timeout; if this caller gives up first, the
+        // call finishes in the background for the others.
+        Ok(leader.run(async move {
+            let result = upstream.call().await;
+            drop(permit);
+            result
+        }))
+    }
+}
+
+/// The caller's deadline, less a margin so the answer beats its timer; none
+/// without a (readable, representable) `grpc-timeout`.
+fn deadline(request: &Request<GetUserAuthFactorsRequest>, arrived: Instant) -> Option<Instant> {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)?;
+    arrived.checked_add(upstream_budget(timeout))
+}
+
+/// The flight's outcome, or DEADLINE_EXCEEDED at `deadline`.
+async fn until(deadline: Option<Instant>, wait: Wait) -> Result<Answer, Error> {
+    match deadline {
+        None => wait.outcome().await,
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
+    }
+}
+
+/// One call to Cognito, as a flight's leader makes it.
+struct Upstream {
+    cognito: Cognito,
+    token: AccessToken,
+    pool: Option<UserPoolId>,
+    region: Arc<str>,
+    trace: opentelemetry::Context,
+}
+
+impl Upstream {
+    /// Calls Cognito in the client span, ends the span and records the
+    /// upstream metrics.
+    async fn call(self) -> Result<Answer, Error> {
+        let started = Instant::now();
+        let pool_region = self.pool.as_ref().map(UserPoolId::region);
+        let result = self
+            .cognito
+            .get_user_auth_factors(&self.token, pool_region)
+            .with_context(self.trace.clone())
+            .await;
+        let (request_id, failure) = match &result {
+            Ok(answer) => (answer.request_id.as_deref(), None),
+            Err(err) => (err.request_id.as_deref(), Some(err.kind.status().1)),
+        };
+        traces::end_client_span(&self.trace, request_id, failure);
+        record_upstream(&result, started.elapsed(), &self.region);
+        result.map_err(Error::from)
     }
 }
 
@@ -199,28 +237,38 @@ impl IdentityProviderService for FacadeService {
         &self,
         request: Request<GetUserAuthFactorsRequest>,
     ) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
-        let arrived = request
-            .extensions()
-            .get::<Arrival>()
-            .map_or_else(Instant::now, |arrival| arrival.0);
-        let (source, result) = self.call(request, arrived).await;
-        match result {
-            Ok(answer) => {
-                let mut response = Response::new(answer.response);
-                let metadata = response.metadata_mut();
-                metadata.insert(SOURCE_METADATA, source.metadata_value());
-                if let Some(id) = answer.request_id.as_deref().and_then(metadata_value) {
-                    metadata.insert(REQUEST_ID_METADATA, id);
+        let context = CallContext::of(request.extensions());
+        let result = self.call(&request, &context).await;
+        answer(result, &context)
+    }
+}
+
+/// The caller's answer, marked with where it came from (the public
+/// `x-cognito-facade-source` metadata); the request id and the error also go
+/// to the call's context.
+fn answer(
+    result: Result<Answer, Error>,
+    context: &CallContext,
+) -> Result<Response<GetUserAuthFactorsResponse>, Status> {
+    let source = context.source().metadata_value();
+    match result {
+        Ok(answer) => {
+            let mut response = Response::new(answer.response);
+            let metadata = response.metadata_mut();
+            metadata.insert(SOURCE_METADATA, source);
+            if let Some(id) = answer.request_id {
+                if let Some(value) = metadata_value(&id) {
+                    metadata.insert(REQUEST_ID_METADATA, value);
                 }
-                Ok(response)
+                context.set_request_id(id);
             }
-            Err(err) => {
-                let mut status = Status::from(err);
-                status
-                    .metadata_mut()
-                    .insert(SOURCE_METADATA, source.metadata_value());
-                Err(status)
-            }
+            Ok(response)
+        }
+        Err(err) => {
+            let mut status = err.to_status();
+            status.metadata_mut().insert(SOURCE_METADATA, source);
+            context.set_error(err);
+            Err(status)
         }
     }
 }

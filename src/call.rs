@@ -1,0 +1,157 @@
+//! One call's typed context, the only channel between the handler and the
+//! call's observer: the observer makes it when the call arrives (its clock,
+//! its trace context) and puts it in the request's extensions; the handler
+//! (and the request policy) write what only they learn (where the answer
+//! came from, the pool, the error, Cognito's request id); the observer reads
+//! it once the answer is known, for the metrics, the span and the line.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use tonic::{codegen::http, metadata::AsciiMetadataValue};
+
+use crate::{error::Error, pools::UserPoolId};
+
+/// Where a call's answer came from; logged as `source`, labelled as
+/// `source`, and sent to the caller as the `x-cognito-facade-source` response
+/// metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// This call's own request to Cognito.
+    Cognito,
+    /// Another concurrent call's request to Cognito (single flight).
+    Coalesced,
+    /// The answer cache.
+    Cache,
+    /// The facade itself, without Cognito: a refused request, a shed call.
+    Local,
+}
+
+impl Source {
+    /// Every source.
+    pub const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
+
+    /// The name in logs, labels and metadata.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cognito => "cognito",
+            Self::Coalesced => "coalesced",
+            Self::Cache => "cache",
+            Self::Local => "local",
+        }
+    }
+
+    /// The metadata value that carries this source.
+    pub fn metadata_value(self) -> AsciiMetadataValue {
+        AsciiMetadataValue::from_static(self.as_str())
+    }
+}
+
+/// What is known about one call. Each fact is written at most once.
+#[derive(Debug)]
+pub struct CallContext {
+    arrived: Instant,
+    /// The call's trace context: its server span when spans are exported,
+    /// else the caller's context (if it sent one).
+    trace: opentelemetry::Context,
+    source: OnceLock<Source>,
+    pool: OnceLock<UserPoolId>,
+    error: OnceLock<Error>,
+    request_id: OnceLock<String>,
+}
+
+impl CallContext {
+    /// A call arriving now, in `trace`.
+    pub fn arriving(trace: opentelemetry::Context) -> Arc<Self> {
+        Arc::new(Self {
+            arrived: Instant::now(),
+            trace,
+            source: OnceLock::new(),
+            pool: OnceLock::new(),
+            error: OnceLock::new(),
+            request_id: OnceLock::new(),
+        })
+    }
+
+    /// The context of `extensions`' call, or a new one arriving now for a
+    /// call nobody observes.
+    pub fn of(extensions: &http::Extensions) -> Arc<Self> {
+        extensions
+            .get::<Arc<Self>>()
+            .cloned()
+            .unwrap_or_else(|| Self::arriving(opentelemetry::Context::new()))
+    }
+
+    /// When the call arrived: its one clock starts here.
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    /// The call's trace context, to parent the spans of its work.
+    pub fn trace(&self) -> &opentelemetry::Context {
+        &self.trace
+    }
+
+    /// Where the answer came from; `Local` until the handler says otherwise.
+    pub fn source(&self) -> Source {
+        self.source.get().copied().unwrap_or(Source::Local)
+    }
+
+    /// Records where the answer comes from.
+    pub fn set_source(&self, source: Source) {
+        let _ = self.source.set(source);
+    }
+
+    /// The configured user pool of the call's token, or `""`.
+    pub fn pool(&self) -> &str {
+        self.pool.get().map_or("", UserPoolId::as_str)
+    }
+
+    /// Records the token's pool.
+    pub fn set_pool(&self, pool: UserPoolId) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// The documented error the call failed with, if it did.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.get()
+    }
+
+    /// Records the error the call fails with.
+    pub fn set_error(&self, error: Error) {
+        let _ = self.error.set(error);
+    }
+
+    /// Cognito's request id of a success, or `""`.
+    pub fn request_id(&self) -> &str {
+        self.request_id.get().map_or("", String::as_str)
+    }
+
+    /// Records Cognito's request id.
+    pub fn set_request_id(&self, id: String) {
+        let _ = self.request_id.set(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_are_written_once_and_default_to_a_local_answer() {
+        let context = CallContext::arriving(opentelemetry::Context::new());
+        assert_eq!(context.source(), Source::Local);
+        assert_eq!(context.pool(), "");
+        assert!(context.error().is_none());
+        context.set_source(Source::Cache);
+        context.set_source(Source::Cognito);
+        assert_eq!(context.source(), Source::Cache);
+        context.set_error(Error::Overloaded);
+        assert!(matches!(context.error(), Some(Error::Overloaded)));
+        let mut extensions = http::Extensions::new();
+        extensions.insert(Arc::clone(&context));
+        assert!(Arc::ptr_eq(&CallContext::of(&extensions), &context));
+    }
+}
