@@ -251,6 +251,24 @@ impl HealthcheckArgs {
 }
 
 impl Cli {
+    /// How Cognito is reached.
+    fn upstream_config(&self) -> UpstreamConfig {
+        UpstreamConfig {
+            region: self.region.clone(),
+            endpoint: self.cognito_endpoint.clone(),
+            region_endpoints: self
+                .region_endpoints
+                .iter()
+                .map(|e| (e.region.clone(), e.url.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            connect_timeout: self.connect_timeout.into(),
+            attempt_timeout: self.attempt_timeout.into(),
+            call_timeout: self.call_timeout.into(),
+            max_attempts: self.max_attempts,
+            retry_backoff: self.retry_backoff.into(),
+        }
+    }
+
     /// The validated configuration (TLS files read and checked).
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
@@ -277,20 +295,7 @@ impl Cli {
             service: ServiceConfig {
                 max_concurrent_requests: self.max_concurrent_requests,
             },
-            upstream: UpstreamConfig {
-                region: self.region,
-                endpoint: self.cognito_endpoint,
-                region_endpoints: self
-                    .region_endpoints
-                    .into_iter()
-                    .map(|e| (e.region, e.url))
-                    .collect::<BTreeMap<_, _>>(),
-                connect_timeout: self.connect_timeout.into(),
-                attempt_timeout: self.attempt_timeout.into(),
-                call_timeout: self.call_timeout.into(),
-                max_attempts: self.max_attempts,
-                retry_backoff: self.retry_backoff.into(),
-            },
+            upstream: self.upstream_config(),
             tokens: TokenConfig {
                 pools: self.user_pool_ids,
                 verify: self.verify_tokens,

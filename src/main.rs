@@ -53,37 +53,42 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(err) => return config_error(err),
     };
-    if let Err(err) = telemetry::check_sensitive_logging_off() {
-        return config_error(err);
+    if let Err(err) = install_logging(config.log_format) {
+        return err;
     }
+    runtime.block_on(serve(config))
+}
+
+/// Installs the log subscriber; the exit code if it cannot be.
+fn install_logging(format: telemetry::LogFormat) -> Result<(), ExitCode> {
+    telemetry::check_sensitive_logging_off().map_err(config_error)?;
     let ansi = std::io::stdout().is_terminal();
     let filter = telemetry::filter_from_env();
-    let subscriber = match telemetry::subscriber(config.log_format, &filter, ansi, std::io::stdout)
-    {
-        Ok(subscriber) => subscriber,
-        Err(err) => return config_error(err),
-    };
-    if let Err(err) = tracing::subscriber::set_global_default(subscriber) {
+    let subscriber =
+        telemetry::subscriber(format, &filter, ansi, std::io::stdout).map_err(config_error)?;
+    tracing::subscriber::set_global_default(subscriber).map_err(|err| {
         eprintln!("cognito-facade: installing the log subscriber: {err}");
-        return ExitCode::FAILURE;
-    }
-    runtime.block_on(async {
-        let app = match Application::build(config).await {
-            Ok(app) => app,
-            Err(err) if err.is_config() => return config_error(err),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot start");
-                return ExitCode::FAILURE;
-            }
-        };
-        match app.run_until_stopped(shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "server failed");
-                ExitCode::FAILURE
-            }
-        }
+        ExitCode::FAILURE
     })
+}
+
+/// Builds the application and serves until SIGTERM or SIGINT.
+async fn serve(config: cognito_facade::config::Config) -> ExitCode {
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(err) if err.is_config() => return config_error(err),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `healthcheck`: exit 0 only on SERVING; one line on stderr otherwise.

@@ -10,7 +10,7 @@ use std::{
 
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::Server};
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     listener::{self, ConnectionLimits},
@@ -121,18 +121,19 @@ pub async fn run(
 ) -> Result<Duration, ServerError> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<Rpc>().await;
-
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc.ErrorInfo, RetryInfo, BadRequest: lets grpcurl decode
-            // the error details instead of printing raw bytes.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let rpc = Rpc::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let routes = Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_connection_age(config.max_connection_age)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+        .layer(observer)
+        .layer(PolicyLayer)
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(Rpc::new(service).max_decoding_message_size(MAX_REQUEST_BYTES));
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
     let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
@@ -143,23 +144,10 @@ pub async fn run(
     };
     let acceptor = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
     let incoming = listener::incoming(listener, limits, acceptor);
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_connection_age(config.max_connection_age)
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
-        .layer(observer)
-        .layer(PolicyLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(rpc)
-        .serve_with_incoming_shutdown(incoming, async {
-            // A dropped sender also stops the server.
-            let _ = stop_signal.await;
-        });
+    let server = routes.serve_with_incoming_shutdown(incoming, async {
+        // A dropped sender also stops the server.
+        let _ = stop_signal.await;
+    });
     tokio::pin!(server);
     tracing::info!(addr = %local_addr, tls = config.tls.is_some(), "serving");
 
@@ -167,23 +155,8 @@ pub async fn run(
         result = &mut server => return result.map(|()| Duration::ZERO).map_err(ServerError::from),
         () = shutdown => {}
     }
-    tracing::info!(
-        drain_delay = ?config.drain_delay,
-        "shutdown requested: reporting NOT_SERVING and draining"
-    );
-    health
-        .set_service_status(WHOLE_SERVER, ServingStatus::NotServing)
-        .await;
-    health.set_not_serving::<Rpc>().await;
-    tokio::select! {
-        result = &mut server => return result.map(|()| Duration::ZERO).map_err(ServerError::from),
-        () = tokio::time::sleep(config.drain_delay) => {}
-    }
-
-    // Ending the health statuses ends open Watch streams, which would
-    // otherwise hold the graceful shutdown open until the grace runs out.
-    for name in [WHOLE_SERVER, Rpc::NAME] {
-        health.clear_service_status(name).await;
+    if let Some(ended) = drain(&mut health, config.drain_delay, &mut server).await {
+        return ended.map(|()| Duration::ZERO).map_err(ServerError::from);
     }
     let _ = stop_accepting.send(());
     tracing::info!(grace = ?config.shutdown_grace, "listener closed; finishing in-flight calls");
@@ -194,4 +167,38 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(grace_ends.saturating_duration_since(tokio::time::Instant::now()))
+}
+
+/// The reflection service's builder, with every descriptor set served.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.ErrorInfo, RetryInfo, BadRequest: lets grpcurl decode
+        // the error details instead of printing raw bytes.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reports NOT_SERVING and keeps serving for `drain_delay`, then ends the
+/// health statuses: open Watch streams would otherwise hold the graceful
+/// shutdown open until the grace runs out. `Some` with the server's own end,
+/// if it came first.
+async fn drain(
+    health: &mut HealthReporter,
+    drain_delay: Duration,
+    server: &mut (impl Future<Output = Result<(), tonic::transport::Error>> + Unpin),
+) -> Option<Result<(), tonic::transport::Error>> {
+    tracing::info!(drain_delay = ?drain_delay, "shutdown requested: reporting NOT_SERVING and draining");
+    health
+        .set_service_status(WHOLE_SERVER, ServingStatus::NotServing)
+        .await;
+    health.set_not_serving::<Rpc>().await;
+    tokio::select! {
+        result = server => return Some(result),
+        () = tokio::time::sleep(drain_delay) => {}
+    }
+    for name in [WHOLE_SERVER, Rpc::NAME] {
+        health.clear_service_status(name).await;
+    }
+    None
 }
