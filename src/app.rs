@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::{
     cognito::{Cognito, SetupError},
     config::{Config, ConfigError},
+    expiring::{RandomError, TokenKeyer},
     listener,
     observe::ObserveLayer,
     prometheus,
@@ -67,13 +68,19 @@ pub enum BuildError {
     /// Trace export could not be set up.
     #[error(transparent)]
     Tracing(#[from] TracingSetupError),
+    /// No secret key could be drawn for the token maps.
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 impl BuildError {
-    /// Whether the configuration is at fault (exit code 2), rather than the
-    /// environment (a port in use).
+    /// Whether start-up exits 2: the configuration is at fault, or no secret
+    /// key could be drawn, rather than the environment (a port in use).
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Upstream(_) | Self::Tracing(_))
+        matches!(
+            self,
+            Self::Config(_) | Self::Upstream(_) | Self::Tracing(_) | Self::Random(_)
+        )
     }
 }
 
@@ -104,7 +111,9 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         config.validate()?;
         let cognito = Cognito::from_config(&config.upstream, &config.tokens.regions()).await?;
-        let gate = TokenGate::new(&config.tokens, &config.upstream);
+        // One secret key for every map of tokens; no start without it.
+        let keyer = TokenKeyer::random()?;
+        let gate = TokenGate::new(&config.tokens, &config.upstream, keyer.clone());
         let tracing = Tracing::new(&config.tracing)?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(bind("metrics", addr).await?),
@@ -127,6 +136,7 @@ impl Application {
             tracing.clone(),
             &config.service,
             config.economy,
+            keyer,
         );
         Ok(Self {
             config,

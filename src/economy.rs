@@ -1,21 +1,18 @@
 //! Upstream-call economy: concurrent identical calls share one Cognito call
 //! (single flight), and an opt-in cache answers repeats for a short TTL.
 //!
-//! Both are keyed by an HMAC-SHA256 of the token under a key drawn at start-up
-//! and never stored: the token itself is never a map key and never kept. A
-//! collision would hand one user another's answer, so the key is a full
-//! 256-bit MAC rather than a 64-bit hash.
+//! Both are keyed by the token's MAC ([`crate::expiring`]): the token itself
+//! is never a map key and never kept.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll, ready},
     time::{Duration, Instant, SystemTime},
 };
 
-use aws_lc_rs::{hmac, rand::SystemRandom};
 use opentelemetry::trace::SpanContext;
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -23,6 +20,7 @@ use tracing::Instrument as _;
 use crate::{
     cognito::Answer,
     error::{Error, UpstreamError, UpstreamErrorKind},
+    expiring::{ExpiringMap, TokenKey, TokenKeyer, lock},
     metric_names,
     token::AccessToken,
 };
@@ -36,10 +34,6 @@ pub type FlightSpan = Arc<OnceLock<SpanContext>>;
 
 /// A flight in the map: its outcome to wait for, and its upstream span.
 type InFlight = (watch::Receiver<Option<Outcome>>, FlightSpan);
-
-/// What identifies "the same call": a MAC of the token.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct TokenKey([u8; 32]);
 
 /// Default bound on cached answers: a few hundred bytes each, so at most a
 /// few MiB.
@@ -70,9 +64,9 @@ impl Default for EconomyConfig {
 /// Shared by every call of the service.
 pub struct Economy {
     config: EconomyConfig,
-    mac_key: hmac::Key,
+    keyer: TokenKeyer,
     flights: Mutex<HashMap<TokenKey, InFlight>>,
-    cache: Mutex<Cache>,
+    cache: ExpiringMap<Answer>,
 }
 
 impl std::fmt::Debug for Economy {
@@ -112,26 +106,18 @@ impl std::fmt::Debug for Leader {
 }
 
 impl Economy {
-    /// A fresh economy with a new random MAC key.
-    pub fn new(config: EconomyConfig) -> Arc<Self> {
-        // Drawing 32 random bytes from the OS cannot fail on any supported
-        // platform; if it did, a fixed key would still be correct (only the
-        // secrecy of the map keys would suffer), so fall back rather than panic.
-        let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
-            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"cognito-facade"));
+    /// An economy keying tokens with `keyer`.
+    pub fn new(config: EconomyConfig, keyer: TokenKeyer) -> Arc<Self> {
         Arc::new(Self {
             config,
-            mac_key,
+            keyer,
             flights: Mutex::new(HashMap::new()),
-            cache: Mutex::new(Cache::default()),
+            cache: ExpiringMap::new(config.cache_max_entries),
         })
     }
 
     fn key(&self, token: &AccessToken) -> TokenKey {
-        let tag = hmac::sign(&self.mac_key, token.expose().as_bytes());
-        let mut key = [0u8; 32];
-        key.copy_from_slice(tag.as_ref());
-        TokenKey(key)
+        self.keyer.key(token.expose())
     }
 
     /// Whether answers are cached (then a token's `exp` matters).
@@ -148,8 +134,7 @@ impl Economy {
         }
         let key = self.key(token);
         if self.config.cache_ttl.is_some() {
-            let hit = lock(&self.cache).get(&key, Instant::now());
-            if let Some(answer) = hit {
+            if let Some(answer) = self.cache.get(&key, Instant::now()) {
                 metrics::counter!(metric_names::CACHE_HITS).increment(1);
                 return Ticket::Cached(answer);
             }
@@ -223,12 +208,7 @@ impl Leader {
                 None => ttl,
             };
             if !lifetime.is_zero() {
-                lock(&economy.cache).insert(
-                    key,
-                    answer.clone(),
-                    now + lifetime,
-                    economy.config.cache_max_entries,
-                );
+                economy.cache.insert(key, answer.clone(), now + lifetime);
             }
         }
         // Publish first, then leave the map: a call arriving in between
@@ -324,120 +304,4 @@ async fn follow(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
 
 fn lost_flight() -> Error {
     UpstreamError::new(UpstreamErrorKind::Unavailable).into()
-}
-
-/// A lock that survives a panic elsewhere: the maps stay consistent because
-/// every critical section is a single insert, get or remove.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Successes by key, each expiring at the end of the TTL or at its token's
-/// `exp`, whichever comes first, and bounded in entries. A queue in
-/// insertion order finds the oldest entries (evicted first when full) and,
-/// from the front, expired ones; an expired entry further back is never
-/// served (`get` checks) and leaves when it reaches the front or is asked for.
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<TokenKey, (Instant, Answer)>,
-    order: VecDeque<(TokenKey, Instant)>,
-}
-
-impl Cache {
-    fn get(&mut self, key: &TokenKey, now: Instant) -> Option<Answer> {
-        match self.entries.get(key) {
-            Some((expires, answer)) if *expires > now => Some(answer.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn insert(&mut self, key: TokenKey, answer: Answer, expires: Instant, max_entries: usize) {
-        let now = Instant::now();
-        while let Some((old_key, old_expires)) = self.order.front().copied() {
-            let expired = old_expires <= now;
-            if !expired && self.entries.len() < max_entries {
-                break;
-            }
-            self.order.pop_front();
-            // Only remove the entry this queue slot stands for, not a newer
-            // insert under the same key.
-            if self
-                .entries
-                .get(&old_key)
-                .is_some_and(|(at, _)| *at == old_expires)
-            {
-                self.entries.remove(&old_key);
-            }
-        }
-        if max_entries == 0 {
-            return;
-        }
-        self.entries.insert(key, (expires, answer));
-        self.order.push_back((key, expires));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::GetUserAuthFactorsResponse;
-
-    fn answer(name: &str) -> Answer {
-        Answer {
-            response: GetUserAuthFactorsResponse {
-                username: name.to_owned(),
-                ..Default::default()
-            },
-            request_id: None,
-        }
-    }
-
-    fn key(n: u8) -> TokenKey {
-        TokenKey([n; 32])
-    }
-
-    #[test]
-    fn the_cache_expires_entries() {
-        let mut cache = Cache::default();
-        let now = Instant::now();
-        cache.insert(key(1), answer("a"), now + Duration::from_secs(5), 10);
-        assert!(cache.get(&key(1), now).is_some());
-        assert!(cache.get(&key(1), now + Duration::from_secs(6)).is_none());
-        assert!(cache.entries.is_empty());
-    }
-
-    #[test]
-    fn the_cache_is_bounded_and_drops_the_oldest() {
-        let mut cache = Cache::default();
-        let later = Instant::now() + Duration::from_secs(60);
-        for n in 0..10 {
-            cache.insert(
-                key(n),
-                answer("x"),
-                later + Duration::from_millis(n.into()),
-                3,
-            );
-        }
-        assert_eq!(cache.entries.len(), 3);
-        assert!(cache.order.len() <= 3);
-        let now = Instant::now();
-        assert!(cache.get(&key(9), now).is_some());
-        assert!(cache.get(&key(0), now).is_none());
-    }
-
-    #[test]
-    fn a_zero_bound_caches_nothing() {
-        let mut cache = Cache::default();
-        cache.insert(
-            key(1),
-            answer("a"),
-            Instant::now() + Duration::from_secs(5),
-            0,
-        );
-        assert!(cache.entries.is_empty());
-    }
 }

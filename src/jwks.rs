@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,7 @@ use jsonwebtoken::{
 use tokio::sync::watch;
 use tonic::codegen::http::{StatusCode, Uri};
 
-use crate::{metric_names, pools::UserPoolId};
+use crate::{expiring::lock, metric_names, pools::UserPoolId};
 
 /// Default least time between two refreshes of a pool's keys for a `kid`
 /// they lack (and between retries while the keys cannot be had).
@@ -171,7 +171,7 @@ struct State {
 
 impl PoolKeys {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     async fn lookup(self: &Arc<Self>, kid: &str, deadline: Instant) -> Lookup {

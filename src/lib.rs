@@ -26,7 +26,8 @@
 //!  2  token                            the token and its redacted type
 //!  1  wire  metric_names  telemetry    names and limits on the wire; metric
 //!     pools                            names; the log subscriber; pool ids
-//!  0  proto                            generated code, the redaction marker
+//!  0  proto  expiring                  generated code, the redaction marker;
+//!                                      token MACs, the expiring map, locks
 //! ```
 //!
 //! # One call
@@ -51,6 +52,7 @@ pub mod cognito;
 pub mod config;
 pub mod economy;
 pub mod error;
+pub mod expiring;
 pub mod healthcheck;
 pub mod jwks;
 pub mod listener;

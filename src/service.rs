@@ -16,6 +16,7 @@ use crate::{
     cognito::{Answer, Cognito},
     economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
+    expiring::TokenKeyer,
     metric_names,
     pools::UserPoolId,
     proto::{
@@ -86,13 +87,14 @@ impl FacadeService {
         tracing: Tracing,
         config: &ServiceConfig,
         economy: EconomyConfig,
+        keyer: TokenKeyer,
     ) -> Self {
         Self {
             cognito,
             gate,
             tracing,
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-            economy: Economy::new(economy),
+            economy: Economy::new(economy, keyer),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::{
     cell::RefCell,
     fmt,
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -22,6 +22,8 @@ use tracing_subscriber::{
     layer::SubscriberExt as _,
     registry::LookupSpan,
 };
+
+use crate::expiring::lock;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -71,7 +73,7 @@ impl Every {
     /// `Some(events held back since the last one let through)` when this one
     /// may be logged; `None` when it is to be held back.
     pub fn ready(&self) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         if state.last.is_some_and(|at| at.elapsed() < self.interval) {
             state.suppressed += 1;
             return None;

@@ -11,7 +11,7 @@
 
 use std::{
     borrow::Cow,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::codegen::http::HeaderMap;
 
-use crate::metric_names;
+use crate::{expiring::lock, metric_names};
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "cognito-facade";
@@ -300,11 +300,7 @@ impl Tracing {
         };
         // Closing the queue ends the task once it has exported the rest.
         export.queue.close();
-        let task = export
-            .task
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let task = lock(&export.task).take();
         if let Some(task) = task
             && tokio::time::timeout(within, task).await.is_err()
         {
@@ -399,10 +395,7 @@ struct Queue {
 
 impl Queue {
     fn close(&self) {
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        lock(&self.sender).take();
     }
 }
 
@@ -415,7 +408,7 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let sender = self.0.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = lock(&self.0.sender);
         let sent = match sender.as_ref() {
             Some(sender) => sender.try_send(span).is_ok(),
             None => false,

@@ -8,12 +8,11 @@
 //! without it.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex, PoisonError},
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aws_lc_rs::{hmac, rand::SystemRandom};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use tonic::codegen::http::Uri;
 
 use crate::{
     cognito::UpstreamConfig,
+    expiring::{ExpiringMap, TokenKeyer},
     jwks::{DEFAULT_REFRESH_INTERVAL, KeyStore, Lookup},
     metric_names,
     pools::UserPoolId,
@@ -95,15 +95,16 @@ pub struct TokenGate {
     client_ids: HashSet<String>,
     keys: KeyStore,
     validation: Validation,
-    /// Tokens already verified, until their `exp`.
-    memo: Arc<Memo>,
+    /// Tokens already verified, until their `exp`, by their MAC.
+    keyer: TokenKeyer,
+    memo: Arc<ExpiringMap<Checked>>,
 }
 
 impl TokenGate {
     /// The gate for `config`, fetching JWKS from each pool's issuer, or from
     /// the endpoint override of its region. Fetches nothing yet: see
     /// [`Self::prefetch`].
-    pub fn new(config: &TokenConfig, upstream: &UpstreamConfig) -> Self {
+    pub fn new(config: &TokenConfig, upstream: &UpstreamConfig, keyer: TokenKeyer) -> Self {
         let keys = config
             .pools
             .iter()
@@ -134,7 +135,8 @@ impl TokenGate {
             client_ids: config.client_ids.iter().cloned().collect(),
             keys: KeyStore::new(keys, config.jwks_refresh_interval),
             validation,
-            memo: Arc::new(Memo::new()),
+            keyer,
+            memo: Arc::new(ExpiringMap::new(MEMO_MAX_ENTRIES)),
         }
     }
 
@@ -184,8 +186,8 @@ impl TokenGate {
         // A token verified before, and not yet expired, is not verified
         // again: the RSA check alone costs ~18 µs of CPU, and clients reuse
         // an access token for its whole life. Keyed by a MAC, like the cache.
-        let memo_key = self.memo.key(text);
-        if let Some(checked) = self.memo.get(&memo_key) {
+        let memo_key = self.keyer.key(text);
+        if let Some(checked) = self.memo.get(&memo_key, Instant::now()) {
             return Ok(checked);
         }
         let kid = kid.ok_or(Refusal::KeyUnknown)?;
@@ -201,7 +203,9 @@ impl TokenGate {
             pool: Some(pool),
             expires_at: claims.expires_at(),
         };
-        self.memo.insert(memo_key, &checked);
+        if let Some(expires) = memo_expiry(&checked) {
+            self.memo.insert(memo_key, checked.clone(), expires);
+        }
         Ok(checked)
     }
 
@@ -264,71 +268,13 @@ impl TokenGate {
     }
 }
 
-/// Tokens that passed verification, by an HMAC-SHA256 of the token under a
-/// key drawn at start-up (the token itself is never kept), each until its
-/// `exp`; bounded, the oldest going first.
-struct Memo {
-    mac_key: hmac::Key,
-    entries: Mutex<MemoEntries>,
-}
-
-/// The remembered tokens, and their keys oldest first.
-type MemoEntries = (HashMap<[u8; 32], Checked>, VecDeque<[u8; 32]>);
-
-impl std::fmt::Debug for Memo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Memo").finish_non_exhaustive()
-    }
-}
-
-impl Memo {
-    fn new() -> Self {
-        // As in the economy: a fixed key would still be correct if the OS
-        // could not give 32 random bytes; only the keys' secrecy would suffer.
-        let mac_key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
-            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, b"cognito-facade-memo"));
-        Self {
-            mac_key,
-            entries: Mutex::default(),
-        }
-    }
-
-    fn key(&self, token: &str) -> [u8; 32] {
-        let mut key = [0u8; 32];
-        key.copy_from_slice(hmac::sign(&self.mac_key, token.as_bytes()).as_ref());
-        key
-    }
-
-    fn get(&self, key: &[u8; 32]) -> Option<Checked> {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let checked = entries.0.get(key)?;
-        // Past `exp` (beyond the leeway, as `decode` would judge it): forget
-        // it and verify again, which refuses it.
-        let live = checked
-            .expires_at
-            .is_some_and(|exp| exp + EXPIRY_LEEWAY > SystemTime::now());
-        if live {
-            return Some(checked.clone());
-        }
-        entries.0.remove(key);
-        None
-    }
-
-    fn insert(&self, key: [u8; 32], checked: &Checked) {
-        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let (entries, order) = &mut *guard;
-        // The queue can hold keys already forgotten (expired); it is bounded
-        // too, at the price of forgetting a live entry early now and then.
-        while entries.len() >= MEMO_MAX_ENTRIES || order.len() >= 2 * MEMO_MAX_ENTRIES {
-            let Some(oldest) = order.pop_front() else {
-                break;
-            };
-            entries.remove(&oldest);
-        }
-        if entries.insert(key, checked.clone()).is_none() {
-            order.push_back(key);
-        }
-    }
+/// How long a verified token is remembered: until its `exp` and the leeway
+/// `decode` allows beyond it, on this process's monotonic clock.
+fn memo_expiry(checked: &Checked) -> Option<Instant> {
+    let left = (checked.expires_at? + EXPIRY_LEEWAY)
+        .duration_since(SystemTime::now())
+        .ok()?;
+    Instant::now().checked_add(left)
 }
 
 impl TokenGate {
@@ -465,26 +411,14 @@ mod tests {
     }
 
     #[test]
-    fn the_memo_forgets_a_token_past_its_exp_and_leeway() {
-        let memo = Memo::new();
-        let (live, dead) = (memo.key("live.token.x"), memo.key("dead.token.x"));
-        assert_ne!(live, dead);
-        memo.insert(live, &checked(60));
-        memo.insert(dead, &checked(-(EXPIRY_LEEWAY.as_secs() as i64) - 1));
-        assert!(memo.get(&live).is_some());
-        assert!(memo.get(&dead).is_none());
-        assert!(memo.get(&memo.key("never.seen.x")).is_none());
-    }
-
-    #[test]
-    fn the_memo_is_bounded() {
-        let memo = Memo::new();
-        for n in 0..MEMO_MAX_ENTRIES + 10 {
-            memo.insert(memo.key(&format!("token.{n}.x")), &checked(60));
-        }
-        let entries = memo.entries.lock().unwrap();
-        assert_eq!(entries.0.len(), MEMO_MAX_ENTRIES);
-        assert!(entries.1.len() <= 2 * MEMO_MAX_ENTRIES);
+    fn a_verified_token_is_remembered_until_its_exp_and_the_leeway() {
+        let leeway = EXPIRY_LEEWAY.as_secs() as i64;
+        let live = memo_expiry(&checked(60)).unwrap();
+        let left = live - Instant::now();
+        assert!(left > Duration::from_secs(69) && left <= Duration::from_secs(70), "{left:?}");
+        assert!(memo_expiry(&checked(-leeway + 2)).is_some());
+        assert_eq!(memo_expiry(&checked(-leeway - 1)), None);
+        assert_eq!(memo_expiry(&Checked::default()), None);
     }
 
     #[test]
