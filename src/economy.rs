@@ -133,11 +133,11 @@ impl Economy {
             return Ticket::Lead(self.leader(None, None));
         }
         let key = self.key(token);
-        if self.config.cache_ttl.is_some() {
-            if let Some(answer) = self.cache.get(&key, Instant::now()) {
-                metrics::counter!(metric_names::CACHE_HITS).increment(1);
-                return Ticket::Cached(answer);
-            }
+        if self.config.cache_ttl.is_some()
+            && let Some(answer) = self.cache.get(&key, Instant::now())
+        {
+            metrics::counter!(metric_names::CACHE_HITS).increment(1);
+            return Ticket::Cached(answer);
         }
         if !self.config.coalesce {
             return Ticket::Lead(self.leader(Some(key), expires_at));
