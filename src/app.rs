@@ -24,24 +24,35 @@ use crate::{
 /// The runtime the service runs on, and the load generator too (so the
 /// benchmark's SDK floor is the same client under the same runtime): one
 /// worker per core (or per CPU the cgroup allows), with tokio's LIFO slot
-/// off. The slot runs the task a worker woke last before anything else and
-/// cannot be stolen; under load that kept calls queued behind one worker
-/// while the other woke, found nothing it could take and slept again. Off,
-/// at 64 callers: over a third more calls per second and a quarter less CPU
-/// per call; at one caller the same latency and more CPU per call, since
-/// every wake-up now may rouse the idle worker (bench/PROFILE.md).
+/// off when the build allows it. The slot runs the task a worker woke last
+/// before anything else and cannot be stolen; under load that kept calls
+/// queued behind one worker while the other woke, found nothing it could
+/// take and slept again. Off, at 64 callers: over a third more calls per
+/// second and a quarter less CPU per call; at one caller the same latency
+/// and more CPU per call, since every wake-up now may rouse the idle worker
+/// (bench/PROFILE.md). Turning it off needs `--cfg tokio_unstable` (tokio
+/// 1.x keeps `disable_lifo_slot` behind it), which `.cargo/config.toml`
+/// sets for every cargo build of this tree (the Dockerfile's too); a build
+/// without it (a `RUSTFLAGS` in the environment replaces the config's) runs
+/// with the slot on, warns at start ([`warn_if_lifo_slot_on`]) and says so
+/// on the build-info metric.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .disable_lifo_slot()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
 }
 
-#[cfg(not(tokio_unstable))]
-compile_error!(
-    "build with `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS in the \
-     environment replaces it): the runtime turns off tokio's LIFO slot, see bench/PROFILE.md"
-);
+/// Logs a warning when this build could not turn the LIFO slot off.
+pub fn warn_if_lifo_slot_on() {
+    if !prometheus::LIFO_SLOT_OFF {
+        tracing::warn!(
+            "built without --cfg tokio_unstable: tokio's LIFO slot stays on, which costs about a \
+             third of the throughput under load (see the README's build notes)"
+        );
+    }
+}
 
 /// Why the application could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +121,7 @@ impl Application {
     /// metrics are on, and binds the gRPC listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         config.validate()?;
+        warn_if_lifo_slot_on();
         let cognito = Cognito::from_config(&config.upstream, &config.tokens.regions()).await?;
         // One secret key for every map of tokens; no start without it.
         let keyer = TokenKeyer::random()?;

@@ -28,6 +28,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Whether this build turns tokio's LIFO slot off (it needs
+/// `--cfg tokio_unstable`; see `app::runtime`). Shown on the build-info
+/// metric as `lifo_slot`.
+pub const LIFO_SLOT_OFF: bool = cfg!(tokio_unstable);
+
 /// How often histograms are compacted when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -80,7 +85,9 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "Failures to accept a connection that made the listener back off, by error"
     );
     metrics::describe_gauge!(BUILD_INFO, "Build information");
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let lifo_slot = if LIFO_SLOT_OFF { "off" } else { "on" };
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "lifo_slot" => lifo_slot)
+        .set(1.0);
     Ok(handle)
 }
 

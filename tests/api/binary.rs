@@ -316,3 +316,26 @@ fn an_opentelemetry_setting_it_cannot_use_exits_2_naming_it() {
         assert!(stderr.contains(var), "{stderr}");
     }
 }
+
+/// The build-info metric says whether this build turned tokio's LIFO slot
+/// off; the test crate is built with the same flags as the binary. A build
+/// without `--cfg tokio_unstable` also warns at start.
+#[tokio::test]
+async fn the_build_info_says_whether_the_lifo_slot_is_off() {
+    let stand_in = StandIn::start().await;
+    let mut running = Running::against(&stand_in, &[], &[]);
+    let metrics = running.wait_for_addr("serving metrics");
+    let page = crate::helpers::scrape(metrics).await;
+    let expected = if cfg!(tokio_unstable) { "off" } else { "on" };
+    let series = format!(
+        "cognito_facade_build_info{{version=\"{}\",lifo_slot=\"{expected}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(crate::helpers::sample(&page, &series), Some(1.0), "{page}");
+    assert_eq!(running.terminate().await, Some(0));
+    let warned = running
+        .logs()
+        .iter()
+        .any(|line| line.contains("built without --cfg tokio_unstable"));
+    assert_eq!(warned, !cfg!(tokio_unstable));
+}
