@@ -536,28 +536,4 @@ mod tests {
             );
         }
     }
-
-    mod properties {
-        use proptest::prelude::*;
-
-        use super::*;
-
-        proptest! {
-            /// Every HTTP status lands in a documented row: a 2xx without a
-            /// modeled code is a bad response, a 5xx or a body without a code
-            /// is unavailable, any other coded 4xx is unmodeled.
-            #[test]
-            fn every_status_lands_in_a_row(code in 100u16..=599, has_code: bool) {
-                let kind = kind_of_unmodeled(has_code, status(code));
-                let expected = if (200..300).contains(&code) {
-                    UpstreamErrorKind::BadResponse
-                } else if code >= 500 || !has_code {
-                    UpstreamErrorKind::Unavailable
-                } else {
-                    UpstreamErrorKind::Unmodeled
-                };
-                prop_assert_eq!(kind, expected);
-            }
-        }
-    }
 }

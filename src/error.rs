@@ -493,22 +493,68 @@ mod tests {
 
         use super::*;
 
+        /// The operation's errors in AWS's own service model (botocore's
+        /// extract, `tests/fixtures/`): the independent truth of which codes
+        /// are modeled.
+        fn modeled_in_aws_model() -> Vec<String> {
+            let model: serde_json::Value = serde_json::from_str(include_str!(
+                "../tests/fixtures/cognito-idp-GetUserAuthFactors.model.json"
+            ))
+            .unwrap();
+            model["operation"]["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|error| error["shape"].as_str().unwrap().to_owned())
+                .collect()
+        }
+
+        #[test]
+        fn exactly_the_models_errors_are_modeled_rows() {
+            let modeled = modeled_in_aws_model();
+            assert_eq!(modeled.len(), 10, "{modeled:?}");
+            for code in &modeled {
+                let kind = K::from_aws_code(code);
+                assert!(
+                    kind.is_some_and(|kind| kind != K::Unmodeled),
+                    "{code} is in the model but maps to {kind:?}"
+                );
+            }
+            let mut kinds: Vec<_> = modeled.iter().filter_map(|c| K::from_aws_code(c)).collect();
+            kinds.sort_by_key(|kind| format!("{kind:?}"));
+            kinds.dedup();
+            assert_eq!(kinds.len(), modeled.len(), "one row per modeled error");
+        }
+
         proptest! {
-            /// Any error code string maps to a documented row (or to none,
-            /// which the caller treats as unmodeled) without panicking.
+            /// A code maps to a modeled row exactly when the AWS model lists
+            /// it; any other code is unmodeled, never a panic, and keeps its
+            /// name in ErrorInfo.
             #[test]
-            fn any_aws_code_maps_to_a_documented_row(code in ".{0,80}") {
-                match K::from_aws_code(&code) {
-                    Some(kind) => prop_assert!(K::ALL.contains(&kind)),
-                    None => {
-                        let status = status_of(UpstreamError {
-                            aws_error_code: Some(code.clone()),
-                            ..UpstreamError::new(K::Unmodeled)
-                        });
-                        prop_assert_eq!(status.code(), Code::Unknown);
-                        let info = status.get_details_error_info().unwrap();
-                        prop_assert_eq!(info.metadata.get("aws_error_code"), Some(&code));
-                    }
+            fn only_the_models_codes_map_to_modeled_rows(
+                code in prop_oneof![
+                    ".{0,80}",
+                    // Near misses of the model's names.
+                    prop::sample::select(modeled_in_aws_model()).prop_flat_map(|name| {
+                        (Just(name), 0usize..4).prop_map(|(name, how)| match how {
+                            0 => name.to_lowercase(),
+                            1 => format!("{name} "),
+                            2 => name.trim_end_matches("Exception").to_owned(),
+                            _ => format!("com.amazonaws.cognito#{name}x"),
+                        })
+                    }),
+                ]
+            ) {
+                let modeled = modeled_in_aws_model().contains(&code);
+                prop_assert_eq!(K::from_aws_code(&code).is_some(), modeled);
+                if !modeled {
+                    let status = status_of(UpstreamError {
+                        aws_error_code: Some(code.clone()),
+                        ..UpstreamError::new(K::Unmodeled)
+                    });
+                    prop_assert_eq!(status.code(), Code::Unknown);
+                    let info = status.get_details_error_info().unwrap();
+                    prop_assert_eq!(info.metadata.get("aws_error_code"), Some(&code));
                 }
             }
         }

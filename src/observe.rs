@@ -160,7 +160,11 @@ where
             UNKNOWN_METHOD_PATH
         };
         let trace = self.tracing.server_span(parent, name, SERVICE_NAME, method);
-        let call = Call::start(method, CallContext::arriving(trace), Arc::clone(&self.metrics));
+        let call = Call::start(
+            method,
+            CallContext::arriving(trace),
+            Arc::clone(&self.metrics),
+        );
         request.extensions_mut().insert(Arc::clone(&call.context));
         let answer = self.inner.call(request);
         // Only at `debug`: a span per call at `info` cost ~8 µs of CPU
@@ -426,9 +430,6 @@ mod tests {
             final_code(&response_with_status(Some("16"))),
             Code::Unauthenticated
         );
-        assert_eq!(
-            final_code(&response_with_status(Some("x"))),
-            Code::Unknown
-        );
+        assert_eq!(final_code(&response_with_status(Some("x"))), Code::Unknown);
     }
 }

@@ -54,7 +54,10 @@ where
             return Box::pin(std::future::ready(Ok(refusal)));
         }
         // Only observed calls have a context to tell.
-        let context = request.extensions().get::<std::sync::Arc<CallContext>>().cloned();
+        let context = request
+            .extensions()
+            .get::<std::sync::Arc<CallContext>>()
+            .cloned();
         let answer = self.inner.call(request);
         Box::pin(async move {
             let mut response = answer.await?;

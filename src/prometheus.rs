@@ -14,8 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
-    HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
-    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_REQUESTS,
+    HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, MAX_CONNECTIONS, RPC_DURATION,
+    RPC_IN_FLIGHT, RPC_REQUESTS, SHED, TOKEN_REFUSALS, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES,
+    UPSTREAM_DURATION, UPSTREAM_REQUESTS,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -41,6 +42,15 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
         .install_recorder()?;
+    describe();
+    let lifo_slot = if LIFO_SLOT_OFF { "off" } else { "on" };
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "lifo_slot" => lifo_slot)
+        .set(1.0);
+    Ok(handle)
+}
+
+/// Describes every metric of [`crate::metric_names`] to the recorder.
+fn describe() {
     metrics::describe_counter!(
         RPC_REQUESTS,
         "RPCs by method, final gRPC code and where the answer came from"
@@ -84,11 +94,23 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         ACCEPT_ERRORS,
         "Failures to accept a connection that made the listener back off, by error"
     );
-    metrics::describe_gauge!(BUILD_INFO, "Build information");
-    let lifo_slot = if LIFO_SLOT_OFF { "off" } else { "on" };
-    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "lifo_slot" => lifo_slot)
-        .set(1.0);
-    Ok(handle)
+    metrics::describe_counter!(
+        TOKEN_REFUSALS,
+        "Tokens refused here without a call to Cognito, by reason"
+    );
+    metrics::describe_counter!(JWKS_FETCHES, "JWKS fetches by pool and outcome");
+    metrics::describe_counter!(
+        JWKS_UNAVAILABLE,
+        "Calls verified by Cognito alone because their pool's keys could not be had"
+    );
+    metrics::describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans not exported, by reason (queue_full, export_failed)"
+    );
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Build information: version, and whether tokio's LIFO slot is off"
+    );
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
@@ -126,4 +148,80 @@ async fn render(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
         )],
         handle.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::BTreeSet,
+        sync::{Arc, Mutex},
+    };
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// A recorder that only notes the names described to it.
+    #[derive(Default)]
+    struct Descriptions(Arc<Mutex<BTreeSet<String>>>);
+
+    impl Descriptions {
+        fn note(&self, name: KeyName, description: &SharedString) {
+            assert!(
+                !description.is_empty(),
+                "{} has an empty description",
+                name.as_str()
+            );
+            self.0.lock().unwrap().insert(name.as_str().to_owned());
+        }
+    }
+
+    impl Recorder for Descriptions {
+        fn describe_counter(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+            self.note(name, &description);
+        }
+        fn describe_gauge(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+            self.note(name, &description);
+        }
+        fn describe_histogram(&self, name: KeyName, _: Option<Unit>, description: SharedString) {
+            self.note(name, &description);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Every name in `src/metric_names.rs`, read from the source: a metric
+    /// added there without a description here fails this test.
+    fn named_in_source() -> BTreeSet<String> {
+        include_str!("metric_names.rs")
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("pub const "))
+            .filter_map(|rest| rest.split_once("= \"")?.1.split_once('"'))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_named_metric_is_described() {
+        let recorder = Descriptions::default();
+        let described = Arc::clone(&recorder.0);
+        metrics::with_local_recorder(&recorder, describe);
+        let named = named_in_source();
+        assert!(named.len() >= 19, "{named:?}");
+        let described = described.lock().unwrap().clone();
+        let missing: Vec<_> = named.difference(&described).collect();
+        assert!(
+            missing.is_empty(),
+            "metrics without a description: {missing:?}"
+        );
+    }
 }

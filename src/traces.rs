@@ -22,7 +22,7 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::{
     Resource,
-    error::OTelSdkResult,
+    error::{OTelSdkError, OTelSdkResult},
     propagation::{BaggagePropagator, TraceContextPropagator},
     trace::{SdkTracer, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor},
 };
@@ -236,11 +236,6 @@ impl Tracing {
         Ok(tracing)
     }
 
-    /// Whether spans are exported.
-    pub fn exports(&self) -> bool {
-        self.export.is_some()
-    }
-
     /// The caller's trace context from request headers.
     pub fn extract(&self, headers: &HeaderMap) -> Context {
         self.propagator
@@ -419,8 +414,19 @@ impl SpanProcessor for QueueProcessor {
         }
     }
 
+    /// Not offered, and said so: the SDK calls this synchronously, from
+    /// whichever thread asks the provider to flush, while the export runs as
+    /// a task on the async runtime; blocking a runtime worker until that
+    /// task has exported could deadlock it. The specification lets a flush
+    /// fail as long as the caller learns it did, so this answers an error
+    /// rather than claim spans went out. Nothing here calls it: the queue is
+    /// drained at shutdown by `Tracing::shutdown`, within the grace.
     fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
+        Err(OTelSdkError::InternalFailure(
+            "force_flush is not offered; spans are exported by the queue's task and drained \
+             at shutdown"
+                .to_owned(),
+        ))
     }
 
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {

@@ -146,11 +146,6 @@ impl TokenGate {
         self.keys.prefetch();
     }
 
-    /// Whether pools are configured (tokens are read).
-    pub fn knows_pools(&self) -> bool {
-        !self.issuers.is_empty()
-    }
-
     /// Checks `token`, waiting for its pool's keys at most until `deadline`.
     /// In opaque mode it reads nothing and refuses nothing.
     pub async fn check(
@@ -236,7 +231,11 @@ impl TokenGate {
 
     /// The claims of a token whose signature `key` verifies, if it is an
     /// access token with the admin scope for an allowed client.
-    fn verified_claims(&self, text: &str, key: &jsonwebtoken::DecodingKey) -> Result<Claims, Refusal> {
+    fn verified_claims(
+        &self,
+        text: &str,
+        key: &jsonwebtoken::DecodingKey,
+    ) -> Result<Claims, Refusal> {
         let claims = jsonwebtoken::decode::<Claims>(text, key, &self.validation)
             .map_err(|err| match err.kind() {
                 ErrorKind::InvalidSignature => Refusal::SignatureInvalid,
@@ -415,7 +414,10 @@ mod tests {
         let leeway = EXPIRY_LEEWAY.as_secs() as i64;
         let live = memo_expiry(&checked(60)).unwrap();
         let left = live - Instant::now();
-        assert!(left > Duration::from_secs(69) && left <= Duration::from_secs(70), "{left:?}");
+        assert!(
+            left > Duration::from_secs(69) && left <= Duration::from_secs(70),
+            "{left:?}"
+        );
         assert!(memo_expiry(&checked(-leeway + 2)).is_some());
         assert_eq!(memo_expiry(&checked(-leeway - 1)), None);
         assert_eq!(memo_expiry(&Checked::default()), None);

@@ -39,6 +39,13 @@ pub(crate) enum Reply {
         aws_type: String,
         body: Value,
     },
+    /// An error named by the `x-amzn-ErrorType` header (`Code:namespace`),
+    /// as some AWS front ends send it, with this JSON body.
+    ErrorHeader {
+        status: u16,
+        error_type: &'static str,
+        body: Value,
+    },
     /// Any status, content type and body.
     Raw {
         status: u16,
@@ -240,8 +247,17 @@ async fn respond(mut reply: Reply, request_id: &str) -> Response {
         tokio::time::sleep(delay).await;
         reply = *next;
     }
+    let mut error_type = None;
     let (status, content_type, body) = match reply {
         Reply::Success(body) => (200, AWS_JSON, body.to_string()),
+        Reply::ErrorHeader {
+            status,
+            error_type: named,
+            body,
+        } => {
+            error_type = Some(named);
+            (status, AWS_JSON, body.to_string())
+        }
         Reply::Error {
             status,
             aws_type,
@@ -257,7 +273,7 @@ async fn respond(mut reply: Reply, request_id: &str) -> Response {
         } => (status, content_type, body),
         Reply::Delay(..) => unreachable!("delays are unwrapped above"),
     };
-    (
+    let mut response = (
         StatusCode::from_u16(status).unwrap(),
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
@@ -268,5 +284,12 @@ async fn respond(mut reply: Reply, request_id: &str) -> Response {
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if let Some(error_type) = error_type {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("x-amzn-errortype"),
+            header::HeaderValue::from_static(error_type),
+        );
+    }
+    response
 }

@@ -15,8 +15,8 @@ use tonic::Code;
 use tonic_types::StatusExt as _;
 
 use crate::helpers::{
-    LocalMetrics, Reply, StandIn, TOKEN, TestApp, failed_call, next_call_succeeds, request,
-    spawn_app, spawn_app_with, test_config,
+    AWS_JSON, LocalMetrics, Reply, StandIn, TOKEN, TestApp, failed_call, next_call_succeeds,
+    request, spawn_app, spawn_app_with, test_config,
 };
 
 /// What a failed call answered.
@@ -209,6 +209,103 @@ async fn an_unmodeled_4xx_is_unknown_and_names_the_code() {
     assert_eq!(seen.status.code(), Code::Unknown);
     assert_eq!(seen.reason, "UNMODELED_ERROR");
     assert_eq!(seen.metadata["aws_error_code"], "LimitExceededException");
+}
+
+/// Error codes as Cognito and AWS's front ends really write them: a
+/// namespaced `__type`, the `x-amzn-ErrorType` header with its `:namespace`
+/// tail, or no code at all. Each lands in its documented row with the bare
+/// code in ErrorInfo.
+#[tokio::test]
+async fn the_real_wire_forms_of_error_codes_land_in_their_rows() {
+    const NS: &str = ":http://internal.amazon.com/coral/com.amazonaws.cognito.identity.idp.model/";
+    let header = |status, error_type: &'static str| Reply::ErrorHeader {
+        status,
+        error_type,
+        body: serde_json::json!({ "message": "from the header form" }),
+    };
+    let rows: [(Reply, Code, &str, &str); 7] = [
+        (
+            Reply::error(
+                400,
+                "com.amazonaws.cognito.identity.idp.model#NotAuthorizedException",
+                "Access Token has been revoked",
+            ),
+            Code::Unauthenticated,
+            "NOT_AUTHORIZED",
+            "NotAuthorizedException",
+        ),
+        (
+            header(400, leak(format!("NotAuthorizedException{NS}"))),
+            Code::Unauthenticated,
+            "NOT_AUTHORIZED",
+            "NotAuthorizedException",
+        ),
+        (
+            header(400, leak(format!("UserNotFoundException{NS}"))),
+            Code::NotFound,
+            "USER_NOT_FOUND",
+            "UserNotFoundException",
+        ),
+        (
+            Reply::error(
+                400,
+                "com.amazon.coral.service#UnrecognizedClientException",
+                "The security token included in the request is invalid.",
+            ),
+            Code::Unknown,
+            "UNMODELED_ERROR",
+            "UnrecognizedClientException",
+        ),
+        (
+            header(
+                403,
+                "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.coral.service/",
+            ),
+            Code::Unknown,
+            "UNMODELED_ERROR",
+            "AccessDeniedException",
+        ),
+        (
+            Reply::error(
+                503,
+                "com.amazon.coral.availability#ThrottlingException",
+                "Rate exceeded",
+            ),
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "ThrottlingException",
+        ),
+        (
+            Reply::Raw {
+                status: 400,
+                content_type: AWS_JSON,
+                body: "{}".to_owned(),
+            },
+            Code::Unavailable,
+            "UPSTREAM_UNAVAILABLE",
+            "",
+        ),
+    ];
+    let mut app = spawn_app().await;
+    for (reply, code, reason, aws_code) in rows {
+        app.stand_in.always(reply.clone());
+        let seen = call(&mut app).await;
+        assert_eq!(seen.status.code(), code, "{reply:?}");
+        assert_eq!(seen.reason, reason, "{reply:?}");
+        assert_eq!(
+            seen.metadata
+                .get("aws_error_code")
+                .map_or("", String::as_str),
+            aws_code,
+            "{reply:?}"
+        );
+    }
+    next_call_succeeds(&mut app).await;
+}
+
+/// A `'static` header value for the stand-in.
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
 }
 
 #[tokio::test]
