@@ -18,7 +18,7 @@ use crate::{error::Error, pools::UserPoolId};
 /// `source`, and sent to the caller as the `x-cognito-facade-source` response
 /// metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     /// This call's own request to Cognito.
     Cognito,
     /// Another concurrent call's request to Cognito (single flight).
@@ -31,10 +31,10 @@ pub enum Source {
 
 impl Source {
     /// Every source.
-    pub const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
+    pub(crate) const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
 
     /// The name in logs, labels and metadata.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Cognito => "cognito",
             Self::Coalesced => "coalesced",
@@ -44,14 +44,14 @@ impl Source {
     }
 
     /// The metadata value that carries this source.
-    pub fn metadata_value(self) -> AsciiMetadataValue {
+    pub(crate) fn metadata_value(self) -> AsciiMetadataValue {
         AsciiMetadataValue::from_static(self.as_str())
     }
 }
 
 /// What is known about one call. Each fact is written at most once.
 #[derive(Debug)]
-pub struct CallContext {
+pub(crate) struct CallContext {
     arrived: Instant,
     /// The call's trace context: its server span when spans are exported,
     /// else the caller's context (if it sent one).
@@ -64,7 +64,7 @@ pub struct CallContext {
 
 impl CallContext {
     /// A call arriving now, in `trace`.
-    pub fn arriving(trace: opentelemetry::Context) -> Arc<Self> {
+    pub(crate) fn arriving(trace: opentelemetry::Context) -> Arc<Self> {
         Arc::new(Self {
             arrived: Instant::now(),
             trace,
@@ -77,7 +77,7 @@ impl CallContext {
 
     /// The context of `extensions`' call, or a new one arriving now for a
     /// call nobody observes.
-    pub fn of(extensions: &http::Extensions) -> Arc<Self> {
+    pub(crate) fn of(extensions: &http::Extensions) -> Arc<Self> {
         extensions
             .get::<Arc<Self>>()
             .cloned()
@@ -85,52 +85,52 @@ impl CallContext {
     }
 
     /// When the call arrived: its one clock starts here.
-    pub fn arrived(&self) -> Instant {
+    pub(crate) fn arrived(&self) -> Instant {
         self.arrived
     }
 
     /// The call's trace context, to parent the spans of its work.
-    pub fn trace(&self) -> &opentelemetry::Context {
+    pub(crate) fn trace(&self) -> &opentelemetry::Context {
         &self.trace
     }
 
     /// Where the answer came from; `Local` until the handler says otherwise.
-    pub fn source(&self) -> Source {
+    pub(crate) fn source(&self) -> Source {
         self.source.get().copied().unwrap_or(Source::Local)
     }
 
     /// Records where the answer comes from.
-    pub fn set_source(&self, source: Source) {
+    pub(crate) fn set_source(&self, source: Source) {
         let _ = self.source.set(source);
     }
 
     /// The configured user pool of the call's token, or `""`.
-    pub fn pool(&self) -> &str {
+    pub(crate) fn pool(&self) -> &str {
         self.pool.get().map_or("", UserPoolId::as_str)
     }
 
     /// Records the token's pool.
-    pub fn set_pool(&self, pool: UserPoolId) {
+    pub(crate) fn set_pool(&self, pool: UserPoolId) {
         let _ = self.pool.set(pool);
     }
 
     /// The documented error the call failed with, if it did.
-    pub fn error(&self) -> Option<&Error> {
+    pub(crate) fn error(&self) -> Option<&Error> {
         self.error.get()
     }
 
     /// Records the error the call fails with.
-    pub fn set_error(&self, error: Error) {
+    pub(crate) fn set_error(&self, error: Error) {
         let _ = self.error.set(error);
     }
 
     /// Cognito's request id of a success, or `""`.
-    pub fn request_id(&self) -> &str {
+    pub(crate) fn request_id(&self) -> &str {
         self.request_id.get().map_or("", String::as_str)
     }
 
     /// Records Cognito's request id.
-    pub fn set_request_id(&self, id: String) {
+    pub(crate) fn set_request_id(&self, id: String) {
         let _ = self.request_id.set(id);
     }
 }

@@ -12,7 +12,7 @@ use cognito_facade::{
     cognito::{self, UpstreamConfig},
     config::*,
     economy::{self, EconomyConfig},
-    healthcheck, jwks, listener,
+    healthcheck, listener,
     pools::UserPoolId,
     prometheus,
     server::{self, ServerConfig},
@@ -112,7 +112,7 @@ pub(crate) struct Cli {
     client_ids: Vec<String>,
 
     /// Least time between two JWKS refreshes of a pool for tokens with an unknown key id.
-    #[arg(long, env = ENV_JWKS_REFRESH_INTERVAL, default_value_t = shown(jwks::DEFAULT_REFRESH_INTERVAL), value_name = "DURATION")]
+    #[arg(long, env = ENV_JWKS_REFRESH_INTERVAL, default_value_t = shown(TokenConfig::default().jwks_refresh_interval), value_name = "DURATION")]
     jwks_refresh_interval: humantime::Duration,
 
     /// Cognito endpoint URL for every region, overriding the regional one (and AWS_ENDPOINT_URL).

@@ -15,7 +15,7 @@ use aws_lc_rs::{hmac, rand::SystemRandom};
 /// A lock that survives a panic elsewhere. Every critical section in this
 /// crate leaves its data consistent at each step (single inserts, gets and
 /// removes, or plain assignments), so a poisoned lock's data is still good.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -69,7 +69,7 @@ impl TokenKeyer {
 /// expired entry further back is never served (`get` checks) and leaves when
 /// it reaches the front or is asked for.
 #[derive(Debug)]
-pub struct ExpiringMap<V> {
+pub(crate) struct ExpiringMap<V> {
     max_entries: usize,
     entries: Mutex<Entries<V>>,
 }
@@ -82,7 +82,7 @@ struct Entries<V> {
 
 impl<V: Clone> ExpiringMap<V> {
     /// An empty map holding at most `max_entries` (0 holds nothing).
-    pub fn new(max_entries: usize) -> Self {
+    pub(crate) fn new(max_entries: usize) -> Self {
         Self {
             max_entries,
             entries: Mutex::new(Entries {
@@ -93,7 +93,7 @@ impl<V: Clone> ExpiringMap<V> {
     }
 
     /// The value under `key`, if it has not expired by `now`.
-    pub fn get(&self, key: &TokenKey, now: Instant) -> Option<V> {
+    pub(crate) fn get(&self, key: &TokenKey, now: Instant) -> Option<V> {
         let mut entries = lock(&self.entries);
         match entries.by_key.get(key) {
             Some((expires, value)) if *expires > now => Some(value.clone()),
@@ -107,7 +107,7 @@ impl<V: Clone> ExpiringMap<V> {
 
     /// Keeps `value` under `key` until `expires`, making room first: expired
     /// entries go, then the oldest while the map is full.
-    pub fn insert(&self, key: TokenKey, value: V, expires: Instant) {
+    pub(crate) fn insert(&self, key: TokenKey, value: V, expires: Instant) {
         let now = Instant::now();
         let mut guard = lock(&self.entries);
         let entries = &mut *guard;

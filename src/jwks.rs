@@ -28,7 +28,7 @@ use crate::{expiring::lock, metric_names, pools::UserPoolId};
 
 /// Default least time between two refreshes of a pool's keys for a `kid`
 /// they lack (and between retries while the keys cannot be had).
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Bound on one fetch, connecting included: Cognito serves the JWKS from the
 /// region's edge in milliseconds.
@@ -39,7 +39,7 @@ const MAX_JWKS_BYTES: usize = 64 * 1024;
 
 /// What a key lookup found.
 #[derive(Debug, Clone)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// The pool's key with that `kid`.
     Found(Arc<DecodingKey>),
     /// The pool's keys (freshly fetched, or refreshed within the interval)
@@ -54,14 +54,14 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Byte
 
 /// The keys of every configured pool.
 #[derive(Debug, Clone)]
-pub struct KeyStore {
+pub(crate) struct KeyStore {
     pools: Arc<HashMap<UserPoolId, Arc<PoolKeys>>>,
 }
 
 impl KeyStore {
     /// A store for `pools`, each with the URL of its JWKS, refreshing for an
     /// unknown `kid` at most once per `refresh_interval`. Fetches nothing yet.
-    pub fn new(pools: Vec<(UserPoolId, Uri)>, refresh_interval: Duration) -> Self {
+    pub(crate) fn new(pools: Vec<(UserPoolId, Uri)>, refresh_interval: Duration) -> Self {
         if pools.is_empty() {
             // Opaque mode, or verification off: no client, so no CA roots
             // are loaded (they cost ~1.5 MiB of idle RSS).
@@ -89,14 +89,14 @@ impl KeyStore {
     }
 
     /// Starts fetching every pool's keys in the background.
-    pub fn prefetch(&self) {
+    pub(crate) fn prefetch(&self) {
         for keys in self.pools.values() {
             let _fetch = keys.start_fetch(&mut keys.lock(), false);
         }
     }
 
     /// The keys at hand (no fetch) with `kid`, in any pool.
-    pub fn cached(&self, kid: &str) -> Vec<Arc<DecodingKey>> {
+    pub(crate) fn cached(&self, kid: &str) -> Vec<Arc<DecodingKey>> {
         self.pools
             .values()
             .filter_map(|keys| keys.lock().keys.as_ref()?.get(kid).cloned())
@@ -105,7 +105,7 @@ impl KeyStore {
 
     /// The key `kid` of `pool`, waiting at most until `deadline` for a fetch
     /// (one shared by every caller that needs it).
-    pub async fn lookup(&self, pool: &UserPoolId, kid: &str, deadline: Instant) -> Lookup {
+    pub(crate) async fn lookup(&self, pool: &UserPoolId, kid: &str, deadline: Instant) -> Lookup {
         match self.pools.get(pool) {
             Some(keys) => keys.lookup(kid, deadline).await,
             None => Lookup::Unavailable,

@@ -47,18 +47,18 @@
 //! written from the same elapsed time, and the answer goes to the caller.
 
 pub mod app;
-pub mod call;
+pub(crate) mod call;
 pub mod cognito;
 pub mod config;
 pub mod economy;
 pub mod error;
-pub mod expiring;
+pub(crate) mod expiring;
 pub mod healthcheck;
-pub mod jwks;
+pub(crate) mod jwks;
 pub mod listener;
 pub mod metric_names;
-pub mod observe;
-pub mod policy;
+pub(crate) mod observe;
+pub(crate) mod policy;
 pub mod pools;
 pub mod prometheus;
 pub mod proto;

@@ -15,7 +15,7 @@ use crate::{call::CallContext, error::Error};
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PolicyLayer;
+pub(crate) struct PolicyLayer;
 
 impl<S> Layer<S> for PolicyLayer {
     type Service = Policy<S>;
@@ -27,7 +27,7 @@ impl<S> Layer<S> for PolicyLayer {
 
 /// The service [`PolicyLayer`] wraps around the routes.
 #[derive(Debug, Clone)]
-pub struct Policy<S> {
+pub(crate) struct Policy<S> {
     inner: S,
 }
 
