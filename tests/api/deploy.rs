@@ -108,3 +108,58 @@ fn the_documented_docker_stop_timeout_outlasts_drain_and_grace() {
         );
     }
 }
+
+/// The README says to move a container's port with
+/// `-e COGNITO_FACADE_LISTEN_ADDR=...`, because the image's HEALTHCHECK (a
+/// `healthcheck` process of its own, without `--addr`) reads the environment
+/// and never the server's arguments. Both halves hold: the documented way
+/// moves the probe, and `--listen-addr` alone leaves it on the old port.
+#[tokio::test]
+async fn the_documented_way_to_move_the_port_moves_the_health_probe_too() {
+    use crate::helpers::{Running, StandIn, command};
+    let readme = file("README.md");
+    let documented = readme
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:"))
+        .expect("the README documents -e COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:PORT");
+    assert!(readme.contains(&format!(
+        "-e COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:{documented}"
+    )));
+    let dockerfile = file("Dockerfile");
+    let healthcheck = dockerfile
+        .lines()
+        .skip_while(|line| !line.starts_with("HEALTHCHECK"))
+        .nth(1)
+        .expect("a HEALTHCHECK command");
+    assert!(healthcheck.contains("\"healthcheck\""), "{healthcheck}");
+    assert!(!healthcheck.contains("--addr"), "the probe must follow the environment");
+
+    // On loopback and a free port instead of 0.0.0.0:PORT; the mechanism is
+    // the same.
+    let stand_in = StandIn::start().await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = free.local_addr().unwrap().to_string();
+    drop(free);
+    let probe = |envs: Vec<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            command(&["healthcheck", "--timeout", "1s"], &envs)
+                .output()
+                .unwrap()
+                .status
+                .code()
+        })
+    };
+    let env = [("COGNITO_FACADE_LISTEN_ADDR", moved.as_str())];
+    let mut running = Running::against(&stand_in, &[], &env);
+    let healthy = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", moved.clone())]);
+    assert_eq!(healthy.await.unwrap(), Some(0));
+    assert_eq!(running.terminate().await, Some(0));
+
+    // The flag alone: the probe, with the image's environment, asks 50051.
+    let mut running = Running::against(&stand_in, &["--listen-addr", &moved], &[]);
+    let image_env = "127.0.0.1:1".to_owned();
+    let unhealthy = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", image_env)]);
+    assert_eq!(unhealthy.await.unwrap(), Some(1));
+    assert_eq!(running.terminate().await, Some(0));
+}
