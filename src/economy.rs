@@ -1,7 +1,7 @@
 //! Upstream-call economy: concurrent identical calls share one Cognito call
 //! (single flight), and an opt-in cache answers repeats for a short TTL.
 //!
-//! Both are keyed by the token's MAC ([`crate::expiring`]): the token itself
+//! Both are keyed by the token's MAC (`crate::expiring`): the token itself
 //! is never a map key and never kept.
 
 use std::{

@@ -34,10 +34,10 @@
 //!
 //! A connection is admitted by [`listener`] (under the connection cap, TLS and
 //! the HTTP/2 opening within the handshake deadline) and served by tonic in
-//! [`server::run`]. A call arrives on it; [`observe`] starts its one clock and
-//! its typed context ([`call`]); [`policy`] refuses it if it is not gRPC and
+//! [`server::run`]. A call arrives on it; `observe` starts its one clock and
+//! its typed context (`call`); `policy` refuses it if it is not gRPC and
 //! passes it to tonic, which decodes it (refusing oversize messages, which
-//! [`policy`] reports as the documented RESOURCE_EXHAUSTED) and calls
+//! `policy` reports as the documented RESOURCE_EXHAUSTED) and calls
 //! [`service::FacadeService`]. The service takes the token from the field or
 //! the `authorization` metadata ([`token`]), has it checked by [`verify`],
 //! asks the [`economy`] whether the answer is cached or already being
@@ -45,7 +45,7 @@
 //! Cognito through [`cognito`] within the caller's deadline. Cognito's answer
 //! or error becomes a response or a status through the one table in
 //! [`error`], marked with where it came from, and the context records the
-//! source, the pool and the error; back in [`observe`], the RPC metrics, the
+//! source, the pool and the error; back in `observe`, the RPC metrics, the
 //! span and the call's single log line are written from that context and the
 //! same elapsed time, and the answer goes to the caller.
 

@@ -1,6 +1,6 @@
 //! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
 //! answer (or a precise status) out, with where the answer came from. The
-//! call's metrics and log line are written by [`crate::observe`].
+//! call's metrics and log line are written by `crate::observe`.
 
 use std::{
     sync::Arc,

@@ -36,7 +36,7 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
 
 /// Response metadata that says where the answer came from (see
-/// [`crate::observe::Source`]).
+/// `crate::call::Source`).
 pub const SOURCE_METADATA: &str = "x-cognito-facade-source";
 
 /// What `Debug`, `Display` and logs print in place of a secret (defined
