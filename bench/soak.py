@@ -134,6 +134,13 @@ def connection_checks(upstream_port, smoke):
     """The handshake deadline, descriptors running out, and the cap."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        return limits_checks(upstream_port, smoke)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def limits_checks(upstream_port, smoke):
     deadline, silent_n = (1, 200) if smoke else (3, 1000)
     checks = []
 
@@ -161,6 +168,7 @@ def connection_checks(upstream_port, smoke):
         upstream_port, "--handshake-timeout", f"{fd_deadline}s", "--max-connections", "10000",
         fd_limit=600)
     try:
+        connected = time.monotonic()
         socks = start_connecting(port, 700)
         time.sleep(0.5)
         window = fd_deadline - 1
@@ -168,20 +176,21 @@ def connection_checks(upstream_port, smoke):
         time.sleep(window)
         cpu = (cpu_seconds(proc.pid) - before) / window
         in_use = len(os.listdir(f"/proc/{proc.pid}/fd"))
-        started = time.monotonic()
         answered = None
-        while time.monotonic() - started < fd_deadline * 3 + 5:
+        while time.monotonic() - connected < fd_deadline * 3 + 5:
             if subprocess.run([str(SERVICE), "healthcheck", "--addr", f"127.0.0.1:{port}",
                                "--timeout", "2s"], capture_output=True).returncode == 0:
-                answered = time.monotonic() - started
+                answered = time.monotonic() - connected
                 break
         errors = metric_sum(metrics_port, "cognito_facade_accept_errors_total")
         checks.append(("out of descriptors (`ulimit -n 600`, 700 silent connections): CPU "
                        "under 5% of a core", f"{cpu * 100:.1f}% over {window} s with {in_use} of 600 "
                        f"descriptors in use ({errors:.0f} failed accepts, backing off)",
                        cpu < 0.05 and in_use >= 590 and errors > 0))
-        checks.append(("... and a new connection's health Check answers SERVING after the "
-                       "deadline", "never" if answered is None else f"after {answered:.1f} s",
+        checks.append((f"... and a new connection's health Check answers SERVING once the "
+                       f"deadline ({fd_deadline} s) has closed the silent ones",
+                       "never" if answered is None else
+                       f"{answered:.1f} s after the silent connections opened",
                        answered is not None and answered <= fd_deadline + 3))
         for sock in socks:
             sock.close()
@@ -190,6 +199,8 @@ def connection_checks(upstream_port, smoke):
         proc.wait()
 
     proc, port, metrics_port = connection_service(upstream_port, "--max-connections", "200")
+    # wait_port's own probe connection may still hold a slot for a moment.
+    time.sleep(0.2)
     try:
         socks = [sock for sock, _ in open_sockets(port, 300, PREFACE + EMPTY_SETTINGS)]
         held = still_open(socks)
@@ -201,7 +212,6 @@ def connection_checks(upstream_port, smoke):
     finally:
         proc.kill()
         proc.wait()
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     return checks
 
 

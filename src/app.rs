@@ -3,7 +3,7 @@
 //! a shutdown future completes. The binary and the tests both go through
 //! [`Application::build`], so the tests run exactly what ships.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -12,6 +12,7 @@ use crate::{
     cognito::{Cognito, SetupError},
     config::{Config, ConfigError},
     expiring::{RandomError, TokenKeyer},
+    fleet::Fleet,
     listener,
     observe::ObserveLayer,
     prometheus,
@@ -53,6 +54,10 @@ pub fn warn_if_lifo_slot_on() {
         );
     }
 }
+
+/// How much longer than the upstream call timeout a fleet lease lasts: the
+/// leader's own overhead around the call.
+const FLEET_LEASE_SLACK: Duration = Duration::from_millis(500);
 
 /// Why the application could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +147,12 @@ impl Application {
             }),
             None => None,
         };
+        // A leader's flight lasts at most its upstream call, retries included.
+        let lease = config.upstream.call_timeout + FLEET_LEASE_SLACK;
+        let fleet = config
+            .fleet
+            .as_ref()
+            .map(|fleet| Fleet::start(fleet, lease, config.economy.cache_ttl));
         let service = FacadeService::new(
             cognito,
             gate.clone(),
@@ -149,6 +160,7 @@ impl Application {
             &config.service,
             config.economy,
             keyer,
+            fleet,
         );
         Ok(Self {
             config,

@@ -27,11 +27,22 @@ pub(crate) enum Source {
     Cache,
     /// The facade itself, without Cognito: a refused request, a shed call.
     Local,
+    /// The fleet's cache on Redis (another replica's answer).
+    FleetCache,
+    /// Another replica's request to Cognito (fleet single flight).
+    FleetCoalesced,
 }
 
 impl Source {
     /// Every source.
-    pub(crate) const ALL: [Self; 4] = [Self::Cognito, Self::Coalesced, Self::Cache, Self::Local];
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Cognito,
+        Self::Coalesced,
+        Self::Cache,
+        Self::Local,
+        Self::FleetCache,
+        Self::FleetCoalesced,
+    ];
 
     /// The name in logs, labels and metadata.
     pub(crate) const fn as_str(self) -> &'static str {
@@ -40,6 +51,8 @@ impl Source {
             Self::Coalesced => "coalesced",
             Self::Cache => "cache",
             Self::Local => "local",
+            Self::FleetCache => "fleet_cache",
+            Self::FleetCoalesced => "fleet_coalesced",
         }
     }
 

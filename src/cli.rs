@@ -12,6 +12,7 @@ use cognito_facade::{
     cognito::{self, UpstreamConfig},
     config::*,
     economy::{self, EconomyConfig},
+    fleet::{self, FleetConfig, FleetKey, RedisMode},
     healthcheck, listener,
     pools::UserPoolId,
     prometheus,
@@ -199,6 +200,24 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_MAX_CONNECTIONS, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// The fleet store, Redis or Valkey: `redis://[USER:PASSWORD@]HOST:PORT` or `rediss://` (TLS);
+    /// in cluster mode a comma-separated list of seed nodes. Without it, each replica alone.
+    #[arg(long, env = ENV_REDIS_URL, value_name = "URL")]
+    redis_url: Option<String>,
+
+    /// `standalone` (one server) or `cluster` (Redis Cluster; sharded pub/sub).
+    #[arg(long, env = ENV_REDIS_MODE, value_enum, default_value_t = RedisMode::default())]
+    redis_mode: RedisMode,
+
+    /// File with at least 32 random bytes the fleet shares (a Kubernetes Secret); it keys and
+    /// seals everything in Redis. Required with --redis-url; must not be world-readable.
+    #[arg(long, env = ENV_FLEET_KEY_FILE, value_name = "FILE")]
+    fleet_key_file: Option<PathBuf>,
+
+    /// The time Redis gets for one operation within a call; then the call goes on without it.
+    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(fleet::DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
+    redis_timeout: humantime::Duration,
+
     /// HTTP/2 keepalive ping interval.
     #[arg(long, env = ENV_KEEPALIVE_INTERVAL, default_value_t = shown(server::DEFAULT_KEEPALIVE_INTERVAL), value_name = "DURATION")]
     keepalive_interval: humantime::Duration,
@@ -269,8 +288,29 @@ impl Cli {
         }
     }
 
+    /// The fleet store's settings, its key file read and checked.
+    fn fleet_config(&self) -> Result<Option<FleetConfig>, ConfigError> {
+        let (url, key_file) = match (&self.redis_url, &self.fleet_key_file) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => return Err(ConfigError::FleetKeyMissing),
+            (None, Some(_)) => return Err(ConfigError::RedisUrlMissing),
+            (Some(url), Some(key_file)) => (url, key_file),
+        };
+        let urls = match self.redis_mode {
+            RedisMode::Standalone => vec![url.trim().to_owned()],
+            RedisMode::Cluster => url.split(',').map(|u| u.trim().to_owned()).collect(),
+        };
+        Ok(Some(FleetConfig {
+            urls,
+            mode: self.redis_mode,
+            key: FleetKey::from_file(key_file)?,
+            timeout: self.redis_timeout.into(),
+        }))
+    }
+
     /// The validated configuration (TLS files read and checked).
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
+        let fleet = self.fleet_config()?;
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsConfig::from_files(
                 cert,
@@ -311,6 +351,7 @@ impl Cli {
                     .filter(|ttl| !ttl.is_zero()),
                 cache_max_entries: self.cache_max_entries,
             },
+            fleet,
             log_format: self.log_format,
             metrics_addr: self.metrics_addr.0,
             tracing: TracingConfig::from_env()?,

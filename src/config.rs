@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    cognito::UpstreamConfig, economy::EconomyConfig, pools::is_region,
+    cognito::UpstreamConfig, economy::EconomyConfig, fleet::FleetConfig, pools::is_region,
     prometheus::DEFAULT_METRICS_ADDR, server::ServerConfig, service::ServiceConfig,
     telemetry::LogFormat, traces::TracingConfig, verify::TokenConfig,
 };
@@ -65,6 +65,14 @@ pub const ENV_KEEPALIVE_TIMEOUT: &str = "COGNITO_FACADE_KEEPALIVE_TIMEOUT";
 pub const ENV_HANDSHAKE_TIMEOUT: &str = "COGNITO_FACADE_HANDSHAKE_TIMEOUT";
 /// Env var for `--max-connections`.
 pub const ENV_MAX_CONNECTIONS: &str = "COGNITO_FACADE_MAX_CONNECTIONS";
+/// Env var for `--redis-url`.
+pub const ENV_REDIS_URL: &str = "COGNITO_FACADE_REDIS_URL";
+/// Env var for `--redis-mode`.
+pub const ENV_REDIS_MODE: &str = "COGNITO_FACADE_REDIS_MODE";
+/// Env var for `--fleet-key-file`.
+pub const ENV_FLEET_KEY_FILE: &str = "COGNITO_FACADE_FLEET_KEY_FILE";
+/// Env var for `--redis-timeout`.
+pub const ENV_REDIS_TIMEOUT: &str = "COGNITO_FACADE_REDIS_TIMEOUT";
 /// Env var for `--coalesce`.
 pub const ENV_COALESCE: &str = "COGNITO_FACADE_COALESCE";
 /// Env var for `--cache-ttl`.
@@ -85,6 +93,8 @@ pub struct Config {
     pub tokens: TokenConfig,
     /// Single flight and cache.
     pub economy: EconomyConfig,
+    /// The fleet store (Redis or Valkey); `None`: each replica alone.
+    pub fleet: Option<FleetConfig>,
     /// Log line format.
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None` turns it off.
@@ -102,6 +112,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             tokens: TokenConfig::default(),
             economy: EconomyConfig::default(),
+            fleet: None,
             log_format: LogFormat::default(),
             metrics_addr: Some(DEFAULT_METRICS_ADDR),
             tracing: TracingConfig::default(),
@@ -149,6 +160,18 @@ pub enum ConfigError {
     /// A certificate, key or CA that cannot be read or used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The fleet key file cannot be used.
+    #[error(transparent)]
+    FleetKey(#[from] crate::fleet::FleetKeyError),
+    /// `--redis-url` without `--fleet-key-file`.
+    #[error("--redis-url needs --fleet-key-file (the fleet's shared secret)")]
+    FleetKeyMissing,
+    /// `--fleet-key-file` without `--redis-url`.
+    #[error("--fleet-key-file is only used with --redis-url")]
+    RedisUrlMissing,
+    /// A Redis URL that is not `redis://` or `rediss://` with a host.
+    #[error("--redis-url: {0:?} is not a redis:// or rediss:// URL with a host")]
+    BadRedisUrl(String),
     /// An OpenTelemetry environment variable that cannot be used.
     #[error(transparent)]
     Tracing(#[from] crate::traces::TracingEnvError),
@@ -210,8 +233,40 @@ impl Config {
         if self.tokens.client_ids.iter().any(|id| id.trim().is_empty()) {
             return Err(ConfigError::EmptyClientId);
         }
+        if let Some(fleet) = &self.fleet {
+            validate_fleet(fleet)?;
+        }
         Ok(())
     }
+}
+
+/// Each URL parses as `redis://` or `rediss://` with a host (a password in
+/// it is never echoed back), and the budget is not zero.
+fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
+    if fleet.timeout.is_zero() {
+        return Err(ConfigError::ZeroDuration {
+            flag: "redis-timeout",
+        });
+    }
+    if fleet.urls.is_empty() {
+        return Err(ConfigError::BadRedisUrl(String::new()));
+    }
+    for url in &fleet.urls {
+        let shown = || {
+            let without_secret = match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}[REDACTED]{}", &url[..scheme + 3], &url[at..])
+                }
+                _ => url.clone(),
+            };
+            ConfigError::BadRedisUrl(without_secret)
+        };
+        let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| shown())?;
+        if !matches!(uri.scheme_str(), Some("redis" | "rediss")) || uri.host().is_none() {
+            return Err(shown());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,3 +300,4 @@ mod tests {
         ));
     }
 }
+

@@ -107,7 +107,7 @@ impl std::fmt::Debug for Leader {
 
 impl Economy {
     /// An economy keying tokens with `keyer`.
-    pub fn new(config: EconomyConfig, keyer: TokenKeyer) -> Arc<Self> {
+    pub(crate) fn new(config: EconomyConfig, keyer: TokenKeyer) -> Arc<Self> {
         Arc::new(Self {
             config,
             keyer,

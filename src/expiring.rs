@@ -21,7 +21,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What identifies a token in this process's maps: its MAC.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenKey([u8; 32]);
+pub(crate) struct TokenKey([u8; 32]);
 
 impl std::fmt::Debug for TokenKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +37,7 @@ pub struct RandomError;
 
 /// Makes [`TokenKey`]s under one secret key, drawn at start-up.
 #[derive(Clone)]
-pub struct TokenKeyer {
+pub(crate) struct TokenKeyer {
     key: hmac::Key,
 }
 
@@ -49,14 +49,14 @@ impl std::fmt::Debug for TokenKeyer {
 
 impl TokenKeyer {
     /// A keyer with a new random key.
-    pub fn random() -> Result<Self, RandomError> {
+    pub(crate) fn random() -> Result<Self, RandomError> {
         let key = hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
             .map_err(|_| RandomError)?;
         Ok(Self { key })
     }
 
     /// The key of `token`.
-    pub fn key(&self, token: &str) -> TokenKey {
+    pub(crate) fn key(&self, token: &str) -> TokenKey {
         let mut key = [0u8; 32];
         key.copy_from_slice(hmac::sign(&self.key, token.as_bytes()).as_ref());
         TokenKey(key)
@@ -113,7 +113,12 @@ impl<V: Clone> ExpiringMap<V> {
         let entries = &mut *guard;
         while let Some((old_key, old_expires)) = entries.order.front().copied() {
             let expired = old_expires <= now;
-            if !expired && entries.by_key.len() < self.max_entries {
+            // The queue may hold slots of entries `get` already dropped: it
+            // is bounded too, at twice the entries, at the price of dropping
+            // a live entry early now and then.
+            let full = entries.by_key.len() >= self.max_entries
+                || entries.order.len() >= 2 * self.max_entries;
+            if !expired && !full {
                 break;
             }
             entries.order.pop_front();
@@ -173,6 +178,21 @@ mod tests {
         let now = Instant::now();
         assert_eq!(map.get(&key(9), now), Some(9));
         assert_eq!(map.get(&key(0), now), None);
+    }
+
+    #[test]
+    fn the_queue_stays_bounded_when_gets_drop_expired_entries() {
+        let map = ExpiringMap::new(4);
+        let now = Instant::now();
+        // A long-lived entry at the front, then many that expire and are
+        // dropped by `get`, leaving their slots behind.
+        map.insert(key(0), 0, now + Duration::from_secs(3600));
+        for n in 1..=100u8 {
+            map.insert(key(n), n, Instant::now() + Duration::from_millis(1));
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(map.get(&key(n), Instant::now()), None);
+        }
+        assert!(lock(&map.entries).order.len() <= 8);
     }
 
     #[test]

@@ -13,11 +13,12 @@
 //!  8  config                           assembles the components' settings
 //!  7  server                           listener, health, reflection, shutdown
 //!  6  service                          the RPC: token → economy → Cognito
-//!  5  economy  observe                 single flight and cache; the call's
+//!  5  economy  observe  fleet          single flight and cache; the call's
 //!                                      one observer (clock, metrics, line);
 //!     verify  policy                   pools, routing, local verification;
 //!     listener                         HTTP 415 and the size refusal;
-//!                                      connection cap, handshake deadline
+//!                                      connection cap, handshake deadline;
+//!                                      the fleet's store on Redis
 //!  4  call                             one call's typed context
 //!     cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
 //!     healthcheck  jwks  traces        the health probe; the pools' keys;
@@ -56,6 +57,7 @@ pub mod config;
 pub mod economy;
 pub mod error;
 pub(crate) mod expiring;
+pub mod fleet;
 pub mod healthcheck;
 pub(crate) mod jwks;
 pub mod listener;

@@ -50,3 +50,16 @@ pub const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
 /// `accept` failures that made the listener back off, by `error` (`EMFILE`,
 /// `ENFILE`, `ENOMEM`, `ENOBUFS`, `other`).
 pub const ACCEPT_ERRORS: &str = "cognito_facade_accept_errors_total";
+/// Fleet store (Redis) operations by `op` and `outcome` (`ok`, `error`,
+/// `timeout`).
+pub const FLEET_REDIS_OPS: &str = "cognito_facade_fleet_redis_ops_total";
+/// Calls that went without the fleet store, by `reason` (`breaker_open`,
+/// `not_connected`).
+pub const FLEET_SKIPPED: &str = "cognito_facade_fleet_skipped_total";
+/// Seconds the fleet store's breaker has been opened for.
+pub const FLEET_BREAKER_OPEN_SECONDS: &str = "cognito_facade_fleet_breaker_open_seconds_total";
+/// Values read from the fleet store that did not open (tampered, another
+/// fleet's key, moved, another format): each a miss.
+pub const FLEET_UNOPENED: &str = "cognito_facade_fleet_unopened_values_total";
+/// Fleet flights taken over after their leader's lease ran out.
+pub const FLEET_LEASE_TAKEOVERS: &str = "cognito_facade_fleet_lease_takeovers_total";

@@ -38,7 +38,7 @@ const UNKNOWN_METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/unknow
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct ObserveLayer {
+pub(crate) struct ObserveLayer {
     tracing: Tracing,
     metrics: Arc<RpcMetrics>,
 }
@@ -46,7 +46,7 @@ pub struct ObserveLayer {
 impl ObserveLayer {
     /// The observer, reading trace context and starting server spans with
     /// `tracing`.
-    pub fn new(tracing: Tracing) -> Self {
+    pub(crate) fn new(tracing: Tracing) -> Self {
         Self {
             tracing,
             metrics: Arc::default(),
@@ -125,7 +125,7 @@ impl<S> Layer<S> for ObserveLayer {
 
 /// The service [`ObserveLayer`] wraps around the routes.
 #[derive(Debug, Clone)]
-pub struct Observed<S> {
+pub(crate) struct Observed<S> {
     inner: S,
     tracing: Tracing,
     metrics: Arc<RpcMetrics>,

@@ -11,7 +11,7 @@ use std::{
 use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 
-use crate::{call::CallContext, error::Error};
+use crate::{call::CallContext, error::Error, wire::SERVICE_NAME};
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +53,11 @@ where
         if let Some(refusal) = content_type_refusal(request.headers()) {
             return Box::pin(std::future::ready(Ok(refusal)));
         }
-        // Only observed calls have a context to tell.
+        // The size limit and its documented refusal are the RPC service's;
+        // health and reflection keep tonic's own.
+        if !is_rpc(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
         let context = request
             .extensions()
             .get::<std::sync::Arc<CallContext>>()
@@ -69,6 +73,13 @@ where
             Ok(response)
         })
     }
+}
+
+/// Whether `path` names a method of the RPC service.
+fn is_rpc(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.strip_prefix(SERVICE_NAME))
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A request that is not gRPC (its content type is not `application/grpc`

@@ -14,9 +14,10 @@ use tokio::net::TcpListener;
 
 use crate::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
-    HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, MAX_CONNECTIONS, RPC_DURATION,
-    RPC_IN_FLIGHT, RPC_REQUESTS, SHED, TOKEN_REFUSALS, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES,
-    UPSTREAM_DURATION, UPSTREAM_REQUESTS,
+    FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_SKIPPED,
+    FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, MAX_CONNECTIONS,
+    RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED, TOKEN_REFUSALS, TRACE_SPANS_DROPPED,
+    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_REQUESTS,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -77,6 +78,24 @@ fn describe() {
         "Calls that shared another call's upstream request"
     );
     metrics::describe_counter!(CACHE_HITS, "Calls answered from the cache");
+    metrics::describe_counter!(
+        TOKEN_REFUSALS,
+        "Tokens refused here without a call to Cognito, by reason"
+    );
+    metrics::describe_counter!(JWKS_FETCHES, "JWKS fetches by pool and outcome");
+    metrics::describe_counter!(
+        JWKS_UNAVAILABLE,
+        "Calls verified by Cognito alone because their pool's keys could not be had"
+    );
+    metrics::describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans not exported, by reason (queue_full, export_failed)"
+    );
+    describe_connections_and_fleet();
+}
+
+/// The listener's and the fleet store's metrics.
+fn describe_connections_and_fleet() {
     metrics::describe_gauge!(
         CONNECTIONS_OPEN,
         "Client connections open on the gRPC listener, handshakes included"
@@ -95,17 +114,24 @@ fn describe() {
         "Failures to accept a connection that made the listener back off, by error"
     );
     metrics::describe_counter!(
-        TOKEN_REFUSALS,
-        "Tokens refused here without a call to Cognito, by reason"
-    );
-    metrics::describe_counter!(JWKS_FETCHES, "JWKS fetches by pool and outcome");
-    metrics::describe_counter!(
-        JWKS_UNAVAILABLE,
-        "Calls verified by Cognito alone because their pool's keys could not be had"
+        FLEET_REDIS_OPS,
+        "Fleet store (Redis) operations by op and outcome"
     );
     metrics::describe_counter!(
-        TRACE_SPANS_DROPPED,
-        "Spans not exported, by reason (queue_full, export_failed)"
+        FLEET_SKIPPED,
+        "Calls that went without the fleet store, by reason"
+    );
+    metrics::describe_counter!(
+        FLEET_BREAKER_OPEN_SECONDS,
+        "Seconds the fleet store's breaker has been opened for"
+    );
+    metrics::describe_counter!(
+        FLEET_UNOPENED,
+        "Fleet store values that did not open (each a miss)"
+    );
+    metrics::describe_counter!(
+        FLEET_LEASE_TAKEOVERS,
+        "Fleet flights taken over after their leader's lease ran out"
     );
     metrics::describe_gauge!(
         BUILD_INFO,

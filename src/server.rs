@@ -68,8 +68,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Time a new connection gets for TLS, the HTTP/2 preface and SETTINGS.
     pub handshake_timeout: Duration,
-    /// Most client connections at once; `None` takes the default from the
-    /// file-descriptor limit ([`listener::default_max_connections`]).
+    /// Most client connections at once. `Application::build` fills the
+    /// default in from the file-descriptor limit
+    /// ([`listener::default_max_connections`]); `None` here is no cap.
     pub max_connections: Option<usize>,
 }
 
@@ -112,7 +113,7 @@ pub enum ServerError {
 /// `config.drain_delay`, stops accepting, gives in-flight calls up to
 /// `config.shutdown_grace`, and returns what is left of the grace (for
 /// flushing telemetry).
-pub async fn run(
+pub(crate) async fn run(
     listener: TcpListener,
     config: &ServerConfig,
     service: FacadeService,

@@ -4,7 +4,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
@@ -17,6 +17,7 @@ use crate::{
     economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
     expiring::TokenKeyer,
+    fleet::{Fleet, Joined},
     metric_names,
     pools::UserPoolId,
     proto::{
@@ -77,17 +78,20 @@ pub struct FacadeService {
     limiter: Arc<Semaphore>,
     /// Single flight and cache.
     economy: Arc<Economy>,
+    /// The fleet's single flight and cache on Redis, if configured.
+    fleet: Option<Fleet>,
 }
 
 impl FacadeService {
     /// A service that checks tokens with `gate` and answers through `cognito`.
-    pub fn new(
+    pub(crate) fn new(
         cognito: Cognito,
         gate: TokenGate,
         tracing: Tracing,
         config: &ServiceConfig,
         economy: EconomyConfig,
         keyer: TokenKeyer,
+        fleet: Option<Fleet>,
     ) -> Self {
         Self {
             cognito,
@@ -95,6 +99,7 @@ impl FacadeService {
             tracing,
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             economy: Economy::new(economy, keyer),
+            fleet,
         }
     }
 
@@ -103,7 +108,7 @@ impl FacadeService {
     async fn call(
         &self,
         request: &Request<GetUserAuthFactorsRequest>,
-        context: &CallContext,
+        context: &Arc<CallContext>,
     ) -> Result<Answer, Error> {
         let deadline = deadline(request, context.arrived());
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
@@ -131,9 +136,13 @@ impl FacadeService {
                 outcome
             }
             Ticket::Lead(leader) => {
-                let flight = self.lead(leader, token, checked.pool, context)?;
+                let flight =
+                    self.lead(leader, token, checked.pool, expires_at, deadline, context)?;
+                let outcome = until(deadline, Wait::Lead(flight)).await;
+                // The flight says where its answer came from; a caller that
+                // gave up first was still waiting for Cognito.
                 context.set_source(Source::Cognito);
-                until(deadline, Wait::Lead(flight)).await
+                outcome
             }
         }
     }
@@ -146,7 +155,9 @@ impl FacadeService {
         leader: Leader,
         token: AccessToken,
         pool: Option<UserPoolId>,
-        context: &CallContext,
+        expires_at: Option<SystemTime>,
+        deadline: Option<Instant>,
+        context: &Arc<CallContext>,
     ) -> Result<Flight, Error> {
         // Refused at once, never queued: a caller that waited here would
         // only add to the load that caused the refusal.
@@ -172,10 +183,22 @@ impl FacadeService {
             region,
             trace: client_trace,
         };
+        let fleet = self.fleet.clone();
+        let context = Arc::clone(context);
         // Bounded by the call timeout; if this caller gives up first, the
         // call finishes in the background for the others.
         Ok(leader.run(async move {
-            let result = upstream.call().await;
+            let result = match fleet {
+                None => {
+                    context.set_source(Source::Cognito);
+                    upstream.call().await
+                }
+                Some(fleet) => {
+                    upstream
+                        .call_in(&fleet, expires_at, deadline, &context)
+                        .await
+                }
+            };
             drop(permit);
             result
         }))
@@ -230,6 +253,34 @@ impl Upstream {
         traces::end_client_span(&self.trace, request_id, failure);
         record_upstream(&result, started.elapsed(), &self.region);
         result.map_err(Error::from)
+    }
+
+    /// The call, for the whole fleet: another replica's answer if the fleet
+    /// has it or is fetching it, else this replica's own call to Cognito,
+    /// shared when this replica leads.
+    async fn call_in(
+        self,
+        fleet: &Fleet,
+        expires_at: Option<SystemTime>,
+        deadline: Option<Instant>,
+        context: &CallContext,
+    ) -> Result<Answer, Error> {
+        match fleet.join(self.token.expose(), expires_at, deadline).await {
+            Joined::Shared(outcome, source) => {
+                context.set_source(source);
+                outcome
+            }
+            Joined::Lead(lease) => {
+                context.set_source(Source::Cognito);
+                let outcome = self.call().await;
+                lease.finish(&outcome);
+                outcome
+            }
+            Joined::Alone => {
+                context.set_source(Source::Cognito);
+                self.call().await
+            }
+        }
     }
 }
 

@@ -104,7 +104,7 @@ impl TokenGate {
     /// The gate for `config`, fetching JWKS from each pool's issuer, or from
     /// the endpoint override of its region. Fetches nothing yet: see
     /// [`Self::prefetch`].
-    pub fn new(config: &TokenConfig, upstream: &UpstreamConfig, keyer: TokenKeyer) -> Self {
+    pub(crate) fn new(config: &TokenConfig, upstream: &UpstreamConfig, keyer: TokenKeyer) -> Self {
         let keys = config
             .pools
             .iter()

@@ -219,6 +219,28 @@ async fn at_the_cap_new_connections_are_closed_and_held_ones_keep_answering() {
         }
     }
     assert_eq!(held.len(), 200, "connections held at a cap of 200");
+    // What a caller sees at the cap: its connection closed at once, before
+    // any HTTP/2 (not a byte from the server), so its gRPC library says
+    // UNAVAILABLE.
+    let mut raw = TcpStream::connect(running.addr).await.unwrap();
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(1), raw.read_to_end(&mut sink)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(sink.is_empty(), "the server sent {sink:?} at the cap");
+    let refused = (0..channels.len())
+        .find(|i| !held.contains(i) && channels[*i].is_ok())
+        .expect("a refused connection");
+    let status = IdentityProviderServiceClient::new(channels[refused].as_ref().unwrap().clone())
+        .get_user_auth_factors(request(TOKEN))
+        .await
+        .unwrap_err();
+    // grpc-go, grpcio and grpc-js say UNAVAILABLE; tonic's client says
+    // CANCELLED, "connection closed" (the README says both).
+    assert!(
+        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(format!("{status:?}").contains("connection"), "{status:?}");
 
     let page = scrape(metrics).await;
     assert_eq!(

@@ -132,7 +132,10 @@ async fn the_documented_way_to_move_the_port_moves_the_health_probe_too() {
         .nth(1)
         .expect("a HEALTHCHECK command");
     assert!(healthcheck.contains("\"healthcheck\""), "{healthcheck}");
-    assert!(!healthcheck.contains("--addr"), "the probe must follow the environment");
+    assert!(
+        !healthcheck.contains("--addr"),
+        "the probe must follow the environment"
+    );
 
     // On loopback and a free port instead of 0.0.0.0:PORT; the mechanism is
     // the same.
@@ -156,9 +159,19 @@ async fn the_documented_way_to_move_the_port_moves_the_health_probe_too() {
     assert_eq!(healthy.await.unwrap(), Some(0));
     assert_eq!(running.terminate().await, Some(0));
 
-    // The flag alone: the probe, with the image's environment, asks 50051.
+    // The flag alone: the server is up on the moved port, and the probe,
+    // with the image's environment (the default port), does not find it.
     let mut running = Running::against(&stand_in, &["--listen-addr", &moved], &[]);
-    let image_env = "127.0.0.1:1".to_owned();
+    let image_env = dockerfile
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("ENV COGNITO_FACADE_LISTEN_ADDR="))
+        .expect("the image sets the listen address")
+        .trim_end_matches('\\')
+        .trim()
+        .replace("0.0.0.0", "127.0.0.1");
+    assert_ne!(image_env, moved);
+    let there = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", moved.clone())]);
+    assert_eq!(there.await.unwrap(), Some(0), "the server is up");
     let unhealthy = probe(vec![("COGNITO_FACADE_LISTEN_ADDR", image_env)]);
     assert_eq!(unhealthy.await.unwrap(), Some(1));
     assert_eq!(running.terminate().await, Some(0));

@@ -13,7 +13,10 @@ fn source(path: &str) -> String {
 fn declared_modules() -> BTreeSet<String> {
     source("lib.rs")
         .lines()
-        .filter_map(|line| line.strip_prefix("pub mod "))
+        .filter_map(|line| {
+            line.strip_prefix("pub mod ")
+                .or_else(|| line.strip_prefix("pub(crate) mod "))
+        })
         .map(|rest| rest.trim_end_matches(';').to_owned())
         .collect()
 }

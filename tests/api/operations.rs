@@ -103,8 +103,9 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
         sample(
             &page,
             &format!(
-                "cognito_facade_build_info{{version=\"{}\"}}",
-                env!("CARGO_PKG_VERSION")
+                "cognito_facade_build_info{{version=\"{}\",lifo_slot=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                if cfg!(tokio_unstable) { "off" } else { "on" }
             )
         ),
         Some(1.0),

@@ -1,0 +1,1091 @@
+//! The fleet's one memory, on Redis or Valkey: single flight across
+//! replicas (one replica's Cognito call, and the others wait for its answer
+//! over pub/sub) and, with `--cache-ttl`, a second cache tier behind each
+//! replica's own.
+//!
+//! Redis helps and is never needed: start-up never waits for it, each call
+//! gives it at most `--redis-timeout` per operation, and a breaker skips it
+//! after repeated failures. Whatever goes wrong, the call goes on as a
+//! replica alone would.
+//!
+//! Nothing readable is stored: key names are an HMAC of the token under a
+//! key derived (HKDF) from the fleet key, with a hash tag so a token's keys
+//! share one cluster slot; values are sealed with AES-256-GCM under another
+//! derived key, a random nonce, and the key name as associated data. Every
+//! key expires.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use aws_lc_rs::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    hkdf, hmac,
+    rand::{SecureRandom as _, SystemRandom},
+};
+use prost::Message as _;
+use redis::{
+    ProtocolVersion, PushInfo, PushKind, Script, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+use tokio::sync::{oneshot, watch};
+
+use crate::{
+    call::Source,
+    cognito::Answer,
+    error::{Error, UpstreamError, UpstreamErrorKind},
+    expiring::lock,
+    metric_names::{
+        FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_SKIPPED,
+        FLEET_UNOPENED,
+    },
+    proto::GetUserAuthFactorsResponse,
+    telemetry::Every,
+};
+
+/// Default budget Redis gets for one operation within a call: loopback and
+/// in-zone round trips take well under a millisecond.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// The least length of the fleet key file.
+pub const MIN_FLEET_KEY_BYTES: usize = 32;
+
+/// How long a flight's outcome stays readable after it lands, for the
+/// followers that subscribed as it landed: "a few seconds" at most.
+const FLIGHT_RESULT_TTL: Duration = Duration::from_secs(2);
+
+/// Consecutive failures that open the breaker, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_OPEN: Duration = Duration::from_secs(5);
+
+/// Least time between two warnings about Redis.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// First and longest pause between two attempts to connect at start.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The version byte of sealed values: anything else is a miss.
+const SEALED_V1: u8 = 1;
+
+/// What a leader publishes when its outcome is not to be shared (its own
+/// transport failure or timeout): followers then call Cognito themselves.
+const ABANDONED: &[u8] = b"\0";
+
+/// Whether `--redis-url` names one server or a cluster's seed nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisMode {
+    /// One server (or a primary behind a proxy or a Sentinel-managed name).
+    #[default]
+    Standalone,
+    /// A Redis Cluster; the URL is a comma-separated list of seed nodes.
+    Cluster,
+}
+
+/// The fleet's shared secret: at least [`MIN_FLEET_KEY_BYTES`] random bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetKey(Vec<u8>);
+
+impl fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(crate::wire::REDACTED)
+    }
+}
+
+/// Why the fleet key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetKeyError {
+    /// It cannot be read.
+    #[error("cannot read --fleet-key-file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is too short to be a key.
+    #[error(
+        "--fleet-key-file {path} holds {len} bytes; at least {MIN_FLEET_KEY_BYTES} random bytes are needed"
+    )]
+    Short {
+        /// The file.
+        path: String,
+        /// Its length.
+        len: usize,
+    },
+    /// Anyone on the machine may read it.
+    #[error("--fleet-key-file {path} is world-readable (mode {mode:o}); make it 0600 or 0640")]
+    WorldReadable {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+impl FleetKey {
+    /// Reads and checks the key file (its contents as they are, trailing
+    /// newline included: it is bytes, not text).
+    pub fn from_file(path: &Path) -> Result<Self, FleetKeyError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shown = path.display().to_string();
+        let read = |source| FleetKeyError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
+        if mode & 0o004 != 0 {
+            return Err(FleetKeyError::WorldReadable {
+                path: shown,
+                mode: mode & 0o777,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        if bytes.len() < MIN_FLEET_KEY_BYTES {
+            return Err(FleetKeyError::Short {
+                path: shown,
+                len: bytes.len(),
+            });
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// The fleet store's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `redis://` or `rediss://` URLs: one, or a cluster's seed nodes.
+    pub urls: Vec<String>,
+    /// Standalone or cluster.
+    pub mode: RedisMode,
+    /// The fleet's shared secret.
+    pub key: FleetKey,
+    /// The budget of one Redis operation within a call.
+    pub timeout: Duration,
+}
+
+/// How a leader's call joins the fleet.
+#[derive(Debug)]
+pub(crate) enum Joined {
+    /// The fleet had the outcome: from its cache, or from another replica's
+    /// flight.
+    Shared(Result<Answer, Error>, Source),
+    /// This replica holds the fleet's lease: it calls Cognito and shares the
+    /// outcome with [`Lease::finish`].
+    Lead(Lease),
+    /// No help from the fleet (Redis away, the breaker open, a value that
+    /// did not open, a leader that gave up): call Cognito alone.
+    Alone,
+}
+
+/// The fleet store, shared by every call.
+#[derive(Clone)]
+pub struct Fleet(Arc<Inner>);
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("mode", &self.0.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    mode: RedisMode,
+    timeout: Duration,
+    /// How long a leader may hold a flight: its upstream call's bound.
+    lease: Duration,
+    /// The fleet cache's TTL (`--cache-ttl`); `None`: no fleet cache.
+    cache_ttl: Option<Duration>,
+    keys: SealingKeys,
+    /// Lease tokens name the leader: this replica's random id.
+    replica: String,
+    conn: RwLock<Option<Conn>>,
+    /// Followers waiting for a message on a flight's channel.
+    waiters: Mutex<HashMap<Vec<u8>, oneshot::Sender<Vec<u8>>>>,
+    breaker: Breaker,
+    scripts: Scripts,
+}
+
+/// A connection to the store, either kind; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Lua scripts, each touching only the keys of one token (one slot).
+struct Scripts {
+    join: Script,
+    finish: Script,
+    release: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            // KEYS: answer, flight result, lease. ARGV: lease token, lease ms,
+            // whether the fleet caches. 1: an outcome; 2: this caller leads;
+            // 3: another leads (with the lease's time left).
+            join: Script::new(
+                r"
+                if ARGV[3] == '1' then
+                  local answer = redis.call('GET', KEYS[1])
+                  if answer then return {1, answer, 'a'} end
+                end
+                if redis.call('EXISTS', KEYS[3]) == 1 then
+                  local result = redis.call('GET', KEYS[2])
+                  if result then return {1, result, 'r'} end
+                  return {3, redis.call('PTTL', KEYS[3])}
+                end
+                redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2])
+                return {2}
+                ",
+            ),
+            // KEYS: flight result, lease, answer. ARGV: sealed result, its ms,
+            // lease token, sealed answer (or ''), its ms.
+            finish: Script::new(
+                r"
+                redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+                if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
+                if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+                return 1
+                ",
+            ),
+            // KEYS: lease. ARGV: lease token.
+            release: Script::new(
+                r"
+                if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+                return 0
+                ",
+            ),
+        }
+    }
+}
+
+/// The two keys derived from the fleet key.
+struct SealingKeys {
+    names: hmac::Key,
+    seal: LessSafeKey,
+    random: SystemRandom,
+}
+
+/// The Redis names of one token's keys.
+#[derive(Debug, Clone)]
+struct Names {
+    answer: String,
+    result: String,
+    lease: String,
+    channel: String,
+}
+
+impl SealingKeys {
+    fn derive(key: &FleetKey) -> Self {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"cognito-facade fleet v1").extract(&key.0);
+        let expand = |info: &'static [u8]| {
+            let mut out = [0u8; 32];
+            prk.expand(&[info], hkdf::HKDF_SHA256)
+                .and_then(|okm| okm.fill(&mut out))
+                .expect("32 bytes is a valid HKDF-SHA256 length");
+            out
+        };
+        let names = hmac::Key::new(hmac::HMAC_SHA256, &expand(b"key names"));
+        let seal = UnboundKey::new(&AES_256_GCM, &expand(b"values"))
+            .map(LessSafeKey::new)
+            .expect("32 bytes is an AES-256 key");
+        Self {
+            names,
+            seal,
+            random: SystemRandom::new(),
+        }
+    }
+
+    fn names(&self, token: &str) -> Names {
+        let tag = hmac::sign(&self.names, token.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        Names {
+            answer: format!("cf:{{{hex}}}:a"),
+            result: format!("cf:{{{hex}}}:r"),
+            lease: format!("cf:{{{hex}}}:l"),
+            channel: format!("cf:{{{hex}}}:c"),
+        }
+    }
+
+    /// `plain` sealed under the key name `name`: version, nonce, ciphertext.
+    fn seal(&self, name: &str, plain: &[u8]) -> Option<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.random.fill(&mut nonce).ok()?;
+        let mut sealed = plain.to_vec();
+        self.seal
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(name.as_bytes()),
+                &mut sealed,
+            )
+            .ok()?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Some(out)
+    }
+
+    /// The plaintext of a value sealed under `name`, or `None` (tampered,
+    /// another fleet's key, moved from another key, another format).
+    fn open(&self, name: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        let (&version, rest) = sealed.split_first()?;
+        if version != SEALED_V1 || rest.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buffer = ciphertext.to_vec();
+        let plain = self
+            .seal
+            .open_in_place(nonce, Aad::from(name.as_bytes()), &mut buffer)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// Skips Redis after [`BREAKER_THRESHOLD`] failures in a row, for
+/// [`BREAKER_OPEN`]; then lets calls try again.
+struct Breaker {
+    epoch: Instant,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    /// Bumped at each opening, so followers stop waiting on a dead store.
+    opened: watch::Sender<u64>,
+    warned: Every,
+}
+
+impl Breaker {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            opened: watch::Sender::new(0),
+            warned: Every::new(WARN_INTERVAL),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn closed(&self) -> bool {
+        self.now_ms() >= self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn failure(&self, op: &'static str, what: &dyn fmt::Display) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < BREAKER_THRESHOLD || !self.closed() {
+            return;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let open_ms = u64::try_from(BREAKER_OPEN.as_millis()).unwrap_or(u64::MAX);
+        self.open_until_ms
+            .store(self.now_ms() + open_ms, Ordering::Relaxed);
+        self.opened.send_modify(|n| *n += 1);
+        metrics::counter!(FLEET_BREAKER_OPEN_SECONDS).increment(BREAKER_OPEN.as_secs());
+        if let Some(suppressed) = self.warned.ready() {
+            tracing::warn!(
+                op,
+                error = %what,
+                open_for = ?BREAKER_OPEN,
+                suppressed,
+                "Redis is failing; serving without the fleet store for a while"
+            );
+        }
+    }
+}
+
+/// A flight this replica leads for the fleet.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    fleet: Fleet,
+    names: Names,
+    token: String,
+    /// How long a success may stay in the fleet cache (`None`: not cached).
+    answer_ttl: Option<Duration>,
+}
+
+impl Fleet {
+    /// Starts connecting in the background (start-up never waits for
+    /// Redis) and returns at once. `lease` bounds a leader's flight;
+    /// `cache_ttl` turns the fleet cache on.
+    pub fn start(config: &FleetConfig, lease: Duration, cache_ttl: Option<Duration>) -> Self {
+        let mut id = [0u8; 16];
+        let _ = SystemRandom::new().fill(&mut id);
+        let inner = Arc::new(Inner {
+            mode: config.mode,
+            timeout: config.timeout,
+            lease,
+            cache_ttl,
+            keys: SealingKeys::derive(&config.key),
+            replica: id.iter().map(|b| format!("{b:02x}")).collect(),
+            conn: RwLock::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            breaker: Breaker::new(),
+            scripts: Scripts::new(),
+        });
+        tokio::spawn(connect(Arc::downgrade(&inner), config.clone()));
+        Self(inner)
+    }
+
+    /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`),
+    /// waiting for another replica's answer at most until `deadline`.
+    pub(crate) async fn join(
+        &self,
+        token: &str,
+        expires_at: Option<SystemTime>,
+        deadline: Option<Instant>,
+    ) -> Joined {
+        let Some(mut conn) = self.usable() else {
+            return Joined::Alone;
+        };
+        let names = self.0.keys.names(token);
+        let answer_ttl = self.answer_ttl(expires_at);
+        let mut call = self.0.scripts.join.prepare_invoke();
+        call.key(&names.answer)
+            .key(&names.result)
+            .key(&names.lease)
+            .arg(&self.0.replica)
+            .arg(millis(self.0.lease))
+            .arg(if answer_ttl.is_some() { "1" } else { "0" });
+        let reply: Vec<Value> = match self.op("join", call.invoke_async(&mut conn)).await {
+            Some(reply) => reply,
+            None => return Joined::Alone,
+        };
+        match reply.as_slice() {
+            [
+                Value::Int(1),
+                Value::BulkString(sealed),
+                Value::BulkString(which),
+            ] => {
+                let (name, source) = if which.as_slice() == b"a" {
+                    (&names.answer, Source::FleetCache)
+                } else {
+                    (&names.result, Source::FleetCoalesced)
+                };
+                match self.open(name, sealed) {
+                    Some(outcome) => Joined::Shared(outcome, source),
+                    None => Joined::Alone,
+                }
+            }
+            [Value::Int(2)] => Joined::Lead(self.lease(names, answer_ttl)),
+            [Value::Int(3), Value::Int(left)] => {
+                let left = Duration::from_millis(u64::try_from(*left).unwrap_or(0));
+                self.follow(conn, names, left, deadline, answer_ttl).await
+            }
+            _ => Joined::Alone,
+        }
+    }
+
+    /// The fleet cache's lifetime for an answer: min(TTL, exp − now).
+    fn answer_ttl(&self, expires_at: Option<SystemTime>) -> Option<Duration> {
+        let ttl = self.0.cache_ttl?;
+        let left = match expires_at {
+            Some(exp) => exp.duration_since(SystemTime::now()).unwrap_or_default(),
+            None => ttl,
+        };
+        Some(ttl.min(left)).filter(|ttl| !ttl.is_zero())
+    }
+
+    fn lease(&self, names: Names, answer_ttl: Option<Duration>) -> Lease {
+        Lease {
+            fleet: self.clone(),
+            names,
+            token: self.0.replica.clone(),
+            answer_ttl,
+        }
+    }
+
+    /// Waits for the leader's outcome on the flight's channel; takes the
+    /// lease over if it runs out first; gives up at the deadline or when
+    /// the breaker opens.
+    async fn follow(
+        &self,
+        mut conn: Conn,
+        names: Names,
+        lease_left: Duration,
+        deadline: Option<Instant>,
+        answer_ttl: Option<Duration>,
+    ) -> Joined {
+        let (tx, mut rx) = oneshot::channel();
+        lock(&self.0.waiters).insert(names.channel.clone().into_bytes(), tx);
+        let _unsubscribe = Unsubscribe {
+            fleet: self.clone(),
+            conn: conn.clone(),
+            channel: names.channel.clone(),
+        };
+        if self
+            .op("subscribe", conn.subscribe(&names.channel))
+            .await
+            .is_none()
+        {
+            return Joined::Alone;
+        }
+        // The outcome may have landed before the subscription.
+        let landed: Option<Vec<u8>> = self
+            .op(
+                "get",
+                redis::cmd("GET").arg(&names.result).query_async(&mut conn),
+            )
+            .await
+            .flatten();
+        if let Some(sealed) = landed {
+            return self.shared(&names, &sealed);
+        }
+        let mut opened = self.0.breaker.opened.subscribe();
+        let wait = deadline
+            .map_or(lease_left, |deadline| {
+                lease_left.min(deadline.saturating_duration_since(Instant::now()))
+            })
+            // The lease's own expiry is on Redis's clock: a little slack.
+            + Duration::from_millis(5);
+        tokio::select! {
+            message = &mut rx => match message {
+                Ok(sealed) => self.shared(&names, &sealed),
+                Err(_) => Joined::Alone,
+            },
+            _ = opened.changed() => Joined::Alone,
+            () = tokio::time::sleep(wait) => {
+                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                    return Joined::Alone;
+                }
+                self.take_over(conn, names, answer_ttl).await
+            }
+        }
+    }
+
+    /// The leader vanished (its lease ran out): one follower leads instead.
+    async fn take_over(
+        &self,
+        mut conn: Conn,
+        names: Names,
+        answer_ttl: Option<Duration>,
+    ) -> Joined {
+        let taken: Option<Option<String>> = self
+            .op(
+                "take_over",
+                redis::cmd("SET")
+                    .arg(&names.lease)
+                    .arg(&self.0.replica)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(self.0.lease))
+                    .query_async(&mut conn),
+            )
+            .await;
+        match taken {
+            Some(Some(_)) => {
+                metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
+                Joined::Lead(self.lease(names, answer_ttl))
+            }
+            _ => Joined::Alone,
+        }
+    }
+
+    /// A published or stored flight outcome, opened.
+    fn shared(&self, names: &Names, sealed: &[u8]) -> Joined {
+        if sealed == ABANDONED {
+            return Joined::Alone;
+        }
+        match self.open(&names.result, sealed) {
+            Some(outcome) => Joined::Shared(outcome, Source::FleetCoalesced),
+            None => Joined::Alone,
+        }
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Option<Result<Answer, Error>> {
+        let decoded = self
+            .0
+            .keys
+            .open(name, sealed)
+            .and_then(|plain| decode(&plain));
+        if decoded.is_none() {
+            metrics::counter!(FLEET_UNOPENED).increment(1);
+        }
+        decoded
+    }
+
+    /// The connection, unless the store is away or the breaker is open.
+    fn usable(&self) -> Option<Conn> {
+        if !self.0.breaker.closed() {
+            metrics::counter!(FLEET_SKIPPED, "reason" => "breaker_open").increment(1);
+            return None;
+        }
+        let conn = self
+            .0
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if conn.is_none() {
+            metrics::counter!(FLEET_SKIPPED, "reason" => "not_connected").increment(1);
+        }
+        conn
+    }
+
+    /// One Redis operation within the budget, counted; `None` on failure.
+    async fn op<T>(
+        &self,
+        op: &'static str,
+        future: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(self.0.timeout, future).await;
+        let (label, result) = match outcome {
+            Ok(Ok(value)) => ("ok", Some(value)),
+            Ok(Err(err)) => {
+                self.0.breaker.failure(op, &err);
+                ("error", None)
+            }
+            Err(_) => {
+                self.0.breaker.failure(op, &"timed out");
+                ("timeout", None)
+            }
+        };
+        if result.is_some() {
+            self.0.breaker.success();
+        }
+        metrics::counter!(FLEET_REDIS_OPS, "op" => op, "outcome" => label).increment(1);
+        result
+    }
+
+    /// Routes a pushed message to the follower waiting on its channel.
+    fn deliver(&self, push: PushInfo) {
+        if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
+            return;
+        }
+        let [Value::BulkString(channel), Value::BulkString(payload)] = push.data.as_slice() else {
+            return;
+        };
+        if let Some(waiter) = lock(&self.0.waiters).remove(channel) {
+            let _ = waiter.send(payload.clone());
+        }
+    }
+}
+
+impl Lease {
+    /// Shares the leader's outcome in the background (the leader's own
+    /// caller does not wait for Redis): Cognito's answers and refusals go to
+    /// the flight's followers, answers into the fleet cache; the leader's
+    /// own transport failures and timeouts are not shared, and followers
+    /// call Cognito themselves.
+    pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
+        let plain = shareable(outcome).map(|kind| encode(kind, outcome));
+        tokio::spawn(async move {
+            let fleet = &self.fleet;
+            let Some(mut conn) = fleet.usable() else {
+                return;
+            };
+            let names = &self.names;
+            let Some(plain) = plain else {
+                let mut release = fleet.0.scripts.release.prepare_invoke();
+                release.key(&names.lease).arg(&self.token);
+                let _: Option<i64> = fleet.op("release", release.invoke_async(&mut conn)).await;
+                let _ = fleet
+                    .op(
+                        "publish",
+                        conn.publish(fleet.0.mode, &names.channel, ABANDONED),
+                    )
+                    .await;
+                return;
+            };
+            let keys = &fleet.0.keys;
+            let Some(result) = keys.seal(&names.result, &plain) else {
+                return;
+            };
+            let answer = match (self.answer_ttl, plain.first()) {
+                (Some(ttl), Some(&KIND_ANSWER)) => {
+                    keys.seal(&names.answer, &plain).map(|a| (a, ttl))
+                }
+                _ => None,
+            };
+            let mut finish = fleet.0.scripts.finish.prepare_invoke();
+            finish
+                .key(&names.result)
+                .key(&names.lease)
+                .key(&names.answer)
+                .arg(&result)
+                .arg(millis(FLIGHT_RESULT_TTL))
+                .arg(&self.token);
+            match &answer {
+                Some((sealed, ttl)) => finish.arg(sealed).arg(millis(*ttl)),
+                None => finish.arg("").arg(0),
+            };
+            let _: Option<i64> = fleet.op("finish", finish.invoke_async(&mut conn)).await;
+            let _ = fleet
+                .op(
+                    "publish",
+                    conn.publish(fleet.0.mode, &names.channel, &result),
+                )
+                .await;
+        });
+    }
+}
+
+/// Unsubscribes a follower's channel when it stops waiting, whichever way.
+struct Unsubscribe {
+    fleet: Fleet,
+    conn: Conn,
+    channel: String,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        lock(&self.fleet.0.waiters).remove(self.channel.as_bytes());
+        let (fleet, mut conn, channel) =
+            (self.fleet.clone(), self.conn.clone(), self.channel.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = fleet.op("unsubscribe", conn.unsubscribe(&channel)).await;
+            });
+        }
+    }
+}
+
+impl Conn {
+    async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(conn) => conn.subscribe(channel).await,
+            Self::Cluster(conn) => conn.ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(conn) => conn.unsubscribe(channel).await,
+            Self::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+
+    /// PUBLISH, or SPUBLISH in a cluster (sharded: only the slot's nodes
+    /// carry it).
+    async fn publish(
+        &mut self,
+        mode: RedisMode,
+        channel: &str,
+        payload: &[u8],
+    ) -> redis::RedisResult<()> {
+        let command = match mode {
+            RedisMode::Standalone => "PUBLISH",
+            RedisMode::Cluster => "SPUBLISH",
+        };
+        redis::cmd(command)
+            .arg(channel)
+            .arg(payload)
+            .query_async(self)
+            .await
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Connects, retrying with a growing pause until it works or the fleet is
+/// gone; the connection then reconnects by itself.
+async fn connect(fleet: std::sync::Weak<Inner>, config: FleetConfig) {
+    let warned = Every::new(WARN_INTERVAL);
+    let mut backoff = CONNECT_BACKOFF_MIN;
+    loop {
+        let Some(inner) = fleet.upgrade() else {
+            return;
+        };
+        let push = {
+            let fleet = Fleet(Arc::clone(&inner));
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                fleet.deliver(push);
+                Ok(())
+            }
+        };
+        match open_connection(&config, push).await {
+            Ok(conn) => {
+                *inner
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+                tracing::info!(mode = ?config.mode, "connected to the fleet store");
+                return;
+            }
+            Err(err) => {
+                if let Some(suppressed) = warned.ready() {
+                    tracing::warn!(error = %err, suppressed, "cannot reach the fleet store yet; serving without it");
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+async fn open_connection(
+    config: &FleetConfig,
+    push: impl redis::aio::AsyncPushSender + Clone,
+) -> redis::RedisResult<Conn> {
+    match config.mode {
+        RedisMode::Standalone => {
+            let info = redis::IntoConnectionInfo::into_connection_info(config.urls[0].as_str())?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let manager = ConnectionManagerConfig::new()
+                .set_push_sender(push)
+                .set_automatic_resubscription()
+                .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
+                .set_response_timeout(Some(config.timeout))
+                .set_number_of_retries(1);
+            Ok(Conn::Standalone(
+                client.get_connection_manager_with_config(manager).await?,
+            ))
+        }
+        RedisMode::Cluster => {
+            let client = ClusterClient::builder(config.urls.iter().map(String::as_str))
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(push)
+                .connection_timeout(config.timeout.max(Duration::from_millis(500)))
+                .response_timeout(config.timeout)
+                .retries(1)
+                .build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+/// The value's kinds.
+const KIND_ANSWER: u8 = 1;
+const KIND_REFUSAL: u8 = 2;
+
+/// Whether an outcome is Cognito's own word on the token (shared), rather
+/// than this replica's trouble reaching it (not shared).
+fn shareable(outcome: &Result<Answer, Error>) -> Option<u8> {
+    match outcome {
+        Ok(_) => Some(KIND_ANSWER),
+        Err(Error::Upstream(up)) => {
+            use UpstreamErrorKind as K;
+            match up.kind {
+                K::NotAuthorized
+                | K::InvalidParameter
+                | K::ResourceNotFound
+                | K::UserNotFound
+                | K::UserNotConfirmed
+                | K::PasswordResetRequired
+                | K::OperationNotEnabled
+                | K::Forbidden
+                | K::Unmodeled => Some(KIND_REFUSAL),
+                K::TooManyRequests
+                | K::InternalError
+                | K::Unavailable
+                | K::Unreachable
+                | K::Timeout
+                | K::BadResponse
+                | K::RequestConstruction => None,
+            }
+        }
+        Err(_) => None,
+    }
+}
+
+/// A refusal as stored (inside the seal).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRefusal {
+    code: Option<String>,
+    message: Option<String>,
+    request_id: Option<String>,
+    reason_code: Option<String>,
+}
+
+/// The plaintext of a shareable outcome: its kind, then an answer's request
+/// id (length-prefixed) and protobuf, or a refusal's JSON.
+fn encode(kind: u8, outcome: &Result<Answer, Error>) -> Vec<u8> {
+    let mut out = vec![kind];
+    match outcome {
+        Ok(answer) => {
+            let id = answer.request_id.as_deref().unwrap_or_default().as_bytes();
+            let len = u16::try_from(id.len()).unwrap_or(0);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&id[..usize::from(len)]);
+            answer.response.encode(&mut out).unwrap_or_default();
+        }
+        Err(Error::Upstream(up)) => {
+            let stored = StoredRefusal {
+                code: up.aws_error_code.clone(),
+                message: up.message.clone(),
+                request_id: up.request_id.clone(),
+                reason_code: up.reason_code.clone(),
+            };
+            out.extend(serde_json::to_vec(&stored).unwrap_or_default());
+        }
+        Err(_) => {}
+    }
+    out
+}
+
+fn decode(plain: &[u8]) -> Option<Result<Answer, Error>> {
+    let (&kind, rest) = plain.split_first()?;
+    match kind {
+        KIND_ANSWER => {
+            let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
+            let id = std::str::from_utf8(rest.get(2..2 + len)?).ok()?;
+            let response = GetUserAuthFactorsResponse::decode(rest.get(2 + len..)?).ok()?;
+            Some(Ok(Answer {
+                response,
+                request_id: (!id.is_empty()).then(|| id.to_owned()),
+            }))
+        }
+        KIND_REFUSAL => {
+            let stored: StoredRefusal = serde_json::from_slice(rest).ok()?;
+            let kind = stored
+                .code
+                .as_deref()
+                .and_then(UpstreamErrorKind::from_aws_code)
+                .unwrap_or(UpstreamErrorKind::Unmodeled);
+            let mut up = UpstreamError::new(kind);
+            up.aws_error_code = stored.code;
+            up.message = stored.message;
+            up.request_id = stored.request_id;
+            up.reason_code = stored.reason_code;
+            Some(Err(Error::Upstream(up)))
+        }
+        _ => None,
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(byte: u8) -> SealingKeys {
+        SealingKeys::derive(&FleetKey(vec![byte; 32]))
+    }
+
+    fn answer() -> Result<Answer, Error> {
+        Ok(Answer {
+            response: GetUserAuthFactorsResponse {
+                username: "alice".to_owned(),
+                ..Default::default()
+            },
+            request_id: Some("req-1".to_owned()),
+        })
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_under_its_own_name_and_fleet_key() {
+        let keys = keys(7);
+        let names = keys.names("token");
+        let plain = encode(KIND_ANSWER, &answer());
+        let sealed = keys.seal(&names.answer, &plain).unwrap();
+        assert_eq!(
+            keys.open(&names.answer, &sealed).as_deref(),
+            Some(&plain[..])
+        );
+        assert_eq!(
+            keys.open(&keys.names("other").answer, &sealed),
+            None,
+            "moved"
+        );
+        assert_eq!(
+            self::keys(8).open(&names.answer, &sealed),
+            None,
+            "another fleet"
+        );
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(keys.open(&names.answer, &tampered), None, "tampered");
+        let mut other_format = sealed;
+        other_format[0] = 2;
+        assert_eq!(
+            keys.open(&names.answer, &other_format),
+            None,
+            "another format"
+        );
+    }
+
+    #[test]
+    fn names_share_a_hash_tag_and_hide_the_token() {
+        let names = keys(7).names("eyJ.token.sig");
+        let tag = |name: &str| name[name.find('{').unwrap()..=name.find('}').unwrap()].to_owned();
+        assert_eq!(tag(&names.answer), tag(&names.lease));
+        assert_eq!(tag(&names.result), tag(&names.channel));
+        assert!(!names.answer.contains("token"));
+        assert_ne!(keys(8).names("eyJ.token.sig").answer, names.answer);
+    }
+
+    #[test]
+    fn outcomes_round_trip_and_only_cognitos_word_is_shared() {
+        let Some(Ok(back)) = decode(&encode(KIND_ANSWER, &answer())) else {
+            panic!("an answer");
+        };
+        assert_eq!(back.response.username, "alice");
+        assert_eq!(back.request_id.as_deref(), Some("req-1"));
+        let mut revoked = UpstreamError::new(UpstreamErrorKind::NotAuthorized);
+        revoked.aws_error_code = Some("NotAuthorizedException".to_owned());
+        revoked.message = Some("Access Token has been revoked".to_owned());
+        let refusal = Err(Error::Upstream(revoked));
+        assert_eq!(shareable(&refusal), Some(KIND_REFUSAL));
+        let Some(Err(Error::Upstream(back))) = decode(&encode(KIND_REFUSAL, &refusal)) else {
+            panic!("a refusal");
+        };
+        assert_eq!(back.kind, UpstreamErrorKind::NotAuthorized);
+        assert_eq!(
+            back.message.as_deref(),
+            Some("Access Token has been revoked")
+        );
+        for kind in [UpstreamErrorKind::Timeout, UpstreamErrorKind::Unreachable] {
+            assert_eq!(
+                shareable(&Err(Error::Upstream(UpstreamError::new(kind)))),
+                None
+            );
+        }
+        assert_eq!(decode(&[9, 1, 2]).map(|o| o.is_ok()), None);
+    }
+}
