@@ -5,6 +5,7 @@ mod connections;
 mod deploy;
 mod economy;
 mod errors;
+mod fleet;
 mod faults;
 mod health;
 mod helpers;

@@ -1,0 +1,261 @@
+//! The fleet on Redis: three replicas of the real binary and a real
+//! `redis-server` (Debian's package; `.ci/run` installs it), on loopback.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use cognito_facade::proto::identity_provider_service_client::IdentityProviderServiceClient;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::helpers::{KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape};
+
+/// A `redis-server` on a free loopback port, killed when dropped.
+pub(crate) struct Redis {
+    process: Option<KilledOnDrop>,
+    pub(crate) port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cognito-facade-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Redis {
+    pub(crate) fn start(extra: &[&str]) -> Self {
+        let mut redis = Self {
+            process: None,
+            port: free_port(),
+            dir: scratch_dir("redis"),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        redis.run();
+        redis
+    }
+
+    /// Starts (or restarts) the server on its port.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+        self.process = Some(KilledOnDrop(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against this server; its stdout.
+    pub(crate) fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.as_ref().unwrap().0.id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    }
+
+    fn kill(&mut self) {
+        self.process = None;
+    }
+}
+
+/// A fleet key file of 32 random bytes, mode 0600, in `dir`.
+pub(crate) fn key_file(dir: &Path, seed: u8) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(format!("fleet-{seed}.key"));
+    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)).collect();
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// A replica of the binary on the fleet store, connected to it.
+fn replica(stand_in: &StandIn, redis: &Redis, key: &Path, args: &[&str]) -> Running {
+    let key = key.to_str().unwrap().to_owned();
+    let url = redis.url();
+    let mut all = vec!["--redis-url", url.as_str(), "--fleet-key-file", key.as_str()];
+    all.extend_from_slice(args);
+    let mut running = Running::against(stand_in, &all, &[]);
+    running.find_line("connected to the fleet store");
+    running
+}
+
+async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
+    IdentityProviderServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// One call: the username and where the answer came from.
+async fn call(addr: SocketAddr, token: &str) -> (String, String) {
+    let answer = client(addr)
+        .await
+        .get_user_auth_factors(request(token))
+        .await
+        .unwrap();
+    let source = answer.metadata().get("x-cognito-facade-source").unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (answer.into_inner().username, source)
+}
+
+/// A JWT-shaped opaque token expiring in `seconds` (read, never verified,
+/// for the cache's bound).
+fn token_expiring_in(seconds: u64, salt: &str) -> String {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + seconds;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"RS256","kid":"k"}"#),
+        b64(&format!(r#"{{"exp":{exp},"sub":"{salt}","token_use":"access"}}"#)),
+        b64("signature")
+    )
+}
+
+#[tokio::test]
+async fn sixty_concurrent_calls_over_three_replicas_make_one_upstream_call() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(Duration::from_millis(400), Box::new(Reply::full_success())));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 1);
+    let replicas: Vec<Running> = (0..3).map(|_| replica(&stand_in, &redis, &key, &[])).collect();
+    let mut calls = JoinSet::new();
+    for i in 0..60 {
+        let addr = replicas[i % 3].addr;
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    let mut sources = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (username, source) = joined.unwrap();
+        assert_eq!(username, USERNAME);
+        sources.push(source);
+    }
+    assert_eq!(stand_in.received().len(), 1, "upstream calls for 60 calls of one token");
+    assert_eq!(sources.iter().filter(|s| *s == "cognito").count(), 1, "{sources:?}");
+    assert!(sources.iter().any(|s| s == "fleet_coalesced"), "{sources:?}");
+    // Without --cache-ttl nothing shared outlives its flight by more than a
+    // few seconds: every key is gone soon after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !redis.cli(&["--scan"]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "{}", redis.cli(&["--scan"]));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_fleet_cache_serves_every_replica_never_past_exp_and_holds_nothing_readable() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 2);
+    let args = ["--cache-ttl", "10m"];
+    let replicas: Vec<Running> = (0..3).map(|_| replica(&stand_in, &redis, &key, &args)).collect();
+    let token = token_expiring_in(3, "cache");
+    assert_eq!(call(replicas[0].addr, &token).await, (USERNAME.to_owned(), "cognito".to_owned()));
+    assert_eq!(call(replicas[1].addr, &token).await, (USERNAME.to_owned(), "fleet_cache".to_owned()));
+    assert_eq!(call(replicas[2].addr, &token).await.1, "fleet_cache");
+    assert_eq!(stand_in.received().len(), 1);
+
+    // Every key expires, and nothing in Redis is readable.
+    let keys = redis.cli(&["--scan"]);
+    assert!(!keys.trim().is_empty());
+    for key in keys.lines() {
+        let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
+        assert!(ttl > 0 && ttl <= 3_000, "{key}: {ttl} ms");
+        assert!(!key.contains(&token) && !key.contains(USERNAME), "{key}");
+        let value = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "--no-raw", "GET", key])
+            .output()
+            .unwrap()
+            .stdout;
+        let value = String::from_utf8_lossy(&value);
+        for secret in token.split('.').chain([USERNAME, "SOFTWARE_TOKEN_MFA", "PASSWORD"]) {
+            assert!(!value.contains(secret), "{key} holds {secret:?}");
+        }
+    }
+
+    // Past the token's exp, no replica answers from memory.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    assert_eq!(call(replicas[2].addr, &token).await.1, "cognito");
+    assert_eq!(stand_in.received().len(), 2);
+}
+
+#[tokio::test]
+async fn values_that_do_not_open_are_misses_and_the_answer_is_still_right() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 3);
+    let args = ["--cache-ttl", "10m"];
+    let mut one = replica(&stand_in, &redis, &key, &args);
+    let mut two = replica(&stand_in, &redis, &key, &args);
+    let (first, second) = (token_expiring_in(600, "first"), token_expiring_in(600, "second"));
+    call(one.addr, &first).await;
+    call(one.addr, &second).await;
+    assert_eq!(stand_in.received().len(), 2);
+    let answers: Vec<String> = redis
+        .cli(&["--scan", "--pattern", "*:a"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+
+    // A value moved to another key does not open there.
+    let moved = redis.cli(&["EVAL", "redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]), 'KEEPTTL') return 1", "2", &answers[0], &answers[1]]);
+    assert_eq!(moved.trim(), "1");
+    // A tampered value does not open.
+    let tampered = redis.cli(&["EVAL", "local v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.sub(v, 1, -2) .. string.char((string.byte(v, -1) + 1) % 256), 'KEEPTTL') return 1", "1", &answers[0]]);
+    assert_eq!(tampered.trim(), "1");
+    for token in [&first, &second] {
+        let (username, source) = call(two.addr, token).await;
+        assert_eq!((username.as_str(), source.as_str()), (USERNAME, "cognito"));
+    }
+    assert_eq!(stand_in.received().len(), 4, "both were misses");
+    let metrics = scrape(two.wait_for_addr("serving metrics")).await;
+    assert_eq!(sample(&metrics, "cognito_facade_fleet_unopened_values_total"), Some(2.0), "{metrics}");
+
+    // Another fleet's key: nothing of this fleet's opens, or is even found.
+    let other = key_file(&redis.dir, 4);
+    let stranger = replica(&stand_in, &redis, &other, &args);
+    let fresh = token_expiring_in(600, "fresh");
+    call(one.addr, &fresh).await;
+    assert_eq!(call(stranger.addr, &fresh).await.1, "cognito");
+    assert_eq!(stand_in.received().len(), 6);
+    one.terminate().await;
+}
