@@ -259,3 +259,91 @@ async fn values_that_do_not_open_are_misses_and_the_answer_is_still_right() {
     assert_eq!(stand_in.received().len(), 6);
     one.terminate().await;
 }
+
+/// Calls with fresh tokens on `addr`, `n` of them one after another: each
+/// must succeed; the slowest's latency.
+async fn calls_all_succeed(addr: SocketAddr, n: usize, salt: &str) -> Duration {
+    let mut slowest = Duration::ZERO;
+    let mut client = client(addr).await;
+    for i in 0..n {
+        let token = token_expiring_in(600, &format!("{salt}-{i}"));
+        let started = Instant::now();
+        let answer = client.get_user_auth_factors(request(&token)).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(answer.unwrap().into_inner().username, USERNAME, "call {i}");
+    }
+    slowest
+}
+
+/// Waits (bounded) until a call on `reader` of a token first answered by
+/// `writer` comes from the fleet cache: sharing works.
+async fn until_shared(writer: SocketAddr, reader: SocketAddr, salt: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0.. {
+        let token = token_expiring_in(600, &format!("{salt}-{i}"));
+        call(writer, &token).await;
+        if call(reader, &token).await.1 == "fleet_cache" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "sharing did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_a_killed_and_a_restarted_redis_fail_no_call_and_sharing_resumes() {
+    // The budget and the stand-in's own answer time bound every call.
+    const BOUND: Duration = Duration::from_millis(300);
+    let stand_in = StandIn::start().await;
+    let mut redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 5);
+    let args = ["--cache-ttl", "10m", "--redis-timeout", "20ms"];
+    let mut one = replica(&stand_in, &redis, &key, &args);
+    let two = replica(&stand_in, &redis, &key, &args);
+    until_shared(one.addr, two.addr, "before").await;
+
+    redis.signal("-STOP");
+    let slowest = calls_all_succeed(one.addr, 30, "frozen").await;
+    assert!(slowest < BOUND, "a call took {slowest:?} with Redis frozen");
+    redis.signal("-CONT");
+    until_shared(one.addr, two.addr, "thawed").await;
+
+    redis.kill();
+    let slowest = calls_all_succeed(two.addr, 30, "killed").await;
+    assert!(slowest < BOUND, "a call took {slowest:?} with Redis killed");
+    redis.run();
+    until_shared(one.addr, two.addr, "restarted").await;
+
+    let metrics = scrape(one.wait_for_addr("serving metrics")).await;
+    let opened = sample(&metrics, "cognito_facade_fleet_breaker_open_seconds_total");
+    assert!(opened.is_some_and(|s| s > 0.0), "{metrics}");
+    assert!(metrics.contains("cognito_facade_fleet_redis_ops_total{op=\"join\",outcome=\"timeout\"}"), "{metrics}");
+    assert_eq!(one.terminate().await, Some(0));
+    assert!(one.logs().iter().any(|l| l.contains("Redis is failing")));
+}
+
+#[tokio::test]
+async fn a_killed_leaders_flight_is_taken_over_by_a_follower() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(Duration::from_millis(1500), Box::new(Reply::full_success())));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 6);
+    let args = ["--call-timeout", "2s", "--attempt-timeout", "2s"];
+    let leader = replica(&stand_in, &redis, &key, &args);
+    let mut follower = replica(&stand_in, &redis, &key, &args);
+    let leading = tokio::spawn(call(leader.addr, TOKEN));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stand_in.received().is_empty() {
+        assert!(Instant::now() < deadline, "the leader never called");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let following = tokio::spawn(call(follower.addr, TOKEN));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(leader);
+    assert!(leading.await.is_err(), "the leader's caller lost its server");
+    let (username, source) = following.await.unwrap();
+    assert_eq!((username.as_str(), source.as_str()), (USERNAME, "cognito"));
+    assert_eq!(stand_in.received().len(), 2, "the follower called once the lease ran out");
+    let metrics = scrape(follower.wait_for_addr("serving metrics")).await;
+    assert_eq!(sample(&metrics, "cognito_facade_fleet_lease_takeovers_total"), Some(1.0), "{metrics}");
+}
