@@ -21,6 +21,8 @@ pub(crate) struct Redis {
     pub(crate) port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// `redis-cli`'s own flags for this server (TLS, password).
+    cli_flags: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -48,9 +50,59 @@ impl Redis {
             port: free_port(),
             dir: scratch_dir("redis"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            cli_flags: Vec::new(),
         };
         redis.run();
         redis
+    }
+
+    /// A server on a TLS port only, with a password, its certificate from a
+    /// test CA (whose PEM is returned).
+    fn start_tls(password: &str) -> (Self, PathBuf) {
+        use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+        let dir = scratch_dir("redis-tls");
+        // Distinct names: OpenSSL (redis-server, redis-cli) takes a leaf
+        // whose issuer is its own subject for self-signed.
+        let name = |cn: &str| {
+            let mut name = rcgen::DistinguishedName::new();
+            name.push(rcgen::DnType::CommonName, cn);
+            name
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = name("cognito-facade test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+        leaf.distinguished_name = name("localhost");
+        let cert = leaf.signed_by(&key, &ca).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let ca_pem = write("ca.pem", ca.pem());
+        let cert_pem = write("redis.pem", cert.pem());
+        let key_pem = write("redis.key", key.serialize_pem());
+        let port = free_port();
+        let mut redis = Self {
+            process: None,
+            port,
+            dir,
+            extra: [
+                "--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &cert_pem,
+                "--tls-key-file", &key_pem, "--tls-ca-cert-file", &ca_pem,
+                "--tls-auth-clients", "no", "--requirepass", password,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            cli_flags: ["--tls", "--cacert", &ca_pem, "-a", password, "--no-auth-warning"]
+                .map(str::to_owned)
+                .to_vec(),
+        };
+        redis.run();
+        (redis, PathBuf::from(ca_pem))
     }
 
     /// Starts (or restarts) the server on its port.
@@ -80,6 +132,7 @@ impl Redis {
     pub(crate) fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-p", &self.port.to_string()])
+            .args(&self.cli_flags)
             .args(args)
             .output()
             .unwrap();
@@ -346,4 +399,139 @@ async fn a_killed_leaders_flight_is_taken_over_by_a_follower() {
     assert_eq!(stand_in.received().len(), 2, "the follower called once the lease ran out");
     let metrics = scrape(follower.wait_for_addr("serving metrics")).await;
     assert_eq!(sample(&metrics, "cognito_facade_fleet_lease_takeovers_total"), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn rediss_with_a_password_against_redis_servers_own_tls_port() {
+    let stand_in = StandIn::start().await;
+    let (redis, ca) = Redis::start_tls("fleet-secret");
+    let key = key_file(&redis.dir, 7);
+    let url = format!("rediss://default:fleet-secret@localhost:{}", redis.port);
+    let start = |url: &str| {
+        let mut running = Running::against(
+            &stand_in,
+            &[
+                "--redis-url",
+                url,
+                "--fleet-key-file",
+                key.to_str().unwrap(),
+                "--cache-ttl",
+                "10m",
+            ],
+            &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+        );
+        running.find_line("connected to the fleet store");
+        running
+    };
+    let (mut one, two) = (start(&url), start(&url));
+    let token = token_expiring_in(600, "tls");
+    assert_eq!(call(one.addr, &token).await.1, "cognito");
+    assert_eq!(call(two.addr, &token).await.1, "fleet_cache");
+    assert_eq!(stand_in.received().len(), 1);
+    assert!(!redis.cli(&["--scan"]).trim().is_empty());
+    assert_eq!(one.terminate().await, Some(0));
+    for line in one.logs() {
+        assert!(!line.contains("fleet-secret"), "the password leaked: {line}");
+    }
+}
+
+/// A three-master Redis Cluster made with `redis-cli --cluster create`.
+struct Cluster {
+    nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                Redis::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{i}.conf"),
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(created.status.success(), "{created:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not settle");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Self { nodes }
+    }
+
+    fn seeds(&self) -> String {
+        self.nodes[..2]
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Every key of every node.
+    fn keys(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|node| node.cli(&["--scan"]).lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and_share_the_cache() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(Duration::from_millis(400), Box::new(Reply::full_success())));
+    let cluster = Cluster::start();
+    let key = key_file(&cluster.nodes[0].dir, 8);
+    let seeds = cluster.seeds();
+    let start = || {
+        let mut running = Running::against(
+            &stand_in,
+            &[
+                "--redis-mode",
+                "cluster",
+                "--redis-url",
+                &seeds,
+                "--fleet-key-file",
+                key.to_str().unwrap(),
+                "--cache-ttl",
+                "10m",
+            ],
+            &[],
+        );
+        running.find_line("connected to the fleet store");
+        running
+    };
+    let replicas = [start(), start(), start()];
+    let mut calls = JoinSet::new();
+    for i in 0..60 {
+        let addr = replicas[i % 3].addr;
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    let mut sources = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (username, source) = joined.unwrap();
+        assert_eq!(username, USERNAME);
+        sources.push(source);
+    }
+    assert_eq!(stand_in.received().len(), 1, "{sources:?}");
+    assert!(sources.iter().any(|s| s == "fleet_coalesced"), "{sources:?}");
+    // A token's keys share one slot (its hash tag), on one node.
+    let keys = cluster.keys();
+    let tags: std::collections::BTreeSet<&str> =
+        keys.iter().map(|k| &k[k.find('{').unwrap()..=k.find('}').unwrap()]).collect();
+    assert_eq!(tags.len(), 1, "{keys:?}");
+    let token = token_expiring_in(600, "cluster");
+    assert_eq!(call(replicas[0].addr, &token).await.1, "cognito");
+    assert_eq!(call(replicas[1].addr, &token).await.1, "fleet_cache");
 }
