@@ -339,3 +339,75 @@ async fn the_build_info_says_whether_the_lifo_slot_is_off() {
         .any(|line| line.contains("built without --cfg tokio_unstable"));
     assert_eq!(warned, !cfg!(tokio_unstable));
 }
+
+/// The fleet key file is checked before anything binds: missing, short or
+/// world-readable, or Redis without one, exits 2 with one line that names
+/// it (and never echoes a password from the URL).
+#[test]
+fn a_fleet_key_that_cannot_be_used_exits_2_with_one_line_before_binding() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let dir = std::env::temp_dir().join(format!("cognito-facade-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, len: usize, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![7u8; len]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let short = write("short.key", 31, 0o600);
+    let open = write("open.key", 64, 0o644);
+    let good = write("good.key", 32, 0o600);
+    let url = "redis://user:hunter2@127.0.0.1:6379";
+    for (args, needle) in [
+        (
+            vec![
+                "--redis-url",
+                url,
+                "--fleet-key-file",
+                "/nonexistent/fleet.key",
+            ],
+            "/nonexistent/fleet.key",
+        ),
+        (
+            vec!["--redis-url", url, "--fleet-key-file", &short],
+            "at least 32",
+        ),
+        (
+            vec!["--redis-url", url, "--fleet-key-file", &open],
+            "world-readable",
+        ),
+        (vec!["--redis-url", url], "--fleet-key-file"),
+        (vec!["--fleet-key-file", &good], "--redis-url"),
+        (
+            vec![
+                "--redis-url",
+                "http://user:hunter2@127.0.0.1",
+                "--fleet-key-file",
+                &good,
+            ],
+            "--redis-url",
+        ),
+        (
+            vec![
+                "--redis-url",
+                url,
+                "--fleet-key-file",
+                &good,
+                "--redis-timeout",
+                "0s",
+            ],
+            "--redis-timeout",
+        ),
+    ] {
+        let mut all = vec!["--region", "eu-west-1", "--listen-addr", addr.as_str()];
+        all.extend(args.iter().copied());
+        let output = run_to_exit(&all, &[]);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    }
+}

@@ -237,7 +237,10 @@ async fn at_the_cap_new_connections_are_closed_and_held_ones_keep_answering() {
     // grpc-go, grpcio and grpc-js say UNAVAILABLE; tonic's client says
     // CANCELLED, "connection closed" (the README says both).
     assert!(
-        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled),
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled
+        ),
         "{status:?}"
     );
     assert!(format!("{status:?}").contains("connection"), "{status:?}");

@@ -13,7 +13,9 @@ use cognito_facade::proto::identity_provider_service_client::IdentityProviderSer
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::helpers::{KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape};
+use crate::helpers::{
+    KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape,
+};
 
 /// A `redis-server` on a free loopback port, killed when dropped.
 pub(crate) struct Redis {
@@ -73,8 +75,8 @@ impl Redis {
         ca_params.distinguished_name = name("cognito-facade test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
         let key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         leaf.distinguished_name = name("localhost");
         let cert = leaf.signed_by(&key, &ca).unwrap();
         let write = |name: &str, pem: String| {
@@ -91,15 +93,33 @@ impl Redis {
             port,
             dir,
             extra: [
-                "--port", "0", "--tls-port", &port.to_string(), "--tls-cert-file", &cert_pem,
-                "--tls-key-file", &key_pem, "--tls-ca-cert-file", &ca_pem,
-                "--tls-auth-clients", "no", "--requirepass", password,
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &cert_pem,
+                "--tls-key-file",
+                &key_pem,
+                "--tls-ca-cert-file",
+                &ca_pem,
+                "--tls-auth-clients",
+                "no",
+                "--requirepass",
+                password,
             ]
             .map(str::to_owned)
             .to_vec(),
-            cli_flags: ["--tls", "--cacert", &ca_pem, "-a", password, "--no-auth-warning"]
-                .map(str::to_owned)
-                .to_vec(),
+            cli_flags: [
+                "--tls",
+                "--cacert",
+                &ca_pem,
+                "-a",
+                password,
+                "--no-auth-warning",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         };
         redis.run();
         (redis, PathBuf::from(ca_pem))
@@ -141,7 +161,13 @@ impl Redis {
 
     fn signal(&self, signal: &str) {
         let pid = self.process.as_ref().unwrap().0.id().to_string();
-        assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
 
     fn kill(&mut self) {
@@ -153,7 +179,9 @@ impl Redis {
 pub(crate) fn key_file(dir: &Path, seed: u8) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(format!("fleet-{seed}.key"));
-    let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(31).wrapping_add(seed)).collect();
+    let bytes: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(31).wrapping_add(seed))
+        .collect();
     std::fs::write(&path, bytes).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
@@ -163,7 +191,12 @@ pub(crate) fn key_file(dir: &Path, seed: u8) -> PathBuf {
 fn replica(stand_in: &StandIn, redis: &Redis, key: &Path, args: &[&str]) -> Running {
     let key = key.to_str().unwrap().to_owned();
     let url = redis.url();
-    let mut all = vec!["--redis-url", url.as_str(), "--fleet-key-file", key.as_str()];
+    let mut all = vec![
+        "--redis-url",
+        url.as_str(),
+        "--fleet-key-file",
+        key.as_str(),
+    ];
     all.extend_from_slice(args);
     let mut running = Running::against(stand_in, &all, &[]);
     running.find_line("connected to the fleet store");
@@ -183,22 +216,45 @@ async fn call(addr: SocketAddr, token: &str) -> (String, String) {
         .get_user_auth_factors(request(token))
         .await
         .unwrap();
-    let source = answer.metadata().get("x-cognito-facade-source").unwrap()
+    let source = answer
+        .metadata()
+        .get("x-cognito-facade-source")
+        .unwrap()
         .to_str()
         .unwrap()
         .to_owned();
     (answer.into_inner().username, source)
 }
 
+/// Waits (bounded) until Redis holds `n` cached answers: a leader shares its
+/// answer in the background, after its own caller has it.
+async fn until_cached(redis: &Redis, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["--scan", "--pattern", "*:a"]).lines().count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} cached",
+            redis.cli(&["--scan"])
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A JWT-shaped opaque token expiring in `seconds` (read, never verified,
 /// for the cache's bound).
 fn token_expiring_in(seconds: u64, salt: &str) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + seconds;
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + seconds;
     let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
     format!(
         "{}.{}.{}",
         b64(r#"{"alg":"RS256","kid":"k"}"#),
-        b64(&format!(r#"{{"exp":{exp},"sub":"{salt}","token_use":"access"}}"#)),
+        b64(&format!(
+            r#"{{"exp":{exp},"sub":"{salt}","token_use":"access"}}"#
+        )),
         b64("signature")
     )
 }
@@ -206,10 +262,15 @@ fn token_expiring_in(seconds: u64, salt: &str) -> String {
 #[tokio::test]
 async fn sixty_concurrent_calls_over_three_replicas_make_one_upstream_call() {
     let stand_in = StandIn::start().await;
-    stand_in.always(Reply::Delay(Duration::from_millis(400), Box::new(Reply::full_success())));
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(400),
+        Box::new(Reply::full_success()),
+    ));
     let redis = Redis::start(&[]);
     let key = key_file(&redis.dir, 1);
-    let replicas: Vec<Running> = (0..3).map(|_| replica(&stand_in, &redis, &key, &[])).collect();
+    let replicas: Vec<Running> = (0..3)
+        .map(|_| replica(&stand_in, &redis, &key, &[]))
+        .collect();
     let mut calls = JoinSet::new();
     for i in 0..60 {
         let addr = replicas[i % 3].addr;
@@ -221,9 +282,20 @@ async fn sixty_concurrent_calls_over_three_replicas_make_one_upstream_call() {
         assert_eq!(username, USERNAME);
         sources.push(source);
     }
-    assert_eq!(stand_in.received().len(), 1, "upstream calls for 60 calls of one token");
-    assert_eq!(sources.iter().filter(|s| *s == "cognito").count(), 1, "{sources:?}");
-    assert!(sources.iter().any(|s| s == "fleet_coalesced"), "{sources:?}");
+    assert_eq!(
+        stand_in.received().len(),
+        1,
+        "upstream calls for 60 calls of one token"
+    );
+    assert_eq!(
+        sources.iter().filter(|s| *s == "cognito").count(),
+        1,
+        "{sources:?}"
+    );
+    assert!(
+        sources.iter().any(|s| s == "fleet_coalesced"),
+        "{sources:?}"
+    );
     // Without --cache-ttl nothing shared outlives its flight by more than a
     // few seconds: every key is gone soon after.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -239,10 +311,18 @@ async fn the_fleet_cache_serves_every_replica_never_past_exp_and_holds_nothing_r
     let redis = Redis::start(&[]);
     let key = key_file(&redis.dir, 2);
     let args = ["--cache-ttl", "10m"];
-    let replicas: Vec<Running> = (0..3).map(|_| replica(&stand_in, &redis, &key, &args)).collect();
+    let replicas: Vec<Running> = (0..3)
+        .map(|_| replica(&stand_in, &redis, &key, &args))
+        .collect();
     let token = token_expiring_in(3, "cache");
-    assert_eq!(call(replicas[0].addr, &token).await, (USERNAME.to_owned(), "cognito".to_owned()));
-    assert_eq!(call(replicas[1].addr, &token).await, (USERNAME.to_owned(), "fleet_cache".to_owned()));
+    assert_eq!(
+        call(replicas[0].addr, &token).await,
+        (USERNAME.to_owned(), "cognito".to_owned())
+    );
+    assert_eq!(
+        call(replicas[1].addr, &token).await,
+        (USERNAME.to_owned(), "fleet_cache".to_owned())
+    );
     assert_eq!(call(replicas[2].addr, &token).await.1, "fleet_cache");
     assert_eq!(stand_in.received().len(), 1);
 
@@ -259,7 +339,10 @@ async fn the_fleet_cache_serves_every_replica_never_past_exp_and_holds_nothing_r
             .unwrap()
             .stdout;
         let value = String::from_utf8_lossy(&value);
-        for secret in token.split('.').chain([USERNAME, "SOFTWARE_TOKEN_MFA", "PASSWORD"]) {
+        for secret in token
+            .split('.')
+            .chain([USERNAME, "SOFTWARE_TOKEN_MFA", "PASSWORD"])
+        {
             assert!(!value.contains(secret), "{key} holds {secret:?}");
         }
     }
@@ -278,10 +361,14 @@ async fn values_that_do_not_open_are_misses_and_the_answer_is_still_right() {
     let args = ["--cache-ttl", "10m"];
     let mut one = replica(&stand_in, &redis, &key, &args);
     let mut two = replica(&stand_in, &redis, &key, &args);
-    let (first, second) = (token_expiring_in(600, "first"), token_expiring_in(600, "second"));
+    let (first, second) = (
+        token_expiring_in(600, "first"),
+        token_expiring_in(600, "second"),
+    );
     call(one.addr, &first).await;
     call(one.addr, &second).await;
     assert_eq!(stand_in.received().len(), 2);
+    until_cached(&redis, 2).await;
     let answers: Vec<String> = redis
         .cli(&["--scan", "--pattern", "*:a"])
         .lines()
@@ -290,7 +377,13 @@ async fn values_that_do_not_open_are_misses_and_the_answer_is_still_right() {
     assert_eq!(answers.len(), 2, "{answers:?}");
 
     // A value moved to another key does not open there.
-    let moved = redis.cli(&["EVAL", "redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]), 'KEEPTTL') return 1", "2", &answers[0], &answers[1]]);
+    let moved = redis.cli(&[
+        "EVAL",
+        "redis.call('SET', KEYS[2], redis.call('GET', KEYS[1]), 'KEEPTTL') return 1",
+        "2",
+        &answers[0],
+        &answers[1],
+    ]);
     assert_eq!(moved.trim(), "1");
     // A tampered value does not open.
     let tampered = redis.cli(&["EVAL", "local v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], string.sub(v, 1, -2) .. string.char((string.byte(v, -1) + 1) % 256), 'KEEPTTL') return 1", "1", &answers[0]]);
@@ -301,13 +394,18 @@ async fn values_that_do_not_open_are_misses_and_the_answer_is_still_right() {
     }
     assert_eq!(stand_in.received().len(), 4, "both were misses");
     let metrics = scrape(two.wait_for_addr("serving metrics")).await;
-    assert_eq!(sample(&metrics, "cognito_facade_fleet_unopened_values_total"), Some(2.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "cognito_facade_fleet_unopened_values_total"),
+        Some(2.0),
+        "{metrics}"
+    );
 
     // Another fleet's key: nothing of this fleet's opens, or is even found.
     let other = key_file(&redis.dir, 4);
     let stranger = replica(&stand_in, &redis, &other, &args);
     let fresh = token_expiring_in(600, "fresh");
     call(one.addr, &fresh).await;
+    until_cached(&redis, 3).await;
     assert_eq!(call(stranger.addr, &fresh).await.1, "cognito");
     assert_eq!(stand_in.received().len(), 6);
     one.terminate().await;
@@ -335,6 +433,7 @@ async fn until_shared(writer: SocketAddr, reader: SocketAddr, salt: &str) {
     for i in 0.. {
         let token = token_expiring_in(600, &format!("{salt}-{i}"));
         call(writer, &token).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         if call(reader, &token).await.1 == "fleet_cache" {
             return;
         }
@@ -370,7 +469,16 @@ async fn a_frozen_a_killed_and_a_restarted_redis_fail_no_call_and_sharing_resume
     let metrics = scrape(one.wait_for_addr("serving metrics")).await;
     let opened = sample(&metrics, "cognito_facade_fleet_breaker_open_seconds_total");
     assert!(opened.is_some_and(|s| s > 0.0), "{metrics}");
-    assert!(metrics.contains("cognito_facade_fleet_redis_ops_total{op=\"join\",outcome=\"timeout\"}"), "{metrics}");
+    // The store's failures are counted (a frozen server times out, in the
+    // client's own response timeout or in ours).
+    let failed = |outcome: &str| {
+        sample(
+            &metrics,
+            &format!("cognito_facade_fleet_redis_ops_total{{op=\"join\",outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(failed("error") + failed("timeout") >= 5.0, "{metrics}");
     assert_eq!(one.terminate().await, Some(0));
     assert!(one.logs().iter().any(|l| l.contains("Redis is failing")));
 }
@@ -378,7 +486,10 @@ async fn a_frozen_a_killed_and_a_restarted_redis_fail_no_call_and_sharing_resume
 #[tokio::test]
 async fn a_killed_leaders_flight_is_taken_over_by_a_follower() {
     let stand_in = StandIn::start().await;
-    stand_in.always(Reply::Delay(Duration::from_millis(1500), Box::new(Reply::full_success())));
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
     let redis = Redis::start(&[]);
     let key = key_file(&redis.dir, 6);
     let args = ["--call-timeout", "2s", "--attempt-timeout", "2s"];
@@ -393,12 +504,23 @@ async fn a_killed_leaders_flight_is_taken_over_by_a_follower() {
     let following = tokio::spawn(call(follower.addr, TOKEN));
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(leader);
-    assert!(leading.await.is_err(), "the leader's caller lost its server");
+    assert!(
+        leading.await.is_err(),
+        "the leader's caller lost its server"
+    );
     let (username, source) = following.await.unwrap();
     assert_eq!((username.as_str(), source.as_str()), (USERNAME, "cognito"));
-    assert_eq!(stand_in.received().len(), 2, "the follower called once the lease ran out");
+    assert_eq!(
+        stand_in.received().len(),
+        2,
+        "the follower called once the lease ran out"
+    );
     let metrics = scrape(follower.wait_for_addr("serving metrics")).await;
-    assert_eq!(sample(&metrics, "cognito_facade_fleet_lease_takeovers_total"), Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "cognito_facade_fleet_lease_takeovers_total"),
+        Some(1.0),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -426,12 +548,15 @@ async fn rediss_with_a_password_against_redis_servers_own_tls_port() {
     let (mut one, two) = (start(&url), start(&url));
     let token = token_expiring_in(600, "tls");
     assert_eq!(call(one.addr, &token).await.1, "cognito");
+    until_cached(&redis, 1).await;
     assert_eq!(call(two.addr, &token).await.1, "fleet_cache");
     assert_eq!(stand_in.received().len(), 1);
-    assert!(!redis.cli(&["--scan"]).trim().is_empty());
     assert_eq!(one.terminate().await, Some(0));
     for line in one.logs() {
-        assert!(!line.contains("fleet-secret"), "the password leaked: {line}");
+        assert!(
+            !line.contains("fleet-secret"),
+            "the password leaked: {line}"
+        );
     }
 }
 
@@ -452,7 +577,10 @@ impl Cluster {
                 ])
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
@@ -482,7 +610,12 @@ impl Cluster {
     fn keys(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .flat_map(|node| node.cli(&["--scan"]).lines().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|node| {
+                node.cli(&["--scan"])
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 }
@@ -490,7 +623,10 @@ impl Cluster {
 #[tokio::test]
 async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and_share_the_cache() {
     let stand_in = StandIn::start().await;
-    stand_in.always(Reply::Delay(Duration::from_millis(400), Box::new(Reply::full_success())));
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(400),
+        Box::new(Reply::full_success()),
+    ));
     let cluster = Cluster::start();
     let key = key_file(&cluster.nodes[0].dir, 8);
     let seeds = cluster.seeds();
@@ -525,13 +661,23 @@ async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and
         sources.push(source);
     }
     assert_eq!(stand_in.received().len(), 1, "{sources:?}");
-    assert!(sources.iter().any(|s| s == "fleet_coalesced"), "{sources:?}");
+    assert!(
+        sources.iter().any(|s| s == "fleet_coalesced"),
+        "{sources:?}"
+    );
     // A token's keys share one slot (its hash tag), on one node.
     let keys = cluster.keys();
-    let tags: std::collections::BTreeSet<&str> =
-        keys.iter().map(|k| &k[k.find('{').unwrap()..=k.find('}').unwrap()]).collect();
+    let tags: std::collections::BTreeSet<&str> = keys
+        .iter()
+        .map(|k| &k[k.find('{').unwrap()..=k.find('}').unwrap()])
+        .collect();
     assert_eq!(tags.len(), 1, "{keys:?}");
     let token = token_expiring_in(600, "cluster");
     assert_eq!(call(replicas[0].addr, &token).await.1, "cognito");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cluster.keys().iter().any(|key| key.ends_with(":a")) {
+        assert!(Instant::now() < deadline, "{:?}", cluster.keys());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(call(replicas[1].addr, &token).await.1, "fleet_cache");
 }
