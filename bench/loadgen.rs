@@ -42,6 +42,7 @@ enum Mode {
     Sdk,
     Startup,
     Mint,
+    Follow,
 }
 
 #[derive(Debug, Parser)]
@@ -87,6 +88,12 @@ struct Args {
     /// HTTP/2 connections to spread the load over (gRPC modes).
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// `follow`: the second replica, whose calls follow the first's flight.
+    #[arg(long)]
+    follower: Option<String>,
+    /// `follow`: how many flights to time.
+    #[arg(long, default_value_t = 50)]
+    trials: usize,
     /// `startup`: the service binary and its arguments.
     #[arg(last = true)]
     command: Vec<String>,
@@ -119,6 +126,9 @@ async fn generate() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.mode == Mode::Mint {
         return mint(&args);
+    }
+    if args.mode == Mode::Follow {
+        return follow(&args).await;
     }
     let channels = connect(&args).await?;
     let cognito = match args.mode {
@@ -314,7 +324,7 @@ async fn run(
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))
                         }
-                        Mode::Startup | Mode::Mint => unreachable!("handled in main"),
+                        Mode::Startup | Mode::Mint | Mode::Follow => unreachable!("handled in main"),
                     };
                     match outcome {
                         Ok(()) => {
@@ -464,3 +474,48 @@ fn mint(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
+
+/// `follow`: per flight, a call on `--target` (which leads, for a fresh
+/// token), then the same token on `--follower` a moment later (which
+/// follows the flight over the fleet store); prints the median and the
+/// spread of how long after the leader's answer the follower had it.
+async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let follower_url = args.follower.clone().ok_or("--follower is required")?;
+    let leader = IdentityProviderServiceClient::connect(args.target.clone()).await?;
+    let mut follower = IdentityProviderServiceClient::connect(follower_url).await?;
+    let run = std::process::id();
+    let mut lags_us = Vec::with_capacity(args.trials);
+    for trial in 0..args.trials {
+        let token = format!("bench.follow.{run}.{trial}");
+        let request = || GetUserAuthFactorsRequest {
+            access_token: token.clone(),
+        };
+        let mut leading = leader.clone();
+        let first = request();
+        let lead = tokio::spawn(async move {
+            let result = leading.get_user_auth_factors(first).await;
+            (result.is_ok(), Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let followed = follower.get_user_auth_factors(request()).await;
+        let followed_at = Instant::now();
+        let (led, led_at) = lead.await?;
+        let source = followed
+            .as_ref()
+            .ok()
+            .and_then(|answer| answer.metadata().get("x-cognito-facade-source").cloned());
+        if !led || source.as_ref().is_none_or(|s| s != "fleet_coalesced") {
+            return Err(format!("trial {trial}: not a fleet follower ({source:?})").into());
+        }
+        let lag = followed_at.saturating_duration_since(led_at);
+        lags_us.push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+    }
+    lags_us.sort_unstable();
+    let at = |q: f64| lags_us[((lags_us.len() - 1) as f64 * q) as usize];
+    println!(
+        "{}",
+        serde_json::json!({"trials": lags_us.len(), "p50_us": at(0.5), "p90_us": at(0.9), "max_us": at(1.0)})
+    );
+    Ok(())
+}
+

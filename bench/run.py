@@ -446,6 +446,194 @@ def economy(upstream_port, tokens, callers, seconds):
     return rows
 
 
+# The fleet on Redis: three replicas of the service, one redis-server.
+FLEET_REPLICAS = 3
+FLEET_USERS = 200
+FLEET_CALLERS = 64
+
+
+def start_redis(workdir):
+    """A redis-server (Debian's package) on a free loopback port."""
+    if not shutil.which("redis-server"):
+        raise RuntimeError("redis-server is needed (Debian's redis-server package)")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def fleet_key(workdir):
+    path = workdir / "fleet.key"
+    path.write_bytes(os.urandom(32))
+    path.chmod(0o600)
+    return path
+
+
+def fleet_flags(redis_port, key):
+    return ["--redis-url", f"redis://127.0.0.1:{redis_port}", "--fleet-key-file", str(key)]
+
+
+def fleet_run(upstream_port, flags, seconds):
+    """FLEET_REPLICAS services with `flags`, loaded side by side by
+    FLEET_CALLERS callers in all over FLEET_USERS tokens: calls answered and
+    upstream calls, from the services' own metrics."""
+    services = []
+    try:
+        for _ in range(FLEET_REPLICAS):
+            port, metrics_port = free_port(), free_port()
+            services.append((start_service(port, upstream_port, *flags, metrics_port=metrics_port),
+                             port, metrics_port))
+        time.sleep(0.5)  # each connects to Redis in the background
+        results = [None] * FLEET_REPLICAS
+        share = FLEET_CALLERS // FLEET_REPLICAS
+
+        def one(i, port):
+            callers = share + (1 if i < FLEET_CALLERS % FLEET_REPLICAS else 0)
+            results[i] = load("facade", f"http://127.0.0.1:{port}", callers, seconds,
+                              "--tokens", str(FLEET_USERS))
+
+        threads = [threading.Thread(target=one, args=(i, port))
+                   for i, (_, port, _) in enumerate(services)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        calls = sum(metric_sum(m, "cognito_facade_rpc_requests_total", 'code="OK"')
+                    for _, _, m in services)
+        upstream = sum(metric_sum(m, "cognito_facade_upstream_requests_total")
+                       for _, _, m in services)
+        errors = sum(r["errors"] for r in results)
+    finally:
+        for proc, _, _ in services:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return {"calls": calls, "upstream": upstream, "errors": errors}
+
+
+def fleet(upstream_port, workdir, smoke):
+    """The fleet's figures: upstream calls per 1,000 calls alone and as a
+    fleet, what the Redis path adds, and what a dead Redis costs."""
+    seconds = 1 if smoke else 5
+    redis, redis_port = start_redis(workdir)
+    key = fleet_key(workdir)
+    shared = fleet_flags(redis_port, key)
+    figures = {"mix": []}
+    try:
+        for label, flags in [("alone", []), ("alone, `--cache-ttl 30s`", ["--cache-ttl", "30s"]),
+                             ("fleet", shared),
+                             ("fleet, `--cache-ttl 30s`", [*shared, "--cache-ttl", "30s"])]:
+            sh("redis-cli", "-p", str(redis_port), "FLUSHALL")
+            figures["mix"].append({"label": label, **fleet_run(upstream_port, flags, seconds)})
+
+        # A fleet hit at one caller: the replica's own tier holds nothing
+        # (`--cache-max-entries 0`), so every call reads Redis; beside it the
+        # same replica's own cache (a local hit).
+        cache = ["--cache-ttl", "10m"]
+        writer = start_service(free_port(), upstream_port, *shared, *cache)
+        procs = [writer]
+        try:
+            remote_port, local_port = free_port(), free_port()
+            procs.append(start_service(remote_port, upstream_port, *shared, *cache,
+                                       "--cache-max-entries", "0"))
+            procs.append(start_service(local_port, upstream_port, *cache))
+            time.sleep(0.5)
+            writer_port = int(writer.args[writer.args.index("--listen-addr") + 1].rsplit(":", 1)[1])
+            load("facade", f"http://127.0.0.1:{writer_port}", 8, 1, "--tokens", str(FLEET_USERS))
+            load("facade", f"http://127.0.0.1:{local_port}", 8, 1, "--tokens", str(FLEET_USERS))
+            hit = {}
+            for _ in range(1 if smoke else 3):
+                for name, port in (("fleet", remote_port), ("local", local_port)):
+                    result = load("facade", f"http://127.0.0.1:{port}", 1, seconds,
+                                  "--tokens", str(FLEET_USERS))
+                    hit.setdefault(name, []).append(result["p50_us"])
+            figures["hit_p50_us"] = {name: statistics.median(v) for name, v in hit.items()}
+            follow = json.loads(sh(str(LOADGEN), "--mode", "follow",
+                                   "--target", f"http://127.0.0.1:{writer_port}",
+                                   "--follower", f"http://127.0.0.1:{remote_port}",
+                                   "--trials", "20" if smoke else "100").strip().splitlines()[-1])
+            figures["follow"] = follow
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+        # CPU per call on a miss (a fresh token per call): alone, with the
+        # fleet, and with Redis dead (the breaker open), interleaved round by
+        # round so the machine's slow spells hit all three alike.
+        cpu = {}
+        for _ in range(1 if smoke else 5):
+            for name in ("alone", "fleet", "dead"):
+                dead = None
+                flags = []
+                if name == "fleet":
+                    flags = shared
+                elif name == "dead":
+                    dead, dead_port = start_redis(workdir)
+                    flags = fleet_flags(dead_port, key)
+                port = free_port()
+                proc = start_service(port, upstream_port, *flags)
+                try:
+                    time.sleep(0.5)
+                    if dead:
+                        dead.kill()
+                        dead.wait()
+                    result = load("facade", f"http://127.0.0.1:{port}", FLEET_CALLERS, seconds,
+                                  cpu_of={"service": [proc.pid]})
+                    if result["errors"]:
+                        raise RuntimeError(f"{name}: calls failed: {result['error_codes']}")
+                    cpu.setdefault(name, []).append(result["cpu_us"]["service"])
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=10)
+        figures["miss_cpu_us"] = {name: statistics.median(v) for name, v in cpu.items()}
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+    return figures
+
+
+def fleet_report(figures, smoke):
+    mix, hit, cpu, follow = (figures["mix"], figures["hit_p50_us"], figures["miss_cpu_us"],
+                             figures["follow"])
+    lines = ["", "## The fleet on Redis", "",
+             f"{FLEET_REPLICAS} replicas of the service and one `redis-server` on loopback; "
+             f"the realistic mix: {FLEET_CALLERS} callers in all, spread over the replicas, "
+             f"over {FLEET_USERS} users' tokens, against the stand-in answering in "
+             f"{ECONOMY_UPSTREAM_MS} ms; {1 if smoke else 5} s per variant. Upstream calls from "
+             "the services' own metrics.", "",
+             "| variant | calls | upstream calls | upstream calls per 1,000 calls | failed |",
+             "|---|---|---|---|---|"]
+    for row in mix:
+        per = row["upstream"] / row["calls"] * 1000 if row["calls"] else float("nan")
+        lines.append(f"| {row['label']} | {row['calls']} | {row['upstream']} | {per:.1f} | "
+                     f"{row['errors']} |")
+    added = cpu["fleet"] - cpu["alone"]
+    dead = cpu["dead"] - cpu["alone"]
+    lines += ["", "What the Redis path adds (medians of interleaved runs):", "",
+              "| figure | measured |", "|---|---|",
+              f"| p50 at one caller, a fleet hit (the replica's own tier empty) | "
+              f"{hit['fleet']:.0f} µs, against {hit['local']:.0f} µs for a local cache hit "
+              f"(+{hit['fleet'] - hit['local']:.0f} µs) |",
+              f"| a follower has the answer after the leader's caller (p50 of "
+              f"{follow['trials']} flights) | {follow['p50_us'] / 1000:.2f} ms "
+              f"(p90 {follow['p90_us'] / 1000:.2f} ms) |",
+              f"| CPU per call on a miss at {FLEET_CALLERS} callers | {cpu['fleet']:.1f} µs, "
+              f"against {cpu['alone']:.1f} µs alone ({added:+.1f} µs) |",
+              f"| CPU per call with Redis dead (the breaker open) | {cpu['dead']:.1f} µs "
+              f"({dead:+.1f} µs against alone) |",
+              "", "Each CPU figure is the median of interleaved rounds (alone, fleet, dead, "
+              "then again); on this machine a single run's CPU per call moves by ±10 µs, so "
+              "only differences well beyond that mean anything.",
+              "", "| target | measured | verdict |", "|---|---|---|",
+              f"| a follower gets the answer within 2 ms (p50) of the leader | "
+              f"{follow['p50_us'] / 1000:.2f} ms | {verdict(follow['p50_us'] <= 2000)} |",
+              f"| a dead Redis adds ≤ 5 µs CPU per call (breaker open) | {dead:+.1f} µs | "
+              f"{verdict(dead <= 5)} |"]
+    return lines
+
+
 def svg_plot(rows, path):
     """Throughput and p99 against concurrency, as a dependency-free SVG."""
     levels = [r["concurrency"] for r in rows]
@@ -558,6 +746,7 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(cognito_like_port)
         savings = economy(cognito_like_port, ECONOMY_TOKENS, ECONOMY_CALLERS, 1 if smoke else 5)
+        fleet_figures = fleet(cognito_like_port, workdir, smoke)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
@@ -576,11 +765,13 @@ def main():
     memory = {"inflight": inflight, "service_idle_kb": idle_rss_kb,
               "service_peak_kb": held_peak.peak, "service_load": held_load,
               "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"]}
-    write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke)
+    write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke,
+                 fleet_report(fleet_figures, smoke))
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
-def write_report(path, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke):
+def write_report(path, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke,
+                 fleet_lines):
     def mib(kb):
         return kb / 1024
 
@@ -675,6 +866,7 @@ def write_report(path, plot, rows, serving_ms, memory, savings, verified, traced
                      f"{v['p50_us']} |")
     lines += verification_report(verified, smoke)
     lines += tracing_report(traced, smoke)
+    lines += fleet_lines
     lines += ["", "## Profile", "",
               f"Copied from [`bench/PROFILE.md`]({os.path.relpath(PROFILE, path.parent)}), which is kept by "
               "hand: how the facade's own path was profiled, what stood out, what was changed for it "

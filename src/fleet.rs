@@ -19,7 +19,7 @@ use std::{
     fmt,
     path::Path,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -30,6 +30,7 @@ use aws_lc_rs::{
     hkdf, hmac,
     rand::{SecureRandom as _, SystemRandom},
 };
+use metrics::Counter;
 use prost::Message as _;
 use redis::{
     ProtocolVersion, PushInfo, PushKind, Script, Value,
@@ -214,6 +215,56 @@ struct Inner {
     waiters: Mutex<HashMap<Vec<u8>, oneshot::Sender<Vec<u8>>>>,
     breaker: Breaker,
     scripts: Scripts,
+    metrics: FleetMetrics,
+}
+
+/// The fleet's metric handles, each resolved on first use and then reused:
+/// a dead Redis costs a call one atomic load and one counter increment.
+#[derive(Default)]
+struct FleetMetrics {
+    skipped_breaker_open: OnceLock<Counter>,
+    skipped_not_connected: OnceLock<Counter>,
+    /// By operation (index in [`OPS`]) and outcome (index in [`OUTCOMES`]).
+    ops: [[OnceLock<Counter>; OUTCOMES.len()]; OPS.len()],
+}
+
+/// The operations counted in `cognito_facade_fleet_redis_ops_total`.
+const OPS: [&str; 8] = [
+    "join",
+    "subscribe",
+    "get",
+    "take_over",
+    "finish",
+    "publish",
+    "release",
+    "unsubscribe",
+];
+/// Their outcomes.
+const OUTCOMES: [&str; 3] = ["ok", "error", "timeout"];
+
+impl FleetMetrics {
+    fn skipped(&self, breaker_open: bool) {
+        let (cell, reason) = if breaker_open {
+            (&self.skipped_breaker_open, "breaker_open")
+        } else {
+            (&self.skipped_not_connected, "not_connected")
+        };
+        cell.get_or_init(|| metrics::counter!(FLEET_SKIPPED, "reason" => reason))
+            .increment(1);
+    }
+
+    fn op(&self, op: &'static str, outcome: &'static str) {
+        let o = OPS.iter().position(|known| *known == op).unwrap_or_default();
+        let r = OUTCOMES
+            .iter()
+            .position(|known| *known == outcome)
+            .unwrap_or_default();
+        self.ops[o][r]
+            .get_or_init(|| {
+                metrics::counter!(FLEET_REDIS_OPS, "op" => OPS[o], "outcome" => OUTCOMES[r])
+            })
+            .increment(1);
+    }
 }
 
 /// A connection to the store, either kind; both reconnect by themselves.
@@ -442,6 +493,7 @@ impl Fleet {
             waiters: Mutex::new(HashMap::new()),
             breaker: Breaker::new(),
             scripts: Scripts::new(),
+            metrics: FleetMetrics::default(),
         });
         tokio::spawn(connect(Arc::downgrade(&inner), config.clone()));
         Self(inner)
@@ -627,7 +679,7 @@ impl Fleet {
     /// The connection, unless the store is away or the breaker is open.
     fn usable(&self) -> Option<Conn> {
         if !self.0.breaker.closed() {
-            metrics::counter!(FLEET_SKIPPED, "reason" => "breaker_open").increment(1);
+            self.0.metrics.skipped(true);
             return None;
         }
         let conn = self
@@ -637,7 +689,7 @@ impl Fleet {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         if conn.is_none() {
-            metrics::counter!(FLEET_SKIPPED, "reason" => "not_connected").increment(1);
+            self.0.metrics.skipped(false);
         }
         conn
     }
@@ -663,7 +715,7 @@ impl Fleet {
         if result.is_some() {
             self.0.breaker.success();
         }
-        metrics::counter!(FLEET_REDIS_OPS, "op" => op, "outcome" => label).increment(1);
+        self.0.metrics.op(op, label);
         result
     }
 
