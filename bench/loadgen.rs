@@ -324,7 +324,9 @@ async fn run(
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))
                         }
-                        Mode::Startup | Mode::Mint | Mode::Follow => unreachable!("handled in main"),
+                        Mode::Startup | Mode::Mint | Mode::Follow => {
+                            unreachable!("handled in main")
+                        }
                     };
                     match outcome {
                         Ok(()) => {
@@ -518,4 +520,3 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
-

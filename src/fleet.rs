@@ -254,15 +254,18 @@ impl FleetMetrics {
     }
 
     fn op(&self, op: &'static str, outcome: &'static str) {
-        let o = OPS.iter().position(|known| *known == op).unwrap_or_default();
+        let o = OPS
+            .iter()
+            .position(|known| *known == op)
+            .unwrap_or_default();
         let r = OUTCOMES
             .iter()
             .position(|known| *known == outcome)
             .unwrap_or_default();
         self.ops[o][r]
-            .get_or_init(|| {
-                metrics::counter!(FLEET_REDIS_OPS, "op" => OPS[o], "outcome" => OUTCOMES[r])
-            })
+            .get_or_init(
+                || metrics::counter!(FLEET_REDIS_OPS, "op" => OPS[o], "outcome" => OUTCOMES[r]),
+            )
             .increment(1);
     }
 }

@@ -305,6 +305,57 @@ async fn sixty_concurrent_calls_over_three_replicas_make_one_upstream_call() {
     }
 }
 
+/// Cognito's refusal of a token is Cognito's word too: shared with the
+/// flight's followers on every replica, with its status and details.
+#[tokio::test]
+async fn a_refusal_is_shared_over_the_fleet_too() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(400),
+        Box::new(Reply::error(
+            400,
+            "NotAuthorizedException",
+            "Access Token has been revoked",
+        )),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 9);
+    let replicas: Vec<Running> = (0..3)
+        .map(|_| replica(&stand_in, &redis, &key, &[]))
+        .collect();
+    let mut calls = JoinSet::new();
+    for i in 0..30 {
+        let addr = replicas[i % 3].addr;
+        calls.spawn(async move {
+            let status = client(addr)
+                .await
+                .get_user_auth_factors(request(TOKEN))
+                .await
+                .unwrap_err();
+            let source = status
+                .metadata()
+                .get("x-cognito-facade-source")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (status.code(), status.message().to_owned(), source)
+        });
+    }
+    let mut sources = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (code, message, source) = joined.unwrap();
+        assert_eq!(code, tonic::Code::Unauthenticated);
+        assert_eq!(message, "Access Token has been revoked");
+        sources.push(source);
+    }
+    assert_eq!(stand_in.received().len(), 1, "{sources:?}");
+    assert!(
+        sources.iter().any(|s| s == "fleet_coalesced"),
+        "{sources:?}"
+    );
+}
+
 #[tokio::test]
 async fn the_fleet_cache_serves_every_replica_never_past_exp_and_holds_nothing_readable() {
     let stand_in = StandIn::start().await;
@@ -456,6 +507,24 @@ async fn a_frozen_a_killed_and_a_restarted_redis_fail_no_call_and_sharing_resume
 
     redis.signal("-STOP");
     let slowest = calls_all_succeed(one.addr, 30, "frozen").await;
+    let health = tonic_health::pb::health_client::HealthClient::new(
+        Channel::from_shared(format!("http://{}", one.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .check(tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status();
+    assert_eq!(
+        health,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
     assert!(slowest < BOUND, "a call took {slowest:?} with Redis frozen");
     redis.signal("-CONT");
     until_shared(one.addr, two.addr, "thawed").await;
