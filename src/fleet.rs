@@ -522,7 +522,9 @@ impl Fleet {
             .arg(&self.0.replica)
             .arg(millis(self.0.lease))
             .arg(if answer_ttl.is_some() { "1" } else { "0" });
-        let reply: Vec<Value> = match self.op("join", call.invoke_async(&mut conn)).await {
+        // One budget for the call's Redis work before it waits for a leader.
+        let budget = self.budget();
+        let reply: Vec<Value> = match self.op("join", budget, call.invoke_async(&mut conn)).await {
             Some(reply) => reply,
             None => return Joined::Alone,
         };
@@ -545,7 +547,8 @@ impl Fleet {
             [Value::Int(2)] => Joined::Lead(self.lease(names, answer_ttl)),
             [Value::Int(3), Value::Int(left)] => {
                 let left = Duration::from_millis(u64::try_from(*left).unwrap_or(0));
-                self.follow(conn, names, left, deadline, answer_ttl).await
+                self.follow(conn, names, left, deadline, answer_ttl, budget)
+                    .await
             }
             _ => Joined::Alone,
         }
@@ -580,6 +583,7 @@ impl Fleet {
         lease_left: Duration,
         deadline: Option<Instant>,
         answer_ttl: Option<Duration>,
+        budget: Instant,
     ) -> Joined {
         let (tx, mut rx) = oneshot::channel();
         lock(&self.0.waiters).insert(names.channel.clone().into_bytes(), tx);
@@ -589,7 +593,7 @@ impl Fleet {
             channel: names.channel.clone(),
         };
         if self
-            .op("subscribe", conn.subscribe(&names.channel))
+            .op("subscribe", budget, conn.subscribe(&names.channel))
             .await
             .is_none()
         {
@@ -599,6 +603,7 @@ impl Fleet {
         let landed: Option<Vec<u8>> = self
             .op(
                 "get",
+                budget,
                 redis::cmd("GET").arg(&names.result).query_async(&mut conn),
             )
             .await
@@ -638,6 +643,7 @@ impl Fleet {
         let taken: Option<Option<String>> = self
             .op(
                 "take_over",
+                self.budget(),
                 redis::cmd("SET")
                     .arg(&names.lease)
                     .arg(&self.0.replica)
@@ -679,6 +685,12 @@ impl Fleet {
         decoded
     }
 
+    /// Whether the store may be asked now (it is connected and the breaker
+    /// is closed); a skip is counted.
+    pub(crate) fn usable_now(&self) -> bool {
+        self.usable().is_some()
+    }
+
     /// The connection, unless the store is away or the breaker is open.
     fn usable(&self) -> Option<Conn> {
         if !self.0.breaker.closed() {
@@ -697,13 +709,20 @@ impl Fleet {
         conn
     }
 
-    /// One Redis operation within the budget, counted; `None` on failure.
+    /// A budget of `--redis-timeout` from now.
+    fn budget(&self) -> Instant {
+        Instant::now() + self.0.timeout
+    }
+
+    /// One Redis operation, over by `until` (the call's Redis budget),
+    /// counted; `None` on failure.
     async fn op<T>(
         &self,
         op: &'static str,
+        until: Instant,
         future: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
-        let outcome = tokio::time::timeout(self.0.timeout, future).await;
+        let outcome = tokio::time::timeout_at(until.into(), future).await;
         let (label, result) = match outcome {
             Ok(Ok(value)) => ("ok", Some(value)),
             Ok(Err(err)) => {
@@ -753,10 +772,13 @@ impl Lease {
             let Some(plain) = plain else {
                 let mut release = fleet.0.scripts.release.prepare_invoke();
                 release.key(&names.lease).arg(&self.token);
-                let _: Option<i64> = fleet.op("release", release.invoke_async(&mut conn)).await;
+                let _: Option<i64> = fleet
+                    .op("release", fleet.budget(), release.invoke_async(&mut conn))
+                    .await;
                 let _ = fleet
                     .op(
                         "publish",
+                        fleet.budget(),
                         conn.publish(fleet.0.mode, &names.channel, ABANDONED),
                     )
                     .await;
@@ -784,10 +806,13 @@ impl Lease {
                 Some((sealed, ttl)) => finish.arg(sealed).arg(millis(*ttl)),
                 None => finish.arg("").arg(0),
             };
-            let _: Option<i64> = fleet.op("finish", finish.invoke_async(&mut conn)).await;
+            let _: Option<i64> = fleet
+                .op("finish", fleet.budget(), finish.invoke_async(&mut conn))
+                .await;
             let _ = fleet
                 .op(
                     "publish",
+                    fleet.budget(),
                     conn.publish(fleet.0.mode, &names.channel, &result),
                 )
                 .await;
@@ -809,7 +834,9 @@ impl Drop for Unsubscribe {
             (self.fleet.clone(), self.conn.clone(), self.channel.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = fleet.op("unsubscribe", conn.unsubscribe(&channel)).await;
+                let _ = fleet
+                    .op("unsubscribe", fleet.budget(), conn.unsubscribe(&channel))
+                    .await;
             });
         }
     }

@@ -183,7 +183,13 @@ impl FacadeService {
             region,
             trace: client_trace,
         };
-        let fleet = self.fleet.clone();
+        // Redis away or its breaker open: the flight is a replica's alone,
+        // at the cost of one check (and none of the fleet path's state).
+        let fleet = self
+            .fleet
+            .as_ref()
+            .filter(|fleet| fleet.usable_now())
+            .cloned();
         let context = Arc::clone(context);
         // Bounded by the call timeout; if this caller gives up first, the
         // call finishes in the background for the others.
@@ -265,7 +271,10 @@ impl Upstream {
         deadline: Option<Instant>,
         context: &CallContext,
     ) -> Result<Answer, Error> {
-        match fleet.join(self.token.expose(), expires_at, deadline).await {
+        // Boxed: the fleet's join is a large state machine that a flight
+        // without the fleet should not carry.
+        let joined = Box::pin(fleet.join(self.token.expose(), expires_at, deadline)).await;
+        match joined {
             Joined::Shared(outcome, source) => {
                 context.set_source(source);
                 outcome
