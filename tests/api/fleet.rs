@@ -209,6 +209,33 @@ async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
         .unwrap()
 }
 
+/// Where an answer or a status came from.
+fn source_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-cognito-facade-source")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// 60 concurrent calls of [`TOKEN`] spread over `replicas`, each answered
+/// with the user; where each answer came from.
+async fn sixty_calls_of_one_token(replicas: &[Running]) -> Vec<String> {
+    let mut calls = JoinSet::new();
+    for i in 0..60 {
+        let addr = replicas[i % replicas.len()].addr;
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    let mut sources = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (username, source) = joined.unwrap();
+        assert_eq!(username, USERNAME);
+        sources.push(source);
+    }
+    sources
+}
+
 /// One call: the username and where the answer came from.
 async fn call(addr: SocketAddr, token: &str) -> (String, String) {
     let answer = client(addr)
@@ -216,13 +243,7 @@ async fn call(addr: SocketAddr, token: &str) -> (String, String) {
         .get_user_auth_factors(request(token))
         .await
         .unwrap();
-    let source = answer
-        .metadata()
-        .get("x-cognito-facade-source")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let source = source_of(answer.metadata());
     (answer.into_inner().username, source)
 }
 
@@ -271,17 +292,7 @@ async fn sixty_concurrent_calls_over_three_replicas_make_one_upstream_call() {
     let replicas: Vec<Running> = (0..3)
         .map(|_| replica(&stand_in, &redis, &key, &[]))
         .collect();
-    let mut calls = JoinSet::new();
-    for i in 0..60 {
-        let addr = replicas[i % 3].addr;
-        calls.spawn(async move { call(addr, TOKEN).await });
-    }
-    let mut sources = Vec::new();
-    while let Some(joined) = calls.join_next().await {
-        let (username, source) = joined.unwrap();
-        assert_eq!(username, USERNAME);
-        sources.push(source);
-    }
+    let sources = sixty_calls_of_one_token(&replicas).await;
     assert_eq!(
         stand_in.received().len(),
         1,
@@ -332,13 +343,7 @@ async fn a_refusal_is_shared_over_the_fleet_too() {
                 .get_user_auth_factors(request(TOKEN))
                 .await
                 .unwrap_err();
-            let source = status
-                .metadata()
-                .get("x-cognito-facade-source")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_owned();
+            let source = source_of(status.metadata());
             (status.code(), status.message().to_owned(), source)
         });
     }
@@ -718,17 +723,7 @@ async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and
         running
     };
     let replicas = [start(), start(), start()];
-    let mut calls = JoinSet::new();
-    for i in 0..60 {
-        let addr = replicas[i % 3].addr;
-        calls.spawn(async move { call(addr, TOKEN).await });
-    }
-    let mut sources = Vec::new();
-    while let Some(joined) = calls.join_next().await {
-        let (username, source) = joined.unwrap();
-        assert_eq!(username, USERNAME);
-        sources.push(source);
-    }
+    let sources = sixty_calls_of_one_token(&replicas).await;
     assert_eq!(stand_in.received().len(), 1, "{sources:?}");
     assert!(
         sources.iter().any(|s| s == "fleet_coalesced"),
