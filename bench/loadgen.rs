@@ -487,6 +487,7 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut follower = IdentityProviderServiceClient::connect(follower_url).await?;
     let run = std::process::id();
     let mut lags_us = Vec::with_capacity(args.trials);
+    let mut skipped = 0usize;
     for trial in 0..args.trials {
         let token = format!("bench.follow.{run}.{trial}");
         let request = || GetUserAuthFactorsRequest {
@@ -498,7 +499,8 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             let result = leading.get_user_auth_factors(first).await;
             (result.is_ok(), Instant::now())
         });
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        // Long enough for the leader's join to reach Redis first.
+        tokio::time::sleep(Duration::from_millis(10)).await;
         let followed = follower.get_user_auth_factors(request()).await;
         let followed_at = Instant::now();
         let (led, led_at) = lead.await?;
@@ -506,17 +508,31 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .as_ref()
             .ok()
             .and_then(|answer| answer.metadata().get("x-cognito-facade-source").cloned());
-        if !led || source.as_ref().is_none_or(|s| s != "fleet_coalesced") {
-            return Err(format!("trial {trial}: not a fleet follower ({source:?})").into());
+        if !led {
+            return Err(format!("trial {trial}: the leader's call failed").into());
+        }
+        // A busy machine can let the follower's call arrive after the
+        // flight landed (then it leads one of its own): not a lag to time.
+        if source.as_ref().is_none_or(|s| s != "fleet_coalesced") {
+            skipped += 1;
+            continue;
         }
         let lag = followed_at.saturating_duration_since(led_at);
         lags_us.push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+    }
+    if lags_us.len() < args.trials / 2 {
+        return Err(format!(
+            "only {} of {} trials followed a flight",
+            lags_us.len(),
+            args.trials
+        )
+        .into());
     }
     lags_us.sort_unstable();
     let at = |q: f64| lags_us[((lags_us.len() - 1) as f64 * q) as usize];
     println!(
         "{}",
-        serde_json::json!({"trials": lags_us.len(), "p50_us": at(0.5), "p90_us": at(0.9), "max_us": at(1.0)})
+        serde_json::json!({"trials": lags_us.len(), "skipped": skipped, "p50_us": at(0.5), "p90_us": at(0.9), "max_us": at(1.0)})
     );
     Ok(())
 }

@@ -149,10 +149,14 @@ impl Application {
         };
         // A leader's flight lasts at most its upstream call, retries included.
         let lease = config.upstream.call_timeout + FLEET_LEASE_SLACK;
-        let fleet = config
-            .fleet
-            .as_ref()
-            .map(|fleet| Fleet::start(fleet, lease, config.economy.cache_ttl));
+        let fleet = config.fleet.as_ref().map(|fleet| {
+            Fleet::start(
+                fleet,
+                lease,
+                config.economy.coalesce,
+                config.economy.cache_ttl,
+            )
+        });
         let service = FacadeService::new(
             cognito,
             gate.clone(),

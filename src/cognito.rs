@@ -120,6 +120,9 @@ pub struct Answer {
     pub response: GetUserAuthFactorsResponse,
     /// Cognito's request id (`x-amzn-RequestId`), if it sent one.
     pub request_id: Option<String>,
+    /// For an answer from the fleet's cache: when it stops being fresh, so
+    /// a replica's own cache keeps it no longer. `None`: fresh from Cognito.
+    pub fresh_until: Option<std::time::SystemTime>,
 }
 
 /// The Cognito user-pools clients, one per region, built once at start-up
@@ -237,6 +240,7 @@ impl Cognito {
         Ok(Answer {
             request_id: output.request_id().map(str::to_owned),
             response: to_proto(&output),
+            fresh_until: None,
         })
     }
 }

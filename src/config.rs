@@ -252,15 +252,7 @@ fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::BadRedisUrl(String::new()));
     }
     for url in &fleet.urls {
-        let shown = || {
-            let without_secret = match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}[REDACTED]{}", &url[..scheme + 3], &url[at..])
-                }
-                _ => url.clone(),
-            };
-            ConfigError::BadRedisUrl(without_secret)
-        };
+        let shown = || ConfigError::BadRedisUrl(crate::fleet::without_password(url));
         let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| shown())?;
         if !matches!(uri.scheme_str(), Some("redis" | "rediss")) || uri.host().is_none() {
             return Err(shown());

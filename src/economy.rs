@@ -199,14 +199,15 @@ impl Leader {
         let economy = &self.economy;
         if let (Some(key), Some(ttl), Ok(answer)) = (self.key, economy.config.cache_ttl, &outcome) {
             let now = Instant::now();
-            let lifetime = match self.token_expires {
-                // An `exp` already past (or unreadable as a time) caches nothing.
-                Some(exp) => exp
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default()
-                    .min(ttl),
-                None => ttl,
-            };
+            let left =
+                |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
+            // An `exp` already past (or unreadable as a time) caches nothing;
+            // nor does an answer from the fleet's cache past its own time.
+            let lifetime = [self.token_expires, answer.fresh_until]
+                .into_iter()
+                .flatten()
+                .map(left)
+                .fold(ttl, Duration::min);
             if !lifetime.is_zero() {
                 economy.cache.insert(key, answer.clone(), now + lifetime);
             }

@@ -22,7 +22,7 @@ use std::{
         Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aws_lc_rs::{
@@ -161,8 +161,8 @@ impl FleetKey {
     }
 }
 
-/// The fleet store's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The fleet store's settings. `Debug` never shows a URL's password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct FleetConfig {
     /// `redis://` or `rediss://` URLs: one, or a cluster's seed nodes.
     pub urls: Vec<String>,
@@ -172,6 +172,32 @@ pub struct FleetConfig {
     pub key: FleetKey,
     /// The budget of one Redis operation within a call.
     pub timeout: Duration,
+}
+
+impl fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|url| without_password(url)).collect();
+        f.debug_struct("FleetConfig")
+            .field("urls", &urls)
+            .field("mode", &self.mode)
+            .field("key", &self.key)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// `url` with whatever sits between `://` and `@` (user and password)
+/// replaced by the redaction marker.
+pub fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!(
+            "{}{}{}",
+            &url[..scheme + 3],
+            crate::wire::REDACTED,
+            &url[at..]
+        ),
+        _ => url.to_owned(),
+    }
 }
 
 /// How a leader's call joins the fleet.
@@ -205,6 +231,8 @@ struct Inner {
     timeout: Duration,
     /// How long a leader may hold a flight: its upstream call's bound.
     lease: Duration,
+    /// Whether replicas share flights (`--coalesce`).
+    coalesce: bool,
     /// The fleet cache's TTL (`--cache-ttl`); `None`: no fleet cache.
     cache_ttl: Option<Duration>,
     keys: SealingKeys,
@@ -212,7 +240,8 @@ struct Inner {
     replica: String,
     conn: RwLock<Option<Conn>>,
     /// Followers waiting for a message on a flight's channel.
-    waiters: Mutex<HashMap<Vec<u8>, oneshot::Sender<Vec<u8>>>>,
+    waiters: Mutex<Waiters>,
+    next_waiter: AtomicU64,
     breaker: Breaker,
     scripts: Scripts,
     metrics: FleetMetrics,
@@ -281,7 +310,6 @@ enum Conn {
 struct Scripts {
     join: Script,
     finish: Script,
-    release: Script,
 }
 
 impl Scripts {
@@ -313,13 +341,6 @@ impl Scripts {
                 if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5]) end
                 if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
                 return 1
-                ",
-            ),
-            // KEYS: lease. ARGV: lease token.
-            release: Script::new(
-                r"
-                if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-                return 0
                 ",
             ),
         }
@@ -474,26 +495,47 @@ pub(crate) struct Lease {
     fleet: Fleet,
     names: Names,
     token: String,
-    /// How long a success may stay in the fleet cache (`None`: not cached).
-    answer_ttl: Option<Duration>,
+    /// The token's `exp`: the fleet cache's entry never outlives it.
+    expires_at: Option<SystemTime>,
 }
+
+/// How a follower's wait ended.
+enum Followed {
+    /// With the flight's outcome, or with nothing the fleet can offer.
+    Done(Joined),
+    /// The leader went away (its lease ran out) or gave up: join again.
+    Rejoin,
+}
+
+/// Rounds of joining a flight, each after the last leader went away.
+const JOIN_ROUNDS: usize = 3;
+
+/// Followers waiting on one replica, by channel; each with its own id.
+type Waiters = HashMap<Vec<u8>, Vec<(u64, oneshot::Sender<Vec<u8>>)>>;
 
 impl Fleet {
     /// Starts connecting in the background (start-up never waits for
     /// Redis) and returns at once. `lease` bounds a leader's flight;
-    /// `cache_ttl` turns the fleet cache on.
-    pub fn start(config: &FleetConfig, lease: Duration, cache_ttl: Option<Duration>) -> Self {
+    /// `coalesce` turns fleet single flight on; `cache_ttl` the fleet cache.
+    pub fn start(
+        config: &FleetConfig,
+        lease: Duration,
+        coalesce: bool,
+        cache_ttl: Option<Duration>,
+    ) -> Self {
         let mut id = [0u8; 16];
         let _ = SystemRandom::new().fill(&mut id);
         let inner = Arc::new(Inner {
             mode: config.mode,
             timeout: config.timeout,
             lease,
+            coalesce,
             cache_ttl,
             keys: SealingKeys::derive(&config.key),
             replica: id.iter().map(|b| format!("{b:02x}")).collect(),
             conn: RwLock::new(None),
             waiters: Mutex::new(HashMap::new()),
+            next_waiter: AtomicU64::new(0),
             breaker: Breaker::new(),
             scripts: Scripts::new(),
             metrics: FleetMetrics::default(),
@@ -502,59 +544,116 @@ impl Fleet {
         Self(inner)
     }
 
-    /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`),
-    /// waiting for another replica's answer at most until `deadline`.
-    pub(crate) async fn join(
-        &self,
-        token: &str,
-        expires_at: Option<SystemTime>,
-        deadline: Option<Instant>,
-    ) -> Joined {
+    /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`):
+    /// its cached answer, another replica's flight to follow, or the lease to
+    /// lead one. A follower waits at most for the leader's lease; its caller's
+    /// own deadline is kept by the caller.
+    pub(crate) async fn join(&self, token: &str, expires_at: Option<SystemTime>) -> Joined {
         let Some(mut conn) = self.usable() else {
             return Joined::Alone;
         };
         let names = self.0.keys.names(token);
-        let answer_ttl = self.answer_ttl(expires_at);
-        let mut call = self.0.scripts.join.prepare_invoke();
-        call.key(&names.answer)
-            .key(&names.result)
-            .key(&names.lease)
-            .arg(&self.0.replica)
-            .arg(millis(self.0.lease))
-            .arg(if answer_ttl.is_some() { "1" } else { "0" });
-        // One budget for the call's Redis work before it waits for a leader.
-        let budget = self.budget();
-        let reply: Vec<Value> = match self.op("join", budget, call.invoke_async(&mut conn)).await {
-            Some(reply) => reply,
-            None => return Joined::Alone,
-        };
-        match reply.as_slice() {
-            [
-                Value::Int(1),
-                Value::BulkString(sealed),
-                Value::BulkString(which),
-            ] => {
-                let (name, source) = if which.as_slice() == b"a" {
-                    (&names.answer, Source::FleetCache)
-                } else {
-                    (&names.result, Source::FleetCoalesced)
-                };
-                match self.open(name, sealed) {
-                    Some(outcome) => Joined::Shared(outcome, source),
-                    None => Joined::Alone,
+        if !self.0.coalesce {
+            return self.cached(&mut conn, names, expires_at).await;
+        }
+        let mut followed = false;
+        for _ in 0..JOIN_ROUNDS {
+            let budget = self.budget();
+            let mut call = self.0.scripts.join.prepare_invoke();
+            call.key(&names.answer)
+                .key(&names.result)
+                .key(&names.lease)
+                .arg(&self.0.replica)
+                .arg(millis(self.0.lease))
+                .arg(if self.0.cache_ttl.is_some() { "1" } else { "0" });
+            let Some(reply) = self
+                .op::<Vec<Value>>("join", budget, call.invoke_async(&mut conn))
+                .await
+            else {
+                return Joined::Alone;
+            };
+            match reply.as_slice() {
+                [
+                    Value::Int(1),
+                    Value::BulkString(sealed),
+                    Value::BulkString(which),
+                ] => {
+                    let (name, source) = if which.as_slice() == b"a" {
+                        (&names.answer, Source::FleetCache)
+                    } else {
+                        (&names.result, Source::FleetCoalesced)
+                    };
+                    if sealed.as_slice() == ABANDONED {
+                        continue;
+                    }
+                    return match self.open(name, sealed) {
+                        Some(outcome) => Joined::Shared(outcome, source),
+                        // Replaced by this replica's own answer, if it leads.
+                        None => self.claim(&mut conn, names, expires_at).await,
+                    };
                 }
+                [Value::Int(2)] => {
+                    if followed {
+                        metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
+                    }
+                    return Joined::Lead(self.lease(names, expires_at));
+                }
+                [Value::Int(3), Value::Int(left)] => {
+                    let left = Duration::from_millis(u64::try_from(*left).unwrap_or(0));
+                    match self.follow(&mut conn, &names, left, budget).await {
+                        Followed::Done(joined) => return joined,
+                        Followed::Rejoin => followed = true,
+                    }
+                }
+                _ => return Joined::Alone,
             }
-            [Value::Int(2)] => Joined::Lead(self.lease(names, answer_ttl)),
-            [Value::Int(3), Value::Int(left)] => {
-                let left = Duration::from_millis(u64::try_from(*left).unwrap_or(0));
-                self.follow(conn, names, left, deadline, answer_ttl, budget)
-                    .await
-            }
+        }
+        Joined::Alone
+    }
+
+    /// Without fleet single flight (`--coalesce=false`): the fleet cache
+    /// alone.
+    async fn cached(
+        &self,
+        conn: &mut Conn,
+        names: Names,
+        expires_at: Option<SystemTime>,
+    ) -> Joined {
+        if self.0.cache_ttl.is_none() {
+            return Joined::Alone;
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(&names.answer);
+        let found: Option<Vec<u8>> = self
+            .op("get", self.budget(), get.query_async(conn))
+            .await
+            .flatten();
+        match found.and_then(|sealed| self.open(&names.answer, &sealed)) {
+            Some(outcome) => Joined::Shared(outcome, Source::FleetCache),
+            None => Joined::Lead(self.lease(names, expires_at)),
+        }
+    }
+
+    /// Takes the lease after a value that did not open, so this replica's
+    /// answer replaces it; `Alone` if another replica holds the lease.
+    async fn claim(&self, conn: &mut Conn, names: Names, expires_at: Option<SystemTime>) -> Joined {
+        let mut set = redis::cmd("SET");
+        set.arg(&names.lease)
+            .arg(&self.0.replica)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(self.0.lease));
+        let taken: Option<Option<String>> = self
+            .op("take_over", self.budget(), set.query_async(conn))
+            .await;
+        match taken {
+            Some(Some(_)) => Joined::Lead(self.lease(names, expires_at)),
             _ => Joined::Alone,
         }
     }
 
-    /// The fleet cache's lifetime for an answer: min(TTL, exp − now).
+    /// The fleet cache's lifetime for an answer, from now: min(TTL, exp −
+    /// now); `None` without the fleet cache or past `exp`.
     fn answer_ttl(&self, expires_at: Option<SystemTime>) -> Option<Duration> {
         let ttl = self.0.cache_ttl?;
         let left = match expires_at {
@@ -564,113 +663,81 @@ impl Fleet {
         Some(ttl.min(left)).filter(|ttl| !ttl.is_zero())
     }
 
-    fn lease(&self, names: Names, answer_ttl: Option<Duration>) -> Lease {
+    fn lease(&self, names: Names, expires_at: Option<SystemTime>) -> Lease {
         Lease {
             fleet: self.clone(),
             names,
             token: self.0.replica.clone(),
-            answer_ttl,
+            expires_at,
         }
     }
 
-    /// Waits for the leader's outcome on the flight's channel; takes the
-    /// lease over if it runs out first; gives up at the deadline or when
-    /// the breaker opens.
+    /// Waits for the leader's outcome on the flight's channel, at most until
+    /// its lease runs out, or until the breaker opens.
     async fn follow(
         &self,
-        mut conn: Conn,
-        names: Names,
+        conn: &mut Conn,
+        names: &Names,
         lease_left: Duration,
-        deadline: Option<Instant>,
-        answer_ttl: Option<Duration>,
         budget: Instant,
-    ) -> Joined {
-        let (tx, mut rx) = oneshot::channel();
-        lock(&self.0.waiters).insert(names.channel.clone().into_bytes(), tx);
-        let _unsubscribe = Unsubscribe {
-            fleet: self.clone(),
-            conn: conn.clone(),
-            channel: names.channel.clone(),
-        };
+    ) -> Followed {
+        let (waiter, mut rx) = self.wait_on(&names.channel);
         if self
             .op("subscribe", budget, conn.subscribe(&names.channel))
             .await
             .is_none()
         {
-            return Joined::Alone;
+            return Followed::Done(Joined::Alone);
         }
         // The outcome may have landed before the subscription.
+        let mut get = redis::cmd("GET");
+        get.arg(&names.result);
         let landed: Option<Vec<u8>> = self
-            .op(
-                "get",
-                budget,
-                redis::cmd("GET").arg(&names.result).query_async(&mut conn),
-            )
+            .op("get", budget, get.query_async(conn))
             .await
             .flatten();
         if let Some(sealed) = landed {
-            return self.shared(&names, &sealed);
+            return self.followed(names, &sealed);
         }
         let mut opened = self.0.breaker.opened.subscribe();
-        let wait = deadline
-            .map_or(lease_left, |deadline| {
-                lease_left.min(deadline.saturating_duration_since(Instant::now()))
-            })
-            // The lease's own expiry is on Redis's clock: a little slack.
-            + Duration::from_millis(5);
-        tokio::select! {
+        let followed = tokio::select! {
             message = &mut rx => match message {
-                Ok(sealed) => self.shared(&names, &sealed),
-                Err(_) => Joined::Alone,
+                Ok(sealed) => self.followed(names, &sealed),
+                Err(_) => Followed::Done(Joined::Alone),
             },
-            _ = opened.changed() => Joined::Alone,
-            () = tokio::time::sleep(wait) => {
-                if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                    return Joined::Alone;
-                }
-                self.take_over(conn, names, answer_ttl).await
-            }
-        }
+            _ = opened.changed() => Followed::Done(Joined::Alone),
+            // The lease's own expiry is on Redis's clock: a little slack.
+            () = tokio::time::sleep(lease_left + Duration::from_millis(5)) => Followed::Rejoin,
+        };
+        drop(waiter);
+        followed
     }
 
-    /// The leader vanished (its lease ran out): one follower leads instead.
-    async fn take_over(
-        &self,
-        mut conn: Conn,
-        names: Names,
-        answer_ttl: Option<Duration>,
-    ) -> Joined {
-        let taken: Option<Option<String>> = self
-            .op(
-                "take_over",
-                self.budget(),
-                redis::cmd("SET")
-                    .arg(&names.lease)
-                    .arg(&self.0.replica)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(millis(self.0.lease))
-                    .query_async(&mut conn),
-            )
-            .await;
-        match taken {
-            Some(Some(_)) => {
-                metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
-                Joined::Lead(self.lease(names, answer_ttl))
-            }
-            _ => Joined::Alone,
-        }
-    }
-
-    /// A published or stored flight outcome, opened.
-    fn shared(&self, names: &Names, sealed: &[u8]) -> Joined {
+    /// A published or stored flight outcome.
+    fn followed(&self, names: &Names, sealed: &[u8]) -> Followed {
         if sealed == ABANDONED {
-            return Joined::Alone;
+            return Followed::Rejoin;
         }
-        match self.open(&names.result, sealed) {
+        Followed::Done(match self.open(&names.result, sealed) {
             Some(outcome) => Joined::Shared(outcome, Source::FleetCoalesced),
             None => Joined::Alone,
-        }
+        })
+    }
+
+    /// Registers a follower for `channel`'s next message.
+    fn wait_on(&self, channel: &str) -> (Waiter, oneshot::Receiver<Vec<u8>>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.0.next_waiter.fetch_add(1, Ordering::Relaxed);
+        lock(&self.0.waiters)
+            .entry(channel.as_bytes().to_vec())
+            .or_default()
+            .push((id, tx));
+        let waiter = Waiter {
+            fleet: self.clone(),
+            channel: channel.to_owned(),
+            id,
+        };
+        (waiter, rx)
     }
 
     fn open(&self, name: &str, sealed: &[u8]) -> Option<Result<Answer, Error>> {
@@ -741,7 +808,7 @@ impl Fleet {
         result
     }
 
-    /// Routes a pushed message to the follower waiting on its channel.
+    /// Routes a pushed message to the followers waiting on its channel.
     fn deliver(&self, push: PushInfo) {
         if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
             return;
@@ -749,7 +816,8 @@ impl Fleet {
         let [Value::BulkString(channel), Value::BulkString(payload)] = push.data.as_slice() else {
             return;
         };
-        if let Some(waiter) = lock(&self.0.waiters).remove(channel) {
+        let waiting = lock(&self.0.waiters).remove(channel).unwrap_or_default();
+        for (_, waiter) in waiting {
             let _ = waiter.send(payload.clone());
         }
     }
@@ -757,42 +825,39 @@ impl Fleet {
 
 impl Lease {
     /// Shares the leader's outcome in the background (the leader's own
-    /// caller does not wait for Redis): Cognito's answers and refusals go to
-    /// the flight's followers, answers into the fleet cache; the leader's
-    /// own transport failures and timeouts are not shared, and followers
-    /// call Cognito themselves.
+    /// caller does not wait for Redis): Cognito's answers and its refusals
+    /// of the token go to the flight's followers, answers into the fleet
+    /// cache. The leader's own trouble reaching Cognito is not shared: it
+    /// leaves a marker that sends the followers to join again (one of them
+    /// leads the next flight).
     pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
-        let plain = shareable(outcome).map(|kind| encode(kind, outcome));
+        let now = SystemTime::now();
+        let answer_ttl = self.fleet.answer_ttl(self.expires_at);
+        let shared = shareable(outcome).map(|kind| {
+            let result = encode(kind, outcome, now + FLIGHT_RESULT_TTL);
+            let answer = (kind == KIND_ANSWER)
+                .then_some(answer_ttl)
+                .flatten()
+                .map(|ttl| (encode(kind, outcome, now + ttl), ttl));
+            (result, answer)
+        });
         tokio::spawn(async move {
             let fleet = &self.fleet;
             let Some(mut conn) = fleet.usable() else {
                 return;
             };
-            let names = &self.names;
-            let Some(plain) = plain else {
-                let mut release = fleet.0.scripts.release.prepare_invoke();
-                release.key(&names.lease).arg(&self.token);
-                let _: Option<i64> = fleet
-                    .op("release", fleet.budget(), release.invoke_async(&mut conn))
-                    .await;
-                let _ = fleet
-                    .op(
-                        "publish",
-                        fleet.budget(),
-                        conn.publish(fleet.0.mode, &names.channel, ABANDONED),
-                    )
-                    .await;
-                return;
+            let (names, keys) = (&self.names, &fleet.0.keys);
+            let sealed = match &shared {
+                Some((result, answer)) => keys.seal(&names.result, result).map(|result| {
+                    let answer = answer.as_ref().and_then(|(plain, ttl)| {
+                        keys.seal(&names.answer, plain).map(|sealed| (sealed, *ttl))
+                    });
+                    (result, answer)
+                }),
+                None => Some((ABANDONED.to_vec(), None)),
             };
-            let keys = &fleet.0.keys;
-            let Some(result) = keys.seal(&names.result, &plain) else {
+            let Some((result, answer)) = sealed else {
                 return;
-            };
-            let answer = match (self.answer_ttl, plain.first()) {
-                (Some(ttl), Some(&KIND_ANSWER)) => {
-                    keys.seal(&names.answer, &plain).map(|a| (a, ttl))
-                }
-                _ => None,
             };
             let mut finish = fleet.0.scripts.finish.prepare_invoke();
             finish
@@ -809,36 +874,52 @@ impl Lease {
             let _: Option<i64> = fleet
                 .op("finish", fleet.budget(), finish.invoke_async(&mut conn))
                 .await;
-            let _ = fleet
-                .op(
-                    "publish",
-                    fleet.budget(),
-                    conn.publish(fleet.0.mode, &names.channel, &result),
-                )
-                .await;
+            let publish = conn.publish(fleet.0.mode, &names.channel, &result);
+            let _ = fleet.op("publish", fleet.budget(), publish).await;
         });
     }
 }
 
-/// Unsubscribes a follower's channel when it stops waiting, whichever way.
-struct Unsubscribe {
+/// One follower's place in the waiters: leaving, it takes itself out, and
+/// the last one out of a channel unsubscribes it.
+struct Waiter {
     fleet: Fleet,
-    conn: Conn,
     channel: String,
+    id: u64,
 }
 
-impl Drop for Unsubscribe {
+impl Drop for Waiter {
     fn drop(&mut self) {
-        lock(&self.fleet.0.waiters).remove(self.channel.as_bytes());
-        let (fleet, mut conn, channel) =
-            (self.fleet.clone(), self.conn.clone(), self.channel.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = fleet
-                    .op("unsubscribe", fleet.budget(), conn.unsubscribe(&channel))
-                    .await;
-            });
-        }
+        let last = {
+            let mut waiters = lock(&self.fleet.0.waiters);
+            match waiters.get_mut(self.channel.as_bytes()) {
+                Some(waiting) => {
+                    waiting.retain(|(id, _)| *id != self.id);
+                    let empty = waiting.is_empty();
+                    if empty {
+                        waiters.remove(self.channel.as_bytes());
+                    }
+                    empty
+                }
+                // Delivered: nobody waits any more.
+                None => true,
+            }
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Some(mut conn) = self.fleet.usable().filter(|_| last) else {
+            return;
+        };
+        let (fleet, channel) = (self.fleet.clone(), self.channel.clone());
+        runtime.spawn(async move {
+            // A follower of the token's next flight may have come meanwhile.
+            if lock(&fleet.0.waiters).contains_key(channel.as_bytes()) {
+                return;
+            }
+            let unsubscribe = conn.unsubscribe(&channel);
+            let _ = fleet.op("unsubscribe", fleet.budget(), unsubscribe).await;
+        });
     }
 }
 
@@ -914,10 +995,14 @@ async fn connect(fleet: std::sync::Weak<Inner>, config: FleetConfig) {
         let Some(inner) = fleet.upgrade() else {
             return;
         };
+        // Weak: the connection holds this sender, and the fleet the
+        // connection.
         let push = {
-            let fleet = Fleet(Arc::clone(&inner));
+            let fleet = Arc::downgrade(&inner);
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                fleet.deliver(push);
+                if let Some(inner) = fleet.upgrade() {
+                    Fleet(inner).deliver(push);
+                }
                 Ok(())
             }
         };
@@ -995,10 +1080,12 @@ fn shareable(outcome: &Result<Answer, Error>) -> Option<u8> {
                 | K::UserNotFound
                 | K::UserNotConfirmed
                 | K::PasswordResetRequired
-                | K::OperationNotEnabled
-                | K::Forbidden
-                | K::Unmodeled => Some(KIND_REFUSAL),
-                K::TooManyRequests
+                | K::OperationNotEnabled => Some(KIND_REFUSAL),
+                // Not the token's fault: a WAF rule (perhaps on the leader's
+                // own address), or a code this version cannot judge.
+                K::Forbidden
+                | K::Unmodeled
+                | K::TooManyRequests
                 | K::InternalError
                 | K::Unavailable
                 | K::Unreachable
@@ -1022,8 +1109,12 @@ struct StoredRefusal {
 
 /// The plaintext of a shareable outcome: its kind, then an answer's request
 /// id (length-prefixed) and protobuf, or a refusal's JSON.
-fn encode(kind: u8, outcome: &Result<Answer, Error>) -> Vec<u8> {
+/// Inside the seal: the kind, the instant after which the value is stale
+/// (milliseconds since the epoch: a value put back after its time, by hand
+/// or from a backup, does not open), then the outcome.
+fn encode(kind: u8, outcome: &Result<Answer, Error>, stale_at: SystemTime) -> Vec<u8> {
     let mut out = vec![kind];
+    out.extend_from_slice(&unix_millis(stale_at).to_be_bytes());
     match outcome {
         Ok(answer) => {
             let id = answer.request_id.as_deref().unwrap_or_default().as_bytes();
@@ -1048,6 +1139,11 @@ fn encode(kind: u8, outcome: &Result<Answer, Error>) -> Vec<u8> {
 
 fn decode(plain: &[u8]) -> Option<Result<Answer, Error>> {
     let (&kind, rest) = plain.split_first()?;
+    let (stale_at, rest) = rest.split_at_checked(8)?;
+    let stale_at = u64::from_be_bytes(stale_at.try_into().ok()?);
+    if unix_millis(SystemTime::now()) >= stale_at {
+        return None;
+    }
     match kind {
         KIND_ANSWER => {
             let len = usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?]));
@@ -1056,6 +1152,7 @@ fn decode(plain: &[u8]) -> Option<Result<Answer, Error>> {
             Some(Ok(Answer {
                 response,
                 request_id: (!id.is_empty()).then(|| id.to_owned()),
+                fresh_until: UNIX_EPOCH.checked_add(Duration::from_millis(stale_at)),
             }))
         }
         KIND_REFUSAL => {
@@ -1074,6 +1171,12 @@ fn decode(plain: &[u8]) -> Option<Result<Answer, Error>> {
         }
         _ => None,
     }
+}
+
+fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -1097,14 +1200,19 @@ mod tests {
                 ..Default::default()
             },
             request_id: Some("req-1".to_owned()),
+            fresh_until: None,
         })
+    }
+
+    fn later() -> SystemTime {
+        SystemTime::now() + Duration::from_secs(60)
     }
 
     #[test]
     fn a_sealed_value_opens_only_under_its_own_name_and_fleet_key() {
         let keys = keys(7);
         let names = keys.names("token");
-        let plain = encode(KIND_ANSWER, &answer());
+        let plain = encode(KIND_ANSWER, &answer(), later());
         let sealed = keys.seal(&names.answer, &plain).unwrap();
         assert_eq!(
             keys.open(&names.answer, &sealed).as_deref(),
@@ -1133,6 +1241,22 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_shows_a_password() {
+        let config = FleetConfig {
+            urls: vec!["rediss://user:hunter2@redis:6379".to_owned()],
+            mode: RedisMode::Standalone,
+            key: FleetKey(vec![1; 32]),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("@redis:6379"),
+            "{shown}"
+        );
+        assert_eq!(without_password("redis://redis:6379"), "redis://redis:6379");
+    }
+
+    #[test]
     fn names_share_a_hash_tag_and_hide_the_token() {
         let names = keys(7).names("eyJ.token.sig");
         let tag = |name: &str| name[name.find('{').unwrap()..=name.find('}').unwrap()].to_owned();
@@ -1144,7 +1268,12 @@ mod tests {
 
     #[test]
     fn outcomes_round_trip_and_only_cognitos_word_is_shared() {
-        let Some(Ok(back)) = decode(&encode(KIND_ANSWER, &answer())) else {
+        let stale = encode(KIND_ANSWER, &answer(), SystemTime::now());
+        assert!(
+            decode(&stale).is_none(),
+            "a value past its time does not open"
+        );
+        let Some(Ok(back)) = decode(&encode(KIND_ANSWER, &answer(), later())) else {
             panic!("an answer");
         };
         assert_eq!(back.response.username, "alice");
@@ -1154,7 +1283,8 @@ mod tests {
         revoked.message = Some("Access Token has been revoked".to_owned());
         let refusal = Err(Error::Upstream(revoked));
         assert_eq!(shareable(&refusal), Some(KIND_REFUSAL));
-        let Some(Err(Error::Upstream(back))) = decode(&encode(KIND_REFUSAL, &refusal)) else {
+        let Some(Err(Error::Upstream(back))) = decode(&encode(KIND_REFUSAL, &refusal, later()))
+        else {
             panic!("a refusal");
         };
         assert_eq!(back.kind, UpstreamErrorKind::NotAuthorized);

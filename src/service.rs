@@ -8,7 +8,7 @@ use std::{
 };
 
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
@@ -136,8 +136,7 @@ impl FacadeService {
                 outcome
             }
             Ticket::Lead(leader) => {
-                let flight =
-                    self.lead(leader, token, checked.pool, expires_at, deadline, context)?;
+                let flight = self.lead(leader, token, checked.pool, expires_at, context)?;
                 let outcome = until(deadline, Wait::Lead(flight)).await;
                 // The flight says where its answer came from; a caller that
                 // gave up first was still waiting for Cognito.
@@ -147,24 +146,35 @@ impl FacadeService {
         }
     }
 
-    /// Starts the flight this call leads: takes a permit (or sheds the call,
-    /// and its flight with it) and runs the call to Cognito in the call's
-    /// trace.
+    /// Starts the flight this call leads and runs the call to Cognito in the
+    /// call's trace. Without the fleet it takes a permit first (or sheds the
+    /// call, and its flight with it); with the fleet, only once it knows this
+    /// replica calls Cognito, so a follower waiting on another replica holds
+    /// none.
     fn lead(
         &self,
         leader: Leader,
         token: AccessToken,
         pool: Option<UserPoolId>,
         expires_at: Option<SystemTime>,
-        deadline: Option<Instant>,
         context: &Arc<CallContext>,
     ) -> Result<Flight, Error> {
-        // Refused at once, never queued: a caller that waited here would
-        // only add to the load that caused the refusal.
-        let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
-            metrics::counter!(metric_names::SHED).increment(1);
-            leader.abandon(Err(Error::Overloaded));
-            return Err(Error::Overloaded);
+        // Redis away or its breaker open: the flight is a replica's alone,
+        // at the cost of one check (and none of the fleet path's state).
+        let fleet = self
+            .fleet
+            .as_ref()
+            .filter(|fleet| fleet.usable_now())
+            .cloned();
+        let permit = match fleet {
+            Some(_) => None,
+            None => match self.permit() {
+                Ok(permit) => Some(permit),
+                Err(err) => {
+                    leader.abandon(Err(err.clone()));
+                    return Err(err);
+                }
+            },
         };
         let region = self
             .cognito
@@ -183,31 +193,36 @@ impl FacadeService {
             region,
             trace: client_trace,
         };
-        // Redis away or its breaker open: the flight is a replica's alone,
-        // at the cost of one check (and none of the fleet path's state).
-        let fleet = self
-            .fleet
-            .as_ref()
-            .filter(|fleet| fleet.usable_now())
-            .cloned();
         let context = Arc::clone(context);
-        // Bounded by the call timeout; if this caller gives up first, the
-        // call finishes in the background for the others.
+        let service = self.clone();
+        // Bounded by the call timeout (and a fleet follower by the leader's
+        // lease); if this caller gives up first, the call finishes in the
+        // background for the others.
         Ok(leader.run(async move {
-            let result = match fleet {
-                None => {
-                    context.set_source(Source::Cognito);
-                    upstream.call().await
-                }
-                Some(fleet) => {
+            match (fleet, permit) {
+                (Some(fleet), _) => {
                     upstream
-                        .call_in(&fleet, expires_at, deadline, &context)
+                        .call_in(&fleet, expires_at, &context, || service.permit())
                         .await
                 }
-            };
-            drop(permit);
-            result
+                (None, permit) => {
+                    context.set_source(Source::Cognito);
+                    let result = upstream.call().await;
+                    drop(permit);
+                    result
+                }
+            }
         }))
+    }
+
+    /// A permit for one call to Cognito; refused at once, never queued: a
+    /// caller that waited here would only add to the load that caused the
+    /// refusal.
+    fn permit(&self) -> Result<OwnedSemaphorePermit, Error> {
+        Arc::clone(&self.limiter).try_acquire_owned().map_err(|_| {
+            metrics::counter!(metric_names::SHED).increment(1);
+            Error::Overloaded
+        })
     }
 }
 
@@ -262,34 +277,39 @@ impl Upstream {
     }
 
     /// The call, for the whole fleet: another replica's answer if the fleet
-    /// has it or is fetching it, else this replica's own call to Cognito,
-    /// shared when this replica leads.
+    /// has it or is fetching it, else this replica's own call to Cognito
+    /// (with a permit from `permit`), shared when this replica leads.
     async fn call_in(
         self,
         fleet: &Fleet,
         expires_at: Option<SystemTime>,
-        deadline: Option<Instant>,
         context: &CallContext,
+        permit: impl FnOnce() -> Result<OwnedSemaphorePermit, Error>,
     ) -> Result<Answer, Error> {
         // Boxed: the fleet's join is a large state machine that a flight
         // without the fleet should not carry.
-        let joined = Box::pin(fleet.join(self.token.expose(), expires_at, deadline)).await;
-        match joined {
+        let joined = Box::pin(fleet.join(self.token.expose(), expires_at)).await;
+        let lease = match joined {
             Joined::Shared(outcome, source) => {
                 context.set_source(source);
-                outcome
+                return outcome;
             }
-            Joined::Lead(lease) => {
-                context.set_source(Source::Cognito);
+            Joined::Lead(lease) => Some(lease),
+            Joined::Alone => None,
+        };
+        context.set_source(Source::Cognito);
+        let outcome = match permit() {
+            Ok(permit) => {
                 let outcome = self.call().await;
-                lease.finish(&outcome);
+                drop(permit);
                 outcome
             }
-            Joined::Alone => {
-                context.set_source(Source::Cognito);
-                self.call().await
-            }
+            Err(shed) => Err(shed),
+        };
+        if let Some(lease) = lease {
+            lease.finish(&outcome);
         }
+        outcome
     }
 }
 
