@@ -578,19 +578,12 @@ impl Fleet {
                     Value::BulkString(sealed),
                     Value::BulkString(which),
                 ] => {
-                    let (name, source) = if which.as_slice() == b"a" {
-                        (&names.answer, Source::FleetCache)
-                    } else {
-                        (&names.result, Source::FleetCoalesced)
-                    };
                     if sealed.as_slice() == ABANDONED {
                         continue;
                     }
-                    return match self.open(name, sealed) {
-                        Some(outcome) => Joined::Shared(outcome, source),
-                        // Replaced by this replica's own answer, if it leads.
-                        None => self.claim(&mut conn, names, expires_at).await,
-                    };
+                    return self
+                        .found(&mut conn, names, sealed, which, expires_at)
+                        .await;
                 }
                 [Value::Int(2)] => {
                     if followed {
@@ -609,6 +602,28 @@ impl Fleet {
             }
         }
         Joined::Alone
+    }
+
+    /// An outcome the join found: the fleet cache's answer (`which` is
+    /// `a`) or the flight's result. One that does not open is replaced by
+    /// this replica's own answer, if it can take the lease.
+    async fn found(
+        &self,
+        conn: &mut Conn,
+        names: Names,
+        sealed: &[u8],
+        which: &[u8],
+        expires_at: Option<SystemTime>,
+    ) -> Joined {
+        let (name, source) = if which == b"a" {
+            (&names.answer, Source::FleetCache)
+        } else {
+            (&names.result, Source::FleetCoalesced)
+        };
+        match self.open(name, sealed) {
+            Some(outcome) => Joined::Shared(outcome, source),
+            None => self.claim(conn, names, expires_at).await,
+        }
     }
 
     /// Without fleet single flight (`--coalesce=false`): the fleet cache

@@ -176,23 +176,7 @@ impl FacadeService {
                 }
             },
         };
-        let region = self
-            .cognito
-            .region(pool.as_ref().map(UserPoolId::region))
-            .cloned()
-            .unwrap_or_else(|| Arc::from(""));
-        let client_trace = self.tracing.client_span(context.trace(), &region);
-        let upstream_span = client_trace.span().span_context().clone();
-        if upstream_span.is_valid() {
-            leader.set_span(upstream_span);
-        }
-        let upstream = Upstream {
-            cognito: self.cognito.clone(),
-            token,
-            pool,
-            region,
-            trace: client_trace,
-        };
+        let upstream = self.upstream(&leader, token, pool, context);
         let context = Arc::clone(context);
         let service = self.clone();
         // Bounded by the call timeout (and a fleet follower by the leader's
@@ -213,6 +197,34 @@ impl FacadeService {
                 }
             }
         }))
+    }
+
+    /// The call to Cognito for `token`, in its pool's region, with its client
+    /// span (which the flight's followers link to).
+    fn upstream(
+        &self,
+        leader: &Leader,
+        token: AccessToken,
+        pool: Option<UserPoolId>,
+        context: &CallContext,
+    ) -> Upstream {
+        let region = self
+            .cognito
+            .region(pool.as_ref().map(UserPoolId::region))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""));
+        let trace = self.tracing.client_span(context.trace(), &region);
+        let upstream_span = trace.span().span_context().clone();
+        if upstream_span.is_valid() {
+            leader.set_span(upstream_span);
+        }
+        Upstream {
+            cognito: self.cognito.clone(),
+            token,
+            pool,
+            region,
+            trace,
+        }
     }
 
     /// A permit for one call to Cognito; refused at once, never queued: a
