@@ -246,20 +246,18 @@ impl Handshake {
     /// Finishes TLS and reads the client's opening within the deadline, then
     /// hands the connection over; closes it otherwise.
     async fn run(self, stream: TcpStream, info: TcpConnectInfo, slot: Slot) {
-        let opened = tokio::select! {
-            // The server stopped accepting: nobody will take it.
-            () = self.tx.closed() => return,
-            opened = tokio::time::timeout(self.timeout, open(stream, self.tls)) => opened,
-        };
+        let opened = tokio::time::timeout(self.timeout, open(stream, self.tls)).await;
         match opened {
             Ok(Ok((io, opening))) => {
                 let conn = Conn {
                     opening,
                     io,
                     info,
+                    served: false,
                     _slot: slot,
                 };
-                // An error means the server stopped accepting; the connection closes.
+                // An error means the server stopped accepting: the connection
+                // is reset (see `Conn`'s drop).
                 let _ = self.tx.send(conn).await;
             }
             Ok(Err(err)) => tracing::debug!(error = %err, "handshake failed"),
@@ -362,7 +360,29 @@ pub struct Conn {
     opening: Bytes,
     io: Transport,
     info: TcpConnectInfo,
+    /// Whether hyper has read from it.
+    served: bool,
     _slot: Slot,
+}
+
+/// A connection the server never served (it stopped accepting with the
+/// connection on its way to hyper) is reset, not closed: its client may
+/// have sent a call already, and a reset tells it, as the kernel does for
+/// connections left in a closed listener's backlog, that nothing was
+/// processed (UNAVAILABLE), where a clean close mid-call reads as a
+/// protocol error.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        let tcp = match &self.io {
+            Transport::Plain(tcp) => tcp,
+            Transport::Tls(tls) => tls.get_ref().0,
+        };
+        // A zero linger never blocks: the close sends RST at once.
+        let _ = socket2::SockRef::from(tcp).set_linger(Some(Duration::ZERO));
+    }
 }
 
 impl Connected for Conn {
@@ -379,6 +399,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.served = true;
         if !self.opening.is_empty() {
             let n = self.opening.len().min(buf.remaining());
             buf.put_slice(&self.opening[..n]);
@@ -395,6 +416,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.served = true;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
@@ -403,6 +425,7 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.served = true;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
