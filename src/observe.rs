@@ -138,7 +138,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<ResB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResB: Default + Send + 'static,
+    ResB: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
