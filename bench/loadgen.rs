@@ -140,6 +140,7 @@ async fn generate() -> Result<(), Box<dyn std::error::Error>> {
                     ..UpstreamConfig::default()
                 },
                 &Default::default(),
+                None,
             )
             .await?,
         )),
@@ -319,7 +320,7 @@ async fn run(
                             cognito
                                 .as_ref()
                                 .expect("an SDK client")
-                                .get_user_auth_factors(&token, None)
+                                .get_user_auth_factors(&token, None, None)
                                 .await
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))

@@ -3,19 +3,20 @@
 //! a shutdown future completes. The binary and the tests both go through
 //! [`Application::build`], so the tests run exactly what ships.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::{
-    cognito::{Cognito, SetupError},
+    cognito::{AttemptGate, Cognito, SetupError},
     config::{Config, ConfigError},
     expiring::{RandomError, TokenKeyer},
     fleet::Fleet,
     listener,
     observe::ObserveLayer,
     prometheus,
+    quota::Quota,
     server::{self, ServerError},
     service::FacadeService,
     traces::{Tracing, TracingSetupError},
@@ -127,7 +128,6 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         config.validate()?;
         warn_if_lifo_slot_on();
-        let cognito = Cognito::from_config(&config.upstream, &config.tokens.regions()).await?;
         // One secret key for every map of tokens; no start without it.
         let keyer = TokenKeyer::random()?;
         let gate = TokenGate::new(&config.tokens, &config.upstream, keyer.clone());
@@ -155,8 +155,14 @@ impl Application {
                 lease,
                 config.economy.coalesce,
                 config.economy.cache_ttl,
+                config.economy.refusal_ttl,
             )
         });
+        // After the recorder: the limiter's metric handles are its own.
+        let quota = Quota::start(config.quota.clone(), fleet.clone())
+            .map(|quota| quota as Arc<dyn AttemptGate>);
+        let cognito =
+            Cognito::from_config(&config.upstream, &config.tokens.regions(), quota).await?;
         let service = FacadeService::new(
             cognito,
             gate.clone(),

@@ -31,17 +31,23 @@ pub(crate) enum Source {
     FleetCache,
     /// Another replica's request to Cognito (fleet single flight).
     FleetCoalesced,
+    /// This replica's memory of Cognito's definitive refusal of the token.
+    Memory,
+    /// The fleet's memory of such a refusal, on Redis.
+    FleetMemory,
 }
 
 impl Source {
     /// Every source.
-    pub(crate) const ALL: [Self; 6] = [
+    pub(crate) const ALL: [Self; 8] = [
         Self::Cognito,
         Self::Coalesced,
         Self::Cache,
         Self::Local,
         Self::FleetCache,
         Self::FleetCoalesced,
+        Self::Memory,
+        Self::FleetMemory,
     ];
 
     /// The name in logs, labels and metadata.
@@ -53,6 +59,8 @@ impl Source {
             Self::Local => "local",
             Self::FleetCache => "fleet_cache",
             Self::FleetCoalesced => "fleet_coalesced",
+            Self::Memory => "memory",
+            Self::FleetMemory => "fleet_memory",
         }
     }
 

@@ -16,6 +16,7 @@ use cognito_facade::{
     healthcheck, listener,
     pools::UserPoolId,
     prometheus,
+    quota::{self, QuotaConfig, RateLimits},
     server::{self, ServerConfig},
     service::{self, ServiceConfig},
     telemetry::LogFormat,
@@ -186,9 +187,25 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_CACHE_TTL, value_name = "DURATION")]
     cache_ttl: Option<humantime::Duration>,
 
-    /// Most answers the cache holds; the oldest go first.
+    /// Most answers the cache holds (and, apart, most refusals remembered); the oldest go first.
     #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = economy::DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
     cache_max_entries: usize,
+
+    /// Remember Cognito's definitive refusals of a token (revoked, invalid, deleted user) for this
+    /// long, never past the token's exp; `0s` turns it off.
+    #[arg(long, env = ENV_REFUSAL_TTL, default_value_t = shown(economy::DEFAULT_REFUSAL_TTL), value_name = "DURATION")]
+    refusal_ttl: humantime::Duration,
+
+    /// Most attempts per second to Cognito, retries included: `RATE` for every region or
+    /// comma-separated `REGION=RATE` entries. Shared by the fleet with --redis-url, else per
+    /// replica. Off by default.
+    #[arg(long, env = ENV_UPSTREAM_RATE_LIMIT, value_name = "RATES")]
+    upstream_rate_limit: Option<RateLimits>,
+
+    /// The longest an attempt to Cognito waits for its turn under --upstream-rate-limit (never past
+    /// the caller's deadline); past it, the call gets RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = ENV_UPSTREAM_QUEUE_TIMEOUT, default_value_t = shown(quota::DEFAULT_UPSTREAM_QUEUE_TIMEOUT), value_name = "DURATION")]
+    upstream_queue_timeout: humantime::Duration,
 
     /// Time a new connection gets to finish TLS (when on) and send the HTTP/2 preface and
     /// SETTINGS; then it is closed.
@@ -350,8 +367,13 @@ impl Cli {
                     .map(Duration::from)
                     .filter(|ttl| !ttl.is_zero()),
                 cache_max_entries: self.cache_max_entries,
+                refusal_ttl: Some(Duration::from(self.refusal_ttl)).filter(|ttl| !ttl.is_zero()),
             },
             fleet,
+            quota: QuotaConfig {
+                limits: self.upstream_rate_limit.unwrap_or_default(),
+                queue_timeout: self.upstream_queue_timeout.into(),
+            },
             log_format: self.log_format,
             metrics_addr: self.metrics_addr.0,
             tracing: TracingConfig::from_env()?,

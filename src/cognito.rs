@@ -18,7 +18,13 @@ use aws_sdk_cognitoidentityprovider::{
 use aws_smithy_runtime_api::{
     box_error::BoxError,
     client::{
+        http::{
+            HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings,
+            SharedHttpClient, SharedHttpConnector,
+        },
         interceptors::{Intercept, context::FinalizerInterceptorContextRef},
+        orchestrator::HttpRequest,
+        result::ConnectorError,
         retries::RequestAttempts,
         runtime_components::RuntimeComponents,
     },
@@ -29,8 +35,11 @@ use opentelemetry::{KeyValue, trace::TraceContextExt as _};
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    future::Future,
+    pin::Pin,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -113,6 +122,80 @@ pub enum SetupError {
     NoRegion,
 }
 
+/// Gives every HTTP attempt to Cognito (retries included, as Cognito counts
+/// them) its turn under the upstream rate limit, and hears of Cognito's
+/// throttling. Implemented above this layer (`crate::quota`); without a
+/// limit there is none, and attempts go straight out.
+pub trait AttemptGate: fmt::Debug + Send + Sync + 'static {
+    /// Waits for an attempt's turn in `region`; a turn that would come after
+    /// the wait bound or `deadline` (the caller's) is refused at once with
+    /// the limiter's retry-after.
+    fn turn(&self, region: &Arc<str>, deadline: Option<Instant>) -> TurnFuture;
+
+    /// Cognito answered an attempt in `region` with
+    /// `TooManyRequestsException`.
+    fn throttled(&self, region: &Arc<str>);
+}
+
+/// An attempt's turn: `Err` carries the retry-after of a refused one.
+pub type TurnFuture = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>;
+
+tokio::task_local! {
+    /// The deadline of the call being made, for [`GatedConnector`]: the SDK
+    /// hands its connector only the HTTP request, in the caller's task.
+    static CALL_DEADLINE: Option<Instant>;
+}
+
+/// An attempt the rate limiter gave no turn: the connector's error, turned
+/// back into [`UpstreamErrorKind::RateLimited`] by [`upstream_error`]. The
+/// SDK does not retry a connector's "user" error.
+#[derive(Debug, thiserror::Error)]
+#[error("no turn under the upstream rate limit; one is expected in {0:?}")]
+struct NoTurn(Duration);
+
+/// The SDK's HTTPS client (rustls on aws-lc), each attempt first taking its
+/// turn from the gate.
+#[derive(Debug)]
+struct GatedClient {
+    inner: SharedHttpClient,
+    region: Arc<str>,
+    gate: Arc<dyn AttemptGate>,
+}
+
+impl HttpClient for GatedClient {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(GatedConnector {
+            inner: self.inner.http_connector(settings, components),
+            region: Arc::clone(&self.region),
+            gate: Arc::clone(&self.gate),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct GatedConnector {
+    inner: SharedHttpConnector,
+    region: Arc<str>,
+    gate: Arc<dyn AttemptGate>,
+}
+
+impl HttpConnector for GatedConnector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let deadline = CALL_DEADLINE.try_with(|deadline| *deadline).ok().flatten();
+        let turn = self.gate.turn(&self.region, deadline);
+        let inner = self.inner.clone();
+        HttpConnectorFuture::new(async move {
+            turn.await
+                .map_err(|retry_after| ConnectorError::user(Box::new(NoTurn(retry_after))))?;
+            inner.call(request).await
+        })
+    }
+}
+
 /// A GetUserAuthFactors answer, ready for the caller.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -148,9 +231,11 @@ impl Cognito {
     /// region is required. GetUserAuthFactors is `noAuth` in the model, so no
     /// credentials are loaded, and the region chain deliberately skips the
     /// instance metadata service: start-up never waits on the network.
+    /// With a `gate`, every HTTP attempt takes its turn from it.
     pub async fn from_config(
         config: &UpstreamConfig,
         pool_regions: &BTreeSet<String>,
+        gate: Option<Arc<dyn AttemptGate>>,
     ) -> Result<Self, SetupError> {
         let default_region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
             .or_else(EnvironmentVariableRegionProvider::new())
@@ -176,11 +261,22 @@ impl Cognito {
             .load()
             .await;
         let client_for = |region: &str| {
+            let region_name: Arc<str> = region.into();
             let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
                 .region(Region::new(region.to_owned()))
-                .interceptor(AttemptSpans);
+                .interceptor(Attempts {
+                    region: Arc::clone(&region_name),
+                    gate: gate.clone(),
+                });
             if let Some(endpoint) = config.endpoint_for(region) {
                 builder = builder.endpoint_url(endpoint);
+            }
+            if let Some(gate) = &gate {
+                builder = builder.http_client(GatedClient {
+                    inner: https_client(),
+                    region: region_name,
+                    gate: Arc::clone(gate),
+                });
             }
             RegionalClient {
                 region: region.into(),
@@ -212,22 +308,26 @@ impl Cognito {
     }
 
     /// Calls GetUserAuthFactors with `token`, in the region of its pool
-    /// (`pool_region`) or, for `None`, the default region.
+    /// (`pool_region`) or, for `None`, the default region. Under a rate
+    /// limit, no attempt waits for its turn past `deadline`.
     pub async fn get_user_auth_factors(
         &self,
         token: &AccessToken,
         pool_region: Option<&str>,
+        deadline: Option<Instant>,
     ) -> Result<Answer, UpstreamError> {
         // Validated configuration builds a client for every pool's region and
         // a default one whenever there are no pools.
         let Some(regional) = self.client(pool_region) else {
             return Err(UpstreamError::new(UpstreamErrorKind::RequestConstruction));
         };
-        let output = regional
+        let send = regional
             .client
             .get_user_auth_factors()
             .access_token(token.expose())
-            .send()
+            .send();
+        let output = CALL_DEADLINE
+            .scope(deadline, send)
             .await
             .map_err(upstream_error)?;
         // The model requires a username of 1 to 128 characters; the SDK lets
@@ -245,15 +345,28 @@ impl Cognito {
     }
 }
 
-/// Records each HTTP attempt of a call (its number and HTTP status) on the
-/// client span the call runs in, if one is recording: retries show as one
-/// event each.
-#[derive(Debug)]
-struct AttemptSpans;
+/// The SDK's HTTPS client as the SDK builds it by default (rustls on
+/// aws-lc), for [`GatedClient`] to wrap.
+fn https_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https()
+}
 
-impl Intercept for AttemptSpans {
+/// Watches each HTTP attempt of a call: tells the gate (if any) of
+/// Cognito's throttling, and records the attempt (its number and HTTP
+/// status) on the client span the call runs in, if one is recording:
+/// retries show as one event each.
+#[derive(Debug)]
+struct Attempts {
+    region: Arc<str>,
+    gate: Option<Arc<dyn AttemptGate>>,
+}
+
+impl Intercept for Attempts {
     fn name(&self) -> &'static str {
-        "AttemptSpans"
+        "Attempts"
     }
 
     fn read_after_attempt(
@@ -262,6 +375,11 @@ impl Intercept for AttemptSpans {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        if let Some(gate) = &self.gate
+            && throttled(context)
+        {
+            gate.throttled(&self.region);
+        }
         let trace = opentelemetry::Context::current();
         let span = trace.span();
         if !span.is_recording() {
@@ -289,6 +407,18 @@ impl Intercept for AttemptSpans {
         span.add_event("attempt", attributes);
         Ok(())
     }
+}
+
+/// Whether an attempt ended in Cognito's `TooManyRequestsException`.
+fn throttled(context: &FinalizerInterceptorContextRef<'_>) -> bool {
+    matches!(
+        context.output_or_error(),
+        Some(Err(err)) if matches!(
+            err.as_operation_error()
+                .and_then(|err| err.downcast_ref::<GetUserAuthFactorsError>()),
+            Some(GetUserAuthFactorsError::TooManyRequestsException(_))
+        )
+    )
 }
 
 /// SDK output to proto, the one place that does it. Values this version does
@@ -394,10 +524,13 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
             up
         }
         SdkError::TimeoutError(_) => UpstreamError::new(UpstreamErrorKind::Timeout),
-        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
-            UpstreamError::new(UpstreamErrorKind::Timeout)
+        SdkError::DispatchFailure(failure) => {
+            match failure.as_connector_error().and_then(no_turn) {
+                Some(retry_after) => UpstreamError::rate_limited(retry_after),
+                None if failure.is_timeout() => UpstreamError::new(UpstreamErrorKind::Timeout),
+                None => UpstreamError::new(UpstreamErrorKind::Unreachable),
+            }
         }
-        SdkError::DispatchFailure(_) => UpstreamError::new(UpstreamErrorKind::Unreachable),
         SdkError::ResponseError(context) => UpstreamError::new(kind_of_unreadable(
             caused_by_io(&err),
             context.raw().status(),
@@ -429,6 +562,13 @@ fn kind_of_unreadable(
     } else {
         UpstreamErrorKind::Unavailable
     }
+}
+
+/// The retry-after of an attempt the rate limiter gave no turn.
+fn no_turn(err: &ConnectorError) -> Option<Duration> {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<NoTurn>())
+        .map(|no_turn| no_turn.0)
 }
 
 /// Whether an I/O error (a reset, a connection closed mid-body) is anywhere

@@ -7,8 +7,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use crate::{
     cognito::UpstreamConfig, economy::EconomyConfig, fleet::FleetConfig, pools::is_region,
-    prometheus::DEFAULT_METRICS_ADDR, server::ServerConfig, service::ServiceConfig,
-    telemetry::LogFormat, traces::TracingConfig, verify::TokenConfig,
+    prometheus::DEFAULT_METRICS_ADDR, quota::QuotaConfig, server::ServerConfig,
+    service::ServiceConfig, telemetry::LogFormat, traces::TracingConfig, verify::TokenConfig,
 };
 
 /// Env var for `--listen-addr` (and the address `healthcheck` probes).
@@ -77,6 +77,13 @@ pub const ENV_REDIS_TIMEOUT: &str = "COGNITO_FACADE_REDIS_TIMEOUT";
 pub const ENV_COALESCE: &str = "COGNITO_FACADE_COALESCE";
 /// Env var for `--cache-ttl`.
 pub const ENV_CACHE_TTL: &str = "COGNITO_FACADE_CACHE_TTL";
+/// Env var for `--refusal-ttl`.
+pub const ENV_REFUSAL_TTL: &str = "COGNITO_FACADE_REFUSAL_TTL";
+/// Env var for `--upstream-rate-limit` (comma-separated `RATE` or
+/// `REGION=RATE` entries).
+pub const ENV_UPSTREAM_RATE_LIMIT: &str = "COGNITO_FACADE_UPSTREAM_RATE_LIMIT";
+/// Env var for `--upstream-queue-timeout`.
+pub const ENV_UPSTREAM_QUEUE_TIMEOUT: &str = "COGNITO_FACADE_UPSTREAM_QUEUE_TIMEOUT";
 /// Env var for `--cache-max-entries`.
 pub const ENV_CACHE_MAX_ENTRIES: &str = "COGNITO_FACADE_CACHE_MAX_ENTRIES";
 
@@ -95,6 +102,8 @@ pub struct Config {
     pub economy: EconomyConfig,
     /// The fleet store (Redis or Valkey); `None`: each replica alone.
     pub fleet: Option<FleetConfig>,
+    /// The upstream rate limit.
+    pub quota: QuotaConfig,
     /// Log line format.
     pub log_format: LogFormat,
     /// Where `/metrics` is served; `None` turns it off.
@@ -113,6 +122,7 @@ impl Default for Config {
             tokens: TokenConfig::default(),
             economy: EconomyConfig::default(),
             fleet: None,
+            quota: QuotaConfig::default(),
             log_format: LogFormat::default(),
             metrics_addr: Some(DEFAULT_METRICS_ADDR),
             tracing: TracingConfig::default(),

@@ -39,24 +39,34 @@ type InFlight = (watch::Receiver<Option<Outcome>>, FlightSpan);
 /// few MiB.
 pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 10_000;
 
-/// Single flight and cache settings.
+/// Default lifetime of a remembered refusal: a revoked token sent again and
+/// again costs one call to Cognito a minute, at most.
+pub const DEFAULT_REFUSAL_TTL: Duration = Duration::from_secs(60);
+
+/// Single flight, cache and refusal memory settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EconomyConfig {
     /// Whether concurrent identical calls share one upstream call.
     pub coalesce: bool,
     /// How long a success may be served from the cache; `None` turns it off.
     pub cache_ttl: Option<Duration>,
-    /// Most cached answers; the oldest go first.
+    /// Most cached answers (and, apart, most remembered refusals); the
+    /// oldest go first.
     pub cache_max_entries: usize,
+    /// How long Cognito's definitive refusals of a token are remembered
+    /// (never past its `exp`); `None` turns refusal memory off.
+    pub refusal_ttl: Option<Duration>,
 }
 
 impl Default for EconomyConfig {
-    /// The documented defaults: single flight on, the cache off.
+    /// The documented defaults: single flight on, the cache off, refusals
+    /// remembered for a minute.
     fn default() -> Self {
         Self {
             coalesce: true,
             cache_ttl: None,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            refusal_ttl: Some(DEFAULT_REFUSAL_TTL),
         }
     }
 }
@@ -67,6 +77,8 @@ pub struct Economy {
     keyer: TokenKeyer,
     flights: Mutex<HashMap<TokenKey, InFlight>>,
     cache: ExpiringMap<Answer>,
+    /// Cognito's definitive refusals, remembered.
+    refusals: ExpiringMap<Error>,
 }
 
 impl std::fmt::Debug for Economy {
@@ -82,6 +94,8 @@ impl std::fmt::Debug for Economy {
 pub enum Ticket {
     /// From the cache.
     Cached(Answer),
+    /// Cognito's remembered refusal of the token.
+    Remembered(Error),
     /// Another call for the same token is in flight: wait for its outcome
     /// (and link to its upstream span).
     Follow(watch::Receiver<Option<Outcome>>, FlightSpan),
@@ -113,6 +127,7 @@ impl Economy {
             keyer,
             flights: Mutex::new(HashMap::new()),
             cache: ExpiringMap::new(config.cache_max_entries),
+            refusals: ExpiringMap::new(config.cache_max_entries),
         })
     }
 
@@ -120,16 +135,17 @@ impl Economy {
         self.keyer.key(token.expose())
     }
 
-    /// Whether answers are cached (then a token's `exp` matters).
-    pub fn caches(&self) -> bool {
-        self.config.cache_ttl.is_some()
+    /// Whether answers or refusals are remembered (then a token's `exp`
+    /// matters).
+    pub fn remembers(&self) -> bool {
+        self.config.cache_ttl.is_some() || self.config.refusal_ttl.is_some()
     }
 
     /// Decides how the call for `token` gets its answer. A success it leads
     /// to is cached until the TTL ends or `expires_at` (the token's `exp`),
     /// whichever comes first.
     pub fn ticket(self: &Arc<Self>, token: &AccessToken, expires_at: Option<SystemTime>) -> Ticket {
-        if !self.config.coalesce && self.config.cache_ttl.is_none() {
+        if !self.config.coalesce && !self.remembers() {
             return Ticket::Lead(self.leader(None, None));
         }
         let key = self.key(token);
@@ -138,6 +154,11 @@ impl Economy {
         {
             metrics::counter!(metric_names::CACHE_HITS).increment(1);
             return Ticket::Cached(answer);
+        }
+        if self.config.refusal_ttl.is_some()
+            && let Some(refusal) = self.refusals.get(&key, Instant::now())
+        {
+            return Ticket::Remembered(refusal);
         }
         if !self.config.coalesce {
             return Ticket::Lead(self.leader(Some(key), expires_at));
@@ -197,20 +218,37 @@ impl Leader {
 
     fn finish(self, outcome: Outcome) {
         let economy = &self.economy;
-        if let (Some(key), Some(ttl), Ok(answer)) = (self.key, economy.config.cache_ttl, &outcome) {
-            let now = Instant::now();
-            let left =
-                |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
-            // An `exp` already past (or unreadable as a time) caches nothing;
-            // nor does an answer from the fleet's cache past its own time.
-            let lifetime = [self.token_expires, answer.fresh_until]
+        let left = |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
+        // An `exp` already past (or unreadable as a time) keeps nothing; nor
+        // does an answer from the fleet's cache past its own time.
+        let lifetime = |ttl: Duration, fresh_until: Option<SystemTime>| {
+            [self.token_expires, fresh_until]
                 .into_iter()
                 .flatten()
                 .map(left)
-                .fold(ttl, Duration::min);
-            if !lifetime.is_zero() {
-                economy.cache.insert(key, answer.clone(), now + lifetime);
+                .fold(ttl, Duration::min)
+        };
+        let now = Instant::now();
+        match (self.key, &outcome) {
+            (Some(key), Ok(answer)) => {
+                if let Some(ttl) = economy.config.cache_ttl {
+                    let lifetime = lifetime(ttl, answer.fresh_until);
+                    if !lifetime.is_zero() {
+                        economy.cache.insert(key, answer.clone(), now + lifetime);
+                    }
+                }
             }
+            (Some(key), Err(refusal @ Error::Upstream(up))) if up.kind.is_definitive() => {
+                if let Some(ttl) = economy.config.refusal_ttl {
+                    let lifetime = lifetime(ttl, None);
+                    if !lifetime.is_zero() {
+                        economy
+                            .refusals
+                            .insert(key, refusal.clone(), now + lifetime);
+                    }
+                }
+            }
+            _ => {}
         }
         // Publish first, then leave the map: a call arriving in between
         // follows a flight that has already landed and gets its outcome.

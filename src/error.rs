@@ -4,7 +4,9 @@
 //! The README's error table documents the same rows; `tests/api/errors.rs`
 //! checks that the two agree.
 
-use std::{collections::HashMap, error::Error as StdError, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, error::Error as StdError, num::NonZeroU32, sync::Arc, time::Duration,
+};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -97,6 +99,9 @@ upstream_error_kinds! {
     BadResponse,
     /// The SDK could not build the request (for example a bad endpoint).
     RequestConstruction,
+    /// The fleet's upstream rate limit (`--upstream-rate-limit`) gave the
+    /// attempt no turn in time; Cognito was not called.
+    RateLimited,
 }
 
 impl UpstreamErrorKind {
@@ -136,6 +141,7 @@ impl UpstreamErrorKind {
             Self::Timeout => (Code::DeadlineExceeded, "UPSTREAM_TIMEOUT"),
             Self::BadResponse => (Code::Internal, "UPSTREAM_BAD_RESPONSE"),
             Self::RequestConstruction => (Code::Internal, "REQUEST_CONSTRUCTION_FAILED"),
+            Self::RateLimited => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
         }
     }
 
@@ -159,7 +165,34 @@ impl UpstreamErrorKind {
             | Self::Unreachable
             | Self::Timeout
             | Self::BadResponse
-            | Self::RequestConstruction => false,
+            | Self::RequestConstruction
+            | Self::RateLimited => false,
+        }
+    }
+
+    /// Whether this is Cognito's definitive word on the token, one that no
+    /// later call can change, so it may be remembered (`--refusal-ttl`): a
+    /// revoked, expired or invalid token stays refused; a deleted user or
+    /// pool stays gone. A refusal someone can act on (the user confirms or
+    /// resets a password, an admin enables the operation or fixes a WAF
+    /// rule) is not, nor is anything about reaching Cognito.
+    pub fn is_definitive(self) -> bool {
+        match self {
+            Self::NotAuthorized | Self::UserNotFound | Self::ResourceNotFound => true,
+            Self::InvalidParameter
+            | Self::UserNotConfirmed
+            | Self::PasswordResetRequired
+            | Self::OperationNotEnabled
+            | Self::TooManyRequests
+            | Self::Forbidden
+            | Self::InternalError
+            | Self::Unmodeled
+            | Self::Unavailable
+            | Self::Unreachable
+            | Self::Timeout
+            | Self::BadResponse
+            | Self::RequestConstruction
+            | Self::RateLimited => false,
         }
     }
 
@@ -185,12 +218,10 @@ impl UpstreamErrorKind {
             Self::Timeout => "the call to Cognito timed out",
             Self::BadResponse => "Cognito returned a response that could not be read",
             Self::RequestConstruction => "the request to Cognito could not be built",
+            Self::RateLimited => {
+                "the fleet's rate limit for calls to Cognito is reached; retry later"
+            }
         }
-    }
-
-    /// How long the caller should wait before retrying, where that is known.
-    pub fn retry_delay(self) -> Option<Duration> {
-        (self == Self::TooManyRequests).then_some(THROTTLE_RETRY_DELAY)
     }
 }
 
@@ -209,6 +240,9 @@ pub struct UpstreamError {
     pub request_id: Option<String>,
     /// `InvalidParameterException.reasonCode`, if present.
     pub reason_code: Option<String>,
+    /// For [`UpstreamErrorKind::RateLimited`]: when the limiter expects a
+    /// turn to be free, in ms (kept small: every waiter holds a copy).
+    pub retry_after_ms: Option<NonZeroU32>,
     /// The underlying cause, for logs only.
     #[source]
     pub source: Option<Arc<dyn StdError + Send + Sync>>,
@@ -223,7 +257,31 @@ impl UpstreamError {
             aws_error_code: None,
             request_id: None,
             reason_code: None,
+            retry_after_ms: None,
             source: None,
+        }
+    }
+
+    /// The rate limiter gave the call no turn; one is expected after
+    /// `retry_after`.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let mut err = Self::new(UpstreamErrorKind::RateLimited);
+        let ms = retry_after.as_micros().div_ceil(1000).max(1);
+        err.retry_after_ms = NonZeroU32::new(u32::try_from(ms).unwrap_or(u32::MAX));
+        err
+    }
+
+    /// How long the caller should wait before retrying, where that is known:
+    /// Cognito's throttling, or the limiter's own estimate (at least 1 ms).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        match self.kind {
+            UpstreamErrorKind::TooManyRequests => Some(THROTTLE_RETRY_DELAY),
+            UpstreamErrorKind::RateLimited => {
+                Some(self.retry_after_ms.map_or(THROTTLE_RETRY_DELAY, |ms| {
+                    Duration::from_millis(ms.get().into())
+                }))
+            }
+            _ => None,
         }
     }
 
@@ -328,7 +386,7 @@ impl Error {
                     _ => up.kind.generic_message().to_owned(),
                 };
                 let mut details = ErrorDetails::new();
-                if let Some(delay) = up.kind.retry_delay() {
+                if let Some(delay) = up.retry_delay() {
                     details.set_retry_info(Some(delay));
                 }
                 (message, details)
@@ -418,6 +476,7 @@ mod tests {
         unavailable: K::Unavailable, None::<&str> => Code::Unavailable, "UPSTREAM_UNAVAILABLE";
         unreachable: K::Unreachable, None::<&str> => Code::Unavailable, "UPSTREAM_UNREACHABLE";
         timeout: K::Timeout, None::<&str> => Code::DeadlineExceeded, "UPSTREAM_TIMEOUT";
+        rate_limited: K::RateLimited, None::<&str> => Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED";
         bad_response: K::BadResponse, None::<&str> => Code::Internal, "UPSTREAM_BAD_RESPONSE";
         request_construction: K::RequestConstruction, None::<&str> => Code::Internal, "REQUEST_CONSTRUCTION_FAILED";
     }

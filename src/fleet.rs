@@ -235,6 +235,9 @@ struct Inner {
     coalesce: bool,
     /// The fleet cache's TTL (`--cache-ttl`); `None`: no fleet cache.
     cache_ttl: Option<Duration>,
+    /// How long Cognito's definitive refusals are remembered
+    /// (`--refusal-ttl`); `None`: not at all.
+    refusal_ttl: Option<Duration>,
     keys: SealingKeys,
     /// Lease tokens name the leader: this replica's random id.
     replica: String,
@@ -258,7 +261,7 @@ struct FleetMetrics {
 }
 
 /// The operations counted in `cognito_facade_fleet_redis_ops_total`.
-const OPS: [&str; 8] = [
+const OPS: [&str; 10] = [
     "join",
     "subscribe",
     "get",
@@ -267,6 +270,8 @@ const OPS: [&str; 8] = [
     "publish",
     "release",
     "unsubscribe",
+    "quota",
+    "announce",
 ];
 /// Their outcomes.
 const OUTCOMES: [&str; 3] = ["ok", "error", "timeout"];
@@ -315,8 +320,9 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            // KEYS: answer, flight result, lease. ARGV: lease token, lease ms,
-            // whether the fleet caches. 1: an outcome; 2: this caller leads;
+            // KEYS: remembered outcome, flight result, lease. ARGV: lease
+            // token, lease ms, whether the fleet remembers outcomes (answers,
+            // refusals). 1: an outcome; 2: this caller leads;
             // 3: another leads (with the lease's time left).
             join: Script::new(
                 r"
@@ -333,8 +339,9 @@ impl Scripts {
                 return {2}
                 ",
             ),
-            // KEYS: flight result, lease, answer. ARGV: sealed result, its ms,
-            // lease token, sealed answer (or ''), its ms.
+            // KEYS: flight result, lease, remembered outcome. ARGV: sealed
+            // result, its ms, lease token, sealed outcome to remember (or
+            // ''), its ms.
             finish: Script::new(
                 r"
                 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -357,6 +364,7 @@ struct SealingKeys {
 /// The Redis names of one token's keys.
 #[derive(Debug, Clone)]
 struct Names {
+    /// The remembered outcome: a cached answer or a definitive refusal.
     answer: String,
     result: String,
     lease: String,
@@ -384,9 +392,15 @@ impl SealingKeys {
         }
     }
 
+    /// A key name's hash tag for `what` (a token, a label), unreadable
+    /// without the fleet key.
+    fn tag(&self, what: &str) -> String {
+        let tag = hmac::sign(&self.names, what.as_bytes());
+        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     fn names(&self, token: &str) -> Names {
-        let tag = hmac::sign(&self.names, token.as_bytes());
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let hex = self.tag(token);
         Names {
             answer: format!("cf:{{{hex}}}:a"),
             result: format!("cf:{{{hex}}}:r"),
@@ -516,12 +530,14 @@ type Waiters = HashMap<Vec<u8>, Vec<(u64, oneshot::Sender<Vec<u8>>)>>;
 impl Fleet {
     /// Starts connecting in the background (start-up never waits for
     /// Redis) and returns at once. `lease` bounds a leader's flight;
-    /// `coalesce` turns fleet single flight on; `cache_ttl` the fleet cache.
+    /// `coalesce` turns fleet single flight on; `cache_ttl` the fleet cache;
+    /// `refusal_ttl` the fleet's refusal memory.
     pub fn start(
         config: &FleetConfig,
         lease: Duration,
         coalesce: bool,
         cache_ttl: Option<Duration>,
+        refusal_ttl: Option<Duration>,
     ) -> Self {
         let mut id = [0u8; 16];
         let _ = SystemRandom::new().fill(&mut id);
@@ -531,6 +547,7 @@ impl Fleet {
             lease,
             coalesce,
             cache_ttl,
+            refusal_ttl,
             keys: SealingKeys::derive(&config.key),
             replica: id.iter().map(|b| format!("{b:02x}")).collect(),
             conn: RwLock::new(None),
@@ -565,7 +582,7 @@ impl Fleet {
                 .key(&names.lease)
                 .arg(&self.0.replica)
                 .arg(millis(self.0.lease))
-                .arg(if self.0.cache_ttl.is_some() { "1" } else { "0" });
+                .arg(if self.remembers() { "1" } else { "0" });
             let Some(reply) = self
                 .op::<Vec<Value>>("join", budget, call.invoke_async(&mut conn))
                 .await
@@ -615,26 +632,34 @@ impl Fleet {
         which: &[u8],
         expires_at: Option<SystemTime>,
     ) -> Joined {
-        let (name, source) = if which == b"a" {
-            (&names.answer, Source::FleetCache)
+        let remembered = which == b"a";
+        let name = if remembered {
+            &names.answer
         } else {
-            (&names.result, Source::FleetCoalesced)
+            &names.result
         };
         match self.open(name, sealed) {
-            Some(outcome) => Joined::Shared(outcome, source),
+            Some(outcome) => {
+                let source = match (remembered, &outcome) {
+                    (true, Ok(_)) => Source::FleetCache,
+                    (true, Err(_)) => Source::FleetMemory,
+                    (false, _) => Source::FleetCoalesced,
+                };
+                Joined::Shared(outcome, source)
+            }
             None => self.claim(conn, names, expires_at).await,
         }
     }
 
-    /// Without fleet single flight (`--coalesce=false`): the fleet cache
-    /// alone.
+    /// Without fleet single flight (`--coalesce=false`): the fleet's
+    /// memory alone.
     async fn cached(
         &self,
         conn: &mut Conn,
         names: Names,
         expires_at: Option<SystemTime>,
     ) -> Joined {
-        if self.0.cache_ttl.is_none() {
+        if !self.remembers() {
             return Joined::Alone;
         }
         let mut get = redis::cmd("GET");
@@ -644,7 +669,8 @@ impl Fleet {
             .await
             .flatten();
         match found.and_then(|sealed| self.open(&names.answer, &sealed)) {
-            Some(outcome) => Joined::Shared(outcome, Source::FleetCache),
+            Some(Ok(answer)) => Joined::Shared(Ok(answer), Source::FleetCache),
+            Some(Err(refusal)) => Joined::Shared(Err(refusal), Source::FleetMemory),
             None => Joined::Lead(self.lease(names, expires_at)),
         }
     }
@@ -667,10 +693,25 @@ impl Fleet {
         }
     }
 
-    /// The fleet cache's lifetime for an answer, from now: min(TTL, exp −
-    /// now); `None` without the fleet cache or past `exp`.
-    fn answer_ttl(&self, expires_at: Option<SystemTime>) -> Option<Duration> {
-        let ttl = self.0.cache_ttl?;
+    /// Whether the fleet remembers outcomes: answers (the fleet cache) or
+    /// refusals (refusal memory).
+    fn remembers(&self) -> bool {
+        self.0.cache_ttl.is_some() || self.0.refusal_ttl.is_some()
+    }
+
+    /// How long the fleet remembers `outcome`, from now: min(its TTL, exp −
+    /// now), for an answer with the fleet cache on and for a definitive
+    /// refusal with refusal memory on; `None` otherwise, or past `exp`.
+    fn memory_ttl(
+        &self,
+        outcome: &Result<Answer, Error>,
+        expires_at: Option<SystemTime>,
+    ) -> Option<Duration> {
+        let ttl = match outcome {
+            Ok(_) => self.0.cache_ttl?,
+            Err(Error::Upstream(up)) if up.kind.is_definitive() => self.0.refusal_ttl?,
+            Err(_) => return None,
+        };
         let left = match expires_at {
             Some(exp) => exp.duration_since(SystemTime::now()).unwrap_or_default(),
             None => ttl,
@@ -791,6 +832,47 @@ impl Fleet {
         conn
     }
 
+    /// The name of a key of the fleet's own (not a token's) for `label`,
+    /// under the fleet key and in a slot of its own: `cf:{tag}:suffix`.
+    pub(crate) fn key_name(&self, label: &str, suffix: &str) -> String {
+        format!("cf:{{{}}}:{suffix}", self.0.keys.tag(label))
+    }
+
+    /// This replica's random id (also its leases' token).
+    pub(crate) fn replica(&self) -> &str {
+        &self.0.replica
+    }
+
+    /// Runs `script` on `keys` (one slot) with `args`, within one Redis
+    /// budget, counted as `op` and under the breaker; `None` if the store is
+    /// away, or failed or took too long.
+    pub(crate) async fn eval<A: redis::ToRedisArgs>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[A],
+    ) -> Option<Vec<Value>> {
+        if !self.0.breaker.closed() {
+            return None;
+        }
+        let mut conn = self
+            .0
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        let mut call = script.prepare_invoke();
+        for key in keys {
+            call.key(*key);
+        }
+        for arg in args {
+            call.arg(arg);
+        }
+        self.op(op, self.budget(), call.invoke_async(&mut conn))
+            .await
+    }
+
     /// A budget of `--redis-timeout` from now.
     fn budget(&self) -> Instant {
         Instant::now() + self.0.timeout
@@ -842,18 +924,15 @@ impl Lease {
     /// Shares the leader's outcome in the background (the leader's own
     /// caller does not wait for Redis): Cognito's answers and its refusals
     /// of the token go to the flight's followers, answers into the fleet
-    /// cache. The leader's own trouble reaching Cognito is not shared: it
+    /// cache and definitive refusals into its memory. The leader's own trouble reaching Cognito is not shared: it
     /// leaves a marker that sends the followers to join again (one of them
     /// leads the next flight).
     pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
         let now = SystemTime::now();
-        let answer_ttl = self.fleet.answer_ttl(self.expires_at);
+        let memory_ttl = self.fleet.memory_ttl(outcome, self.expires_at);
         let shared = shareable(outcome).map(|kind| {
             let result = encode(kind, outcome, now + FLIGHT_RESULT_TTL);
-            let answer = (kind == KIND_ANSWER)
-                .then_some(answer_ttl)
-                .flatten()
-                .map(|ttl| (encode(kind, outcome, now + ttl), ttl));
+            let answer = memory_ttl.map(|ttl| (encode(kind, outcome, now + ttl), ttl));
             (result, answer)
         });
         tokio::spawn(async move {
@@ -1106,7 +1185,8 @@ fn shareable(outcome: &Result<Answer, Error>) -> Option<u8> {
                 | K::Unreachable
                 | K::Timeout
                 | K::BadResponse
-                | K::RequestConstruction => None,
+                | K::RequestConstruction
+                | K::RateLimited => None,
             }
         }
         Err(_) => None,

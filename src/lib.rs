@@ -12,7 +12,8 @@
 //!  9  app                              builds everything from a Config
 //!  8  config                           assembles the components' settings
 //!  7  server                           listener, health, reflection, shutdown
-//!  6  service                          the RPC: token → economy → Cognito
+//!  6  service  quota                   the RPC: token → economy → Cognito;
+//!                                      the upstream rate limit (fleet-wide)
 //!  5  economy  observe  fleet          single flight and cache; the call's
 //!                                      one observer (clock, metrics, line);
 //!     verify  policy                   pools, routing, local verification;
@@ -26,7 +27,8 @@
 //!  3  error                            the one error table
 //!  2  token                            the token and its redacted type
 //!  1  wire  metric_names  telemetry    names and limits on the wire; metric
-//!     pools                            names; the log subscriber; pool ids
+//!     pools  gcra                      names; the log subscriber; pool ids;
+//!                                      the rate limiter's algorithm
 //!  0  proto  expiring                  generated code, the redaction marker;
 //!                                      token MACs, the expiring map, locks
 //! ```
@@ -58,6 +60,7 @@ pub mod economy;
 pub mod error;
 pub(crate) mod expiring;
 pub mod fleet;
+pub mod gcra;
 pub mod healthcheck;
 pub(crate) mod jwks;
 pub mod listener;
@@ -67,6 +70,7 @@ pub(crate) mod policy;
 pub mod pools;
 pub mod prometheus;
 pub mod proto;
+pub mod quota;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -63,3 +63,23 @@ pub const FLEET_BREAKER_OPEN_SECONDS: &str = "cognito_facade_fleet_breaker_open_
 pub const FLEET_UNOPENED: &str = "cognito_facade_fleet_unopened_values_total";
 /// Fleet flights taken over after their leader's lease ran out.
 pub const FLEET_LEASE_TAKEOVERS: &str = "cognito_facade_fleet_lease_takeovers_total";
+/// Attempts to Cognito the upstream rate limit refused (the call answered
+/// `UPSTREAM_RATE_LIMITED`), by `region`.
+pub const UPSTREAM_LIMITED: &str = "cognito_facade_upstream_rate_limited_total";
+/// Attempts to Cognito that waited for their turn under the upstream rate
+/// limit, by `region`.
+pub const UPSTREAM_WAITED: &str = "cognito_facade_upstream_rate_waited_total";
+/// How long attempts to Cognito waited for their turn (those that waited),
+/// by `region`.
+pub const UPSTREAM_WAIT_SECONDS: &str = "cognito_facade_upstream_rate_wait_seconds";
+/// Attempts Cognito answered with `TooManyRequestsException`, by `region`.
+pub const UPSTREAM_THROTTLES: &str = "cognito_facade_upstream_throttles_total";
+/// The upstream rate limit in force, per second, by `region` and `scope`
+/// (`fleet`: shared on Redis; `replica`: this replica's share).
+pub const UPSTREAM_RATE_EFFECTIVE: &str = "cognito_facade_upstream_rate_effective";
+/// The fleet's size as this replica last knew it (replicas announcing
+/// themselves on Redis).
+pub const FLEET_REPLICAS: &str = "cognito_facade_fleet_replicas";
+/// Calls answered from refusal memory, by `reason` and `scope` (`replica`,
+/// `fleet`).
+pub const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered_total";

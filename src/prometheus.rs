@@ -14,10 +14,12 @@ use tokio::net::TcpListener;
 
 use crate::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
-    FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_SKIPPED,
-    FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, MAX_CONNECTIONS,
-    RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED, TOKEN_REFUSALS, TRACE_SPANS_DROPPED,
-    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_REQUESTS,
+    FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_REPLICAS,
+    FLEET_SKIPPED, FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE,
+    MAX_CONNECTIONS, REFUSALS_REMEMBERED, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
+    TOKEN_REFUSALS, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED,
+    UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS,
+    UPSTREAM_WAITED,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -132,6 +134,34 @@ fn describe_connections_and_fleet() {
     metrics::describe_counter!(
         FLEET_LEASE_TAKEOVERS,
         "Fleet flights taken over after their leader's lease ran out"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_LIMITED,
+        "Attempts to Cognito the upstream rate limit refused, by region"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_WAITED,
+        "Attempts to Cognito that waited for their turn under the rate limit"
+    );
+    metrics::describe_histogram!(
+        UPSTREAM_WAIT_SECONDS,
+        "How long attempts to Cognito waited for their turn under the rate limit"
+    );
+    metrics::describe_counter!(
+        UPSTREAM_THROTTLES,
+        "Attempts Cognito answered with TooManyRequestsException, by region"
+    );
+    metrics::describe_gauge!(
+        UPSTREAM_RATE_EFFECTIVE,
+        "The upstream rate limit in force per second, by region and scope"
+    );
+    metrics::describe_gauge!(
+        FLEET_REPLICAS,
+        "The fleet's size as this replica last knew it"
+    );
+    metrics::describe_counter!(
+        REFUSALS_REMEMBERED,
+        "Calls answered from refusal memory, by reason and scope"
     );
     metrics::describe_gauge!(
         BUILD_INFO,

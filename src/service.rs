@@ -118,13 +118,18 @@ impl FacadeService {
             context.set_pool(pool.clone());
         }
         let expires_at = match checked.expires_at {
-            None if self.economy.caches() => unverified_expiry(&token),
+            None if self.economy.remembers() => unverified_expiry(&token),
             expires_at => expires_at,
         };
         match self.economy.ticket(&token, expires_at) {
             Ticket::Cached(answer) => {
                 context.set_source(Source::Cache);
                 Ok(answer)
+            }
+            Ticket::Remembered(refusal) => {
+                context.set_source(Source::Memory);
+                count_remembered(&refusal, "replica");
+                Err(refusal)
             }
             Ticket::Follow(flight, span) => {
                 context.set_source(Source::Coalesced);
@@ -136,7 +141,13 @@ impl FacadeService {
                 outcome
             }
             Ticket::Lead(leader) => {
-                let flight = self.lead(leader, token, checked.pool, expires_at, context)?;
+                let call = Call {
+                    token,
+                    pool: checked.pool,
+                    expires_at,
+                    deadline,
+                };
+                let flight = self.lead(leader, call, context)?;
                 let outcome = until(deadline, Wait::Lead(flight)).await;
                 // The flight says where its answer came from; a caller that
                 // gave up first was still waiting for Cognito.
@@ -154,9 +165,7 @@ impl FacadeService {
     fn lead(
         &self,
         leader: Leader,
-        token: AccessToken,
-        pool: Option<UserPoolId>,
-        expires_at: Option<SystemTime>,
+        call: Call,
         context: &Arc<CallContext>,
     ) -> Result<Flight, Error> {
         // Redis away or its breaker open: the flight is a replica's alone,
@@ -176,7 +185,8 @@ impl FacadeService {
                 }
             },
         };
-        let upstream = self.upstream(&leader, token, pool, context);
+        let expires_at = call.expires_at;
+        let upstream = self.upstream(&leader, call, context);
         let context = Arc::clone(context);
         let service = self.clone();
         // Bounded by the call timeout (and a fleet follower by the leader's
@@ -199,18 +209,12 @@ impl FacadeService {
         }))
     }
 
-    /// The call to Cognito for `token`, in its pool's region, with its client
-    /// span (which the flight's followers link to).
-    fn upstream(
-        &self,
-        leader: &Leader,
-        token: AccessToken,
-        pool: Option<UserPoolId>,
-        context: &CallContext,
-    ) -> Upstream {
+    /// The call to Cognito for the call's token, in its pool's region, with
+    /// its client span (which the flight's followers link to).
+    fn upstream(&self, leader: &Leader, call: Call, context: &CallContext) -> Upstream {
         let region = self
             .cognito
-            .region(pool.as_ref().map(UserPoolId::region))
+            .region(call.pool.as_ref().map(UserPoolId::region))
             .cloned()
             .unwrap_or_else(|| Arc::from(""));
         let trace = self.tracing.client_span(context.trace(), &region);
@@ -220,8 +224,9 @@ impl FacadeService {
         }
         Upstream {
             cognito: self.cognito.clone(),
-            token,
-            pool,
+            token: call.token,
+            pool: call.pool,
+            deadline: call.deadline,
             region,
             trace,
         }
@@ -259,11 +264,23 @@ async fn until(deadline: Option<Instant>, wait: Wait) -> Result<Answer, Error> {
     }
 }
 
+/// What a flight's leader knows of the call it makes.
+struct Call {
+    token: AccessToken,
+    pool: Option<UserPoolId>,
+    /// The token's `exp`, if known.
+    expires_at: Option<SystemTime>,
+    /// The leading caller's deadline: no attempt waits for its turn under
+    /// the rate limit past it.
+    deadline: Option<Instant>,
+}
+
 /// One call to Cognito, as a flight's leader makes it.
 struct Upstream {
     cognito: Cognito,
     token: AccessToken,
     pool: Option<UserPoolId>,
+    deadline: Option<Instant>,
     region: Arc<str>,
     trace: opentelemetry::Context,
 }
@@ -276,7 +293,7 @@ impl Upstream {
         let pool_region = self.pool.as_ref().map(UserPoolId::region);
         let result = self
             .cognito
-            .get_user_auth_factors(&self.token, pool_region)
+            .get_user_auth_factors(&self.token, pool_region, self.deadline)
             .with_context(self.trace.clone())
             .await;
         let (request_id, failure) = match &result {
@@ -304,6 +321,9 @@ impl Upstream {
         let lease = match joined {
             Joined::Shared(outcome, source) => {
                 context.set_source(source);
+                if let (Source::FleetMemory, Err(refusal)) = (source, &outcome) {
+                    count_remembered(refusal, "fleet");
+                }
                 return outcome;
             }
             Joined::Lead(lease) => Some(lease),
@@ -367,10 +387,12 @@ fn answer(
     }
 }
 
-/// The upstream call metrics.
+/// The upstream call metrics. A call the rate limit refused before it
+/// reached Cognito is counted by the limiter, not here.
 fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, region: &Arc<str>) {
     let outcome: metrics::SharedString = match result {
         Ok(_) => "ok".into(),
+        Err(err) if err.kind == UpstreamErrorKind::RateLimited => return,
         Err(err) => match &err.aws_error_code {
             // Only modeled codes become labels: an unmodeled code is free
             // text from the upstream and could grow the label set.
@@ -383,6 +405,13 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, re
         .increment(1);
     metrics::histogram!(metric_names::UPSTREAM_DURATION, "region" => region)
         .record(elapsed.as_secs_f64());
+}
+
+/// A call answered from refusal memory, by its reason and the memory's
+/// `scope` (`replica`, `fleet`).
+fn count_remembered(refusal: &Error, scope: &'static str) {
+    metrics::counter!(metric_names::REFUSALS_REMEMBERED, "reason" => refusal.status().1, "scope" => scope)
+        .increment(1);
 }
 
 /// A request id as ASCII metadata, or `None` if Cognito sent something that

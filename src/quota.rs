@@ -1,0 +1,457 @@
+//! The account's quota, guarded: every HTTP attempt to Cognito takes a turn
+//! under `--upstream-rate-limit` (per region), shared by the fleet on Redis
+//! or kept by each replica alone; Cognito's throttling lowers the rate for
+//! everyone, and it climbs back once the throttling stops. The algorithm is
+//! `crate::gcra`'s, on Redis's clock when the fleet shares it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    str::FromStr,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use metrics::{Counter, Gauge, Histogram};
+use redis::{Script, Value};
+
+use crate::{
+    cognito::{AttemptGate, TurnFuture},
+    expiring::lock,
+    fleet::Fleet,
+    gcra::{self, Gcra, Params, Turn},
+    metric_names::{
+        FLEET_REPLICAS, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_THROTTLES,
+        UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
+    },
+    pools::is_region,
+    telemetry::Every,
+};
+
+/// Default bound on an attempt's wait for its turn: long enough to smooth a
+/// burst into the limit, short against a caller's usual deadline.
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How often a replica announces itself to the fleet.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an announcement counts: a replica gone for this long leaves the
+/// fleet's size.
+const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
+/// At most one "limiting" warning per this long.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `--upstream-rate-limit`: attempts per second to Cognito, for every region
+/// and by region.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateLimits {
+    /// The rate of every region without its own entry.
+    pub every: Option<f64>,
+    /// Rates by region.
+    pub by_region: BTreeMap<String, f64>,
+}
+
+impl RateLimits {
+    /// The limit of `region`, if it has one.
+    pub fn for_region(&self, region: &str) -> Option<f64> {
+        self.by_region.get(region).copied().or(self.every)
+    }
+
+    /// Whether no region is limited.
+    pub fn is_empty(&self) -> bool {
+        self.every.is_none() && self.by_region.is_empty()
+    }
+}
+
+impl FromStr for RateLimits {
+    type Err = String;
+
+    /// Comma-separated `RATE` (every region) and `REGION=RATE` entries;
+    /// a rate is a positive number of attempts per second (`0.5`, `40`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut limits = Self::default();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (region, rate) = match entry.split_once('=') {
+                Some((region, rate)) => (Some(region.trim()), rate.trim()),
+                None => (None, entry),
+            };
+            let rate: f64 = rate
+                .parse()
+                .ok()
+                .filter(|rate: &f64| rate.is_finite() && *rate > 0.0 && *rate <= 1e6)
+                .ok_or_else(|| {
+                    format!("{entry:?}: a rate is a positive number per second, such as 40")
+                })?;
+            let duplicate = match region {
+                None => limits.every.replace(rate).is_some(),
+                Some(region) if is_region(region) => {
+                    limits.by_region.insert(region.to_owned(), rate).is_some()
+                }
+                Some(region) => return Err(format!("{region:?} is not an AWS region name")),
+            };
+            if duplicate {
+                return Err(format!("{entry:?}: a second rate for the same region"));
+            }
+        }
+        if limits.is_empty() {
+            return Err("expected RATE or REGION=RATE entries, such as 40 or eu-west-1=40".into());
+        }
+        Ok(limits)
+    }
+}
+
+impl fmt::Display for RateLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let every = self.every.map(|rate| rate.to_string());
+        let regions = self.by_region.iter().map(|(r, rate)| format!("{r}={rate}"));
+        let entries: Vec<String> = every.into_iter().chain(regions).collect();
+        f.write_str(&entries.join(","))
+    }
+}
+
+/// The upstream rate limit's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaConfig {
+    /// Limits by region; empty: no limit.
+    pub limits: RateLimits,
+    /// The longest an attempt waits for its turn.
+    pub queue_timeout: Duration,
+}
+
+impl Default for QuotaConfig {
+    /// The documented defaults: no limit.
+    fn default() -> Self {
+        Self {
+            limits: RateLimits::default(),
+            queue_timeout: DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+        }
+    }
+}
+
+/// The limiter every HTTP attempt to Cognito passes (see
+/// [`AttemptGate`]).
+pub struct Quota(Arc<Inner>);
+
+impl fmt::Debug for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Quota")
+            .field("config", &self.0.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: QuotaConfig,
+    fleet: Option<Fleet>,
+    regions: Mutex<HashMap<Arc<str>, Arc<RegionQuota>>>,
+    /// The fleet's size as last announced on Redis (1 until then).
+    fleet_size: AtomicU32,
+    /// The origin of the in-process limiters' clock.
+    epoch: Instant,
+    limiting: Every,
+    script: Script,
+    announce: Script,
+}
+
+/// One region's limit: its limiter for a replica alone (or for a fleet
+/// without Redis, at its share), its Redis key and its metric handles.
+struct RegionQuota {
+    limit: f64,
+    /// The Redis hash of the fleet's limiter (with the fleet).
+    key: Option<String>,
+    local: Mutex<Gcra>,
+    limited: Counter,
+    waited: Counter,
+    wait_seconds: Histogram,
+    throttles: Counter,
+    fleet_rate: Gauge,
+    replica_rate: Gauge,
+}
+
+impl Quota {
+    /// The limiter for `config`, shared through `fleet` if there is one;
+    /// `None` without a limit. With the fleet, this replica announces itself
+    /// in the background, so each knows the fleet's size for when Redis
+    /// goes away.
+    pub fn start(config: QuotaConfig, fleet: Option<Fleet>) -> Option<Arc<Self>> {
+        if config.limits.is_empty() {
+            return None;
+        }
+        match &fleet {
+            Some(_) => tracing::info!(
+                limits = %config.limits,
+                queue_timeout = ?config.queue_timeout,
+                "upstream rate limit shared by the fleet on Redis; without Redis, each replica keeps the limit divided by the fleet's last known size"
+            ),
+            None => tracing::info!(
+                limits = %config.limits,
+                queue_timeout = ?config.queue_timeout,
+                "upstream rate limit per replica (no --redis-url): a fleet of N replicas may send N times the limit"
+            ),
+        }
+        let inner = Arc::new(Inner {
+            config,
+            fleet,
+            regions: Mutex::new(HashMap::new()),
+            fleet_size: AtomicU32::new(1),
+            epoch: Instant::now(),
+            limiting: Every::new(WARN_INTERVAL),
+            script: Script::new(gcra::SCRIPT),
+            announce: Script::new(ANNOUNCE),
+        });
+        if inner.fleet.is_some() {
+            tokio::spawn(announce(Arc::downgrade(&inner)));
+        }
+        Some(Arc::new(Self(inner)))
+    }
+}
+
+impl AttemptGate for Quota {
+    fn turn(&self, region: &Arc<str>, deadline: Option<Instant>) -> TurnFuture {
+        let Some(quota) = self.0.region(region) else {
+            return Box::pin(std::future::ready(Ok(())));
+        };
+        let now = Instant::now();
+        let queue_timeout = self.0.config.queue_timeout;
+        let max_wait = deadline.map_or(queue_timeout, |deadline| {
+            deadline.saturating_duration_since(now).min(queue_timeout)
+        });
+        let inner = Arc::clone(&self.0);
+        let region = Arc::clone(region);
+        Box::pin(async move {
+            match inner.take(&quota, max_wait).await {
+                Turn::Go(wait) if wait.is_zero() => Ok(()),
+                Turn::Go(wait) => {
+                    quota.waited.increment(1);
+                    quota.wait_seconds.record(wait.as_secs_f64());
+                    inner.warn_limiting(&region, "waiting for their turn");
+                    tokio::time::sleep(wait).await;
+                    Ok(())
+                }
+                Turn::Refused(retry_after) => {
+                    quota.limited.increment(1);
+                    inner.warn_limiting(&region, "refused");
+                    Err(retry_after)
+                }
+            }
+        })
+    }
+
+    fn throttled(&self, region: &Arc<str>) {
+        let Some(quota) = self.0.region(region) else {
+            return;
+        };
+        quota.throttles.increment(1);
+        let share = self.0.share(&quota);
+        let now = self.0.now_micros();
+        let lowered = lock(&quota.local).throttled(now, &share);
+        let Some(lowered) = lowered else {
+            return;
+        };
+        quota.replica_rate.set(lowered);
+        let (Some(fleet), Some(key)) = (self.0.fleet.clone(), quota.key.clone()) else {
+            return;
+        };
+        let inner = Arc::clone(&self.0);
+        // Off the SDK's (synchronous) interceptor: the fleet hears of it a
+        // Redis round trip later.
+        tokio::spawn(async move {
+            let args = script_args("throttle", Duration::ZERO, &Params::for_limit(quota.limit));
+            if let Some(reply) = fleet
+                .eval("quota", &inner.script, &[key.as_str()], &args)
+                .await
+                && let Some((_, rate)) = reply_turn(&reply)
+            {
+                quota.fleet_rate.set(rate);
+            }
+        });
+    }
+}
+
+impl Inner {
+    /// The limit of `region`, if it has one.
+    fn region(&self, region: &Arc<str>) -> Option<Arc<RegionQuota>> {
+        let mut regions = lock(&self.regions);
+        if let Some(quota) = regions.get(region) {
+            return Some(Arc::clone(quota));
+        }
+        let limit = self.config.limits.for_region(region)?;
+        let label = || metrics::SharedString::from(Arc::clone(region));
+        let quota = Arc::new(RegionQuota {
+            limit,
+            key: self
+                .fleet
+                .as_ref()
+                .map(|fleet| fleet.key_name(&format!("upstream rate limit {region}"), "q")),
+            local: Mutex::new(Gcra::default()),
+            limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),
+            waited: metrics::counter!(UPSTREAM_WAITED, "region" => label()),
+            wait_seconds: metrics::histogram!(UPSTREAM_WAIT_SECONDS, "region" => label()),
+            throttles: metrics::counter!(UPSTREAM_THROTTLES, "region" => label()),
+            fleet_rate: metrics::gauge!(UPSTREAM_RATE_EFFECTIVE, "region" => label(), "scope" => "fleet"),
+            replica_rate: metrics::gauge!(UPSTREAM_RATE_EFFECTIVE, "region" => label(), "scope" => "replica"),
+        });
+        regions.insert(Arc::clone(region), Arc::clone(&quota));
+        Some(quota)
+    }
+
+    /// A turn from the fleet's limiter on Redis, or, without it (none
+    /// configured, away, failing), from this replica's at its share.
+    async fn take(&self, quota: &RegionQuota, max_wait: Duration) -> Turn {
+        if let (Some(fleet), Some(key)) = (&self.fleet, &quota.key) {
+            let args = script_args("take", max_wait, &Params::for_limit(quota.limit));
+            if let Some(reply) = fleet
+                .eval("quota", &self.script, &[key.as_str()], &args)
+                .await
+                && let Some((turn, rate)) = reply_turn(&reply)
+            {
+                quota.fleet_rate.set(rate);
+                return turn;
+            }
+        }
+        let share = self.share(quota);
+        let now = self.now_micros();
+        let mut local = lock(&quota.local);
+        let turn = local.take(now, max_wait, &share);
+        quota.replica_rate.set(local.rate(now, &share));
+        turn
+    }
+
+    /// This replica's share of `quota`'s limit: all of it alone, the limit
+    /// divided by the fleet's last known size in a fleet.
+    fn share(&self, quota: &RegionQuota) -> Params {
+        let size = self.fleet_size.load(Ordering::Relaxed).max(1);
+        Params::for_limit(quota.limit / f64::from(size))
+    }
+
+    /// The in-process limiters' clock, in µs.
+    fn now_micros(&self) -> f64 {
+        gcra::micros(self.epoch.elapsed())
+    }
+
+    fn warn_limiting(&self, region: &str, what: &'static str) {
+        if let Some(suppressed) = self.limiting.ready() {
+            tracing::warn!(
+                region,
+                suppressed,
+                "the upstream rate limit is limiting calls to Cognito: attempts are {what} (see cognito_facade_upstream_rate_* metrics)"
+            );
+        }
+    }
+}
+
+/// The limiter script's arguments: the operation, the wait bound in µs,
+/// then the parameters.
+fn script_args(op: &str, max_wait: Duration, params: &Params) -> Vec<String> {
+    let mut args = vec![op.to_owned(), gcra::micros(max_wait).floor().to_string()];
+    args.extend(params.script_args());
+    args
+}
+
+/// The limiter script's reply: the turn, and the fleet's rate per second.
+fn reply_turn(reply: &[Value]) -> Option<(Turn, f64)> {
+    let [Value::Int(code), Value::Int(micros), Value::Int(milli_rate)] = reply else {
+        return None;
+    };
+    let after = gcra::from_micros(*micros as f64);
+    let turn = match code {
+        1 | 2 => Turn::Go(after),
+        _ => Turn::Refused(after),
+    };
+    Some((turn, *milli_rate as f64 / 1000.0))
+}
+
+/// Announces a replica in the fleet's sorted set (score: when the
+/// announcement lapses, on Redis's clock), drops lapsed ones and returns the
+/// fleet's size. KEYS: the set. ARGV: the replica's id, the lapse in ms.
+const ANNOUNCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Announces this replica every [`ANNOUNCE_INTERVAL`] while the limiter
+/// lives, keeping the fleet's size as Redis last told it.
+async fn announce(inner: Weak<Inner>) {
+    let mut ticks = tokio::time::interval(ANNOUNCE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ttl = ANNOUNCE_TTL.as_millis().to_string();
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let Some(fleet) = &inner.fleet else {
+            return;
+        };
+        let key = fleet.key_name("upstream rate limit replicas", "m");
+        let args = [fleet.replica(), ttl.as_str()];
+        let Some(reply) = fleet
+            .eval("announce", &inner.announce, &[key.as_str()], &args)
+            .await
+        else {
+            continue;
+        };
+        if let [Value::Int(size)] = reply.as_slice() {
+            let size = u32::try_from(*size).unwrap_or(1).max(1);
+            inner.fleet_size.store(size, Ordering::Relaxed);
+            metrics::gauge!(FLEET_REPLICAS).set(f64::from(size));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_for_every_region_and_by_region() {
+        let limits: RateLimits = "40".parse().unwrap();
+        assert_eq!(limits.for_region("eu-west-1"), Some(40.0));
+        let limits: RateLimits = "eu-west-1=40, us-east-1=2.5".parse().unwrap();
+        assert_eq!(limits.for_region("eu-west-1"), Some(40.0));
+        assert_eq!(limits.for_region("us-east-1"), Some(2.5));
+        assert_eq!(limits.for_region("ap-south-1"), None);
+        let limits: RateLimits = "10,eu-west-1=40".parse().unwrap();
+        assert_eq!(limits.for_region("ap-south-1"), Some(10.0));
+        assert_eq!(limits.to_string(), "10,eu-west-1=40");
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "NaN",
+            "inf",
+            "fast",
+            "eu-west-1=",
+            "nowhere=4",
+            "4,5",
+            "eu-west-1=1,eu-west-1=2",
+        ] {
+            assert!(bad.parse::<RateLimits>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_reply_of_the_script_reads_back() {
+        let reply = [Value::Int(1), Value::Int(2500), Value::Int(40_000)];
+        assert_eq!(
+            reply_turn(&reply),
+            Some((Turn::Go(Duration::from_micros(2500)), 40.0))
+        );
+        let reply = [Value::Int(0), Value::Int(100_000), Value::Int(20_000)];
+        assert_eq!(
+            reply_turn(&reply),
+            Some((Turn::Refused(Duration::from_millis(100)), 20.0))
+        );
+        assert_eq!(reply_turn(&[Value::Int(1)]), None);
+    }
+}
