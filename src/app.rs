@@ -122,9 +122,10 @@ struct Metrics {
 }
 
 impl Application {
-    /// Validates `config`, builds the Cognito client (no network calls),
-    /// binds the metrics listener and installs the process-wide recorder if
-    /// metrics are on, and binds the gRPC listener.
+    /// Validates `config`, installs the process-wide metrics recorder if
+    /// metrics are on, starts the fleet store and the upstream rate limit (in
+    /// the background), builds the Cognito client (no network calls), and
+    /// binds the metrics listener and the gRPC listener.
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         config.validate()?;
         warn_if_lifo_slot_on();
@@ -132,19 +133,9 @@ impl Application {
         let keyer = TokenKeyer::random()?;
         let gate = TokenGate::new(&config.tokens, &config.upstream, keyer.clone());
         let tracing = Tracing::new(&config.tracing)?;
-        let metrics_listener = match config.metrics_addr {
-            Some(addr) => Some(bind("metrics", addr).await?),
-            None => None,
-        };
-        let (listener, addr) = bind("gRPC", config.server.listen_addr).await?;
-        let mut config = config;
-        config.server.max_connections = Some(connection_cap(&config));
-        let metrics = match metrics_listener {
-            Some((listener, addr)) => Some(Metrics {
-                listener,
-                addr,
-                handle: prometheus::install()?,
-            }),
+        // Before the fleet and the limiter, whose metrics it records.
+        let recorder = match config.metrics_addr {
+            Some(_) => Some(prometheus::install()?),
             None => None,
         };
         // A leader's flight lasts at most its upstream call, retries included.
@@ -158,11 +149,26 @@ impl Application {
                 config.economy.refusal_ttl,
             )
         });
-        // After the recorder: the limiter's metric handles are its own.
         let quota = Quota::start(config.quota.clone(), fleet.clone())
             .map(|quota| quota as Arc<dyn AttemptGate>);
+        // Before binding: a missing region is a configuration error (exit 2),
+        // not a port already in use.
         let cognito =
             Cognito::from_config(&config.upstream, &config.tokens.regions(), quota).await?;
+        let metrics = match (config.metrics_addr, recorder) {
+            (Some(addr), Some(handle)) => {
+                let (listener, addr) = bind("metrics", addr).await?;
+                Some(Metrics {
+                    listener,
+                    addr,
+                    handle,
+                })
+            }
+            _ => None,
+        };
+        let (listener, addr) = bind("gRPC", config.server.listen_addr).await?;
+        let mut config = config;
+        config.server.max_connections = Some(connection_cap(&config));
         let service = FacadeService::new(
             cognito,
             gate.clone(),

@@ -50,9 +50,12 @@ impl Params {
         }
     }
 
-    /// The script's arguments after the operation and the wait bound.
-    pub(crate) fn script_args(&self) -> [String; 6] {
-        [
+    /// [`SCRIPT`]'s arguments: `op` (`take` or `throttle`), the wait bound
+    /// in µs, then these parameters.
+    pub fn script_args(&self, op: &str, max_wait: Duration) -> Vec<String> {
+        vec![
+            op.to_owned(),
+            micros(max_wait).floor().to_string(),
             self.limit.to_string(),
             self.burst.to_string(),
             self.decrease.to_string(),
@@ -124,8 +127,7 @@ impl Gcra {
 }
 
 /// The same algorithm on Redis, on Redis's clock (`TIME`), in one hash per
-/// region. KEYS: the hash. ARGV: `take` or `throttle`, the wait bound (µs),
-/// then [`Params::script_args`]. Returns {1, wait µs, rate ×1000} for a
+/// region. KEYS: the hash. ARGV: [`Params::script_args`]. Returns {1, wait µs, rate ×1000} for a
 /// turn, {0, retry-after µs, rate ×1000} for a refusal, and {2, 0, rate
 /// ×1000} for a throttle. Numbers are kept as integers in `%.0f` (Lua 5.1's
 /// `tostring` keeps 14 digits, and microseconds since the epoch take 16).
@@ -223,10 +225,13 @@ mod tests {
             (lowered - (20.0 + 40.0 * 0.2 / 5.0) / 2.0).abs() < 1e-9,
             "{lowered}"
         );
-        for step in 1..20 {
-            gcra.throttled(now + f64::from(step) * 300.0 * MS, &params);
+        for step in 2..30 {
+            assert!(
+                gcra.throttled(now + f64::from(step) * 200.0 * MS, &params)
+                    .is_some()
+            );
         }
-        let at = now + 19.0 * 300.0 * MS;
+        let at = now + 29.0 * 200.0 * MS;
         assert_eq!(gcra.rate(at, &params), 2.0, "the floor");
         assert_eq!(gcra.rate(at + 2_500.0 * MS, &params), 22.0);
         assert_eq!(gcra.rate(at + 5_000.0 * MS, &params), 40.0);
@@ -234,7 +239,9 @@ mod tests {
 
     #[test]
     fn every_argument_is_a_plain_number() {
-        for arg in Params::for_limit(0.5).script_args() {
+        let args = Params::for_limit(0.5).script_args("take", Duration::from_millis(200));
+        assert_eq!(args[0], "take");
+        for arg in &args[1..] {
             assert!(arg.parse::<f64>().is_ok(), "{arg}");
         }
     }

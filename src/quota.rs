@@ -258,7 +258,7 @@ impl AttemptGate for Quota {
         // Off the SDK's (synchronous) interceptor: the fleet hears of it a
         // Redis round trip later.
         tokio::spawn(async move {
-            let args = script_args("throttle", Duration::ZERO, &Params::for_limit(quota.limit));
+            let args = Params::for_limit(quota.limit).script_args("throttle", Duration::ZERO);
             if let Some(reply) = fleet
                 .eval("quota", &inner.script, &[key.as_str()], &args)
                 .await
@@ -301,7 +301,7 @@ impl Inner {
     /// configured, away, failing), from this replica's at its share.
     async fn take(&self, quota: &RegionQuota, max_wait: Duration) -> Turn {
         if let (Some(fleet), Some(key)) = (&self.fleet, &quota.key) {
-            let args = script_args("take", max_wait, &Params::for_limit(quota.limit));
+            let args = Params::for_limit(quota.limit).script_args("take", max_wait);
             if let Some(reply) = fleet
                 .eval("quota", &self.script, &[key.as_str()], &args)
                 .await
@@ -340,14 +340,6 @@ impl Inner {
             );
         }
     }
-}
-
-/// The limiter script's arguments: the operation, the wait bound in µs,
-/// then the parameters.
-fn script_args(op: &str, max_wait: Duration, params: &Params) -> Vec<String> {
-    let mut args = vec![op.to_owned(), gcra::micros(max_wait).floor().to_string()];
-    args.extend(params.script_args());
-    args
 }
 
 /// The limiter script's reply: the turn, and the fleet's rate per second.

@@ -84,6 +84,8 @@ pub(crate) struct Received {
     pub(crate) content_type: Option<String>,
     pub(crate) authorization: Option<String>,
     pub(crate) body: Value,
+    /// When it arrived.
+    pub(crate) at: std::time::Instant,
 }
 
 #[derive(Debug)]
@@ -203,6 +205,7 @@ async fn handle(
         content_type: text("content-type"),
         authorization: text("authorization"),
         body: parsed.clone().unwrap_or(Value::Null),
+        at: std::time::Instant::now(),
     };
     let (reply, request_id) = {
         let mut shared = shared.lock().unwrap();

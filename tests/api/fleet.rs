@@ -21,7 +21,7 @@ use crate::helpers::{
 pub(crate) struct Redis {
     process: Option<KilledOnDrop>,
     pub(crate) port: u16,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     extra: Vec<String>,
     /// `redis-cli`'s own flags for this server (TLS, password).
     cli_flags: Vec<String>,
@@ -159,7 +159,7 @@ impl Redis {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let pid = self.process.as_ref().unwrap().0.id().to_string();
         assert!(
             Command::new("kill")
@@ -170,7 +170,7 @@ impl Redis {
         );
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.process = None;
     }
 }
@@ -188,7 +188,7 @@ pub(crate) fn key_file(dir: &Path, seed: u8) -> PathBuf {
 }
 
 /// A replica of the binary on the fleet store, connected to it.
-fn replica(stand_in: &StandIn, redis: &Redis, key: &Path, args: &[&str]) -> Running {
+pub(crate) fn replica(stand_in: &StandIn, redis: &Redis, key: &Path, args: &[&str]) -> Running {
     let key = key.to_str().unwrap().to_owned();
     let url = redis.url();
     let mut all = vec![
@@ -210,7 +210,7 @@ async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
 }
 
 /// Where an answer or a status came from.
-fn source_of(metadata: &tonic::metadata::MetadataMap) -> String {
+pub(crate) fn source_of(metadata: &tonic::metadata::MetadataMap) -> String {
     metadata
         .get("x-cognito-facade-source")
         .unwrap()
@@ -249,7 +249,7 @@ async fn call(addr: SocketAddr, token: &str) -> (String, String) {
 
 /// Waits (bounded) until Redis holds `n` cached answers: a leader shares its
 /// answer in the background, after its own caller has it.
-async fn until_cached(redis: &Redis, n: usize) {
+pub(crate) async fn until_cached(redis: &Redis, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while redis.cli(&["--scan", "--pattern", "*:a"]).lines().count() < n {
         assert!(
@@ -263,7 +263,7 @@ async fn until_cached(redis: &Redis, n: usize) {
 
 /// A JWT-shaped opaque token expiring in `seconds` (read, never verified,
 /// for the cache's bound).
-fn token_expiring_in(seconds: u64, salt: &str) -> String {
+pub(crate) fn token_expiring_in(seconds: u64, salt: &str) -> String {
     let exp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

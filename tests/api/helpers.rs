@@ -35,7 +35,9 @@ pub(crate) const TOKEN: &str =
 
 /// The shipped defaults, changed only where tests need it: loopback on an
 /// ephemeral port, no metrics listener (tests install a local recorder), the
-/// stand-in as Cognito, and short timeouts and delays so tests stay fast.
+/// stand-in as Cognito, short timeouts and delays so tests stay fast, and no
+/// refusal memory (many tests send one token through several refusals;
+/// `tests/api/quota.rs` tests the memory with its shipped default).
 pub(crate) fn test_config(endpoint: &str) -> Config {
     let defaults = Config::default();
     Config {
@@ -55,6 +57,7 @@ pub(crate) fn test_config(endpoint: &str) -> Config {
         },
         economy: EconomyConfig {
             cache_max_entries: 100,
+            refusal_ttl: None,
             ..defaults.economy
         },
         metrics_addr: None,

@@ -15,6 +15,7 @@ mod layers;
 mod moto;
 mod observe;
 mod operations;
+mod quota;
 mod reflection;
 mod rpc;
 mod secrets;

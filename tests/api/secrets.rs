@@ -40,10 +40,15 @@ async fn logs_of_every_path(format: &str) -> String {
         "NotAuthorizedException",
         "Access Token has been revoked",
     )]);
-    client
-        .get_user_auth_factors(request(TOKEN))
-        .await
-        .unwrap_err();
+    // A token of its own: its refusal is remembered, and answered again
+    // from memory.
+    let revoked = format!("{TOKEN}0");
+    for _ in 0..2 {
+        client
+            .get_user_auth_factors(request(&revoked))
+            .await
+            .unwrap_err();
+    }
     stand_in.then(vec![Reply::error(500, "InternalErrorException", "boom"); 3]);
     client
         .get_user_auth_factors(request(TOKEN))
@@ -79,7 +84,13 @@ async fn logs_of_every_path(format: &str) -> String {
 
 fn assert_no_secrets(logs: &str) {
     // The capture really ran at trace, SDK and HTTP/2 internals included.
-    for expected in ["aws_smithy_runtime", "h2::", "call finished", "TRACE"] {
+    for expected in [
+        "aws_smithy_runtime",
+        "h2::",
+        "call finished",
+        "TRACE",
+        "memory",
+    ] {
         assert!(logs.contains(expected), "the capture has no {expected:?}");
     }
     let leaks = [
