@@ -357,14 +357,15 @@ fn reply_turn(reply: &[Value]) -> Option<(Turn, f64)> {
 
 /// Announces a replica in the fleet's sorted set (score: when the
 /// announcement lapses, on Redis's clock), drops lapsed ones and returns the
-/// fleet's size. KEYS: the set. ARGV: the replica's id, the lapse in ms.
+/// fleet's size (in a one-element array, as every fleet script answers).
+/// KEYS: the set. ARGV: the replica's id, the lapse in ms.
 const ANNOUNCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return redis.call('ZCARD', KEYS[1])
+return {redis.call('ZCARD', KEYS[1])}
 ";
 
 /// Announces this replica every [`ANNOUNCE_INTERVAL`] while the limiter
