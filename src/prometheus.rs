@@ -280,4 +280,16 @@ mod tests {
             "metrics without a description: {missing:?}"
         );
     }
+
+    #[test]
+    fn every_named_metric_is_in_the_readme_table() {
+        let readme = include_str!("../README.md");
+        let documented: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `cognito_facade_"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| format!("cognito_facade_{name}"))
+            .collect();
+        assert_eq!(named_in_source(), documented);
+    }
 }
