@@ -399,6 +399,10 @@ async fn with_redis_killed_under_load_the_fleet_stays_near_its_limit() {
     assert!((share - LIMIT / 3.0).abs() < 0.01, "{share}");
 }
 
+/// What a caller sees of a refusal: the message, ErrorInfo's reason and its
+/// metadata (sorted).
+type Refusal = (String, String, Vec<(String, String)>);
+
 /// 150 calls of one revoked token: one to the first replica, then (once the
 /// fleet, if any, remembers it) 149 more spread over all, five at a time.
 /// Each is answered as Cognito answered that replica's first (or, with the
@@ -407,8 +411,7 @@ async fn revoked_150_times(replicas: &[SocketAddr], fleet: Option<&Redis>) -> Ve
     let mut sources = Vec::new();
     // By replica: the status's message and details (ErrorInfo with Cognito's
     // code and request id).
-    let mut first: Vec<Option<(String, String, Vec<(String, String)>)>> =
-        vec![None; replicas.len()];
+    let mut first: Vec<Option<Refusal>> = vec![None; replicas.len()];
     let mut check = |replica: usize, status: tonic::Status| {
         assert_eq!(status.code(), Code::Unauthenticated);
         let info = status.get_details_error_info().unwrap();
