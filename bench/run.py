@@ -475,16 +475,23 @@ def fleet_flags(redis_port, key):
     return ["--redis-url", f"redis://127.0.0.1:{redis_port}", "--fleet-key-file", str(key)]
 
 
+def start_replicas(services, upstream_port, flags):
+    """Starts FLEET_REPLICAS services with `flags`, each appended to
+    `services` as (process, port, metrics port) as it starts, so the
+    caller's cleanup stops those that did."""
+    for _ in range(FLEET_REPLICAS):
+        port, metrics_port = free_port(), free_port()
+        services.append((start_service(port, upstream_port, *flags, metrics_port=metrics_port),
+                         port, metrics_port))
+
+
 def fleet_run(upstream_port, flags, seconds):
     """FLEET_REPLICAS services with `flags`, loaded side by side by
     FLEET_CALLERS callers in all over FLEET_USERS tokens: calls answered and
     upstream calls, from the services' own metrics."""
     services = []
     try:
-        for _ in range(FLEET_REPLICAS):
-            port, metrics_port = free_port(), free_port()
-            services.append((start_service(port, upstream_port, *flags, metrics_port=metrics_port),
-                             port, metrics_port))
+        start_replicas(services, upstream_port, flags)
         time.sleep(0.5)  # each connects to Redis in the background
         results = [None] * FLEET_REPLICAS
         share = FLEET_CALLERS // FLEET_REPLICAS
@@ -657,10 +664,7 @@ def quota_run(upstream_port, flags, seconds, kill=None):
     is killed after the warm-up and the rate measured without it."""
     services = []
     try:
-        for _ in range(FLEET_REPLICAS):
-            port, metrics_port = free_port(), free_port()
-            services.append((start_service(port, upstream_port, *flags, metrics_port=metrics_port),
-                             port, metrics_port))
+        start_replicas(services, upstream_port, flags)
         time.sleep(2)  # connected to Redis, and announced to each other
         results = [None] * FLEET_REPLICAS
 
