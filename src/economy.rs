@@ -141,10 +141,15 @@ impl Economy {
         self.config.cache_ttl.is_some() || self.config.refusal_ttl.is_some()
     }
 
-    /// Decides how the call for `token` gets its answer. A success it leads
-    /// to is cached until the TTL ends or `expires_at` (the token's `exp`),
-    /// whichever comes first.
-    pub fn ticket(self: &Arc<Self>, token: &AccessToken, expires_at: Option<SystemTime>) -> Ticket {
+    /// Decides how the call for `token` gets its answer. An outcome it
+    /// leads to is remembered (a success in the cache, a definitive refusal
+    /// in refusal memory) until its TTL ends or `expires_at` (the token's
+    /// `exp`, asked for only when this call leads), whichever comes first.
+    pub fn ticket(
+        self: &Arc<Self>,
+        token: &AccessToken,
+        expires_at: impl FnOnce() -> Option<SystemTime>,
+    ) -> Ticket {
         if !self.config.coalesce && !self.remembers() {
             return Ticket::Lead(self.leader(None, None));
         }
@@ -161,14 +166,14 @@ impl Economy {
             return Ticket::Remembered(refusal);
         }
         if !self.config.coalesce {
-            return Ticket::Lead(self.leader(Some(key), expires_at));
+            return Ticket::Lead(self.leader(Some(key), expires_at()));
         }
         let mut flights = lock(&self.flights);
         if let Some((receiver, span)) = flights.get(&key) {
             metrics::counter!(metric_names::COALESCED).increment(1);
             return Ticket::Follow(receiver.clone(), Arc::clone(span));
         }
-        let leader = self.leader(Some(key), expires_at);
+        let leader = self.leader(Some(key), expires_at());
         flights.insert(key, (leader.sender.subscribe(), Arc::clone(&leader.span)));
         Ticket::Lead(leader)
     }
@@ -190,6 +195,11 @@ impl Economy {
 }
 
 impl Leader {
+    /// The token's `exp`, as the ticket was given it.
+    pub fn token_expires(&self) -> Option<SystemTime> {
+        self.token_expires
+    }
+
     /// Names the span of the upstream call, for the followers to link to.
     pub fn set_span(&self, span: SpanContext) {
         let _ = self.span.set(span);

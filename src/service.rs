@@ -117,7 +117,9 @@ impl FacadeService {
         if let Some(pool) = &checked.pool {
             context.set_pool(pool.clone());
         }
-        let expires_at = match checked.expires_at {
+        // Read from the token itself only when this call leads (its outcome
+        // may be remembered): no cost on a cache hit or for a follower.
+        let expires_at = || match checked.expires_at {
             None if self.economy.remembers() => unverified_expiry(&token),
             expires_at => expires_at,
         };
@@ -142,9 +144,9 @@ impl FacadeService {
             }
             Ticket::Lead(leader) => {
                 let call = Call {
+                    expires_at: leader.token_expires(),
                     token,
                     pool: checked.pool,
-                    expires_at,
                     deadline,
                 };
                 let flight = self.lead(leader, call, context)?;
