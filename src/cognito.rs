@@ -128,22 +128,34 @@ pub enum SetupError {
 /// limit there is none, and attempts go straight out.
 pub trait AttemptGate: fmt::Debug + Send + Sync + 'static {
     /// Waits for an attempt's turn in `region`; a turn that would come after
-    /// the wait bound or `deadline` (the caller's) is refused at once with
-    /// the limiter's retry-after.
-    fn turn(&self, region: &Arc<str>, deadline: Option<Instant>) -> TurnFuture;
+    /// the wait bound or too close to `deadline` (the caller's, or the end of
+    /// the call timeout) is refused at once with the limiter's retry-after.
+    fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture;
 
     /// Cognito answered an attempt in `region` with
-    /// `TooManyRequestsException`.
-    fn throttled(&self, region: &Arc<str>);
+    /// `TooManyRequestsException`; `caller` tells one token's calls from
+    /// another's (Cognito also throttles one user alone).
+    fn throttled(&self, region: &Arc<str>, caller: u64);
 }
 
 /// An attempt's turn: `Err` carries the retry-after of a refused one.
 pub type TurnFuture = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>;
 
+/// What the gate needs to know of the call an attempt belongs to.
+#[derive(Debug, Clone, Copy)]
+struct GatedCall {
+    /// The caller's deadline or the end of the call timeout, the sooner.
+    deadline: Instant,
+    /// An unkeyed hash of the token, held only for the call: tells a
+    /// throttled user from a throttled account.
+    caller: u64,
+}
+
 tokio::task_local! {
-    /// The deadline of the call being made, for [`GatedConnector`]: the SDK
-    /// hands its connector only the HTTP request, in the caller's task.
-    static CALL_DEADLINE: Option<Instant>;
+    /// The call being made, for [`GatedConnector`] and [`Attempts`]: the SDK
+    /// hands them only the HTTP request (or its outcome), in the caller's
+    /// task.
+    static GATED_CALL: GatedCall;
 }
 
 /// An attempt the rate limiter gave no turn: the connector's error, turned
@@ -185,7 +197,11 @@ struct GatedConnector {
 
 impl HttpConnector for GatedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let deadline = CALL_DEADLINE.try_with(|deadline| *deadline).ok().flatten();
+        // Outside a gated call (it cannot happen), an attempt gets the
+        // default call timeout to find its turn in.
+        let deadline = GATED_CALL
+            .try_with(|call| call.deadline)
+            .unwrap_or_else(|_| Instant::now() + DEFAULT_CALL_TIMEOUT);
         let turn = self.gate.turn(&self.region, deadline);
         let inner = self.inner.clone();
         HttpConnectorFuture::new(async move {
@@ -216,6 +232,10 @@ pub struct Cognito {
     default: Option<RegionalClient>,
     /// The client of each region a configured pool lives in.
     by_region: Arc<HashMap<String, RegionalClient>>,
+    /// Whether attempts pass a gate (a rate limit).
+    gated: bool,
+    /// The bound of a whole call (`--call-timeout`).
+    call_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +280,8 @@ impl Cognito {
             )
             .load()
             .await;
+        // One connection pool for every region, as the SDK's own client.
+        let inner = gate.as_ref().map(|_| https_client());
         let client_for = |region: &str| {
             let region_name: Arc<str> = region.into();
             let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
@@ -271,9 +293,9 @@ impl Cognito {
             if let Some(endpoint) = config.endpoint_for(region) {
                 builder = builder.endpoint_url(endpoint);
             }
-            if let Some(gate) = &gate {
+            if let (Some(gate), Some(inner)) = (&gate, &inner) {
                 builder = builder.http_client(GatedClient {
-                    inner: https_client(),
+                    inner: inner.clone(),
                     region: region_name,
                     gate: Arc::clone(gate),
                 });
@@ -284,6 +306,8 @@ impl Cognito {
             }
         };
         Ok(Self {
+            gated: gate.is_some(),
+            call_timeout: config.call_timeout,
             default: default_region.map(|region| client_for(region.as_ref())),
             by_region: Arc::new(
                 pool_regions
@@ -326,10 +350,20 @@ impl Cognito {
             .get_user_auth_factors()
             .access_token(token.expose())
             .send();
-        let output = CALL_DEADLINE
-            .scope(deadline, send)
-            .await
-            .map_err(upstream_error)?;
+        let output = if self.gated {
+            let timeout = Instant::now() + self.call_timeout;
+            let call = GatedCall {
+                deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
+                caller: {
+                    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+                    BuildHasherDefault::<DefaultHasher>::default().hash_one(token.expose())
+                },
+            };
+            GATED_CALL.scope(call, send).await
+        } else {
+            send.await
+        };
+        let output = output.map_err(upstream_error)?;
         // The model requires a username of 1 to 128 characters; the SDK lets
         // an absent one through as "".
         if output.username().is_empty() {
@@ -345,13 +379,27 @@ impl Cognito {
     }
 }
 
-/// The SDK's HTTPS client as the SDK builds it by default (rustls on
-/// aws-lc), for [`GatedClient`] to wrap.
+/// The SDK's HTTPS client as the SDK builds it by default for this
+/// behaviour version (rustls on aws-lc, the proxy from `HTTPS_PROXY` and
+/// `NO_PROXY`), for [`GatedClient`] to wrap: the same steps as
+/// `aws_smithy_runtime::client::http::default_https_client`, which is not
+/// public.
 fn https_client() -> SharedHttpClient {
-    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-        .build_https()
+    use aws_smithy_http_client::{
+        ConnectorBuilder,
+        proxy::ProxyConfig,
+        tls::{Provider, rustls_provider::CryptoMode},
+    };
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Watches each HTTP attempt of a call: tells the gate (if any) of
@@ -378,7 +426,8 @@ impl Intercept for Attempts {
         if let Some(gate) = &self.gate
             && throttled(context)
         {
-            gate.throttled(&self.region);
+            let caller = GATED_CALL.try_with(|call| call.caller).unwrap_or_default();
+            gate.throttled(&self.region, caller);
         }
         let trace = opentelemetry::Context::current();
         let span = trace.span();
@@ -519,7 +568,7 @@ fn upstream_error(err: SdkError<GetUserAuthFactorsError, HttpResponse>) -> Upstr
             up.aws_error_code = aws_code.map(str::to_owned);
             up.message = service_err.message().map(str::to_owned);
             if let GetUserAuthFactorsError::InvalidParameterException(invalid) = service_err {
-                up.reason_code = invalid.reason_code().map(str::to_owned);
+                up.reason_code = invalid.reason_code().map(Box::from);
             }
             up
         }

@@ -153,6 +153,16 @@ pub enum ConfigError {
         /// The call timeout.
         call: Duration,
     },
+    /// A wait for a turn that the attempt's own timeout would cut short.
+    #[error(
+        "--upstream-queue-timeout ({queue:?}) must be shorter than --attempt-timeout ({attempt:?}): an attempt waits for its turn within its own timeout"
+    )]
+    QueueLongerThanAttempt {
+        /// The queue timeout.
+        queue: Duration,
+        /// The attempt timeout.
+        attempt: Duration,
+    },
     /// An endpoint that is not an absolute http(s) URL.
     #[error(
         "--cognito-endpoint / {ENV_COGNITO_ENDPOINT} must be an http:// or https:// URL, got {0:?}"
@@ -218,6 +228,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit { flag });
             }
+        }
+        if !self.quota.limits.is_empty() && self.quota.queue_timeout >= up.attempt_timeout {
+            return Err(ConfigError::QueueLongerThanAttempt {
+                queue: self.quota.queue_timeout,
+                attempt: up.attempt_timeout,
+            });
         }
         if up.attempt_timeout > up.call_timeout {
             return Err(ConfigError::AttemptLongerThanCall {

@@ -250,7 +250,11 @@ impl Leader {
             }
             (Some(key), Err(refusal @ Error::Upstream(up))) if up.kind.is_definitive() => {
                 if let Some(ttl) = economy.config.refusal_ttl {
-                    let lifetime = lifetime(ttl, None);
+                    // A refusal from the fleet's memory: no longer than there.
+                    let remembered_until = up
+                        .remembered_until_s
+                        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.get().into()));
+                    let lifetime = lifetime(ttl, remembered_until);
                     if !lifetime.is_zero() {
                         economy
                             .refusals

@@ -239,10 +239,14 @@ pub struct UpstreamError {
     /// Cognito's request id, if a response arrived.
     pub request_id: Option<String>,
     /// `InvalidParameterException.reasonCode`, if present.
-    pub reason_code: Option<String>,
+    pub reason_code: Option<Box<str>>,
     /// For [`UpstreamErrorKind::RateLimited`]: when the limiter expects a
     /// turn to be free, in ms (kept small: every waiter holds a copy).
     pub retry_after_ms: Option<NonZeroU32>,
+    /// For a refusal read from the fleet's memory: the Unix second after
+    /// which the fleet no longer remembers it, so no replica keeps it
+    /// longer (kept small: every waiter holds a copy).
+    pub remembered_until_s: Option<NonZeroU32>,
     /// The underlying cause, for logs only.
     #[source]
     pub source: Option<Arc<dyn StdError + Send + Sync>>,
@@ -258,6 +262,7 @@ impl UpstreamError {
             request_id: None,
             reason_code: None,
             retry_after_ms: None,
+            remembered_until_s: None,
             source: None,
         }
     }
@@ -379,7 +384,7 @@ impl Error {
                     metadata.insert("aws_request_id".to_owned(), id.clone());
                 }
                 if let Some(reason_code) = &up.reason_code {
-                    metadata.insert("reason_code".to_owned(), reason_code.clone());
+                    metadata.insert("reason_code".to_owned(), reason_code.to_string());
                 }
                 let message = match (&up.message, up.kind.passes_message()) {
                     (Some(message), true) if !message.is_empty() => message.clone(),
@@ -510,7 +515,7 @@ mod tests {
     #[test]
     fn reason_code_reaches_error_info() {
         let mut err = UpstreamError::new(K::InvalidParameter);
-        err.reason_code = Some("INVALID_TOKEN_USE".to_owned());
+        err.reason_code = Some("INVALID_TOKEN_USE".into());
         let info = status_of(err).get_details_error_info().unwrap();
         assert_eq!(
             info.metadata.get("reason_code").map(String::as_str),

@@ -639,7 +639,12 @@ impl Fleet {
             &names.result
         };
         match self.open(name, sealed) {
-            Some(outcome) => {
+            Some(mut outcome) => {
+                if !remembered && let Err(Error::Upstream(up)) = &mut outcome {
+                    // A flight's outcome: its 2 s in Redis are no bound on
+                    // how long the fleet remembers the refusal.
+                    up.remembered_until_s = None;
+                }
                 let source = match (remembered, &outcome) {
                     (true, Ok(_)) => Source::FleetCache,
                     (true, Err(_)) => Source::FleetMemory,
@@ -775,7 +780,12 @@ impl Fleet {
             return Followed::Rejoin;
         }
         Followed::Done(match self.open(&names.result, sealed) {
-            Some(outcome) => Joined::Shared(outcome, Source::FleetCoalesced),
+            Some(mut outcome) => {
+                if let Err(Error::Upstream(up)) = &mut outcome {
+                    up.remembered_until_s = None;
+                }
+                Joined::Shared(outcome, Source::FleetCoalesced)
+            }
             None => Joined::Alone,
         })
     }
@@ -1199,7 +1209,7 @@ struct StoredRefusal {
     code: Option<String>,
     message: Option<String>,
     request_id: Option<String>,
-    reason_code: Option<String>,
+    reason_code: Option<Box<str>>,
 }
 
 /// The plaintext of a shareable outcome: its kind, then an answer's request
@@ -1262,6 +1272,10 @@ fn decode(plain: &[u8]) -> Option<Result<Answer, Error>> {
             up.message = stored.message;
             up.request_id = stored.request_id;
             up.reason_code = stored.reason_code;
+            // Whole seconds, rounded down: a copy never outlives the value.
+            up.remembered_until_s = u32::try_from(stale_at / 1000)
+                .ok()
+                .and_then(std::num::NonZeroU32::new);
             Some(Err(Error::Upstream(up)))
         }
         _ => None,

@@ -129,9 +129,12 @@ impl Gcra {
 /// The same algorithm on Redis, on Redis's clock (`TIME`), in one hash per
 /// region. KEYS: the hash. ARGV: [`Params::script_args`]. Returns {1, wait µs, rate ×1000} for a
 /// turn, {0, retry-after µs, rate ×1000} for a refusal, and {2, 0, rate
-/// ×1000} for a throttle. Numbers are kept as integers in `%.0f` (Lua 5.1's
-/// `tostring` keeps 14 digits, and microseconds since the epoch take 16).
+/// ×1000} for a throttle. Times are kept as integers in `%.0f` and rates in
+/// `%.17g` (Lua 5.1's `tostring` keeps 14 digits, and microseconds since the
+/// epoch take 16). Before Redis 5, a script that reads `TIME` must ask for
+/// its effects to be replicated (later versions always do).
 pub const SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local max_wait = tonumber(ARGV[2])
@@ -151,7 +154,7 @@ end
 if ARGV[1] == 'throttle' then
   if not (at and now - at < spacing) then
     current = math.max(floor, current * decrease)
-    redis.call('HSET', KEYS[1], 'rate', string.format('%.6f', current),
+    redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', current),
       'at', string.format('%.0f', now))
     keep()
   end

@@ -42,6 +42,16 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
 /// At most one "limiting" warning per this long.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// A turn must leave its attempt this long before the call's deadline, to
+/// reach Cognito and back: a turn due later is refused at once rather than
+/// spent on an answer nobody waits for.
+const TURN_HEADROOM: Duration = Duration::from_millis(50);
+/// Throttling of two different tokens within this long is the account's
+/// (or the pool's) quota; of one token alone, that user's own (Cognito
+/// throttles one user at about 10 a second), which must not slow the fleet.
+const THROTTLE_WINDOW: Duration = Duration::from_secs(1);
+/// The lowest limit: the limiter spaces turns in microseconds.
+const MIN_RATE: f64 = 0.01;
 
 /// `--upstream-rate-limit`: attempts per second to Cognito, for every region
 /// and by region.
@@ -80,9 +90,11 @@ impl FromStr for RateLimits {
             let rate: f64 = rate
                 .parse()
                 .ok()
-                .filter(|rate: &f64| rate.is_finite() && *rate > 0.0 && *rate <= 1e6)
+                .filter(|rate: &f64| (MIN_RATE..=1e6).contains(rate))
                 .ok_or_else(|| {
-                    format!("{entry:?}: a rate is a positive number per second, such as 40")
+                    format!(
+                        "{entry:?}: a rate is a number per second from {MIN_RATE} to a million, such as 40"
+                    )
                 })?;
             let duplicate = match region {
                 None => limits.every.replace(rate).is_some(),
@@ -162,6 +174,8 @@ struct RegionQuota {
     /// The Redis hash of the fleet's limiter (with the fleet).
     key: Option<String>,
     local: Mutex<Gcra>,
+    /// The last throttled token (an unkeyed hash) and when.
+    last_throttled: Mutex<Option<(u64, Instant)>>,
     limited: Counter,
     waited: Counter,
     wait_seconds: Histogram,
@@ -209,15 +223,14 @@ impl Quota {
 }
 
 impl AttemptGate for Quota {
-    fn turn(&self, region: &Arc<str>, deadline: Option<Instant>) -> TurnFuture {
+    fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture {
         let Some(quota) = self.0.region(region) else {
             return Box::pin(std::future::ready(Ok(())));
         };
-        let now = Instant::now();
-        let queue_timeout = self.0.config.queue_timeout;
-        let max_wait = deadline.map_or(queue_timeout, |deadline| {
-            deadline.saturating_duration_since(now).min(queue_timeout)
-        });
+        let left = deadline.saturating_duration_since(Instant::now());
+        let max_wait = left
+            .saturating_sub(TURN_HEADROOM)
+            .min(self.0.config.queue_timeout);
         let inner = Arc::clone(&self.0);
         let region = Arc::clone(region);
         Box::pin(async move {
@@ -239,11 +252,14 @@ impl AttemptGate for Quota {
         })
     }
 
-    fn throttled(&self, region: &Arc<str>) {
+    fn throttled(&self, region: &Arc<str>, caller: u64) {
         let Some(quota) = self.0.region(region) else {
             return;
         };
         quota.throttles.increment(1);
+        if !quota.account_wide(caller) {
+            return;
+        }
         let share = self.0.share(&quota);
         let now = self.0.now_micros();
         let lowered = lock(&quota.local).throttled(now, &share);
@@ -270,6 +286,19 @@ impl AttemptGate for Quota {
     }
 }
 
+impl RegionQuota {
+    /// Whether a throttle of `caller` is the account's: another token was
+    /// throttled within [`THROTTLE_WINDOW`].
+    fn account_wide(&self, caller: u64) -> bool {
+        let now = Instant::now();
+        let mut last = lock(&self.last_throttled);
+        let wide =
+            matches!(*last, Some((other, at)) if other != caller && now - at < THROTTLE_WINDOW);
+        *last = Some((caller, now));
+        wide
+    }
+}
+
 impl Inner {
     /// The limit of `region`, if it has one.
     fn region(&self, region: &Arc<str>) -> Option<Arc<RegionQuota>> {
@@ -286,6 +315,7 @@ impl Inner {
                 .as_ref()
                 .map(|fleet| fleet.key_name(&format!("upstream rate limit {region}"), "q")),
             local: Mutex::new(Gcra::default()),
+            last_throttled: Mutex::new(None),
             limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),
             waited: metrics::counter!(UPSTREAM_WAITED, "region" => label()),
             wait_seconds: metrics::histogram!(UPSTREAM_WAIT_SECONDS, "region" => label()),
@@ -421,6 +451,7 @@ mod tests {
             "",
             "0",
             "-1",
+            "0.001",
             "NaN",
             "inf",
             "fast",

@@ -57,6 +57,28 @@ fn bad_values_exit_2_with_a_clear_line() {
             &[("LOG_SENSITIVE_BODIES", "true")][..],
             "LOG_SENSITIVE_BODIES",
         ),
+        (
+            &["--region", "eu-west-1", "--upstream-rate-limit", "0"][..],
+            &[][..],
+            "--upstream-rate-limit",
+        ),
+        (
+            &["--region", "eu-west-1"][..],
+            &[("COGNITO_FACADE_UPSTREAM_RATE_LIMIT", "nowhere=4")][..],
+            "--upstream-rate-limit",
+        ),
+        (
+            &[
+                "--region",
+                "eu-west-1",
+                "--upstream-rate-limit",
+                "40",
+                "--upstream-queue-timeout",
+                "2s",
+            ][..],
+            &[][..],
+            "--upstream-queue-timeout",
+        ),
     ] {
         let output = run_to_exit(args, envs);
         let stderr = String::from_utf8(output.stderr).unwrap();

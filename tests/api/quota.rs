@@ -23,7 +23,8 @@ use tonic_types::StatusExt as _;
 use crate::{
     fleet::{Redis, key_file, replica, source_of, token_expiring_in, until_cached},
     helpers::{
-        Reply, Running, StandIn, TOKEN, request, sample, scrape, spawn_app_with, test_config,
+        LocalMetrics, Reply, Running, StandIn, TOKEN, request, sample, scrape, spawn_app_with,
+        test_config,
     },
 };
 
@@ -614,6 +615,57 @@ async fn over_the_limit_a_call_waits_its_turn_or_is_refused_at_once_and_retries_
     assert_eq!(app.stand_in.received().len(), 3);
     app.shut_down();
     app.stopped().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_users_throttling_does_not_slow_the_fleet_but_two_tokens_do() {
+    let metrics = LocalMetrics::install();
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::error(
+        400,
+        "TooManyRequestsException",
+        "Rate exceeded",
+    ));
+    let mut config = test_config(&stand_in.endpoint);
+    config.quota.limits = "40".parse().unwrap();
+    let app = spawn_app_with(stand_in, config).await;
+    let rate = || {
+        sample(
+            &metrics.render(),
+            &format!(
+                "cognito_facade_upstream_rate_effective{{region=\"{REGION}\",scope=\"replica\"}}"
+            ),
+        )
+    };
+    let throttled = |token: String| {
+        let mut client = app.client.clone();
+        async move {
+            let status = client
+                .get_user_auth_factors(request(&token))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                status.get_details_error_info().unwrap().reason,
+                "TOO_MANY_REQUESTS"
+            );
+        }
+    };
+    // One user's token, throttled on every attempt (3 a call): that user's
+    // own limit, not the account's.
+    for _ in 0..3 {
+        throttled(format!("{TOKEN}one")).await;
+    }
+    let throttles = format!("cognito_facade_upstream_throttles_total{{region=\"{REGION}\"}}");
+    assert_eq!(sample(&metrics.render(), &throttles), Some(9.0));
+    assert_eq!(rate(), Some(LIMIT));
+    // Another token throttled within the second: the account's quota. The
+    // rate halves (and climbs back a little between attempts).
+    throttled(format!("{TOKEN}two")).await;
+    assert!(
+        rate().is_some_and(|rate| rate < LIMIT * 0.6),
+        "{:?}",
+        rate()
+    );
 }
 
 #[tokio::test]
