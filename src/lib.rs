@@ -44,8 +44,11 @@
 //! [`service::FacadeService`]. The service takes the token from the field or
 //! the `authorization` metadata ([`token`]), has it checked by [`verify`],
 //! asks the [`economy`] whether the answer is cached or already being
-//! fetched, and otherwise, holding one of the limiter's permits, calls
-//! Cognito through [`cognito`] within the caller's deadline. Cognito's answer
+//! fetched (or, with a [`fleet`] on Redis, whether another replica has it
+//! or is fetching it, or remembers Cognito's refusal of the token), and
+//! otherwise, holding one of the limiter's permits, calls Cognito through
+//! [`cognito`] within the caller's deadline; under a rate limit, each HTTP
+//! attempt first takes its turn from [`quota`]. Cognito's answer
 //! or error becomes a response or a status through the one table in
 //! [`error`], marked with where it came from, and the context records the
 //! source, the pool and the error; back in `observe`, the RPC metrics, the

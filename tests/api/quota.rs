@@ -311,6 +311,7 @@ async fn three_replicas_hold_the_fleet_to_its_limit_and_refuse_the_rest_clearly(
         started + Duration::from_secs(5),
     );
     let tally = load.stop().await;
+    eprintln!("fleet of 3 at a limit of {LIMIT}/s: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(
         (0.7 * LIMIT..=1.15 * LIMIT).contains(&rate),
         "{rate:.1} calls/s at the stand-in, {tally:?}"
@@ -356,6 +357,9 @@ async fn cognito_throttling_slows_the_whole_fleet_and_it_recovers() {
     let tally = load.stop().await;
     let while_throttled = rate_between(&stand_in, throttling, stopped);
     let after = rate_between(&stand_in, recovered - Duration::from_secs(2), recovered);
+    eprintln!(
+        "throttled: {while_throttled:.1} calls/s (effective {during}), recovered: {after:.1} calls/s, {tally:?}"
+    );
     assert!(
         while_throttled < LIMIT / 2.0,
         "{while_throttled:.1} calls/s while Cognito throttled, {tally:?}"
@@ -389,6 +393,7 @@ async fn with_redis_killed_under_load_the_fleet_stays_near_its_limit() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rate = rate_between(&stand_in, killed + Duration::from_secs(1), Instant::now());
     let tally = load.stop().await;
+    eprintln!("Redis killed: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(
         (0.6 * LIMIT..=1.15 * LIMIT).contains(&rate),
         "{rate:.1} calls/s without Redis, {tally:?}"
