@@ -79,6 +79,11 @@ struct Args {
     /// each token).
     #[arg(long)]
     no_warmup: bool,
+    /// `facade`: after a failed call that carries a `google.rpc.RetryInfo`,
+    /// wait as it says (at most a second) before the next, as a good
+    /// client does.
+    #[arg(long)]
+    obey_retry_info: bool,
     /// `mint`: the user pool the tokens belong to.
     #[arg(long, default_value = "us-east-1_BenchPool")]
     pool: String,
@@ -238,6 +243,7 @@ async fn run(
             let mode = args.mode;
             let concurrency = args.concurrency.max(1);
             let pool = args.tokens;
+            let obey_retry_info = args.obey_retry_info;
             let pace = args
                 .rate
                 .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(0.001)));
@@ -298,18 +304,20 @@ async fn run(
                                 None => format!("bench.{worker}.{seq}"),
                             };
                             let request = GetUserAuthFactorsRequest { access_token };
-                            client
-                                .get_user_auth_factors(request)
-                                .await
-                                .map(drop)
-                                .or_else(|status| {
+                            match client.get_user_auth_factors(request).await {
+                                Ok(_) => Ok(()),
+                                Err(status) => {
+                                    if obey_retry_info {
+                                        retry_after(&status).await;
+                                    }
                                     let code = code_of(&status);
                                     if expect.as_deref() == Some(code.as_str()) {
                                         Ok(())
                                     } else {
                                         Err(code)
                                     }
-                                })
+                                }
+                            }
                         }
                         Mode::Sdk => {
                             let token = token::extract(
@@ -536,6 +544,15 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         serde_json::json!({"trials": lags_us.len(), "skipped": skipped, "p50_us": at(0.5), "p90_us": at(0.9), "max_us": at(1.0)})
     );
     Ok(())
+}
+
+/// Waits as a failed call's `RetryInfo` says, at most a second.
+async fn retry_after(status: &tonic::Status) {
+    let delay = tonic_types::StatusExt::get_details_retry_info(status)
+        .and_then(|info| info.retry_delay);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay.min(Duration::from_secs(1))).await;
+    }
 }
 
 /// A failed call's code by name; tonic's INTERNAL for a call it sent after

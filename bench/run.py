@@ -659,7 +659,8 @@ def upstream_rate(services, seconds):
 
 def quota_run(upstream_port, flags, seconds, redis_port=None, kill=None):
     """FLEET_REPLICAS services with `flags` pressed by QUOTA_CALLERS callers
-    (fresh tokens) far beyond any limit: the fleet's upstream rate, and
+    (fresh tokens, each obeying RetryInfo) far beyond any limit: the fleet's
+    upstream rate, and
     the answers that were not OK by gRPC code. With `kill` (a process), it
     is killed after the warm-up and the rate measured without it."""
     services = []
@@ -675,7 +676,8 @@ def quota_run(upstream_port, flags, seconds, redis_port=None, kill=None):
         def one(i, port):
             # Past the warm-up, the kill and the measured window.
             results[i] = load("facade", f"http://127.0.0.1:{port}",
-                              QUOTA_CALLERS // FLEET_REPLICAS, seconds + 4)
+                              QUOTA_CALLERS // FLEET_REPLICAS, seconds + 4,
+                              "--obey-retry-info")
 
         threads = [threading.Thread(target=one, args=(i, port))
                    for i, (_, port, _) in enumerate(services)]
@@ -761,7 +763,8 @@ def quota_report(figures, smoke):
     lines = ["", "## The quota", "",
              f"{FLEET_REPLICAS} replicas of the service with `--upstream-rate-limit`, "
              f"{QUOTA_CALLERS} callers in all (fresh tokens, so nothing is shared or cached) "
-             f"asking far more than the limit, against the stand-in answering in "
+             f"asking far more than the limit and waiting as a refusal's `RetryInfo` says (at "
+             f"most a second), as a good client does, against the stand-in answering in "
              f"{ECONOMY_UPSTREAM_MS} ms; the fleet's upstream calls per second from the services' "
              f"own metrics over {2 if smoke else 5} s after a second's warm-up (with Redis "
              "killed: killed a second into the load, measured from a second after that).", "",
