@@ -84,6 +84,10 @@ struct Args {
     /// client does.
     #[arg(long)]
     obey_retry_info: bool,
+    /// `facade`: put this before every fresh token, so load generators run
+    /// side by side send different ones.
+    #[arg(long, default_value = "")]
+    token_prefix: String,
     /// `mint`: the user pool the tokens belong to.
     #[arg(long, default_value = "us-east-1_BenchPool")]
     pool: String,
@@ -244,6 +248,7 @@ async fn run(
             let concurrency = args.concurrency.max(1);
             let pool = args.tokens;
             let obey_retry_info = args.obey_retry_info;
+            let prefix = args.token_prefix.clone();
             let pace = args
                 .rate
                 .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(0.001)));
@@ -301,7 +306,7 @@ async fn run(
                                         (seq * (worker as u64 + 1)) % size.max(1)
                                     )
                                 }
-                                None => format!("bench.{worker}.{seq}"),
+                                None => format!("bench.{prefix}{worker}.{seq}"),
                             };
                             let request = GetUserAuthFactorsRequest { access_token };
                             match client.get_user_auth_factors(request).await {
@@ -548,8 +553,8 @@ async fn follow(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Waits as a failed call's `RetryInfo` says, at most a second.
 async fn retry_after(status: &tonic::Status) {
-    let delay = tonic_types::StatusExt::get_details_retry_info(status)
-        .and_then(|info| info.retry_delay);
+    let delay =
+        tonic_types::StatusExt::get_details_retry_info(status).and_then(|info| info.retry_delay);
     if let Some(delay) = delay {
         tokio::time::sleep(delay.min(Duration::from_secs(1))).await;
     }

@@ -677,7 +677,7 @@ def quota_run(upstream_port, flags, seconds, redis_port=None, kill=None):
             # Past the warm-up, the kill and the measured window.
             results[i] = load("facade", f"http://127.0.0.1:{port}",
                               QUOTA_CALLERS // FLEET_REPLICAS, seconds + 4,
-                              "--obey-retry-info")
+                              "--obey-retry-info", "--token-prefix", f"r{i}x")
 
         threads = [threading.Thread(target=one, args=(i, port))
                    for i, (_, port, _) in enumerate(services)]

@@ -915,8 +915,21 @@ impl Fleet {
         result
     }
 
-    /// Routes a pushed message to the followers waiting on its channel.
+    /// Routes a pushed message to the followers waiting on its channel. A
+    /// lost connection took every subscription with it: no message will
+    /// come, so its followers stop waiting and go on alone (each to its own
+    /// call to Cognito, within its caller's deadline), and the breaker hears
+    /// of it, as of any failed operation.
     fn deliver(&self, push: PushInfo) {
+        if push.kind == PushKind::Disconnection {
+            let waiting = std::mem::take(&mut *lock(&self.0.waiters));
+            if !waiting.is_empty() {
+                self.0
+                    .breaker
+                    .failure("subscribe", &"the connection was lost");
+            }
+            return;
+        }
         if !matches!(push.kind, PushKind::Message | PushKind::SMessage) {
             return;
         }

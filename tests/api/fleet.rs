@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use crate::helpers::{
-    KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape,
+    KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape, until_received,
 };
 
 /// A `redis-server` on a free loopback port, killed when dropped.
@@ -758,4 +758,36 @@ async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(call(replicas[1].addr, &token).await.1, "fleet_cache");
+}
+
+#[tokio::test]
+async fn a_follower_whose_redis_connection_drops_goes_on_alone_at_once() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
+    let mut redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 31);
+    let leader = replica(&stand_in, &redis, &key, &[]);
+    let follower = replica(&stand_in, &redis, &key, &[]);
+    let lead = tokio::spawn(call(leader.addr, TOKEN));
+    until_received(&stand_in, 1).await;
+    let started = Instant::now();
+    let follow = tokio::spawn(call(follower.addr, TOKEN));
+    // Long enough to have subscribed to the leader's flight.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    // No message can come now: the follower calls Cognito itself at once,
+    // not after the leader's lease (5.5 s).
+    let (username, source) = follow.await.unwrap();
+    assert_eq!(username, USERNAME);
+    assert_eq!(source, "cognito");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(lead.await.unwrap().0, USERNAME);
+    assert_eq!(stand_in.received().len(), 2);
 }
