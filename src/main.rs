@@ -74,6 +74,9 @@ fn install_logging(format: telemetry::LogFormat) -> Result<(), ExitCode> {
 
 /// Builds the application and serves until SIGTERM or SIGINT.
 async fn serve(config: cognito_facade::config::Config) -> ExitCode {
+    // Before anything listens: a SIGTERM sent as soon as the service is up
+    // finds its handler (not the default action, which would kill it).
+    let shutdown = shutdown_signal();
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(err) if err.is_config() => return config_error(err),
@@ -82,7 +85,7 @@ async fn serve(config: cognito_facade::config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match app.run_until_stopped(shutdown_signal()).await {
+    match app.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "server failed");
@@ -112,12 +115,16 @@ fn config_error(err: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Completes on SIGTERM (Kubernetes, Docker) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// Completes on SIGTERM (Kubernetes, Docker) or SIGINT (Ctrl-C). The
+/// handlers are installed when this is called, not when it is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

@@ -260,19 +260,21 @@ impl AttemptGate for Quota {
         if !quota.account_wide(caller) {
             return;
         }
+        // This replica's own limiter, for when Redis is away.
         let share = self.0.share(&quota);
         let now = self.0.now_micros();
         let lowered = lock(&quota.local).throttled(now, &share);
-        let Some(lowered) = lowered else {
-            return;
-        };
-        quota.replica_rate.set(lowered);
+        if let Some(lowered) = lowered {
+            quota.replica_rate.set(lowered);
+        }
         let (Some(fleet), Some(key)) = (self.0.fleet.clone(), quota.key.clone()) else {
             return;
         };
         let inner = Arc::clone(&self.0);
-        // Off the SDK's (synchronous) interceptor: the fleet hears of it a
-        // Redis round trip later.
+        // Every account-wide throttle goes to the fleet's limiter, which
+        // spaces its own decreases: one lost to a slow Redis is not the only
+        // chance. Off the SDK's (synchronous) interceptor: the fleet hears of
+        // it a Redis round trip later.
         tokio::spawn(async move {
             let args = Params::for_limit(quota.limit).script_args("throttle", Duration::ZERO);
             if let Some(reply) = fleet

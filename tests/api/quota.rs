@@ -355,6 +355,17 @@ async fn cognito_throttling_slows_the_whole_fleet_and_it_recovers() {
     tokio::time::sleep(Duration::from_secs(7)).await;
     let recovered = Instant::now();
     let tally = load.stop().await;
+    let buckets: Vec<usize> = (0..10)
+        .map(|i| {
+            let from = throttling + Duration::from_millis(250 * i);
+            stand_in
+                .received()
+                .iter()
+                .filter(|r| r.at >= from && r.at < from + Duration::from_millis(250))
+                .count()
+        })
+        .collect();
+    eprintln!("per 250 ms from the throttling: {buckets:?}");
     let while_throttled = rate_between(&stand_in, throttling, stopped);
     let after = rate_between(&stand_in, recovered - Duration::from_secs(2), recovered);
     eprintln!(
