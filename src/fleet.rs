@@ -863,6 +863,19 @@ impl Fleet {
         keys: &[&str],
         args: &[A],
     ) -> Option<Vec<Value>> {
+        self.eval_within(self.0.timeout, op, script, keys, args)
+            .await
+    }
+
+    /// [`Self::eval`] with its own budget, for work no call waits on.
+    pub(crate) async fn eval_within<A: redis::ToRedisArgs>(
+        &self,
+        budget: Duration,
+        op: &'static str,
+        script: &Script,
+        keys: &[&str],
+        args: &[A],
+    ) -> Option<Vec<Value>> {
         if !self.0.breaker.closed() {
             return None;
         }
@@ -879,7 +892,7 @@ impl Fleet {
         for arg in args {
             call.arg(arg);
         }
-        self.op(op, self.budget(), call.invoke_async(&mut conn))
+        self.op(op, Instant::now() + budget, call.invoke_async(&mut conn))
             .await
     }
 

@@ -40,6 +40,8 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an announcement counts: a replica gone for this long leaves the
 /// fleet's size.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
+/// The time Redis gets for an announcement.
+const ANNOUNCE_BUDGET: Duration = Duration::from_millis(500);
 /// At most one "limiting" warning per this long.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// A turn must leave its attempt this long before the call's deadline, to
@@ -416,8 +418,17 @@ async fn announce(inner: Weak<Inner>) {
         };
         let key = fleet.key_name("upstream rate limit replicas", "m");
         let args = [fleet.replica(), ttl.as_str()];
+        // In the background, with no caller waiting: more time than a
+        // call's Redis budget, so a busy Redis does not leave this replica
+        // counting itself alone.
         let Some(reply) = fleet
-            .eval("announce", &inner.announce, &[key.as_str()], &args)
+            .eval_within(
+                ANNOUNCE_BUDGET,
+                "announce",
+                &inner.announce,
+                &[key.as_str()],
+                &args,
+            )
             .await
         else {
             continue;

@@ -275,12 +275,31 @@ fn rate_between(stand_in: &StandIn, from: Instant, to: Instant) -> f64 {
     seen as f64 / (to - from).as_secs_f64()
 }
 
-/// Three replicas of the binary on one Redis with `args`.
-fn fleet_of_three(stand_in: &StandIn, redis: &Redis, seed: u8, args: &[&str]) -> Vec<Running> {
+/// Three replicas of the binary on one Redis with `args`, each knowing the
+/// fleet's size (3) from their announcements when they limit.
+async fn fleet_of_three(
+    stand_in: &StandIn,
+    redis: &Redis,
+    seed: u8,
+    args: &[&str],
+) -> Vec<Running> {
     let key = key_file(&redis.dir, seed);
-    (0..3)
+    let mut replicas: Vec<Running> = (0..3)
         .map(|_| replica(stand_in, redis, &key, args))
-        .collect()
+        .collect();
+    if args.contains(&"--upstream-rate-limit") {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for replica in &mut replicas {
+            while metric(replica, "cognito_facade_fleet_replicas").await != Some(3.0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the fleet's size never reached 3"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    replicas
 }
 
 fn addrs(replicas: &[Running]) -> Vec<SocketAddr> {
@@ -301,7 +320,8 @@ const LIMIT: f64 = 40.0;
 async fn three_replicas_hold_the_fleet_to_its_limit_and_refuse_the_rest_clearly() {
     let stand_in = StandIn::start().await;
     let redis = Redis::start(&[]);
-    let mut replicas = fleet_of_three(&stand_in, &redis, 21, &["--upstream-rate-limit", "40"]);
+    let mut replicas =
+        fleet_of_three(&stand_in, &redis, 21, &["--upstream-rate-limit", "40"]).await;
     let started = Instant::now();
     let load = Load::start(&addrs(&replicas), 24, "limit").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -344,7 +364,8 @@ async fn cognito_throttling_slows_the_whole_fleet_and_it_recovers() {
         &redis,
         22,
         &["--upstream-rate-limit", "40", "--redis-timeout", "100ms"],
-    );
+    )
+    .await;
     let load = Load::start(&addrs(&replicas), 24, "throttle").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stand_in.always(Reply::error(
@@ -402,7 +423,8 @@ async fn cognito_throttling_slows_the_whole_fleet_and_it_recovers() {
 async fn with_redis_killed_under_load_the_fleet_stays_near_its_limit() {
     let stand_in = StandIn::start().await;
     let mut redis = Redis::start(&[]);
-    let mut replicas = fleet_of_three(&stand_in, &redis, 23, &["--upstream-rate-limit", "40"]);
+    let mut replicas =
+        fleet_of_three(&stand_in, &redis, 23, &["--upstream-rate-limit", "40"]).await;
     let load = Load::start(&addrs(&replicas), 24, "killed").await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let size = metric(&mut replicas[0], "cognito_facade_fleet_replicas").await;
@@ -515,7 +537,7 @@ async fn a_revoked_token_sent_150_times_over_the_fleet_costs_one_call() {
     let stand_in = StandIn::start().await;
     revoked(&stand_in);
     let redis = Redis::start(&[]);
-    let replicas = fleet_of_three(&stand_in, &redis, 24, &[]);
+    let replicas = fleet_of_three(&stand_in, &redis, 24, &[]).await;
     let sources = revoked_150_times(&addrs(&replicas), Some(&redis)).await;
     assert_eq!(stand_in.received().len(), 1, "{sources:?}");
     assert!(sources.iter().any(|s| s == "fleet_memory"), "{sources:?}");
