@@ -138,17 +138,7 @@ impl Application {
             Some(_) => Some(prometheus::install()?),
             None => None,
         };
-        // A leader's flight lasts at most its upstream call, retries included.
-        let lease = config.upstream.call_timeout + FLEET_LEASE_SLACK;
-        let fleet = config.fleet.as_ref().map(|fleet| {
-            Fleet::start(
-                fleet,
-                lease,
-                config.economy.coalesce,
-                config.economy.cache_ttl,
-                config.economy.refusal_ttl,
-            )
-        });
+        let fleet = start_fleet(&config);
         let quota = Quota::start(config.quota.clone(), fleet.clone())
             .map(|quota| quota as Arc<dyn AttemptGate>);
         // Before binding: a missing region is a configuration error (exit 2),
@@ -235,6 +225,21 @@ impl Application {
         let _ = stop_metrics.send(());
         result.map(drop)
     }
+}
+
+/// Starts the fleet store, if one is configured (in the background).
+fn start_fleet(config: &Config) -> Option<Fleet> {
+    // A leader's flight lasts at most its upstream call, retries included.
+    let lease = config.upstream.call_timeout + FLEET_LEASE_SLACK;
+    config.fleet.as_ref().map(|fleet| {
+        Fleet::start(
+            fleet,
+            lease,
+            config.economy.coalesce,
+            config.economy.cache_ttl,
+            config.economy.refusal_ttl,
+        )
+    })
 }
 
 /// Raises the descriptor limit and settles the connection cap: the

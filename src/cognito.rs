@@ -265,21 +265,7 @@ impl Cognito {
         if default_region.is_none() && pool_regions.is_empty() {
             return Err(SetupError::NoRegion);
         }
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(config.connect_timeout)
-            .operation_attempt_timeout(config.attempt_timeout)
-            .operation_timeout(config.call_timeout)
-            .build();
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .no_credentials()
-            .timeout_config(timeouts)
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(config.max_attempts)
-                    .with_initial_backoff(config.retry_backoff),
-            )
-            .load()
-            .await;
+        let shared = sdk_config(config).await;
         // One connection pool for every region, as the SDK's own client.
         let inner = gate.as_ref().map(|_| https_client());
         let client_for = |region: &str| {
@@ -377,6 +363,26 @@ impl Cognito {
             fresh_until: None,
         })
     }
+}
+
+/// The settings every regional client shares: no credentials (the
+/// operation is `noAuth`), `config`'s timeouts and standard retries.
+async fn sdk_config(config: &UpstreamConfig) -> aws_config::SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(config.connect_timeout)
+        .operation_attempt_timeout(config.attempt_timeout)
+        .operation_timeout(config.call_timeout)
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .no_credentials()
+        .timeout_config(timeouts)
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(config.max_attempts)
+                .with_initial_backoff(config.retry_backoff),
+        )
+        .load()
+        .await
 }
 
 /// The SDK's HTTPS client as the SDK builds it by default for this

@@ -229,12 +229,7 @@ impl Config {
                 return Err(ConfigError::ZeroLimit { flag });
             }
         }
-        if !self.quota.limits.is_empty() && self.quota.queue_timeout >= up.attempt_timeout {
-            return Err(ConfigError::QueueLongerThanAttempt {
-                queue: self.quota.queue_timeout,
-                attempt: up.attempt_timeout,
-            });
-        }
+        validate_quota(&self.quota, up)?;
         if up.attempt_timeout > up.call_timeout {
             return Err(ConfigError::AttemptLongerThanCall {
                 attempt: up.attempt_timeout,
@@ -268,6 +263,17 @@ impl Config {
 
 /// Each URL parses as `redis://` or `rediss://` with a host (a password in
 /// it is never echoed back), and the budget is not zero.
+/// With a limit, an attempt's wait for its turn fits in its own timeout.
+fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), ConfigError> {
+    if !quota.limits.is_empty() && quota.queue_timeout >= up.attempt_timeout {
+        return Err(ConfigError::QueueLongerThanAttempt {
+            queue: quota.queue_timeout,
+            attempt: up.attempt_timeout,
+        });
+    }
+    Ok(())
+}
+
 fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
     if fleet.timeout.is_zero() {
         return Err(ConfigError::ZeroDuration {

@@ -135,6 +135,11 @@ fn describe_connections_and_fleet() {
         FLEET_LEASE_TAKEOVERS,
         "Fleet flights taken over after their leader's lease ran out"
     );
+    describe_quota();
+}
+
+/// The upstream rate limit's and refusal memory's metrics.
+fn describe_quota() {
     metrics::describe_counter!(
         UPSTREAM_LIMITED,
         "Attempts to Cognito the upstream rate limit refused, by region"
