@@ -826,20 +826,25 @@ impl Fleet {
 
     /// The connection, unless the store is away or the breaker is open.
     fn usable(&self) -> Option<Conn> {
-        if !self.0.breaker.closed() {
-            self.0.metrics.skipped(true);
-            return None;
+        let conn = self.connection();
+        if let Err(breaker_open) = conn {
+            self.0.metrics.skipped(breaker_open);
         }
-        let conn = self
-            .0
+        conn.ok()
+    }
+
+    /// The connection, or why there is none: `true` if the breaker is open,
+    /// `false` if the store is not connected. Nothing counted.
+    fn connection(&self) -> Result<Conn, bool> {
+        if !self.0.breaker.closed() {
+            return Err(true);
+        }
+        self.0
             .conn
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if conn.is_none() {
-            self.0.metrics.skipped(false);
-        }
-        conn
+            .clone()
+            .ok_or(false)
     }
 
     /// The name of a key of the fleet's own (not a token's) for `label`,
@@ -876,15 +881,8 @@ impl Fleet {
         keys: &[&str],
         args: &[A],
     ) -> Option<Vec<Value>> {
-        if !self.0.breaker.closed() {
-            return None;
-        }
-        let mut conn = self
-            .0
-            .conn
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()?;
+        // Not a call's lookup: a skip here is not counted as one.
+        let mut conn = self.connection().ok()?;
         let mut call = script.prepare_invoke();
         for key in keys {
             call.key(*key);
