@@ -12,7 +12,7 @@ use crate::{
     cognito::{AttemptGate, Cognito, SetupError},
     config::{Config, ConfigError},
     expiring::{RandomError, TokenKeyer},
-    fleet::Fleet,
+    fleet::{Fleet, FleetSettings},
     listener,
     observe::ObserveLayer,
     prometheus,
@@ -139,8 +139,9 @@ impl Application {
             None => None,
         };
         let fleet = start_fleet(&config);
-        let quota = Quota::start(config.quota.clone(), fleet.clone())
-            .map(|quota| quota as Arc<dyn AttemptGate>);
+        let store = fleet.as_ref().map(|fleet| fleet.store().clone());
+        let quota =
+            Quota::start(config.quota.clone(), store).map(|quota| quota as Arc<dyn AttemptGate>);
         // Before binding: a missing region is a configuration error (exit 2),
         // not a port already in use.
         let cognito =
@@ -231,15 +232,16 @@ impl Application {
 fn start_fleet(config: &Config) -> Option<Fleet> {
     // A leader's flight lasts at most its upstream call, retries included.
     let lease = config.upstream.call_timeout + FLEET_LEASE_SLACK;
-    config.fleet.as_ref().map(|fleet| {
-        Fleet::start(
-            fleet,
-            lease,
-            config.economy.coalesce,
-            config.economy.cache_ttl,
-            config.economy.refusal_ttl,
-        )
-    })
+    let settings = FleetSettings {
+        lease,
+        coalesce: config.economy.coalesce,
+        cache_ttl: config.economy.cache_ttl,
+        refusal_ttl: config.economy.refusal_ttl,
+    };
+    config
+        .fleet
+        .as_ref()
+        .map(|fleet| Fleet::start(fleet, settings))
 }
 
 /// Raises the descriptor limit and settles the connection cap: the

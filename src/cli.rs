@@ -12,13 +12,13 @@ use cognito_facade::{
     cognito::{self, UpstreamConfig},
     config::*,
     economy::{self, EconomyConfig},
-    fleet::{self, FleetConfig, FleetKey, RedisMode},
     healthcheck, listener,
     pools::UserPoolId,
     prometheus,
     quota::{self, QuotaConfig, RateLimits},
     server::{self, ServerConfig},
     service::{self, ServiceConfig},
+    store::{self, FleetConfig, FleetKey, RedisMode},
     telemetry::LogFormat,
     tls::TlsConfig,
     traces::TracingConfig,
@@ -231,8 +231,23 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_FLEET_KEY_FILE, value_name = "FILE")]
     fleet_key_file: Option<PathBuf>,
 
+    /// During a fleet key rotation, the key being replaced: values sealed under it still open,
+    /// and values are sealed under both, so replicas still on it read them (see the README).
+    #[arg(long, env = ENV_FLEET_PREVIOUS_KEY_FILE, value_name = "FILE")]
+    fleet_previous_key_file: Option<PathBuf>,
+
+    /// File with the key that names keys in Redis (default: --fleet-key-file). Keep it when the
+    /// fleet key rotates, so flights, the cache and the rate limit keep their names.
+    #[arg(long, env = ENV_FLEET_NAMING_KEY_FILE, value_name = "FILE")]
+    fleet_naming_key_file: Option<PathBuf>,
+
+    /// The fleet's size a replica assumes until Redis tells it: without Redis, each replica
+    /// keeps --upstream-rate-limit divided by it.
+    #[arg(long, env = ENV_FLEET_SIZE_HINT, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    fleet_size_hint: u32,
+
     /// The time Redis gets for one operation within a call; then the call goes on without it.
-    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(fleet::DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(store::DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
     redis_timeout: humantime::Duration,
 
     /// HTTP/2 keepalive ping interval.
@@ -308,7 +323,22 @@ impl Cli {
     /// The fleet store's settings, its key file read and checked.
     fn fleet_config(&self) -> Result<Option<FleetConfig>, ConfigError> {
         let (url, key_file) = match (&self.redis_url, &self.fleet_key_file) {
-            (None, None) => return Ok(None),
+            (None, None) => {
+                let alone = [
+                    (
+                        "fleet-previous-key-file",
+                        self.fleet_previous_key_file.is_some(),
+                    ),
+                    (
+                        "fleet-naming-key-file",
+                        self.fleet_naming_key_file.is_some(),
+                    ),
+                ];
+                return match alone.into_iter().find(|(_, given)| *given) {
+                    Some((flag, _)) => Err(ConfigError::FleetKeyFlagAlone(flag)),
+                    None => Ok(None),
+                };
+            }
             (Some(_), None) => return Err(ConfigError::FleetKeyMissing),
             (None, Some(_)) => return Err(ConfigError::RedisUrlMissing),
             (Some(url), Some(key_file)) => (url, key_file),
@@ -320,7 +350,17 @@ impl Cli {
         Ok(Some(FleetConfig {
             urls,
             mode: self.redis_mode,
-            key: FleetKey::from_file(key_file)?,
+            key: FleetKey::from_file("fleet-key-file", key_file)?,
+            previous_key: self
+                .fleet_previous_key_file
+                .as_deref()
+                .map(|path| FleetKey::from_file("fleet-previous-key-file", path))
+                .transpose()?,
+            naming_key: self
+                .fleet_naming_key_file
+                .as_deref()
+                .map(|path| FleetKey::from_file("fleet-naming-key-file", path))
+                .transpose()?,
             timeout: self.redis_timeout.into(),
         }))
     }
@@ -373,6 +413,7 @@ impl Cli {
             quota: QuotaConfig {
                 limits: self.upstream_rate_limit.unwrap_or_default(),
                 queue_timeout: self.upstream_queue_timeout.into(),
+                fleet_size_hint: self.fleet_size_hint,
             },
             log_format: self.log_format,
             metrics_addr: self.metrics_addr.0,

@@ -44,6 +44,7 @@ use std::{
 
 use crate::{
     error::{UpstreamError, UpstreamErrorKind},
+    expiring::{RandomError, TokenKeyer},
     metric_names,
     proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
     token::AccessToken,
@@ -120,6 +121,9 @@ pub enum SetupError {
         "no AWS region: pass --region <REGION> or set AWS_REGION (for example AWS_REGION=eu-west-1)"
     )]
     NoRegion,
+    /// No key for the callers' MACs.
+    #[error(transparent)]
+    Random(#[from] RandomError),
 }
 
 /// Gives every HTTP attempt to Cognito (retries included, as Cognito counts
@@ -133,8 +137,9 @@ pub trait AttemptGate: fmt::Debug + Send + Sync + 'static {
     fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture;
 
     /// Cognito answered an attempt in `region` with
-    /// `TooManyRequestsException`; `caller` tells one token's calls from
-    /// another's (Cognito also throttles one user alone).
+    /// `TooManyRequestsException`; `caller` (64 bits of a keyed MAC of the
+    /// token) tells one token's calls from another's (Cognito also
+    /// throttles one user alone).
     fn throttled(&self, region: &Arc<str>, caller: u64);
 }
 
@@ -146,8 +151,9 @@ pub type TurnFuture = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>
 struct GatedCall {
     /// The caller's deadline or the end of the call timeout, the sooner.
     deadline: Instant,
-    /// An unkeyed hash of the token, held only for the call: tells a
-    /// throttled user from a throttled account.
+    /// 64 bits of a keyed MAC of the token (the crate's one, under a key of
+    /// this process), held only for the call: tells a throttled user from a
+    /// throttled account.
     caller: u64,
 }
 
@@ -232,8 +238,8 @@ pub struct Cognito {
     default: Option<RegionalClient>,
     /// The client of each region a configured pool lives in.
     by_region: Arc<HashMap<String, RegionalClient>>,
-    /// Whether attempts pass a gate (a rate limit).
-    gated: bool,
+    /// With a gate (a rate limit), what tells the callers apart.
+    gated: Option<TokenKeyer>,
     /// The bound of a whole call (`--call-timeout`).
     call_timeout: Duration,
 }
@@ -292,7 +298,10 @@ impl Cognito {
             }
         };
         Ok(Self {
-            gated: gate.is_some(),
+            gated: match &gate {
+                Some(_) => Some(TokenKeyer::random()?),
+                None => None,
+            },
             call_timeout: config.call_timeout,
             default: default_region.map(|region| client_for(region.as_ref())),
             by_region: Arc::new(
@@ -336,14 +345,11 @@ impl Cognito {
             .get_user_auth_factors()
             .access_token(token.expose())
             .send();
-        let output = if self.gated {
+        let output = if let Some(callers) = &self.gated {
             let timeout = Instant::now() + self.call_timeout;
             let call = GatedCall {
                 deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
-                caller: {
-                    use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-                    BuildHasherDefault::<DefaultHasher>::default().hash_one(token.expose())
-                },
+                caller: callers.key(token.expose()).short(),
             };
             GATED_CALL.scope(call, send).await
         } else {

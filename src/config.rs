@@ -6,9 +6,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    cognito::UpstreamConfig, economy::EconomyConfig, fleet::FleetConfig, pools::is_region,
+    cognito::UpstreamConfig, economy::EconomyConfig, pools::is_region,
     prometheus::DEFAULT_METRICS_ADDR, quota::QuotaConfig, server::ServerConfig,
-    service::ServiceConfig, telemetry::LogFormat, traces::TracingConfig, verify::TokenConfig,
+    service::ServiceConfig, store::FleetConfig, telemetry::LogFormat, traces::TracingConfig,
+    verify::TokenConfig,
 };
 
 /// Env var for `--listen-addr` (and the address `healthcheck` probes).
@@ -71,6 +72,12 @@ pub const ENV_REDIS_URL: &str = "COGNITO_FACADE_REDIS_URL";
 pub const ENV_REDIS_MODE: &str = "COGNITO_FACADE_REDIS_MODE";
 /// Env var for `--fleet-key-file`.
 pub const ENV_FLEET_KEY_FILE: &str = "COGNITO_FACADE_FLEET_KEY_FILE";
+/// Env var for `--fleet-previous-key-file`.
+pub const ENV_FLEET_PREVIOUS_KEY_FILE: &str = "COGNITO_FACADE_FLEET_PREVIOUS_KEY_FILE";
+/// Env var for `--fleet-naming-key-file`.
+pub const ENV_FLEET_NAMING_KEY_FILE: &str = "COGNITO_FACADE_FLEET_NAMING_KEY_FILE";
+/// Env var for `--fleet-size-hint`.
+pub const ENV_FLEET_SIZE_HINT: &str = "COGNITO_FACADE_FLEET_SIZE_HINT";
 /// Env var for `--redis-timeout`.
 pub const ENV_REDIS_TIMEOUT: &str = "COGNITO_FACADE_REDIS_TIMEOUT";
 /// Env var for `--coalesce`.
@@ -133,6 +140,12 @@ impl Default for Config {
 /// A setting that parses but makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A duration too long to be meant (and too long to add to a clock).
+    #[error("--{flag} must be at most {MAX_DURATION_DAYS} days")]
+    TooLongDuration {
+        /// The flag's name.
+        flag: &'static str,
+    },
     /// A timeout or delay of zero.
     #[error("--{flag} must be greater than zero")]
     ZeroDuration {
@@ -182,7 +195,10 @@ pub enum ConfigError {
     Tls(#[from] crate::tls::TlsError),
     /// The fleet key file cannot be used.
     #[error(transparent)]
-    FleetKey(#[from] crate::fleet::FleetKeyError),
+    FleetKey(#[from] crate::store::FleetKeyError),
+    /// A fleet key flag other than `--fleet-key-file` without it.
+    #[error("--{0} is only used with --fleet-key-file")]
+    FleetKeyFlagAlone(&'static str),
     /// `--redis-url` without `--fleet-key-file`.
     #[error("--redis-url needs --fleet-key-file (the fleet's shared secret)")]
     FleetKeyMissing,
@@ -197,11 +213,46 @@ pub enum ConfigError {
     Tracing(#[from] crate::traces::TracingEnvError),
 }
 
+/// The longest duration any flag takes: longer is a mistake, and would
+/// overflow a clock when added to it.
+pub const MAX_DURATION_DAYS: u64 = 365;
+
 impl Config {
+    /// Every duration setting, by flag.
+    fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let up = &self.upstream;
+        let server = &self.server;
+        let economy = &self.economy;
+        let mut all = vec![
+            ("connect-timeout", up.connect_timeout),
+            ("attempt-timeout", up.attempt_timeout),
+            ("call-timeout", up.call_timeout),
+            ("retry-backoff", up.retry_backoff),
+            ("drain-delay", server.drain_delay),
+            ("shutdown-grace", server.shutdown_grace),
+            ("max-connection-age", server.max_connection_age),
+            ("keepalive-interval", server.keepalive_interval),
+            ("keepalive-timeout", server.keepalive_timeout),
+            ("handshake-timeout", server.handshake_timeout),
+            ("jwks-refresh-interval", self.tokens.jwks_refresh_interval),
+            ("upstream-queue-timeout", self.quota.queue_timeout),
+            ("cache-ttl", economy.cache_ttl.unwrap_or_default()),
+            ("refusal-ttl", economy.refusal_ttl.unwrap_or_default()),
+        ];
+        if let Some(fleet) = &self.fleet {
+            all.push(("redis-timeout", fleet.timeout));
+        }
+        all
+    }
+
     /// Checks what types cannot: relations between values and URL shapes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let up = &self.upstream;
         let server = &self.server;
+        let most = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
+        if let Some((flag, _)) = self.durations().into_iter().find(|(_, d)| *d > most) {
+            return Err(ConfigError::TooLongDuration { flag });
+        }
         for (flag, value) in [
             ("connect-timeout", up.connect_timeout),
             ("attempt-timeout", up.attempt_timeout),
@@ -284,7 +335,7 @@ fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::BadRedisUrl(String::new()));
     }
     for url in &fleet.urls {
-        let shown = || ConfigError::BadRedisUrl(crate::fleet::without_password(url));
+        let shown = || ConfigError::BadRedisUrl(crate::store::without_password(url));
         let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| shown())?;
         if !matches!(uri.scheme_str(), Some("redis" | "rediss")) || uri.host().is_none() {
             return Err(shown());

@@ -29,6 +29,16 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+impl TokenKey {
+    /// Its first 64 bits: enough to tell tokens apart where a rare
+    /// collision costs nothing but a little precision.
+    pub(crate) fn short(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
 /// The operating system's random source failed: without it the maps' keys
 /// would be guessable, so the service does not start.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,10 @@ pub struct Params {
     /// The time the rate takes to climb from zero back to the limit
     /// (linearly) once the throttling stops.
     pub recovery: Duration,
+    /// The longest wait any caller is given (`--upstream-queue-timeout`):
+    /// with the burst and the slowest spacing, how far ahead of the clock a
+    /// writer can have reserved. State further ahead is not believed.
+    pub horizon: Duration,
 }
 
 impl Params {
@@ -47,7 +51,20 @@ impl Params {
             floor: 0.05,
             spacing: Duration::from_millis(200),
             recovery: Duration::from_secs(5),
+            horizon: Duration::from_millis(200),
         }
+    }
+
+    /// The burst's tolerance, fixed in time at the configured limit (µs): a
+    /// lowered rate spaces turns further apart but never lets more through
+    /// at once.
+    fn tolerance(&self) -> f64 {
+        MICROS_PER_SECOND / self.limit * (self.burst - 1.0)
+    }
+
+    /// The furthest ahead of the clock any writer can have reserved (µs).
+    fn furthest_ahead(&self) -> f64 {
+        micros(self.horizon) + self.tolerance() + MICROS_PER_SECOND / (self.floor * self.limit)
     }
 
     /// [`SCRIPT`]'s arguments: `op` (`take` or `throttle`), the wait bound
@@ -62,6 +79,7 @@ impl Params {
             (self.floor * self.limit).to_string(),
             micros(self.spacing).to_string(),
             micros(self.recovery).to_string(),
+            micros(self.horizon).to_string(),
         ]
     }
 }
@@ -86,6 +104,26 @@ pub struct Gcra {
 }
 
 impl Gcra {
+    /// A limiter in the given state (as a Redis hash may hold it): the
+    /// theoretical arrival time, and the last decrease's rate and time.
+    pub fn from_state(tat: f64, decreased: Option<(f64, f64)>) -> Self {
+        Self { tat, decreased }
+    }
+
+    /// The state clamped to what could have been written by `now`, as the
+    /// script clamps what it reads: a decrease in the future is not
+    /// believed (the limit holds), its rate lies between the floor and the limit, and a theoretical arrival
+    /// time further ahead than any caller could have reserved starts afresh.
+    fn clamp(&mut self, now: f64, params: &Params) {
+        if self.tat.is_nan() || self.tat > now + params.furthest_ahead() {
+            self.tat = 0.0;
+        }
+        self.decreased = self.decreased.and_then(|(rate, at)| {
+            let floor = params.floor * params.limit;
+            (!rate.is_nan() && at <= now).then(|| (rate.clamp(floor, params.limit), at))
+        });
+    }
+
     /// The effective rate at `now` (µs): the limit, or the last decrease's
     /// rate plus its recovery since.
     pub fn rate(&self, now: f64, params: &Params) -> f64 {
@@ -100,8 +138,9 @@ impl Gcra {
 
     /// Takes a turn at `now` (µs) if it comes within `max_wait`.
     pub fn take(&mut self, now: f64, max_wait: Duration, params: &Params) -> Turn {
+        self.clamp(now, params);
         let interval = MICROS_PER_SECOND / self.rate(now, params);
-        let tolerance = interval * (params.burst - 1.0);
+        let tolerance = params.tolerance();
         let tat = self.tat.max(now);
         let wait = (tat - tolerance - now).max(0.0);
         if wait > micros(max_wait) {
@@ -114,6 +153,7 @@ impl Gcra {
     /// Cognito throttled at `now` (µs): the rate falls, unless it just did.
     /// Returns the lowered rate, or `None` if it had just fallen.
     pub fn throttled(&mut self, now: f64, params: &Params) -> Option<f64> {
+        self.clamp(now, params);
         if let Some((_, at)) = self.decreased
             && now - at < micros(params.spacing)
         {
@@ -127,51 +167,10 @@ impl Gcra {
 }
 
 /// The same algorithm on Redis, on Redis's clock (`TIME`), in one hash per
-/// region. KEYS: the hash. ARGV: [`Params::script_args`]. Returns {1, wait µs, rate ×1000} for a
-/// turn, {0, retry-after µs, rate ×1000} for a refusal, and {2, 0, rate
-/// ×1000} for a throttle. Times are kept as integers in `%.0f` and rates in
-/// `%.17g` (Lua 5.1's `tostring` keeps 14 digits, and microseconds since the
-/// epoch take 16). Before Redis 5, a script that reads `TIME` must ask for
-/// its effects to be replicated (later versions always do).
-pub const SCRIPT: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local max_wait = tonumber(ARGV[2])
-local limit, burst = tonumber(ARGV[3]), tonumber(ARGV[4])
-local decrease, floor = tonumber(ARGV[5]), tonumber(ARGV[6])
-local spacing, recovery = tonumber(ARGV[7]), tonumber(ARGV[8])
-local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'at')
-local tat, rate, at = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3])
-local current = limit
-if rate then
-  current = math.min(limit, rate + limit * math.max(0, now - at) / recovery)
-end
-local function keep()
-  local left = math.max(0, tat - now) / 1000
-  redis.call('PEXPIRE', KEYS[1], math.ceil(left + recovery / 1000 + 1000))
-end
-if ARGV[1] == 'throttle' then
-  if not (at and now - at < spacing) then
-    current = math.max(floor, current * decrease)
-    redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', current),
-      'at', string.format('%.0f', now))
-    keep()
-  end
-  return {2, 0, math.floor(current * 1000)}
-end
-local interval = 1000000 / current
-local tolerance = interval * (burst - 1)
-tat = math.max(tat, now)
-local wait = math.max(0, tat - tolerance - now)
-if wait > max_wait then
-  return {0, math.ceil(wait), math.floor(current * 1000)}
-end
-tat = tat + interval
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
-keep()
-return {1, math.ceil(wait), math.floor(current * 1000)}
-";
+/// region and limit. KEYS: the hash. ARGV: [`Params::script_args`]. Returns
+/// {1, wait µs, rate ×1000} for a turn, {0, retry-after µs, rate ×1000} for
+/// a refusal, and {2, 0, rate ×1000} for a throttle.
+pub const SCRIPT: &str = include_str!("gcra.lua");
 
 /// A duration in µs.
 pub(crate) fn micros(duration: Duration) -> f64 {
@@ -198,6 +197,8 @@ mod tests {
             burst: 3.0,
             ..params
         };
+        // Fixed at the limit: 2 × 100 ms.
+        assert_eq!(params.tolerance(), 200_000.0);
         let mut gcra = Gcra::default();
         let now = 1_700_000_000_000_000.0;
         for _ in 0..3 {
@@ -238,6 +239,47 @@ mod tests {
         assert_eq!(gcra.rate(at, &params), 2.0, "the floor");
         assert_eq!(gcra.rate(at + 2_500.0 * MS, &params), 22.0);
         assert_eq!(gcra.rate(at + 5_000.0 * MS, &params), 40.0);
+    }
+
+    #[test]
+    fn state_ahead_of_the_clock_is_clamped_and_a_low_rate_goes_through() {
+        let params = Params::for_limit(10.0);
+        let now = 1_700_000_000_000_000.0;
+        let hour = 3_600_000_000.0;
+        let mut gcra = Gcra::from_state(now + hour, Some((0.0, now + hour)));
+        for call in 0..5 {
+            let at = now + f64::from(call) * 1_000_000.0;
+            assert_eq!(
+                gcra.take(at, Duration::ZERO, &params),
+                Turn::Go(Duration::ZERO),
+                "call {call}"
+            );
+        }
+        let mut gcra = Gcra::from_state(f64::NAN, Some((f64::INFINITY, now)));
+        assert_eq!(
+            gcra.take(now, Duration::ZERO, &params),
+            Turn::Go(Duration::ZERO)
+        );
+        assert_eq!(
+            gcra.rate(now, &params),
+            10.0,
+            "a rate above the limit is the limit"
+        );
+    }
+
+    #[test]
+    fn a_decrease_never_widens_the_burst() {
+        let params = Params {
+            burst: 5.0,
+            ..Params::for_limit(10.0)
+        };
+        let now = 1_700_000_000_000_000.0;
+        let mut gcra = Gcra::default();
+        assert_eq!(gcra.throttled(now, &params), Some(5.0));
+        let went = (0..10)
+            .filter(|_| matches!(gcra.take(now, Duration::ZERO, &params), Turn::Go(_)))
+            .count();
+        assert_eq!(went, 3, "400 ms of tolerance at 200 ms a turn");
     }
 
     #[test]

@@ -16,11 +16,12 @@
 //!                                      the upstream rate limit (fleet-wide)
 //!  5  economy  observe  fleet          single flight and cache; the call's
 //!                                      one observer (clock, metrics, line);
+//!                                      the fleet's flights and memory;
 //!     verify  policy                   pools, routing, local verification;
 //!     listener                         HTTP 415 and the size refusal;
-//!                                      connection cap, handshake deadline;
-//!                                      the fleet's store on Redis
-//!  4  call                             one call's typed context
+//!                                      connection cap, handshake deadline
+//!  4  call  store                      one call's typed context; Redis
+//!                                      (connection, breakers, sealing)
 //!     cognito  tls  prometheus         the AWS SDK; TLS files; /metrics;
 //!     healthcheck  jwks  traces        the health probe; the pools' keys;
 //!                                      trace context in, spans out
@@ -44,8 +45,9 @@
 //! [`service::FacadeService`]. The service takes the token from the field or
 //! the `authorization` metadata ([`token`]), has it checked by [`verify`],
 //! asks the [`economy`] whether the answer is cached or already being
-//! fetched (or, with a [`fleet`] on Redis, whether another replica has it
-//! or is fetching it, or remembers Cognito's refusal of the token), and
+//! fetched (or, with a [`fleet`] on Redis ([`store`]), whether another
+//! replica has it or is fetching it, or remembers Cognito's refusal of the
+//! token), and
 //! otherwise, holding one of the limiter's permits, calls Cognito through
 //! [`cognito`] within the caller's deadline; under a rate limit, each HTTP
 //! attempt first takes its turn from [`quota`]. Cognito's answer
@@ -76,6 +78,7 @@ pub mod proto;
 pub mod quota;
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;

@@ -16,18 +16,18 @@ use std::{
 };
 
 use metrics::{Counter, Gauge, Histogram};
-use redis::{Script, Value};
+use redis::Value;
 
 use crate::{
     cognito::{AttemptGate, TurnFuture},
     expiring::lock,
-    fleet::Fleet,
     gcra::{self, Gcra, Params, Turn},
     metric_names::{
         FLEET_REPLICAS, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_THROTTLES,
         UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
     },
     pools::is_region,
+    store::{BACKGROUND_BUDGET, Lane, LuaScript, Op, Store},
     telemetry::Every,
 };
 
@@ -40,8 +40,6 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an announcement counts: a replica gone for this long leaves the
 /// fleet's size.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
-/// The time Redis gets for an announcement.
-const ANNOUNCE_BUDGET: Duration = Duration::from_millis(500);
 /// At most one "limiting" warning per this long.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// A turn must leave its attempt this long before the call's deadline, to
@@ -132,6 +130,9 @@ pub struct QuotaConfig {
     pub limits: RateLimits,
     /// The longest an attempt waits for its turn.
     pub queue_timeout: Duration,
+    /// The fleet's size this replica assumes until Redis tells it
+    /// (`--fleet-size-hint`): its share of the limit without Redis.
+    pub fleet_size_hint: u32,
 }
 
 impl Default for QuotaConfig {
@@ -140,6 +141,7 @@ impl Default for QuotaConfig {
         Self {
             limits: RateLimits::default(),
             queue_timeout: DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+            fleet_size_hint: 1,
         }
     }
 }
@@ -158,25 +160,27 @@ impl fmt::Debug for Quota {
 
 struct Inner {
     config: QuotaConfig,
-    fleet: Option<Fleet>,
+    store: Option<Store>,
     regions: Mutex<HashMap<Arc<str>, Arc<RegionQuota>>>,
-    /// The fleet's size as last announced on Redis (1 until then).
+    /// The fleet's size as last announced on Redis (the hint until then).
     fleet_size: AtomicU32,
     /// The origin of the in-process limiters' clock.
     epoch: Instant,
     limiting: Every,
-    script: Script,
-    announce: Script,
+    limiter: LimiterScript,
+    announce: AnnounceScript,
 }
 
 /// One region's limit: its limiter for a replica alone (or for a fleet
 /// without Redis, at its share), its Redis key and its metric handles.
 struct RegionQuota {
     limit: f64,
-    /// The Redis hash of the fleet's limiter (with the fleet).
+    /// The Redis hash of the fleet's limiter (with the fleet): one per
+    /// region and configured limit, so replicas configured differently
+    /// never interleave their state.
     key: Option<String>,
     local: Mutex<Gcra>,
-    /// The last throttled token (an unkeyed hash) and when.
+    /// The last throttled token (64 bits of its keyed MAC) and when.
     last_throttled: Mutex<Option<(u64, Instant)>>,
     limited: Counter,
     waited: Counter,
@@ -187,19 +191,20 @@ struct RegionQuota {
 }
 
 impl Quota {
-    /// The limiter for `config`, shared through `fleet` if there is one;
-    /// `None` without a limit. With the fleet, this replica announces itself
-    /// in the background, so each knows the fleet's size for when Redis
-    /// goes away.
-    pub fn start(config: QuotaConfig, fleet: Option<Fleet>) -> Option<Arc<Self>> {
+    /// The limiter for `config`, shared through the fleet's `store` if
+    /// there is one; `None` without a limit. With the store, this replica
+    /// announces itself in the background, so each knows the fleet's size
+    /// for when Redis goes away.
+    pub(crate) fn start(config: QuotaConfig, store: Option<Store>) -> Option<Arc<Self>> {
         if config.limits.is_empty() {
             return None;
         }
-        match &fleet {
+        match &store {
             Some(_) => tracing::info!(
                 limits = %config.limits,
                 queue_timeout = ?config.queue_timeout,
-                "upstream rate limit shared by the fleet on Redis; without Redis, each replica keeps the limit divided by the fleet's last known size"
+                fleet_size_hint = config.fleet_size_hint,
+                "upstream rate limit shared by the fleet on Redis; without Redis, each replica keeps the limit divided by the fleet's last known size (--fleet-size-hint until Redis tells it)"
             ),
             None => tracing::info!(
                 limits = %config.limits,
@@ -208,16 +213,16 @@ impl Quota {
             ),
         }
         let inner = Arc::new(Inner {
+            fleet_size: AtomicU32::new(config.fleet_size_hint.max(1)),
             config,
-            fleet,
+            store,
             regions: Mutex::new(HashMap::new()),
-            fleet_size: AtomicU32::new(1),
             epoch: Instant::now(),
             limiting: Every::new(WARN_INTERVAL),
-            script: Script::new(gcra::SCRIPT),
-            announce: Script::new(ANNOUNCE),
+            limiter: LimiterScript(LuaScript::new(gcra::SCRIPT)),
+            announce: AnnounceScript(LuaScript::new(include_str!("announce.lua"))),
         });
-        if inner.fleet.is_some() {
+        if inner.store.is_some() {
             tokio::spawn(announce(Arc::downgrade(&inner)));
         }
         Some(Arc::new(Self(inner)))
@@ -269,20 +274,24 @@ impl AttemptGate for Quota {
         if let Some(lowered) = lowered {
             quota.replica_rate.set(lowered);
         }
-        let (Some(fleet), Some(key)) = (self.0.fleet.clone(), quota.key.clone()) else {
+        let (Some(store), Some(key)) = (self.0.store.clone(), quota.key.clone()) else {
             return;
         };
         let inner = Arc::clone(&self.0);
         // Every account-wide throttle goes to the fleet's limiter, which
         // spaces its own decreases: one lost to a slow Redis is not the only
-        // chance. Off the SDK's (synchronous) interceptor: the fleet hears of
-        // it a Redis round trip later.
+        // chance. Off the SDK's (synchronous) interceptor, as background work
+        // with its own budget: the fleet hears of it a round trip later.
         tokio::spawn(async move {
-            let args = Params::for_limit(quota.limit).script_args("throttle", Duration::ZERO);
-            if let Some(reply) = fleet
-                .eval("quota", &inner.script, &[key.as_str()], &args)
+            let args = inner
+                .params(quota.limit)
+                .script_args("throttle", Duration::ZERO);
+            let mut call = inner.limiter.0.call();
+            call.key(&key).arg(args);
+            if let Some((_, rate)) = store
+                .run(Op::Quota, Lane::Background, BACKGROUND_BUDGET, &call)
                 .await
-                && let Some((_, rate)) = reply_turn(&reply)
+                .and_then(LimiterScript::reply)
             {
                 quota.fleet_rate.set(rate);
             }
@@ -315,9 +324,9 @@ impl Inner {
         let quota = Arc::new(RegionQuota {
             limit,
             key: self
-                .fleet
+                .store
                 .as_ref()
-                .map(|fleet| fleet.key_name(&format!("upstream rate limit {region}"), "q")),
+                .map(|store| store.key_name(&format!("upstream rate limit {region} {limit}"), "q")),
             local: Mutex::new(Gcra::default()),
             last_throttled: Mutex::new(None),
             limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),
@@ -334,12 +343,14 @@ impl Inner {
     /// A turn from the fleet's limiter on Redis, or, without it (none
     /// configured, away, failing), from this replica's at its share.
     async fn take(&self, quota: &RegionQuota, max_wait: Duration) -> Turn {
-        if let (Some(fleet), Some(key)) = (&self.fleet, &quota.key) {
-            let args = Params::for_limit(quota.limit).script_args("take", max_wait);
-            if let Some(reply) = fleet
-                .eval("quota", &self.script, &[key.as_str()], &args)
+        if let (Some(store), Some(key)) = (&self.store, &quota.key) {
+            let args = self.params(quota.limit).script_args("take", max_wait);
+            let mut call = self.limiter.0.call();
+            call.key(key).arg(args);
+            if let Some((turn, rate)) = store
+                .run(Op::Quota, Lane::Calls, store.timeout(), &call)
                 .await
-                && let Some((turn, rate)) = reply_turn(&reply)
+                .and_then(LimiterScript::reply)
             {
                 quota.fleet_rate.set(rate);
                 return turn;
@@ -357,7 +368,16 @@ impl Inner {
     /// divided by the fleet's last known size in a fleet.
     fn share(&self, quota: &RegionQuota) -> Params {
         let size = self.fleet_size.load(Ordering::Relaxed).max(1);
-        Params::for_limit(quota.limit / f64::from(size))
+        self.params(quota.limit / f64::from(size))
+    }
+
+    /// The limiter's parameters for `limit`, with this replica's longest
+    /// wait.
+    fn params(&self, limit: f64) -> Params {
+        Params {
+            horizon: self.config.queue_timeout,
+            ..Params::for_limit(limit)
+        }
     }
 
     /// The in-process limiters' clock, in µs.
@@ -376,31 +396,45 @@ impl Inner {
     }
 }
 
-/// The limiter script's reply: the turn, and the fleet's rate per second.
-fn reply_turn(reply: &[Value]) -> Option<(Turn, f64)> {
-    let [Value::Int(code), Value::Int(micros), Value::Int(milli_rate)] = reply else {
-        return None;
-    };
-    let after = gcra::from_micros(*micros as f64);
-    let turn = match code {
-        1 | 2 => Turn::Go(after),
-        _ => Turn::Refused(after),
-    };
-    Some((turn, *milli_rate as f64 / 1000.0))
+/// The limiter's script (`src/gcra.lua`): KEYS and ARGV as
+/// [`Params::script_args`] orders them.
+struct LimiterScript(LuaScript);
+
+impl LimiterScript {
+    /// The turn, and the fleet's rate per second; `None` if the reply is
+    /// not one the script gives.
+    fn reply(reply: Value) -> Option<(Turn, f64)> {
+        let Value::Array(items) = reply else {
+            return None;
+        };
+        let [Value::Int(code), Value::Int(micros), Value::Int(milli_rate)] = items.as_slice()
+        else {
+            return None;
+        };
+        let after = gcra::from_micros(*micros as f64);
+        let turn = match code {
+            1 | 2 => Turn::Go(after),
+            _ => Turn::Refused(after),
+        };
+        Some((turn, *milli_rate as f64 / 1000.0))
+    }
 }
 
-/// Announces a replica in the fleet's sorted set (score: when the
-/// announcement lapses, on Redis's clock), drops lapsed ones and returns the
-/// fleet's size (in a one-element array, as every fleet script answers).
-/// KEYS: the set. ARGV: the replica's id, the lapse in ms.
-const ANNOUNCE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {redis.call('ZCARD', KEYS[1])}
-";
+/// The announcement script (`src/announce.lua`).
+struct AnnounceScript(LuaScript);
+
+impl AnnounceScript {
+    /// The fleet's size, if the reply is the script's.
+    fn reply(reply: Value) -> Option<u32> {
+        match reply {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(size)] => Some(u32::try_from(*size).unwrap_or(1).max(1)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
 
 /// Announces this replica every [`ANNOUNCE_INTERVAL`] while the limiter
 /// lives, keeping the fleet's size as Redis last told it.
@@ -413,31 +447,24 @@ async fn announce(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let Some(fleet) = &inner.fleet else {
+        let Some(store) = &inner.store else {
             return;
         };
-        let key = fleet.key_name("upstream rate limit replicas", "m");
-        let args = [fleet.replica(), ttl.as_str()];
-        // In the background, with no caller waiting: more time than a
-        // call's Redis budget, so a busy Redis does not leave this replica
-        // counting itself alone.
-        let Some(reply) = fleet
-            .eval_within(
-                ANNOUNCE_BUDGET,
-                "announce",
-                &inner.announce,
-                &[key.as_str()],
-                &args,
-            )
+        let key = store.key_name("upstream rate limit replicas", "m");
+        let mut call = inner.announce.0.call();
+        call.key(&key).arg(store.replica()).arg(ttl.as_str());
+        // In the background, with no caller waiting, on the background's
+        // own breaker: more time than a call's Redis budget, so a Redis too
+        // slow for calls still tells this replica the fleet's size.
+        let Some(size) = store
+            .run(Op::Announce, Lane::Background, BACKGROUND_BUDGET, &call)
             .await
+            .and_then(AnnounceScript::reply)
         else {
             continue;
         };
-        if let [Value::Int(size)] = reply.as_slice() {
-            let size = u32::try_from(*size).unwrap_or(1).max(1);
-            inner.fleet_size.store(size, Ordering::Relaxed);
-            metrics::gauge!(FLEET_REPLICAS).set(f64::from(size));
-        }
+        inner.fleet_size.store(size, Ordering::Relaxed);
+        metrics::gauge!(FLEET_REPLICAS).set(f64::from(size));
     }
 }
 
@@ -478,17 +505,25 @@ mod tests {
     }
 
     #[test]
-    fn the_reply_of_the_script_reads_back() {
-        let reply = [Value::Int(1), Value::Int(2500), Value::Int(40_000)];
+    fn the_replies_of_the_scripts_read_back() {
+        let reply = Value::Array(vec![Value::Int(1), Value::Int(2500), Value::Int(40_000)]);
         assert_eq!(
-            reply_turn(&reply),
+            LimiterScript::reply(reply),
             Some((Turn::Go(Duration::from_micros(2500)), 40.0))
         );
-        let reply = [Value::Int(0), Value::Int(100_000), Value::Int(20_000)];
+        let reply = Value::Array(vec![Value::Int(0), Value::Int(100_000), Value::Int(20_000)]);
         assert_eq!(
-            reply_turn(&reply),
+            LimiterScript::reply(reply),
             Some((Turn::Refused(Duration::from_millis(100)), 20.0))
         );
-        assert_eq!(reply_turn(&[Value::Int(1)]), None);
+        assert_eq!(
+            LimiterScript::reply(Value::Array(vec![Value::Int(1)])),
+            None
+        );
+        assert_eq!(
+            AnnounceScript::reply(Value::Array(vec![Value::Int(3)])),
+            Some(3)
+        );
+        assert_eq!(AnnounceScript::reply(Value::Int(3)), None);
     }
 }

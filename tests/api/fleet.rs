@@ -250,8 +250,17 @@ async fn call(addr: SocketAddr, token: &str) -> (String, String) {
 /// Waits (bounded) until Redis holds `n` cached answers: a leader shares its
 /// answer in the background, after its own caller has it.
 pub(crate) async fn until_cached(redis: &Redis, n: usize) {
+    until_stored(redis, "*:a", n).await;
+}
+
+/// Waits (bounded) until Redis holds `n` remembered refusals.
+pub(crate) async fn until_remembered(redis: &Redis, n: usize) {
+    until_stored(redis, "*:m", n).await;
+}
+
+async fn until_stored(redis: &Redis, pattern: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while redis.cli(&["--scan", "--pattern", "*:a"]).lines().count() < n {
+    while redis.cli(&["--scan", "--pattern", pattern]).lines().count() < n {
         assert!(
             Instant::now() < deadline,
             "{} cached",

@@ -1,12 +1,33 @@
 //! The crate's layers point one way: the diagram in `src/lib.rs`'s doc
 //! comment ranks every module, and no module may name (`crate::...`) a module
-//! of its own rank or above. A strict order has no cycles.
+//! of its own rank or above. A strict order has no cycles. A module is a
+//! file (`src/name.rs`) or a folder (`src/name/`, every file in it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 fn source(path: &str) -> String {
     let path = format!("{}/src/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+/// A module's source: its file, or every `.rs` file of its folder.
+fn module_source(module: &str) -> String {
+    let folder = format!("{}/src/{module}", env!("CARGO_MANIFEST_DIR"));
+    match std::fs::read_dir(&folder) {
+        Ok(entries) => {
+            let mut files: Vec<_> = entries
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+                .collect();
+            files.sort();
+            assert!(!files.is_empty(), "{folder} holds no Rust file");
+            files
+                .iter()
+                .map(|path| std::fs::read_to_string(path).unwrap())
+                .collect()
+        }
+        Err(_) => source(&format!("{module}.rs")),
+    }
 }
 
 /// The modules `lib.rs` declares.
@@ -113,7 +134,7 @@ fn no_module_imports_from_its_own_layer_or_above() {
     let ranks = diagram_ranks();
     let mut upward = Vec::new();
     for (module, rank) in &ranks {
-        for imported in crate_imports(&source(&format!("{module}.rs"))) {
+        for imported in crate_imports(&module_source(module)) {
             let Some(imported_rank) = ranks.get(&imported) else {
                 panic!("{module} names crate::{imported}, which is no module");
             };

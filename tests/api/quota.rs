@@ -21,7 +21,9 @@ use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 
 use crate::{
-    fleet::{Redis, key_file, replica, source_of, token_expiring_in, until_cached},
+    fleet::{
+        Redis, key_file, replica, source_of, token_expiring_in, until_cached, until_remembered,
+    },
     helpers::{
         LocalMetrics, Reply, Running, StandIn, TOKEN, request, sample, scrape, spawn_app_with,
         test_config,
@@ -41,7 +43,30 @@ struct Case {
     name: String,
     limit: f64,
     burst: f64,
+    /// The longest wait any caller is given (1000 ms unless said).
+    queue_timeout_ms: Option<u64>,
+    /// The stored state the case starts from.
+    state: Option<State>,
     steps: Vec<Step>,
+}
+
+/// A limiter's stored state, relative to the clock at the case's start.
+#[derive(Debug, serde::Deserialize)]
+struct State {
+    tat_ahead_ms: Option<f64>,
+    rate: Option<f64>,
+    at_ahead_ms: Option<f64>,
+}
+
+impl State {
+    /// The state as stored when the clock reads `now` (µs).
+    fn at(&self, now: f64) -> (Option<f64>, Option<(f64, f64)>) {
+        let tat = self.tat_ahead_ms.map(|ms| now + ms * 1000.0);
+        let decreased = self
+            .rate
+            .map(|rate| (rate, now + self.at_ahead_ms.unwrap_or(0.0) * 1000.0));
+        (tat, decreased)
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -70,13 +95,14 @@ fn cases() -> Vec<Case> {
         "/tests/fixtures/gcra-cases.json"
     );
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert!(cases.cases.len() >= 4);
+    assert!(cases.cases.len() >= 8);
     cases.cases
 }
 
 fn params(case: &Case) -> Params {
     Params {
         burst: case.burst,
+        horizon: Duration::from_millis(case.queue_timeout_ms.unwrap_or(1000)),
         ..Params::for_limit(case.limit)
     }
 }
@@ -108,8 +134,14 @@ fn check(case: &Case, seen: &[Seen], slack_ms: f64, what: &str) {
 /// as Redis's clock reads).
 fn run_in_process(case: &Case) -> Vec<Seen> {
     let params = params(case);
-    let mut gcra = Gcra::default();
     let start = 1_764_000_000_000_000.0;
+    let mut gcra = match &case.state {
+        Some(state) => {
+            let (tat, decreased) = state.at(start);
+            Gcra::from_state(tat.unwrap_or(0.0), decreased)
+        }
+        None => Gcra::default(),
+    };
     case.steps
         .iter()
         .map(|step| {
@@ -136,6 +168,24 @@ async fn run_on_redis(case: &Case, redis: &Redis) -> Vec<Seen> {
     let script = redis::Script::new(SCRIPT);
     let params = params(case);
     let key = format!("gcra-case:{}", case.name);
+    if let Some(state) = &case.state {
+        let (secs, micros): (String, String) =
+            redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+        let now = secs.parse::<f64>().unwrap() * 1e6 + micros.parse::<f64>().unwrap();
+        let (tat, decreased) = state.at(now);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key);
+        if let Some(tat) = tat {
+            hset.arg("tat").arg(format!("{tat:.0}"));
+        }
+        if let Some((rate, at)) = decreased {
+            hset.arg("rate")
+                .arg(rate.to_string())
+                .arg("at")
+                .arg(format!("{at:.0}"));
+        }
+        let _: i64 = hset.query_async(&mut conn).await.unwrap();
+    }
     let start = tokio::time::Instant::now();
     let mut seen = Vec::new();
     for step in &case.steps {
@@ -474,7 +524,7 @@ async fn revoked_150_times(replicas: &[SocketAddr], fleet: Option<&Redis>) -> Ve
     };
     check(0, revoked_call(replicas[0]).await);
     if let Some(redis) = fleet {
-        until_cached(redis, 1).await;
+        until_remembered(redis, 1).await;
     }
     for wave in 0..30 {
         let mut calls = JoinSet::new();
@@ -542,7 +592,7 @@ async fn a_revoked_token_sent_150_times_over_the_fleet_costs_one_call() {
     assert_eq!(stand_in.received().len(), 1, "{sources:?}");
     assert!(sources.iter().any(|s| s == "fleet_memory"), "{sources:?}");
     // Remembered under a MAC, sealed, for at most the refusal TTL.
-    let keys = redis.cli(&["--scan", "--pattern", "*:a"]);
+    let keys = redis.cli(&["--scan", "--pattern", "*:m"]);
     let key = keys.lines().next().expect("a remembered refusal");
     let ttl: u64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");

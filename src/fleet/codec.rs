@@ -1,0 +1,228 @@
+//! What the fleet stores, inside the seal: the kind (an answer, a refusal,
+//! or a flight's leader giving up), when it was stored and when it goes
+//! stale (milliseconds since the epoch: a value put back after its time, by
+//! hand or from a backup, does not open), then the outcome (an answer's
+//! request id and protobuf, or a refusal's JSON).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+
+use crate::{
+    cognito::Answer,
+    error::{Error, UpstreamError, UpstreamErrorKind},
+    proto::GetUserAuthFactorsResponse,
+};
+
+const KIND_ANSWER: u8 = 1;
+const KIND_REFUSAL: u8 = 2;
+const KIND_ABANDONED: u8 = 3;
+
+/// A value as stored, opened.
+#[derive(Debug)]
+pub(super) struct Stored {
+    pub(super) stored_at: SystemTime,
+    pub(super) stale_at: SystemTime,
+    /// The outcome; `None`: the flight's leader gave up (its own trouble
+    /// reaching Cognito), and its followers join again.
+    pub(super) outcome: Option<Result<Answer, Error>>,
+}
+
+/// Whether an outcome is Cognito's own word on the token (shared), rather
+/// than this replica's trouble reaching it (not shared).
+pub(super) fn shareable(outcome: &Result<Answer, Error>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(Error::Upstream(up)) => {
+            use UpstreamErrorKind as K;
+            match up.kind {
+                K::NotAuthorized
+                | K::InvalidParameter
+                | K::ResourceNotFound
+                | K::UserNotFound
+                | K::UserNotConfirmed
+                | K::PasswordResetRequired
+                | K::OperationNotEnabled => true,
+                // Not the token's fault: a WAF rule (perhaps on the leader's
+                // own address), or a code this version cannot judge.
+                K::Forbidden
+                | K::Unmodeled
+                | K::TooManyRequests
+                | K::InternalError
+                | K::Unavailable
+                | K::Unreachable
+                | K::Timeout
+                | K::BadResponse
+                | K::RequestConstruction
+                | K::RateLimited => false,
+            }
+        }
+        Err(_) => false,
+    }
+}
+
+/// A refusal as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredRefusal {
+    code: Option<String>,
+    message: Option<String>,
+    request_id: Option<String>,
+    reason_code: Option<Box<str>>,
+}
+
+/// The plaintext of `outcome` (`None`: the leader gave up), stored at
+/// `stored_at` and stale at `stale_at`.
+pub(super) fn encode(
+    outcome: Option<&Result<Answer, Error>>,
+    stored_at: SystemTime,
+    stale_at: SystemTime,
+) -> Vec<u8> {
+    let kind = match outcome {
+        None => KIND_ABANDONED,
+        Some(Ok(_)) => KIND_ANSWER,
+        Some(Err(_)) => KIND_REFUSAL,
+    };
+    let mut out = vec![kind];
+    out.extend_from_slice(&unix_millis(stored_at).to_be_bytes());
+    out.extend_from_slice(&unix_millis(stale_at).to_be_bytes());
+    match outcome {
+        Some(Ok(answer)) => {
+            let id = answer.request_id.as_deref().unwrap_or_default().as_bytes();
+            let len = u16::try_from(id.len()).unwrap_or(0);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&id[..usize::from(len)]);
+            answer.response.encode(&mut out).unwrap_or_default();
+        }
+        Some(Err(Error::Upstream(up))) => {
+            let stored = StoredRefusal {
+                code: up.aws_error_code.clone(),
+                message: up.message.clone(),
+                request_id: up.request_id.clone(),
+                reason_code: up.reason_code.clone(),
+            };
+            out.extend(serde_json::to_vec(&stored).unwrap_or_default());
+        }
+        Some(Err(_)) | None => {}
+    }
+    out
+}
+
+/// A stored value, or `None` if it is stale at `now` or malformed.
+pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
+    let (&kind, rest) = plain.split_first()?;
+    let (stored_at, rest) = rest.split_at_checked(8)?;
+    let (stale_at, rest) = rest.split_at_checked(8)?;
+    let stored_at = from_unix_millis(stored_at)?;
+    let stale_at = from_unix_millis(stale_at)?;
+    if now >= stale_at {
+        return None;
+    }
+    let outcome = match kind {
+        KIND_ABANDONED => None,
+        KIND_ANSWER => Some(Ok(decode_answer(rest, stale_at)?)),
+        KIND_REFUSAL => Some(Err(Error::Upstream(decode_refusal(rest)?))),
+        _ => return None,
+    };
+    Some(Stored {
+        stored_at,
+        stale_at,
+        outcome,
+    })
+}
+
+fn decode_answer(body: &[u8], stale_at: SystemTime) -> Option<Answer> {
+    let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let id = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
+    let response = GetUserAuthFactorsResponse::decode(body.get(2 + len..)?).ok()?;
+    Some(Answer {
+        response,
+        request_id: (!id.is_empty()).then(|| id.to_owned()),
+        fresh_until: Some(stale_at),
+    })
+}
+
+fn decode_refusal(body: &[u8]) -> Option<UpstreamError> {
+    let stored: StoredRefusal = serde_json::from_slice(body).ok()?;
+    let kind = stored
+        .code
+        .as_deref()
+        .and_then(UpstreamErrorKind::from_aws_code)
+        .unwrap_or(UpstreamErrorKind::Unmodeled);
+    let mut up = UpstreamError::new(kind);
+    up.aws_error_code = stored.code;
+    up.message = stored.message;
+    up.request_id = stored.request_id;
+    up.reason_code = stored.reason_code;
+    Some(up)
+}
+
+pub(super) fn unix_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    })
+}
+
+fn from_unix_millis(bytes: &[u8]) -> Option<SystemTime> {
+    UNIX_EPOCH.checked_add(Duration::from_millis(u64::from_be_bytes(
+        bytes.try_into().ok()?,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer() -> Result<Answer, Error> {
+        Ok(Answer {
+            response: GetUserAuthFactorsResponse {
+                username: "alice".to_owned(),
+                ..Default::default()
+            },
+            request_id: Some("req-1".to_owned()),
+            fresh_until: None,
+        })
+    }
+
+    #[test]
+    fn outcomes_round_trip_and_only_cognitos_word_is_shared() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60);
+        assert!(
+            decode(&encode(Some(&answer()), now, now), now).is_none(),
+            "a value past its time does not open"
+        );
+        let stored = decode(&encode(Some(&answer()), now, later), now).unwrap();
+        let Some(Ok(back)) = stored.outcome else {
+            panic!("an answer");
+        };
+        assert_eq!(back.response.username, "alice");
+        assert_eq!(back.request_id.as_deref(), Some("req-1"));
+        assert_eq!(unix_millis(stored.stored_at), unix_millis(now));
+        let mut revoked = UpstreamError::new(UpstreamErrorKind::NotAuthorized);
+        revoked.aws_error_code = Some("NotAuthorizedException".to_owned());
+        revoked.message = Some("Access Token has been revoked".to_owned());
+        let refusal = Err(Error::Upstream(revoked));
+        assert!(shareable(&refusal));
+        let Some(Err(Error::Upstream(back))) = decode(&encode(Some(&refusal), now, later), now)
+            .unwrap()
+            .outcome
+        else {
+            panic!("a refusal");
+        };
+        assert_eq!(back.kind, UpstreamErrorKind::NotAuthorized);
+        assert_eq!(
+            back.message.as_deref(),
+            Some("Access Token has been revoked")
+        );
+        for kind in [UpstreamErrorKind::Timeout, UpstreamErrorKind::Unreachable] {
+            assert!(!shareable(&Err(Error::Upstream(UpstreamError::new(kind)))));
+        }
+        assert!(
+            decode(&encode(None, now, later), now)
+                .unwrap()
+                .outcome
+                .is_none()
+        );
+        assert!(decode(&[9, 1, 2], now).is_none());
+    }
+}

@@ -1,0 +1,478 @@
+//! The flight protocol. A call joins the token's flight: the fleet's memory
+//! answers, or it follows the flight another replica leads, or it takes the
+//! lease (a fresh flight id) and leads. A leader's outcome is stored and
+//! published in one script; a leader that cannot share (its own trouble
+//! reaching Cognito) leaves its flight's followers a notice to join again,
+//! and exactly one of them leads the next flight.
+//!
+//! Every wait has one bound: a follower waits at most its own lease bound
+//! in all (however many leaders die in turn, whatever `PTTL` Redis says),
+//! then calls Cognito itself.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{
+    Fleet, Joined, Names,
+    codec::{self, shareable},
+    scripts::{Finish, FinishScript, JoinReply, JoinScript, new_flight_id},
+    waiters::Wake,
+};
+use crate::{
+    call::Source,
+    cognito::Answer,
+    error::{Error, UpstreamError, UpstreamErrorKind},
+    metric_names::FLEET_LEASE_TAKEOVERS,
+    store::{BACKGROUND_BUDGET, Lane, Op, StoreConn},
+};
+
+/// How long a flight's result stays readable for its own followers (those
+/// that subscribed as it landed, or whose notice was lost).
+const FLIGHT_RESULT_TTL: Duration = Duration::from_secs(2);
+/// How often a follower looks for its flight's result itself, in case the
+/// notice never comes (lost, or refused to the leader).
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Slack over the lease's own expiry, which is on Redis's clock.
+const LEASE_SLACK: Duration = Duration::from_millis(5);
+/// A guard on rounds of joining: each round ends with a new flight, a
+/// result, or the follower's bound.
+const MAX_ROUNDS: usize = 16;
+
+/// A follower's bound: it follows flights for at most its own lease, then
+/// once more for at most one lease (in place of its own call: the flight of
+/// the follower that took over), then gives up. So a call without a
+/// deadline waits about twice `--call-timeout` at most, however many
+/// leaders die in turn, and whatever `PTTL` Redis reports.
+struct Bound {
+    lease: Duration,
+    first: Instant,
+    last_round: bool,
+}
+
+impl Bound {
+    fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            first: Instant::now() + lease,
+            last_round: false,
+        }
+    }
+
+    /// When a wait for a flight whose lease has `left` ends; `None` once
+    /// the last round is spent.
+    fn next_wait(&mut self, left: Duration) -> Option<Instant> {
+        let now = Instant::now();
+        let lease_end = now + left.min(self.lease) + LEASE_SLACK;
+        if now < self.first {
+            return Some(lease_end.min(self.first));
+        }
+        if std::mem::replace(&mut self.last_round, true) {
+            return None;
+        }
+        Some(lease_end)
+    }
+}
+
+/// A follower past its bound: the call times out, as a leader's would.
+fn gave_up() -> Joined {
+    Joined::Shared(
+        Err(UpstreamError::new(UpstreamErrorKind::Timeout).into()),
+        Source::FleetCoalesced,
+    )
+}
+
+/// What a remembered value is to this reader.
+enum Memory {
+    /// Served.
+    Serve(Joined),
+    /// Opened, but not for this reader (older than its own TTL): not served.
+    Skip,
+    /// Did not open: replaced by this replica's answer.
+    Unopened,
+}
+
+/// How a follower's wait ended.
+enum Followed {
+    Done(Joined),
+    /// Join again: after the followed flight's end (`Some`: its result may
+    /// be stored), or afresh (`None`: its leader gave up).
+    Rejoin(Option<String>),
+}
+
+/// A flight this replica leads for the fleet (or, with `--coalesce=false`,
+/// the outcome it remembers for the fleet).
+#[derive(Debug)]
+pub(crate) struct Lease {
+    fleet: Fleet,
+    names: Names,
+    /// The flight's id, the lease's value; `None` without fleet flights.
+    flight: Option<String>,
+    /// The token's `exp`: nothing shared outlives it.
+    expires_at: Option<SystemTime>,
+}
+
+impl Fleet {
+    /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`):
+    /// the fleet's memory, another replica's flight to follow, or the lease
+    /// to lead one. A follower waits at most its own lease bound in all;
+    /// its caller's own deadline is kept by the caller.
+    pub(crate) async fn join(&self, token: &str, expires_at: Option<SystemTime>) -> Joined {
+        let Some(mut conn) = self.0.store.for_call() else {
+            return Joined::Alone;
+        };
+        let names = Names::of(&self.0.store, token);
+        if !self.0.settings.coalesce {
+            return self.remembered_only(&mut conn, names, expires_at).await;
+        }
+        let settings = self.0.settings;
+        let mut bound = Bound::new(settings.lease);
+        let mut reads = (settings.cache_ttl.is_some(), settings.refusal_ttl.is_some());
+        let mut followed: Option<String> = None;
+        let mut took_over = false;
+        for _ in 0..MAX_ROUNDS {
+            let flight = new_flight_id();
+            let call =
+                self.0
+                    .join
+                    .call(&names, &flight, settings.lease, reads, followed.as_deref());
+            let until = self.0.store.call_budget();
+            let Some(reply) = self
+                .0
+                .store
+                .op(Op::Join, Lane::Calls, until, call.run(&mut conn))
+                .await
+                .and_then(JoinScript::reply)
+            else {
+                return Joined::Alone;
+            };
+            let memory = match reply {
+                JoinReply::Answer(sealed) => self.memory(&names, &sealed, false),
+                JoinReply::Refusal(sealed) => self.memory(&names, &sealed, true),
+                JoinReply::Lead => {
+                    if took_over {
+                        metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
+                    }
+                    return Joined::Lead(self.lease(names, Some(flight), expires_at));
+                }
+                JoinReply::Result(value) => {
+                    let flight = followed.take().unwrap_or_default();
+                    match self.landed(&names, &flight, &value) {
+                        Followed::Done(joined) => return joined,
+                        Followed::Rejoin(after) => followed = after,
+                    }
+                    continue;
+                }
+                JoinReply::Follow { flight, left } => {
+                    let Some(until) = bound.next_wait(left) else {
+                        return gave_up();
+                    };
+                    match self.follow(&mut conn, &names, &flight, until).await {
+                        Followed::Done(joined) => return joined,
+                        Followed::Rejoin(after) => {
+                            took_over |= after.is_some();
+                            followed = after;
+                        }
+                    }
+                    continue;
+                }
+            };
+            match memory {
+                Memory::Serve(joined) => return joined,
+                Memory::Skip => reads = (false, false),
+                Memory::Unopened => return self.claim(&mut conn, names, expires_at).await,
+            }
+        }
+        Joined::Alone
+    }
+
+    /// Without fleet single flight (`--coalesce=false`): the fleet's memory
+    /// alone.
+    async fn remembered_only(
+        &self,
+        conn: &mut StoreConn,
+        names: Names,
+        expires_at: Option<SystemTime>,
+    ) -> Joined {
+        let settings = self.0.settings;
+        if settings.cache_ttl.is_none() && settings.refusal_ttl.is_none() {
+            return Joined::Alone;
+        }
+        let mut get = redis::cmd("MGET");
+        get.arg(&names.answer).arg(&names.refusal);
+        let until = self.0.store.call_budget();
+        let Some(found) = self
+            .0
+            .store
+            .op(
+                Op::Get,
+                Lane::Calls,
+                until,
+                get.query_async::<Vec<Option<Vec<u8>>>>(conn),
+            )
+            .await
+        else {
+            return Joined::Alone;
+        };
+        let memory = match found.as_slice() {
+            [Some(answer), _] if settings.cache_ttl.is_some() => self.memory(&names, answer, false),
+            [_, Some(refusal)] if settings.refusal_ttl.is_some() => {
+                self.memory(&names, refusal, true)
+            }
+            _ => Memory::Skip,
+        };
+        match memory {
+            Memory::Serve(joined) => joined,
+            Memory::Skip | Memory::Unopened => Joined::Lead(self.lease(names, None, expires_at)),
+        }
+    }
+
+    /// A remembered value as this reader may serve it: its own TTL from when
+    /// the value was stored, never past the value's own time.
+    fn memory(&self, names: &Names, sealed: &[u8], refusal: bool) -> Memory {
+        let (name, ttl) = if refusal {
+            (&names.refusal, self.0.settings.refusal_ttl)
+        } else {
+            (&names.answer, self.0.settings.cache_ttl)
+        };
+        let Some(ttl) = ttl else {
+            return Memory::Skip;
+        };
+        let now = SystemTime::now();
+        let Some(stored) = self.open(name, sealed, now) else {
+            return Memory::Unopened;
+        };
+        let until = stored.stale_at.min(stored.stored_at + ttl);
+        if now >= until {
+            return Memory::Skip;
+        }
+        match stored.outcome {
+            Some(Ok(mut answer)) if !refusal => {
+                answer.fresh_until = Some(until);
+                Memory::Serve(Joined::Shared(Ok(answer), Source::FleetCache))
+            }
+            Some(Err(Error::Upstream(mut up))) if refusal && up.kind.is_definitive() => {
+                // Whole seconds, rounded down: a copy never outlives this.
+                up.remembered_until_s = u32::try_from(codec::unix_millis(until) / 1000)
+                    .ok()
+                    .and_then(std::num::NonZeroU32::new);
+                Memory::Serve(Joined::Shared(
+                    Err(Error::Upstream(up)),
+                    Source::FleetMemory,
+                ))
+            }
+            _ => Memory::Skip,
+        }
+    }
+
+    /// Takes the lease after a value that did not open, so this replica's
+    /// answer replaces it; `Alone` if another replica holds the lease.
+    async fn claim(
+        &self,
+        conn: &mut StoreConn,
+        names: Names,
+        expires_at: Option<SystemTime>,
+    ) -> Joined {
+        let flight = new_flight_id();
+        let mut set = redis::cmd("SET");
+        set.arg(&names.lease)
+            .arg(&flight)
+            .arg("NX")
+            .arg("PX")
+            .arg(super::scripts::millis(self.0.settings.lease));
+        let until = self.0.store.call_budget();
+        let taken: Option<Option<String>> = self
+            .0
+            .store
+            .op(Op::TakeOver, Lane::Calls, until, set.query_async(conn))
+            .await;
+        match taken {
+            Some(Some(_)) => Joined::Lead(self.lease(names, Some(flight), expires_at)),
+            _ => Joined::Alone,
+        }
+    }
+
+    fn lease(&self, names: Names, flight: Option<String>, expires_at: Option<SystemTime>) -> Lease {
+        Lease {
+            fleet: self.clone(),
+            names,
+            flight,
+            expires_at,
+        }
+    }
+
+    /// Waits for `flight`'s result: its notice, or the result found in
+    /// Redis, at most until `lease_end`, or until the breaker opens.
+    async fn follow(
+        &self,
+        conn: &mut StoreConn,
+        names: &Names,
+        flight: &str,
+        lease_end: Instant,
+    ) -> Followed {
+        let (waiter, mut rx) = self
+            .0
+            .waiters
+            .register(&self.0.store, &names.channel, flight);
+        if !waiter.subscribe(conn, self.0.store.call_budget()).await {
+            return Followed::Done(Joined::Alone);
+        }
+        let mut openings = self.0.store.breaker_openings();
+        loop {
+            // The result may have landed before the subscription, or its
+            // notice may never come.
+            if let Some(value) = self.result(conn, names, flight).await {
+                return self.landed(names, flight, &value);
+            }
+            let poll = (Instant::now() + FOLLOW_POLL).min(lease_end);
+            tokio::select! {
+                wake = &mut rx => return match wake {
+                    Ok(Wake::Message(value)) => self.landed(names, flight, &value),
+                    Ok(Wake::Dropped) => Followed::Rejoin(Some(flight.to_owned())),
+                    Ok(Wake::Lost) | Err(_) => {
+                        self.0.store.connection_lost();
+                        Followed::Done(Joined::Alone)
+                    }
+                },
+                _ = openings.changed() => return Followed::Done(Joined::Alone),
+                () = tokio::time::sleep_until(poll.into()) => {
+                    if Instant::now() >= lease_end {
+                        return Followed::Rejoin(Some(flight.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `flight`'s stored result, if it is there.
+    async fn result(&self, conn: &mut StoreConn, names: &Names, flight: &str) -> Option<Vec<u8>> {
+        let mut get = redis::cmd("GET");
+        get.arg(&names.result);
+        let until = self.0.store.call_budget();
+        let value: Vec<u8> = self
+            .0
+            .store
+            .op(
+                Op::Get,
+                Lane::Calls,
+                until,
+                get.query_async::<Option<Vec<u8>>>(conn),
+            )
+            .await
+            .flatten()?;
+        let prefix = value.split(|b| *b == b':').next()?;
+        (prefix == flight.as_bytes()).then_some(value)
+    }
+
+    /// A flight's result (`flight:` then the sealed value): its outcome, a
+    /// notice to join again, or nothing (a value that does not open).
+    fn landed(&self, names: &Names, flight: &str, value: &[u8]) -> Followed {
+        let sealed = value.get(flight.len() + 1..).unwrap_or_default();
+        let now = SystemTime::now();
+        let Some(stored) = self.open(&names.result_of(flight), sealed, now) else {
+            return Followed::Done(Joined::Alone);
+        };
+        match stored.outcome {
+            None => Followed::Rejoin(None),
+            Some(mut outcome) => {
+                if let Err(Error::Upstream(up)) = &mut outcome {
+                    // A flight's outcome: its seconds in Redis are no bound
+                    // on how long the fleet remembers the refusal.
+                    up.remembered_until_s = None;
+                }
+                Followed::Done(Joined::Shared(outcome, Source::FleetCoalesced))
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// Shares the leader's outcome in the background (its own caller does
+    /// not wait for Redis), in one script: Cognito's answers and its
+    /// refusals of the token go to the flight's followers, answers into the
+    /// fleet cache and definitive refusals into its memory. The leader's
+    /// own trouble reaching Cognito is not shared: its followers are told
+    /// to join again. Not under the calls' breaker: followers on other
+    /// replicas wait for this.
+    pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
+        let now = SystemTime::now();
+        let settings = self.fleet.0.settings;
+        let exp = self.expires_at;
+        let shared = shareable(outcome).then_some(outcome);
+        // An answer is never handed on past the token's exp.
+        let result_stale = match (shared, exp) {
+            (Some(Ok(_)), Some(exp)) => exp.min(now + FLIGHT_RESULT_TTL),
+            _ => now + FLIGHT_RESULT_TTL,
+        };
+        let result_plain = match shared {
+            Some(_) if result_stale <= now => codec::encode(None, now, now + FLIGHT_RESULT_TTL),
+            _ => codec::encode(shared, now, result_stale),
+        };
+        let memory = shared.and_then(|outcome| {
+            let ttl = memory_ttl(&settings, outcome, exp, now)?;
+            Some((
+                outcome.is_err(),
+                codec::encode(Some(outcome), now, now + ttl),
+                ttl,
+            ))
+        });
+        tokio::spawn(async move {
+            let store = self.fleet.store();
+            let keys = store.keys();
+            let names = &self.names;
+            let result = self.flight.as_ref().and_then(|flight| {
+                let sealed = keys.seal(&names.result_of(flight), &result_plain)?;
+                let mut value = format!("{flight}:").into_bytes();
+                value.extend(sealed);
+                Some(value)
+            });
+            let memory = memory.and_then(|(refusal, plain, ttl)| {
+                let key = if refusal {
+                    &names.refusal
+                } else {
+                    &names.answer
+                };
+                Some((key.as_str(), keys.seal(key, &plain)?, ttl))
+            });
+            let finish = Finish {
+                flight: self.flight.as_deref(),
+                result,
+                result_ttl: FLIGHT_RESULT_TTL,
+                memory,
+            };
+            let Ok(mut conn) = store.connection(Lane::Background) else {
+                return;
+            };
+            let call = self.fleet.0.finish.call(names, &finish, store.mode());
+            let until = Instant::now() + BACKGROUND_BUDGET;
+            let published = store
+                .op(Op::Finish, Lane::Background, until, call.run(&mut conn))
+                .await
+                .and_then(FinishScript::reply);
+            if published == Some(false) {
+                tracing::debug!(
+                    "a flight's notice was refused; its followers find the result themselves"
+                );
+            }
+        });
+    }
+}
+
+/// How long the fleet remembers `outcome`, from `now`: min(its TTL, exp −
+/// now), for an answer with the fleet cache on and for a definitive refusal
+/// with refusal memory on; `None` otherwise, or past `exp`.
+fn memory_ttl(
+    settings: &super::FleetSettings,
+    outcome: &Result<Answer, Error>,
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> Option<Duration> {
+    let ttl = match outcome {
+        Ok(_) => settings.cache_ttl?,
+        Err(Error::Upstream(up)) if up.kind.is_definitive() => settings.refusal_ttl?,
+        Err(_) => return None,
+    };
+    let left = match expires_at {
+        Some(exp) => exp.duration_since(now).unwrap_or_default(),
+        None => ttl,
+    };
+    Some(ttl.min(left)).filter(|ttl| !ttl.is_zero())
+}

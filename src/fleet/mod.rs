@@ -1,0 +1,170 @@
+//! The fleet's one memory, on the store (`crate::store`): single flight
+//! across replicas (one replica's Cognito call; the others wait for its
+//! result over pub/sub) and, with `--cache-ttl` and `--refusal-ttl`, a
+//! second tier behind each replica's own cache and refusal memory.
+//! Layer: above `store`, below `service`.
+//!
+//! It owns the flight protocol (`flight`: join, follow, the lease), the
+//! waiter registry (`waiters`), the values' codec (`codec`) and the scripts
+//! (`scripts`, `join.lua`, `finish.lua`). Whatever goes wrong in Redis, a
+//! call goes on as a replica alone would, and no value in Redis makes it
+//! wait past its own bound.
+
+mod codec;
+mod flight;
+mod scripts;
+mod waiters;
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use crate::{
+    call::Source,
+    cognito::Answer,
+    error::Error,
+    store::{Domain, FleetConfig, Store},
+};
+
+pub(crate) use self::flight::Lease;
+use self::{
+    scripts::{FinishScript, JoinScript},
+    waiters::Waiters,
+};
+
+/// How a leader's call joins the fleet.
+#[derive(Debug)]
+pub(crate) enum Joined {
+    /// The fleet had the outcome: from its memory, or from another
+    /// replica's flight.
+    Shared(Result<Answer, Error>, Source),
+    /// This replica leads the fleet's flight: it calls Cognito and shares
+    /// the outcome with [`Lease::finish`].
+    Lead(Lease),
+    /// No help from the fleet (Redis away, the breaker open, a value that
+    /// did not open, no flight within the bound): call Cognito alone.
+    Alone,
+}
+
+/// The fleet's settings that are the reader's own: each replica serves
+/// from the fleet's memory only what its own settings allow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FleetSettings {
+    /// How long a leader may hold a flight (its upstream call's bound);
+    /// also the most a follower waits, in all.
+    pub(crate) lease: Duration,
+    /// Whether replicas share flights (`--coalesce`).
+    pub(crate) coalesce: bool,
+    /// The fleet cache's TTL (`--cache-ttl`); `None`: no fleet cache.
+    pub(crate) cache_ttl: Option<Duration>,
+    /// How long definitive refusals are remembered (`--refusal-ttl`).
+    pub(crate) refusal_ttl: Option<Duration>,
+}
+
+/// The fleet, shared by every call.
+#[derive(Clone)]
+pub struct Fleet(Arc<Inner>);
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("store", &self.0.store)
+            .field("settings", &self.0.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    store: Store,
+    settings: FleetSettings,
+    waiters: Arc<Waiters>,
+    join: JoinScript,
+    finish: FinishScript,
+}
+
+/// The Redis names of one token's keys (all in the token's slot).
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// A remembered answer (the fleet cache).
+    answer: String,
+    /// A remembered definitive refusal.
+    refusal: String,
+    /// The current flight's lease: its flight id.
+    lease: String,
+    /// The last flight's result: `flight:` then the sealed result.
+    result: String,
+    /// Where results are published.
+    channel: String,
+}
+
+impl Names {
+    fn of(store: &Store, token: &str) -> Self {
+        let tag = store.keys().tag(Domain::Token, token.as_bytes());
+        let name = |suffix: &str| format!("cf:{{{tag}}}:{suffix}");
+        Self {
+            answer: name("a"),
+            refusal: name("m"),
+            lease: name("l"),
+            result: name("r"),
+            channel: name("c"),
+        }
+    }
+
+    /// The name a flight's result is sealed under: the flight is part of
+    /// it, so a result opens only for its own flight.
+    fn result_of(&self, flight: &str) -> String {
+        format!("{}#{flight}", self.result)
+    }
+}
+
+impl Fleet {
+    /// Starts the store (in the background) and the fleet on it.
+    pub(crate) fn start(config: &FleetConfig, settings: FleetSettings) -> Self {
+        let waiters = Arc::new(Waiters::default());
+        let deliver = {
+            let waiters = Arc::downgrade(&waiters);
+            let mode = config.mode;
+            move |push| {
+                if let Some(waiters) = waiters.upgrade() {
+                    waiters.deliver(mode, push);
+                }
+            }
+        };
+        let store = Store::start(config, deliver);
+        Self(Arc::new(Inner {
+            store,
+            settings,
+            waiters,
+            join: JoinScript::new(),
+            finish: FinishScript::new(),
+        }))
+    }
+
+    /// The store under the fleet (the rate limit shares it).
+    pub(crate) fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// Whether the store may be asked now (it is connected and the calls'
+    /// breaker is closed); a skip is counted.
+    pub(crate) fn usable_now(&self) -> bool {
+        self.0.store.for_call().is_some()
+    }
+
+    /// A sealed value opened and decoded; a value that does not open is
+    /// counted.
+    fn open(&self, name: &str, sealed: &[u8], now: SystemTime) -> Option<codec::Stored> {
+        let stored = self
+            .0
+            .store
+            .keys()
+            .open(name, sealed)
+            .and_then(|plain| codec::decode(&plain, now));
+        if stored.is_none() {
+            metrics::counter!(crate::metric_names::FLEET_UNOPENED).increment(1);
+        }
+        stored
+    }
+}

@@ -1,0 +1,208 @@
+//! The fleet's two scripts (`join.lua`, `finish.lua`), each with the one
+//! wrapper that owns its KEYS/ARGV order and reads its reply into an enum.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::Names;
+use crate::store::{LuaScript, RedisMode, ScriptCall};
+
+/// A flight id: random, 32 lower-case hex digits.
+const FLIGHT_ID_LEN: usize = 32;
+
+/// The join script's answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum JoinReply {
+    /// A remembered answer (sealed).
+    Answer(Vec<u8>),
+    /// A remembered refusal (sealed).
+    Refusal(Vec<u8>),
+    /// The followed flight's result (`flight:` then the sealed value).
+    Result(Vec<u8>),
+    /// Another flight to follow, and its lease's time left (never more than
+    /// the lease this caller would write).
+    Follow { flight: String, left: Duration },
+    /// The caller leads; its flight id is the lease's value.
+    Lead,
+}
+
+pub(super) struct JoinScript(LuaScript);
+
+impl JoinScript {
+    pub(super) fn new() -> Self {
+        Self(LuaScript::new(include_str!("join.lua")))
+    }
+
+    /// The call: `flight` is the caller's new flight id, `followed` the
+    /// flight it followed last round.
+    pub(super) fn call<'a>(
+        &'a self,
+        names: &Names,
+        flight: &str,
+        lease: Duration,
+        reads: (bool, bool),
+        followed: Option<&str>,
+    ) -> ScriptCall<'a> {
+        let flag = |on: bool| if on { "1" } else { "0" };
+        let mut call = self.0.call();
+        call.key(&names.answer)
+            .key(&names.refusal)
+            .key(&names.lease)
+            .key(&names.result)
+            .arg(flight)
+            .arg(millis(lease))
+            .arg(flag(reads.0))
+            .arg(flag(reads.1))
+            .arg(followed.unwrap_or_default());
+        call
+    }
+
+    /// The reply, or `None` if it is not one the script gives.
+    pub(super) fn reply(value: Value) -> Option<JoinReply> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        Some(match items.as_slice() {
+            [Value::Int(1), Value::BulkString(v)] => JoinReply::Answer(v.clone()),
+            [Value::Int(2), Value::BulkString(v)] => JoinReply::Refusal(v.clone()),
+            [Value::Int(3), Value::BulkString(v)] => JoinReply::Result(v.clone()),
+            [Value::Int(4), Value::BulkString(flight), Value::Int(left)] => JoinReply::Follow {
+                flight: flight_id(flight),
+                left: Duration::from_millis(u64::try_from(*left).unwrap_or(0)),
+            },
+            [Value::Int(5)] => JoinReply::Lead,
+            _ => return None,
+        })
+    }
+}
+
+/// A flight id read from Redis; anything but one this code writes (a
+/// hand-written lease) becomes `?`, which no result ever matches.
+fn flight_id(bytes: &[u8]) -> String {
+    let valid = bytes.len() == FLIGHT_ID_LEN && bytes.iter().all(u8::is_ascii_hexdigit);
+    if valid {
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        "?".to_owned()
+    }
+}
+
+/// A new random flight id.
+pub(super) fn new_flight_id() -> String {
+    use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+    let mut id = [0u8; FLIGHT_ID_LEN / 2];
+    let _ = SystemRandom::new().fill(&mut id);
+    crate::store::hex(&id)
+}
+
+/// What a flight leaves behind.
+#[derive(Debug)]
+pub(super) struct Finish<'a> {
+    /// The flight, if the caller led one (not with `--coalesce=false`).
+    pub(super) flight: Option<&'a str>,
+    /// `flight:` then the sealed result, for its followers.
+    pub(super) result: Option<Vec<u8>>,
+    pub(super) result_ttl: Duration,
+    /// Where to remember the outcome, the sealed outcome, and for how long.
+    pub(super) memory: Option<(&'a str, Vec<u8>, Duration)>,
+}
+
+pub(super) struct FinishScript(LuaScript);
+
+impl FinishScript {
+    pub(super) fn new() -> Self {
+        Self(LuaScript::new(include_str!("finish.lua")))
+    }
+
+    pub(super) fn call<'a>(
+        &'a self,
+        names: &Names,
+        finish: &Finish<'_>,
+        mode: RedisMode,
+    ) -> ScriptCall<'a> {
+        let publish = match mode {
+            RedisMode::Standalone => "PUBLISH",
+            RedisMode::Cluster => "SPUBLISH",
+        };
+        let (memory_key, memory, memory_ttl) = match &finish.memory {
+            Some((key, sealed, ttl)) => (*key, sealed.as_slice(), millis(*ttl)),
+            None => (names.answer.as_str(), &[][..], 1),
+        };
+        let mut call = self.0.call();
+        call.key(&names.result)
+            .key(&names.lease)
+            .key(memory_key)
+            .arg(finish.flight.unwrap_or_default())
+            .arg(finish.result.as_deref().unwrap_or_default())
+            .arg(millis(finish.result_ttl))
+            .arg(memory)
+            .arg(memory_ttl)
+            .arg(&names.channel)
+            .arg(publish);
+        call
+    }
+
+    /// Whether the result was published (`None`: not a reply of this
+    /// script).
+    pub(super) fn reply(value: Value) -> Option<bool> {
+        match value {
+            Value::Array(items) => match items.as_slice() {
+                [Value::Int(1)] => Some(true),
+                [Value::Int(0)] => Some(false),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Whole milliseconds, at least 1 (Redis refuses a PX of 0).
+pub(super) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_read_back_and_strange_leases_match_nothing() {
+        let follow = Value::Array(vec![
+            Value::Int(4),
+            Value::BulkString(b"hand-written".to_vec()),
+            Value::Int(-1),
+        ]);
+        assert_eq!(
+            JoinScript::reply(follow),
+            Some(JoinReply::Follow {
+                flight: "?".to_owned(),
+                left: Duration::ZERO
+            })
+        );
+        let id = new_flight_id();
+        let follow = Value::Array(vec![
+            Value::Int(4),
+            Value::BulkString(id.clone().into_bytes()),
+            Value::Int(250),
+        ]);
+        assert_eq!(
+            JoinScript::reply(follow),
+            Some(JoinReply::Follow {
+                flight: id,
+                left: Duration::from_millis(250)
+            })
+        );
+        assert_eq!(
+            JoinScript::reply(Value::Array(vec![Value::Int(5)])),
+            Some(JoinReply::Lead)
+        );
+        assert_eq!(JoinScript::reply(Value::Int(5)), None);
+        assert_eq!(
+            FinishScript::reply(Value::Array(vec![Value::Int(0)])),
+            Some(false)
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! The connection to the store, standalone or cluster (both reconnect by
+//! themselves), its pub/sub commands, and the loop that connects at start
+//! without ever holding start-up back.
+
+use std::{sync::Weak, time::Duration};
+
+use redis::{
+    ProtocolVersion, PushInfo, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+
+use super::{
+    Inner,
+    config::{FleetConfig, RedisMode},
+};
+use crate::telemetry::Every;
+
+/// The longest budget any operation gets: the connection's own response
+/// timeout is this, so it never cuts a longer per-operation budget short
+/// (each operation has its own, often shorter, bound).
+pub(crate) const BACKGROUND_BUDGET: Duration = Duration::from_millis(500);
+
+/// First and longest pause between two attempts to connect at start.
+const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Least time between two warnings about an unreachable store.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A connection to the store, either kind.
+#[derive(Clone)]
+pub(crate) enum StoreConn {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for StoreConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Standalone(_) => "StoreConn::Standalone",
+            Self::Cluster(_) => "StoreConn::Cluster",
+        })
+    }
+}
+
+impl StoreConn {
+    /// SUBSCRIBE, or SSUBSCRIBE in a cluster (sharded: only the slot's
+    /// nodes carry it).
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(conn) => conn.subscribe(channel).await,
+            Self::Cluster(conn) => conn.ssubscribe(channel).await,
+        }
+    }
+
+    pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(conn) => conn.unsubscribe(channel).await,
+            Self::Cluster(conn) => conn.sunsubscribe(channel).await,
+        }
+    }
+}
+
+impl ConnectionLike for StoreConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(conn) => conn.req_packed_commands(cmd, offset, count),
+            Self::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(conn) => conn.get_db(),
+            Self::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// Connects, retrying with a growing pause until it works or the store is
+/// gone; the connection then reconnects by itself. Pushes go to `deliver`.
+pub(super) async fn connect<P>(store: Weak<Inner>, config: FleetConfig, deliver: P)
+where
+    P: Fn(PushInfo) + Clone + Send + Sync + 'static,
+{
+    let warned = Every::new(WARN_INTERVAL);
+    let mut backoff = CONNECT_BACKOFF_MIN;
+    loop {
+        let Some(inner) = store.upgrade() else {
+            return;
+        };
+        let push = {
+            let deliver = deliver.clone();
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                deliver(push);
+                Ok(())
+            }
+        };
+        match open(&config, push).await {
+            Ok(conn) => {
+                *inner
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+                tracing::info!(mode = ?config.mode, "connected to the fleet store");
+                return;
+            }
+            Err(err) => {
+                if let Some(suppressed) = warned.ready() {
+                    tracing::warn!(error = %err, suppressed, "cannot reach the fleet store yet; serving without it");
+                }
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+    }
+}
+
+async fn open(
+    config: &FleetConfig,
+    push: impl redis::aio::AsyncPushSender + Clone,
+) -> redis::RedisResult<StoreConn> {
+    let connect_timeout = config.timeout.max(BACKGROUND_BUDGET);
+    let response_timeout = config.timeout.max(BACKGROUND_BUDGET);
+    match config.mode {
+        RedisMode::Standalone => {
+            let info = redis::IntoConnectionInfo::into_connection_info(config.urls[0].as_str())?;
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let manager = ConnectionManagerConfig::new()
+                .set_push_sender(push)
+                .set_automatic_resubscription()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(1);
+            Ok(StoreConn::Standalone(
+                client.get_connection_manager_with_config(manager).await?,
+            ))
+        }
+        RedisMode::Cluster => {
+            let client = ClusterClient::builder(config.urls.iter().map(String::as_str))
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(push)
+                .connection_timeout(connect_timeout)
+                .response_timeout(response_timeout)
+                .retries(1)
+                .build()?;
+            Ok(StoreConn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}

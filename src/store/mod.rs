@@ -1,0 +1,214 @@
+//! The Redis (or Valkey) substrate under the fleet (`crate::fleet`) and the
+//! fleet's rate limit (`crate::quota`), which use it and not each other.
+//! Layer: beside `economy`, below `service` and `app`.
+//!
+//! It owns the connection and its reconnect loop (`conn`), the breakers
+//! (`breaker`: one for calls, one for background work), operation
+//! accounting (`ops`), sealing and key names (`seal`), scripts (`script`)
+//! and its settings with the key files (`config`).
+//!
+//! Redis helps and is never needed: start-up never waits for it, a call
+//! gives each operation at most `--redis-timeout`, background work at most
+//! [`conn::BACKGROUND_BUDGET`], and a breaker skips the store while it
+//! fails. Nothing readable is stored, and every key expires.
+
+mod breaker;
+mod config;
+mod conn;
+mod ops;
+mod script;
+mod seal;
+
+use std::{
+    fmt,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+use redis::PushInfo;
+use tokio::sync::watch;
+
+pub use self::config::{
+    DEFAULT_REDIS_TIMEOUT, FleetConfig, FleetKey, FleetKeyError, MIN_FLEET_KEY_BYTES, RedisMode,
+    without_password,
+};
+use self::{
+    breaker::Breaker,
+    ops::{OpMetrics, Outcome, Skip},
+};
+pub(crate) use self::{
+    breaker::Lane,
+    conn::{BACKGROUND_BUDGET, StoreConn},
+    ops::Op,
+    script::{LuaScript, ScriptCall},
+    seal::{Domain, Keyring, hex},
+};
+
+/// The fleet store, shared by the fleet and the rate limit.
+#[derive(Clone)]
+pub struct Store(Arc<Inner>);
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("mode", &self.0.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    mode: RedisMode,
+    /// A call's budget for one operation (`--redis-timeout`).
+    timeout: Duration,
+    keys: Keyring,
+    /// This replica's random id (in the fleet's replica set).
+    replica: String,
+    conn: RwLock<Option<StoreConn>>,
+    calls: Breaker,
+    background: Breaker,
+    metrics: OpMetrics,
+}
+
+impl Store {
+    /// Starts connecting in the background (start-up never waits for
+    /// Redis) and returns at once; pushed messages go to `deliver`.
+    pub(crate) fn start<P>(config: &FleetConfig, deliver: P) -> Self
+    where
+        P: Fn(PushInfo) + Clone + Send + Sync + 'static,
+    {
+        let mut id = [0u8; 16];
+        let _ = SystemRandom::new().fill(&mut id);
+        let inner = Arc::new(Inner {
+            mode: config.mode,
+            timeout: config.timeout,
+            keys: Keyring::new(config),
+            replica: hex(&id),
+            conn: RwLock::new(None),
+            calls: Breaker::new(Lane::Calls),
+            background: Breaker::new(Lane::Background),
+            metrics: OpMetrics::default(),
+        });
+        tokio::spawn(conn::connect(
+            Arc::downgrade(&inner),
+            config.clone(),
+            deliver,
+        ));
+        Self(inner)
+    }
+
+    pub(crate) fn mode(&self) -> RedisMode {
+        self.0.mode
+    }
+
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.0.keys
+    }
+
+    /// This replica's random id.
+    pub(crate) fn replica(&self) -> &str {
+        &self.0.replica
+    }
+
+    /// The name of a key of the fleet's own (not a token's) for `label`, in
+    /// a slot of its own: `cf:{tag}:suffix`.
+    pub(crate) fn key_name(&self, label: &str, suffix: &str) -> String {
+        let tag = self.0.keys.tag(Domain::Label, label.as_bytes());
+        format!("cf:{{{tag}}}:{suffix}")
+    }
+
+    /// The connection for a call, unless the store is away or the calls'
+    /// breaker is open; a skip is counted.
+    pub(crate) fn for_call(&self) -> Option<StoreConn> {
+        let conn = self.connection(Lane::Calls);
+        if let Err(skip) = conn {
+            self.0.metrics.skipped(skip);
+        }
+        conn.ok()
+    }
+
+    /// The connection for `lane`, or why there is none. Nothing counted.
+    pub(crate) fn connection(&self, lane: Lane) -> Result<StoreConn, Skip> {
+        if !self.breaker(lane).closed() {
+            return Err(Skip::BreakerOpen);
+        }
+        self.0
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(Skip::NotConnected)
+    }
+
+    fn breaker(&self, lane: Lane) -> &Breaker {
+        match lane {
+            Lane::Calls => &self.0.calls,
+            Lane::Background => &self.0.background,
+        }
+    }
+
+    /// Tells of each opening of the calls' breaker.
+    pub(crate) fn breaker_openings(&self) -> watch::Receiver<u64> {
+        self.0.calls.openings()
+    }
+
+    /// A budget of `--redis-timeout` from now.
+    pub(crate) fn call_budget(&self) -> Instant {
+        Instant::now() + self.0.timeout
+    }
+
+    /// One operation on `lane`, over by `until`, counted, under that lane's
+    /// breaker; `None` on failure.
+    pub(crate) async fn op<T>(
+        &self,
+        op: Op,
+        lane: Lane,
+        until: Instant,
+        future: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout_at(until.into(), future).await;
+        let breaker = self.breaker(lane);
+        let (outcome, result) = match outcome {
+            Ok(Ok(value)) => {
+                breaker.success();
+                (Outcome::Ok, Some(value))
+            }
+            Ok(Err(err)) => {
+                breaker.failure(op.label(), &err);
+                (Outcome::Error, None)
+            }
+            Err(_) => {
+                breaker.failure(op.label(), &"timed out");
+                (Outcome::Timeout, None)
+            }
+        };
+        self.0.metrics.op(op, outcome);
+        result
+    }
+
+    /// Runs `call` on `lane` within `budget` from now, counted as `op`;
+    /// `None` if the store is away, or failed or took too long.
+    pub(crate) async fn run(
+        &self,
+        op: Op,
+        lane: Lane,
+        budget: Duration,
+        call: &ScriptCall<'_>,
+    ) -> Option<redis::Value> {
+        let mut conn = self.connection(lane).ok()?;
+        self.op(op, lane, Instant::now() + budget, call.run(&mut conn))
+            .await
+    }
+
+    /// A lost connection counts as a failure of the calls' lane.
+    pub(crate) fn connection_lost(&self) {
+        self.0
+            .calls
+            .failure(Op::Subscribe.label(), &"the connection was lost");
+    }
+
+    /// A call's budget for one operation.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.0.timeout
+    }
+}
