@@ -21,9 +21,7 @@ use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 
 use crate::{
-    fleet::{
-        Redis, key_file, replica, source_of, token_expiring_in, until_cached, until_remembered,
-    },
+    fleet::{Redis, key_file, replica, source_of, token_expiring_in, until_remembered},
     helpers::{
         LocalMetrics, Reply, Running, StandIn, TOKEN, request, sample, scrape, spawn_app_with,
         test_config,
