@@ -189,21 +189,20 @@ pub(crate) fn key_file(dir: &Path, seed: u8) -> PathBuf {
 
 /// A replica of the binary on the fleet store, connected to it.
 pub(crate) fn replica(stand_in: &StandIn, redis: &Redis, key: &Path, args: &[&str]) -> Running {
+    replica_at(stand_in, &redis.url(), key, args)
+}
+
+/// A replica of the binary on the store at `url`, connected to it.
+pub(crate) fn replica_at(stand_in: &StandIn, url: &str, key: &Path, args: &[&str]) -> Running {
     let key = key.to_str().unwrap().to_owned();
-    let url = redis.url();
-    let mut all = vec![
-        "--redis-url",
-        url.as_str(),
-        "--fleet-key-file",
-        key.as_str(),
-    ];
+    let mut all = vec!["--redis-url", url, "--fleet-key-file", key.as_str()];
     all.extend_from_slice(args);
     let mut running = Running::against(stand_in, &all, &[]);
     running.find_line("connected to the fleet store");
     running
 }
 
-async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
+pub(crate) async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
     IdentityProviderServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
@@ -237,7 +236,7 @@ async fn sixty_calls_of_one_token(replicas: &[Running]) -> Vec<String> {
 }
 
 /// One call: the username and where the answer came from.
-async fn call(addr: SocketAddr, token: &str) -> (String, String) {
+pub(crate) async fn call(addr: SocketAddr, token: &str) -> (String, String) {
     let answer = client(addr)
         .await
         .get_user_auth_factors(request(token))

@@ -1,5 +1,6 @@
 //! Integration tests: the real server on loopback against a Cognito stand-in.
 
+mod bad_day;
 mod binary;
 mod connections;
 mod deploy;

@@ -228,26 +228,26 @@ async fn the_script_and_the_in_process_limiter_pass_the_same_cases() {
 
 /// How the load's calls ended.
 #[derive(Debug, Default)]
-struct Tally {
-    ok: u64,
+pub(crate) struct Tally {
+    pub(crate) ok: u64,
     /// `UPSTREAM_RATE_LIMITED`, each with a `RetryInfo`.
-    limited: u64,
+    pub(crate) limited: u64,
     /// Cognito's own throttling, after the SDK's retries.
     throttled: u64,
     /// Anything else, described.
-    other: Vec<String>,
+    pub(crate) other: Vec<String>,
 }
 
 /// `callers` callers (spread over `replicas`) calling as fast as they are
 /// answered, each token new, until stopped; a limited caller waits as its
 /// `RetryInfo` says (at most a second), as a good client does.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     callers: JoinSet<Tally>,
 }
 
 impl Load {
-    async fn start(replicas: &[SocketAddr], callers: usize, salt: &str) -> Self {
+    pub(crate) async fn start(replicas: &[SocketAddr], callers: usize, salt: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut set = JoinSet::new();
         for caller in 0..callers {
@@ -265,7 +265,7 @@ impl Load {
         Self { stop, callers: set }
     }
 
-    async fn stop(self) -> Tally {
+    pub(crate) async fn stop(self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
         let mut total = Tally::default();
         for tally in self.callers.join_all().await {
@@ -314,7 +314,7 @@ async fn call_until_stopped(
 }
 
 /// Cognito calls per second the stand-in saw between `from` and `to`.
-fn rate_between(stand_in: &StandIn, from: Instant, to: Instant) -> f64 {
+pub(crate) fn rate_between(stand_in: &StandIn, from: Instant, to: Instant) -> f64 {
     let seen = stand_in
         .received()
         .iter()
@@ -350,19 +350,19 @@ async fn fleet_of_three(
     replicas
 }
 
-fn addrs(replicas: &[Running]) -> Vec<SocketAddr> {
+pub(crate) fn addrs(replicas: &[Running]) -> Vec<SocketAddr> {
     replicas.iter().map(|r| r.addr).collect()
 }
 
 /// A replica's metric, by series (name and labels as rendered).
-async fn metric(replica: &mut Running, series: &str) -> Option<f64> {
+pub(crate) async fn metric(replica: &mut Running, series: &str) -> Option<f64> {
     sample(
         &scrape(replica.wait_for_addr("serving metrics")).await,
         series,
     )
 }
 
-const LIMIT: f64 = 40.0;
+pub(crate) const LIMIT: f64 = 40.0;
 
 #[tokio::test]
 async fn three_replicas_hold_the_fleet_to_its_limit_and_refuse_the_rest_clearly() {

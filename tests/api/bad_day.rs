@@ -1,0 +1,476 @@
+//! The fleet on a bad day: a leader that gives up, a notice Redis refuses,
+//! a lease stretched or written by hand, followers leaving while the breaker
+//! is open, readers whose settings differ from the writer's, a key rotation,
+//! a Redis too slow for calls, and replicas started while Redis is away.
+//! Replicas of the real binary on a real `redis-server`, on loopback.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+use tonic::Code;
+
+use crate::{
+    fleet::{
+        Redis, call, client, key_file, replica, replica_at, source_of, until_cached,
+        until_remembered,
+    },
+    helpers::{Reply, Running, StandIn, TOKEN, USERNAME, request},
+    quota::{LIMIT, Load, addrs, metric, rate_between},
+};
+
+/// Waits (bounded) until the store has no pub/sub channel left.
+async fn until_no_channel(redis: &Redis, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let channels = redis.cli(&["PUBSUB", "CHANNELS"]);
+        if channels.trim().is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still subscribed: {channels:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the stand-in has seen `n` calls.
+async fn until_called(stand_in: &StandIn, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stand_in.received().len() < n {
+        assert!(Instant::now() < deadline, "the stand-in was not called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A token's key names share `cf:{tag}:`; the prefix, from the one key
+/// matching `pattern`.
+fn token_prefix(redis: &Redis, pattern: &str) -> String {
+    let keys = redis.cli(&["--scan", "--pattern", pattern]);
+    let key = keys.lines().next().expect("a key");
+    key[..key.rfind(':').unwrap() + 1].to_owned()
+}
+
+#[tokio::test]
+async fn a_leader_that_gives_up_hands_its_flight_to_exactly_one_follower() {
+    let stand_in = StandIn::start().await;
+    stand_in.then([Reply::Delay(
+        Duration::from_millis(600),
+        Box::new(Reply::error(500, "InternalErrorException", "try again")),
+    )]);
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 31);
+    let args = ["--max-attempts", "1"];
+    let replicas: Vec<Running> = (0..5)
+        .map(|_| replica(&stand_in, &redis, &key, &args))
+        .collect();
+    let leader = replicas[0].addr;
+    let leading = tokio::spawn(async move {
+        client(leader)
+            .await
+            .get_user_auth_factors(request(TOKEN))
+            .await
+    });
+    until_called(&stand_in, 1).await;
+    // 100 calls in all: the leader's, and 99 over the four other replicas,
+    // all following the leader's flight.
+    let mut calls = JoinSet::new();
+    for i in 0..99 {
+        let addr = replicas[1 + i % 4].addr;
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    let failed = leading.await.unwrap().unwrap_err();
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    let mut sources = Vec::new();
+    while let Some(joined) = calls.join_next().await {
+        let (username, source) = joined.unwrap();
+        assert_eq!(username, USERNAME);
+        sources.push(source);
+    }
+    assert_eq!(
+        stand_in.received().len(),
+        2,
+        "the flight that failed and the one flight after it: {sources:?}"
+    );
+    assert_eq!(sources.iter().filter(|s| *s == "cognito").count(), 1);
+    // Every follower left its channel.
+    until_no_channel(&redis, Duration::from_secs(3)).await;
+}
+
+#[tokio::test]
+async fn a_notice_redis_refuses_still_reaches_the_followers() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(500),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    // The leader's user may do everything but publish.
+    let set = redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "nopub",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-publish",
+        "-spublish",
+    ]);
+    assert_eq!(set.trim(), "OK");
+    let key = key_file(&redis.dir, 32);
+    let url = format!("redis://nopub:pw@127.0.0.1:{}", redis.port);
+    let leader = replica_at(&stand_in, &url, &key, &[]);
+    let follower = replica(&stand_in, &redis, &key, &[]);
+    let addr = leader.addr;
+    let leading = tokio::spawn(async move { call(addr, TOKEN).await });
+    until_called(&stand_in, 1).await;
+    let started = Instant::now();
+    let (username, source) = call(follower.addr, TOKEN).await;
+    let waited = started.elapsed();
+    assert_eq!(username, USERNAME);
+    assert_eq!(source, "fleet_coalesced");
+    assert_eq!(leading.await.unwrap().1, "cognito");
+    assert_eq!(stand_in.received().len(), 1);
+    // The leader's lease is 5.5 s: the follower found the stored result.
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_stretched_or_hand_written_lease_holds_no_call_past_its_own_bound() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(50),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 33);
+    // A lease of 1.5 s (the call timeout and half a second).
+    let args = [
+        "--call-timeout",
+        "1s",
+        "--attempt-timeout",
+        "1s",
+        "--cache-ttl",
+        "60s",
+    ];
+    let writer = replica(&stand_in, &redis, &key, &args);
+    let reader = replica(&stand_in, &redis, &key, &args);
+    for (what, extra) in [("stretched", &["PX", "600000"][..]), ("no TTL", &[][..])] {
+        // The token's key names, from the answer the writer caches.
+        let token = format!("{TOKEN}{}", what.replace(' ', "-"));
+        redis.cli(&["FLUSHALL"]);
+        let _ = call(writer.addr, &token).await;
+        until_cached(&redis, 1).await;
+        let prefix = token_prefix(&redis, "*:a");
+        let lease = format!("{prefix}l");
+        redis.cli(&["DEL", &format!("{prefix}a")]);
+        let mut set = vec!["SET", lease.as_str(), what];
+        set.extend_from_slice(extra);
+        assert_eq!(redis.cli(&set).trim(), "OK");
+        let addr = reader.addr;
+        let started = Instant::now();
+        let calling = tokio::spawn(async move { call(addr, &token).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ttl: i64 = redis.cli(&["PTTL", &lease]).trim().parse().unwrap();
+        assert!((0..=1500).contains(&ttl), "{what}: the lease's TTL {ttl}");
+        let (username, source) = tokio::time::timeout(Duration::from_secs(10), calling)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the call was held"))
+            .unwrap();
+        let waited = started.elapsed();
+        assert_eq!(username, USERNAME);
+        assert_eq!(source, "cognito", "{what}");
+        assert!(waited < Duration::from_millis(2500), "{what}: {waited:?}");
+    }
+}
+
+#[tokio::test]
+async fn followers_that_leave_while_the_breaker_is_open_leave_no_channel() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 34);
+    let replicas: Vec<Running> = (0..3)
+        .map(|_| replica(&stand_in, &redis, &key, &[]))
+        .collect();
+    let leader = replicas[0].addr;
+    let mut calls = JoinSet::new();
+    calls.spawn(async move { call(leader, TOKEN).await });
+    until_called(&stand_in, 1).await;
+    for i in 0..20 {
+        let addr = replicas[1 + i % 2].addr;
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let subscribed = redis.cli(&["PUBSUB", "NUMSUB"]);
+    assert!(
+        !redis.cli(&["PUBSUB", "CHANNELS"]).trim().is_empty(),
+        "{subscribed}"
+    );
+    // Frozen: the followers' looks time out, the breaker opens, and they
+    // leave while it is open.
+    redis.signal("-STOP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.signal("-CONT");
+    while let Some(joined) = calls.join_next().await {
+        assert_eq!(joined.unwrap().0, USERNAME);
+    }
+    until_no_channel(&redis, Duration::from_secs(8)).await;
+}
+
+#[tokio::test]
+async fn each_replica_reads_the_fleets_memory_by_its_own_settings() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 35);
+    let writer = replica(&stand_in, &redis, &key, &["--cache-ttl", "60s"]);
+    // Refusal memory is on by default here: the fleet is asked for
+    // remembered outcomes, but this replica's cache is off.
+    let reader = replica(&stand_in, &redis, &key, &[]);
+    assert_eq!(call(writer.addr, TOKEN).await.1, "cognito");
+    until_cached(&redis, 1).await;
+    assert_eq!(call(reader.addr, TOKEN).await.1, "cognito");
+    assert_eq!(stand_in.received().len(), 2);
+
+    let revoked = format!("{TOKEN}revoked");
+    stand_in.on_token_prefix(
+        &revoked,
+        Reply::error(
+            400,
+            "NotAuthorizedException",
+            "Access Token has been revoked",
+        ),
+    );
+    let remembers = replica(&stand_in, &redis, &key, &["--refusal-ttl", "60s"]);
+    let forgets = replica(&stand_in, &redis, &key, &["--refusal-ttl", "0s"]);
+    let refused = |addr: SocketAddr| {
+        let revoked = revoked.clone();
+        async move {
+            let status = client(addr)
+                .await
+                .get_user_auth_factors(request(&revoked))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated);
+            source_of(status.metadata())
+        }
+    };
+    assert_eq!(refused(remembers.addr).await, "cognito");
+    until_remembered(&redis, 1).await;
+    assert_eq!(refused(forgets.addr).await, "cognito");
+    assert_eq!(refused(writer.addr).await, "fleet_memory");
+    assert_eq!(stand_in.received().len(), 4);
+}
+
+#[tokio::test]
+async fn a_key_rotation_keeps_one_fleet() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(400),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let old_key = key_file(&redis.dir, 36);
+    let new_key = key_file(&redis.dir, 37);
+    let old_path = old_key.to_str().unwrap();
+    let limit = ["--cache-ttl", "60s", "--upstream-rate-limit", "100"];
+    let old = replica(&stand_in, &redis, &old_key, &limit);
+    let mut rotating_args = vec![
+        "--fleet-previous-key-file",
+        old_path,
+        "--fleet-naming-key-file",
+        old_path,
+    ];
+    rotating_args.extend(limit);
+    let rotating = replica(&stand_in, &redis, &new_key, &rotating_args);
+    let mut new_args = vec!["--fleet-naming-key-file", old_path];
+    new_args.extend(limit);
+    let new = replica(&stand_in, &redis, &new_key, &new_args);
+
+    // One flight for 60 calls over a replica on each side of step 1 (and
+    // an answer in each one's own cache).
+    let mut calls = JoinSet::new();
+    for i in 0..60 {
+        let addr = [old.addr, rotating.addr][i % 2];
+        calls.spawn(async move { call(addr, TOKEN).await });
+    }
+    while let Some(joined) = calls.join_next().await {
+        assert_eq!(joined.unwrap().0, USERNAME);
+    }
+    assert_eq!(stand_in.received().len(), 1, "one flight for both keys");
+    until_cached(&redis, 1).await;
+    // What a step-1 replica caches is a hit on every side.
+    let during = format!("{TOKEN}during");
+    assert_eq!(call(rotating.addr, &during).await.1, "cognito");
+    until_cached(&redis, 2).await;
+    for replica in [&old, &new] {
+        assert_eq!(call(replica.addr, &during).await.1, "fleet_cache");
+    }
+    // What the old key caches is a hit for step-1 replicas.
+    let before = format!("{TOKEN}before");
+    assert_eq!(call(old.addr, &before).await.1, "cognito");
+    until_cached(&redis, 3).await;
+    assert_eq!(call(rotating.addr, &before).await.1, "fleet_cache");
+    // What a step-2 replica caches is a hit for step-1 replicas.
+    let after = format!("{TOKEN}after");
+    assert_eq!(call(new.addr, &after).await.1, "cognito");
+    until_cached(&redis, 4).await;
+    assert_eq!(call(rotating.addr, &after).await.1, "fleet_cache");
+    // One rate limit for all: one limiter hash, one replica set.
+    let limiters = redis.cli(&["--scan", "--pattern", "*:q"]);
+    assert_eq!(limiters.lines().count(), 1, "{limiters}");
+    assert_eq!(stand_in.received().len(), 4);
+}
+
+/// A TCP proxy to `to` that holds every chunk `delay` in each direction
+/// (order kept), as a Redis far away would be: on loopback, stopping when
+/// dropped with its runtime's tasks.
+async fn latency_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(to).await else {
+                continue;
+            };
+            let (in_read, in_write) = inbound.into_split();
+            let (out_read, out_write) = outbound.into_split();
+            tokio::spawn(delayed(in_read, out_write, delay));
+            tokio::spawn(delayed(out_read, in_write, delay));
+        }
+    });
+    addr
+}
+
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(4096);
+    tokio::spawn(async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buffer).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now() + delay, buffer[..n].to_vec()))
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The fleet's rate at the stand-in under 24 callers, over seconds 1 to 5.
+async fn rate_under_load(stand_in: &StandIn, replicas: &[Running], salt: &str) -> f64 {
+    let started = Instant::now();
+    let load = Load::start(&addrs(replicas), 24, salt).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rate = rate_between(
+        stand_in,
+        started + Duration::from_secs(1),
+        started + Duration::from_secs(5),
+    );
+    let tally = load.stop().await;
+    eprintln!("{salt}: {rate:.1} calls/s at the stand-in, {tally:?}");
+    assert!(tally.other.is_empty(), "{tally:?}");
+    rate
+}
+
+// Two workers: the proxy serves while the test waits for a replica's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_slower_than_the_call_budget_still_splits_the_limit() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let far = latency_proxy(
+        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
+        Duration::from_millis(30),
+    )
+    .await;
+    let key = key_file(&redis.dir, 38);
+    let url = format!("redis://{far}");
+    // --redis-timeout stays at its 20 ms: every call's lookup times out.
+    let mut replicas: Vec<Running> = (0..3)
+        .map(|_| replica_at(&stand_in, &url, &key, &["--upstream-rate-limit", "40"]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for replica in &mut replicas {
+        while metric(replica, "cognito_facade_fleet_replicas").await != Some(3.0) {
+            assert!(
+                Instant::now() < deadline,
+                "the replicas never learned the fleet's size"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let rate = rate_under_load(&stand_in, &replicas, "far").await;
+    assert!(rate <= 1.15 * LIMIT, "{rate:.1} calls/s");
+    assert!(rate >= 0.5 * LIMIT, "{rate:.1} calls/s");
+}
+
+#[tokio::test]
+async fn replicas_started_while_redis_is_away_keep_the_hinted_share() {
+    let stand_in = StandIn::start().await;
+    let dir = std::env::temp_dir().join(format!("cognito-facade-hint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = key_file(&dir, 39);
+    // Nothing listens there.
+    let away = {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://{}", held.local_addr().unwrap())
+    };
+    let args = [
+        "--redis-url",
+        away.as_str(),
+        "--fleet-key-file",
+        key.to_str().unwrap(),
+        "--upstream-rate-limit",
+        "40",
+        "--fleet-size-hint",
+        "3",
+    ];
+    let mut replicas: Vec<Running> = (0..3)
+        .map(|_| Running::against(&stand_in, &args, &[]))
+        .collect();
+    for replica in &mut replicas {
+        replica.find_line("cannot reach the fleet store yet");
+    }
+    let rate = rate_under_load(&stand_in, &replicas, "hint").await;
+    assert!(rate <= 1.15 * LIMIT, "{rate:.1} calls/s");
+    assert!(rate >= 0.5 * LIMIT, "{rate:.1} calls/s");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn replicas_with_different_limits_keep_apart_state() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 40);
+    let ten = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "10"]);
+    let forty = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "40"]);
+    call(ten.addr, &format!("{TOKEN}ten")).await;
+    call(forty.addr, &format!("{TOKEN}forty")).await;
+    let limiters = redis.cli(&["--scan", "--pattern", "*:q"]);
+    assert_eq!(limiters.lines().count(), 2, "{limiters}");
+}
