@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::{
-    cognito::{AttemptGate, Cognito, SetupError},
+    cognito::{AttemptPacer, Cognito, SetupError},
     config::{Config, ConfigError},
     expiring::{RandomError, TokenKeyer},
     fleet::{Fleet, FleetSettings},
@@ -141,7 +141,7 @@ impl Application {
         let fleet = start_fleet(&config);
         let store = fleet.as_ref().map(|fleet| fleet.store().clone());
         let quota =
-            Quota::start(config.quota.clone(), store).map(|quota| quota as Arc<dyn AttemptGate>);
+            Quota::start(config.quota.clone(), store).map(|quota| quota as Arc<dyn AttemptPacer>);
         // Before binding: a missing region is a configuration error (exit 2),
         // not a port already in use.
         let cognito =

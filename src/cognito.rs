@@ -130,7 +130,7 @@ pub enum SetupError {
 /// them) its turn under the upstream rate limit, and hears of Cognito's
 /// throttling. Implemented above this layer (`crate::quota`); without a
 /// limit there is none, and attempts go straight out.
-pub trait AttemptGate: fmt::Debug + Send + Sync + 'static {
+pub trait AttemptPacer: fmt::Debug + Send + Sync + 'static {
     /// Waits for an attempt's turn in `region`; a turn that would come after
     /// the wait bound or too close to `deadline` (the caller's, or the end of
     /// the call timeout) is refused at once with the limiter's retry-after.
@@ -146,9 +146,9 @@ pub trait AttemptGate: fmt::Debug + Send + Sync + 'static {
 /// An attempt's turn: `Err` carries the retry-after of a refused one.
 pub type TurnFuture = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>;
 
-/// What the gate needs to know of the call an attempt belongs to.
+/// What the pacer needs to know of the call an attempt belongs to.
 #[derive(Debug, Clone, Copy)]
-struct GatedCall {
+struct PacedCall {
     /// The caller's deadline or the end of the call timeout, the sooner.
     deadline: Instant,
     /// 64 bits of a keyed MAC of the token (the crate's one, under a key of
@@ -158,10 +158,10 @@ struct GatedCall {
 }
 
 tokio::task_local! {
-    /// The call being made, for [`GatedConnector`] and [`Attempts`]: the SDK
+    /// The call being made, for [`PacedConnector`] and [`Attempts`]: the SDK
     /// hands them only the HTTP request (or its outcome), in the caller's
     /// task.
-    static GATED_CALL: GatedCall;
+    static PACED_CALL: PacedCall;
 }
 
 /// An attempt the rate limiter gave no turn: the connector's error, turned
@@ -172,43 +172,43 @@ tokio::task_local! {
 struct NoTurn(Duration);
 
 /// The SDK's HTTPS client (rustls on aws-lc), each attempt first taking its
-/// turn from the gate.
+/// turn from the pacer.
 #[derive(Debug)]
-struct GatedClient {
+struct PacedClient {
     inner: SharedHttpClient,
     region: Arc<str>,
-    gate: Arc<dyn AttemptGate>,
+    pacer: Arc<dyn AttemptPacer>,
 }
 
-impl HttpClient for GatedClient {
+impl HttpClient for PacedClient {
     fn http_connector(
         &self,
         settings: &HttpConnectorSettings,
         components: &RuntimeComponents,
     ) -> SharedHttpConnector {
-        SharedHttpConnector::new(GatedConnector {
+        SharedHttpConnector::new(PacedConnector {
             inner: self.inner.http_connector(settings, components),
             region: Arc::clone(&self.region),
-            gate: Arc::clone(&self.gate),
+            pacer: Arc::clone(&self.pacer),
         })
     }
 }
 
 #[derive(Debug)]
-struct GatedConnector {
+struct PacedConnector {
     inner: SharedHttpConnector,
     region: Arc<str>,
-    gate: Arc<dyn AttemptGate>,
+    pacer: Arc<dyn AttemptPacer>,
 }
 
-impl HttpConnector for GatedConnector {
+impl HttpConnector for PacedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        // Outside a gated call (it cannot happen), an attempt gets the
+        // Outside a paced call (it cannot happen), an attempt gets the
         // default call timeout to find its turn in.
-        let deadline = GATED_CALL
+        let deadline = PACED_CALL
             .try_with(|call| call.deadline)
             .unwrap_or_else(|_| Instant::now() + DEFAULT_CALL_TIMEOUT);
-        let turn = self.gate.turn(&self.region, deadline);
+        let turn = self.pacer.turn(&self.region, deadline);
         let inner = self.inner.clone();
         HttpConnectorFuture::new(async move {
             turn.await
@@ -238,8 +238,8 @@ pub struct Cognito {
     default: Option<RegionalClient>,
     /// The client of each region a configured pool lives in.
     by_region: Arc<HashMap<String, RegionalClient>>,
-    /// With a gate (a rate limit), what tells the callers apart.
-    gated: Option<TokenKeyer>,
+    /// With a pacer (a rate limit), what tells the callers apart.
+    paced: Option<TokenKeyer>,
     /// The bound of a whole call (`--call-timeout`).
     call_timeout: Duration,
 }
@@ -257,11 +257,11 @@ impl Cognito {
     /// region is required. GetUserAuthFactors is `noAuth` in the model, so no
     /// credentials are loaded, and the region chain deliberately skips the
     /// instance metadata service: start-up never waits on the network.
-    /// With a `gate`, every HTTP attempt takes its turn from it.
+    /// With a `pacer`, every HTTP attempt takes its turn from it.
     pub async fn from_config(
         config: &UpstreamConfig,
         pool_regions: &BTreeSet<String>,
-        gate: Option<Arc<dyn AttemptGate>>,
+        pacer: Option<Arc<dyn AttemptPacer>>,
     ) -> Result<Self, SetupError> {
         let default_region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
             .or_else(EnvironmentVariableRegionProvider::new())
@@ -273,23 +273,23 @@ impl Cognito {
         }
         let shared = sdk_config(config).await;
         // One connection pool for every region, as the SDK's own client.
-        let inner = gate.as_ref().map(|_| https_client());
+        let inner = pacer.as_ref().map(|_| https_client());
         let client_for = |region: &str| {
             let region_name: Arc<str> = region.into();
             let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
                 .region(Region::new(region.to_owned()))
                 .interceptor(Attempts {
                     region: Arc::clone(&region_name),
-                    gate: gate.clone(),
+                    pacer: pacer.clone(),
                 });
             if let Some(endpoint) = config.endpoint_for(region) {
                 builder = builder.endpoint_url(endpoint);
             }
-            if let (Some(gate), Some(inner)) = (&gate, &inner) {
-                builder = builder.http_client(GatedClient {
+            if let (Some(pacer), Some(inner)) = (&pacer, &inner) {
+                builder = builder.http_client(PacedClient {
                     inner: inner.clone(),
                     region: region_name,
-                    gate: Arc::clone(gate),
+                    pacer: Arc::clone(pacer),
                 });
             }
             RegionalClient {
@@ -298,7 +298,7 @@ impl Cognito {
             }
         };
         Ok(Self {
-            gated: match &gate {
+            paced: match &pacer {
                 Some(_) => Some(TokenKeyer::random()?),
                 None => None,
             },
@@ -345,13 +345,13 @@ impl Cognito {
             .get_user_auth_factors()
             .access_token(token.expose())
             .send();
-        let output = if let Some(callers) = &self.gated {
+        let output = if let Some(callers) = &self.paced {
             let timeout = Instant::now() + self.call_timeout;
-            let call = GatedCall {
+            let call = PacedCall {
                 deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
                 caller: callers.key(token.expose()).short(),
             };
-            GATED_CALL.scope(call, send).await
+            PACED_CALL.scope(call, send).await
         } else {
             send.await
         };
@@ -393,7 +393,7 @@ async fn sdk_config(config: &UpstreamConfig) -> aws_config::SdkConfig {
 
 /// The SDK's HTTPS client as the SDK builds it by default for this
 /// behaviour version (rustls on aws-lc, the proxy from `HTTPS_PROXY` and
-/// `NO_PROXY`), for [`GatedClient`] to wrap: the same steps as
+/// `NO_PROXY`), for [`PacedClient`] to wrap: the same steps as
 /// `aws_smithy_runtime::client::http::default_https_client`, which is not
 /// public.
 fn https_client() -> SharedHttpClient {
@@ -414,14 +414,14 @@ fn https_client() -> SharedHttpClient {
     })
 }
 
-/// Watches each HTTP attempt of a call: tells the gate (if any) of
+/// Watches each HTTP attempt of a call: tells the pacer (if any) of
 /// Cognito's throttling, and records the attempt (its number and HTTP
 /// status) on the client span the call runs in, if one is recording:
 /// retries show as one event each.
 #[derive(Debug)]
 struct Attempts {
     region: Arc<str>,
-    gate: Option<Arc<dyn AttemptGate>>,
+    pacer: Option<Arc<dyn AttemptPacer>>,
 }
 
 impl Intercept for Attempts {
@@ -435,11 +435,11 @@ impl Intercept for Attempts {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(gate) = &self.gate
+        if let Some(pacer) = &self.pacer
             && throttled(context)
         {
-            let caller = GATED_CALL.try_with(|call| call.caller).unwrap_or_default();
-            gate.throttled(&self.region, caller);
+            let caller = PACED_CALL.try_with(|call| call.caller).unwrap_or_default();
+            pacer.throttled(&self.region, caller);
         }
         let trace = opentelemetry::Context::current();
         let span = trace.span();

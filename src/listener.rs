@@ -143,7 +143,7 @@ pub fn incoming(
 ) -> impl Stream<Item = io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(HANDED_OVER);
     let max_connections = limits.max_connections.min(Semaphore::MAX_PERMITS);
-    let gate = Gate {
+    let admission = Admission {
         slots: Arc::new(Semaphore::new(max_connections)),
         max_connections,
         handshake_timeout: limits.handshake_timeout,
@@ -152,12 +152,12 @@ pub fn incoming(
         refusals_warned: Every::new(WARN_INTERVAL),
     };
     metrics::gauge!(MAX_CONNECTIONS).set(max_connections as f64);
-    tokio::spawn(gate.accept_until_closed(listener));
+    tokio::spawn(admission.accept_until_closed(listener));
     ReceiverStream::new(rx).map(Ok)
 }
 
 /// What admits connections.
-struct Gate {
+struct Admission {
     slots: Arc<Semaphore>,
     max_connections: usize,
     handshake_timeout: Duration,
@@ -166,7 +166,7 @@ struct Gate {
     refusals_warned: Every,
 }
 
-impl Gate {
+impl Admission {
     /// Accepts until the receiving side is dropped. A failing `accept` backs
     /// off rather than spinning: out of descriptors, the listener stays
     /// readable and would fail again at once.

@@ -19,7 +19,7 @@ use metrics::{Counter, Gauge, Histogram};
 use redis::Value;
 
 use crate::{
-    cognito::{AttemptGate, TurnFuture},
+    cognito::{AttemptPacer, TurnFuture},
     expiring::lock,
     gcra::{self, Gcra, Params, Turn},
     metric_names::{
@@ -147,8 +147,8 @@ impl Default for QuotaConfig {
 }
 
 /// The limiter every HTTP attempt to Cognito passes (see
-/// [`AttemptGate`]).
-pub struct Quota(Arc<Inner>);
+/// [`AttemptPacer`]).
+pub struct Quota(Arc<QuotaState>);
 
 impl fmt::Debug for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -158,7 +158,7 @@ impl fmt::Debug for Quota {
     }
 }
 
-struct Inner {
+struct QuotaState {
     config: QuotaConfig,
     store: Option<Store>,
     regions: Mutex<HashMap<Arc<str>, Arc<RegionQuota>>>,
@@ -212,7 +212,7 @@ impl Quota {
                 "upstream rate limit per replica (no --redis-url): a fleet of N replicas may send N times the limit"
             ),
         }
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(QuotaState {
             fleet_size: AtomicU32::new(config.fleet_size_hint.max(1)),
             config,
             store,
@@ -229,7 +229,7 @@ impl Quota {
     }
 }
 
-impl AttemptGate for Quota {
+impl AttemptPacer for Quota {
     fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture {
         let Some(quota) = self.0.region(region) else {
             return Box::pin(std::future::ready(Ok(())));
@@ -312,7 +312,7 @@ impl RegionQuota {
     }
 }
 
-impl Inner {
+impl QuotaState {
     /// The limit of `region`, if it has one.
     fn region(&self, region: &Arc<str>) -> Option<Arc<RegionQuota>> {
         let mut regions = lock(&self.regions);
@@ -438,7 +438,7 @@ impl AnnounceScript {
 
 /// Announces this replica every [`ANNOUNCE_INTERVAL`] while the limiter
 /// lives, keeping the fleet's size as Redis last told it.
-async fn announce(inner: Weak<Inner>) {
+async fn announce(inner: Weak<QuotaState>) {
     let mut ticks = tokio::time::interval(ANNOUNCE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ttl = ANNOUNCE_TTL.as_millis().to_string();

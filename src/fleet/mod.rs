@@ -65,7 +65,7 @@ pub(crate) struct FleetSettings {
 
 /// The fleet, shared by every call.
 #[derive(Clone)]
-pub struct Fleet(Arc<Inner>);
+pub struct Fleet(Arc<FleetState>);
 
 impl fmt::Debug for Fleet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -76,7 +76,7 @@ impl fmt::Debug for Fleet {
     }
 }
 
-struct Inner {
+struct FleetState {
     store: Store,
     settings: FleetSettings,
     waiters: Arc<Waiters>,
@@ -133,7 +133,7 @@ impl Fleet {
             }
         };
         let store = Store::start(config, deliver);
-        Self(Arc::new(Inner {
+        Self(Arc::new(FleetState {
             store,
             settings,
             waiters,

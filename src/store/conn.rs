@@ -12,7 +12,7 @@ use redis::{
 };
 
 use super::{
-    Inner,
+    StoreState,
     config::{FleetConfig, RedisMode},
 };
 use crate::telemetry::Every;
@@ -92,7 +92,7 @@ impl ConnectionLike for StoreConn {
 
 /// Connects, retrying with a growing pause until it works or the store is
 /// gone; the connection then reconnects by itself. Pushes go to `deliver`.
-pub(super) async fn connect<P>(store: Weak<Inner>, config: FleetConfig, deliver: P)
+pub(super) async fn connect<P>(store: Weak<StoreState>, config: FleetConfig, deliver: P)
 where
     P: Fn(PushInfo) + Clone + Send + Sync + 'static,
 {

@@ -47,7 +47,7 @@ pub(crate) use self::{
 
 /// The fleet store, shared by the fleet and the rate limit.
 #[derive(Clone)]
-pub struct Store(Arc<Inner>);
+pub struct Store(Arc<StoreState>);
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -57,7 +57,7 @@ impl fmt::Debug for Store {
     }
 }
 
-struct Inner {
+struct StoreState {
     mode: RedisMode,
     /// A call's budget for one operation (`--redis-timeout`).
     timeout: Duration,
@@ -79,7 +79,7 @@ impl Store {
     {
         let mut id = [0u8; 16];
         let _ = SystemRandom::new().fill(&mut id);
-        let inner = Arc::new(Inner {
+        let inner = Arc::new(StoreState {
             mode: config.mode,
             timeout: config.timeout,
             keys: Keyring::new(config),
