@@ -3,6 +3,13 @@
 
     python3 bench/run.py             # full run, writes BENCHMARKS.md and bench/throughput.svg
     python3 bench/run.py --smoke     # seconds-long run for CI, writes under target/
+    python3 bench/run.py --fleet-baseline OLD_BINARY   # the fleet's figures before and after
+
+With --fleet-baseline, the fleet's own figures (a fleet hit's p50, a
+follower's lag, CPU per call on a miss and with Redis dead) are measured for
+that build of the service too, interleaved with this one, round by round,
+and reported side by side (build it from an older commit first, e.g. with
+`git worktree add` and `cargo build --release` in its own target directory).
 
 Starts nginx (Debian's nginx-light, installed if missing) as a fast Cognito
 stand-in answering a fixed awsJson1.1 body, the release service against it,
@@ -519,9 +526,10 @@ def fleet_run(upstream_port, flags, seconds):
     return {"calls": calls, "upstream": upstream, "errors": errors}
 
 
-def fleet(upstream_port, workdir, smoke):
+def fleet(upstream_port, workdir, smoke, baseline=None):
     """The fleet's figures: upstream calls per 1,000 calls alone and as a
-    fleet, what the Redis path adds, and what a dead Redis costs."""
+    fleet, what the Redis path adds, and what a dead Redis costs; with a
+    `baseline` binary, its hit, lag and CPU figures too, interleaved."""
     seconds = 1 if smoke else 5
     redis, redis_port = start_redis(workdir)
     key = fleet_key(workdir)
@@ -534,76 +542,100 @@ def fleet(upstream_port, workdir, smoke):
             sh("redis-cli", "-p", str(redis_port), "FLUSHALL")
             figures["mix"].append({"label": label, **fleet_run(upstream_port, flags, seconds)})
 
-        # A fleet hit at one caller: the replica's own tier holds nothing
-        # (`--cache-max-entries 0`), so every call reads Redis; beside it the
-        # same replica's own cache (a local hit).
-        cache = ["--cache-ttl", "10m"]
-        writer = start_service(free_port(), upstream_port, *shared, *cache)
-        procs = [writer]
-        try:
-            remote_port, local_port = free_port(), free_port()
-            procs.append(start_service(remote_port, upstream_port, *shared, *cache,
-                                       "--cache-max-entries", "0"))
-            procs.append(start_service(local_port, upstream_port, *cache))
-            time.sleep(0.5)
-            writer_port = int(writer.args[writer.args.index("--listen-addr") + 1].rsplit(":", 1)[1])
-            load("facade", f"http://127.0.0.1:{writer_port}", 8, 1, "--tokens", str(FLEET_USERS))
-            load("facade", f"http://127.0.0.1:{local_port}", 8, 1, "--tokens", str(FLEET_USERS))
-            hit = {}
-            for _ in range(1 if smoke else 3):
-                for name, port in (("fleet", remote_port), ("local", local_port)):
-                    result = load("facade", f"http://127.0.0.1:{port}", 1, seconds,
-                                  "--tokens", str(FLEET_USERS))
-                    hit.setdefault(name, []).append(result["p50_us"])
-            figures["hit_p50_us"] = {name: statistics.median(v) for name, v in hit.items()}
-            follow = json.loads(sh(str(LOADGEN), "--mode", "follow",
-                                   "--target", f"http://127.0.0.1:{writer_port}",
-                                   "--follower", f"http://127.0.0.1:{remote_port}",
-                                   "--trials", "20" if smoke else "100").strip().splitlines()[-1])
-            figures["follow"] = follow
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=10)
+        builds = {"after": SERVICE, **({"before": baseline} if baseline else {})}
+        hits, follows, cpu = {}, {}, {}
+        for _ in range(1 if smoke else 3):
+            for build, binary in builds.items():
+                hit, follow = fleet_hit_and_follow(upstream_port, shared, seconds, smoke, binary)
+                for name, p50 in hit.items():
+                    hits.setdefault(build, {}).setdefault(name, []).append(p50)
+                follows.setdefault(build, []).append(follow)
+        figures["hit_p50_us"] = {build: {name: statistics.median(v) for name, v in by.items()}
+                                 for build, by in hits.items()}
+        figures["follow"] = {build: {"trials": sum(f["trials"] for f in runs),
+                                     "p50_us": statistics.median(f["p50_us"] for f in runs),
+                                     "p90_us": statistics.median(f["p90_us"] for f in runs)}
+                             for build, runs in follows.items()}
 
         # CPU per call on a miss (a fresh token per call): alone, with the
         # fleet, and with Redis dead (the breaker open), interleaved round by
-        # round so the machine's slow spells hit all three alike.
-        cpu = {}
+        # round (and build by build) so the machine's slow spells hit all
+        # alike.
         for _ in range(1 if smoke else 5):
-            for name in ("alone", "fleet", "dead"):
-                dead = None
-                flags = []
-                if name == "fleet":
-                    flags = shared
-                elif name == "dead":
-                    dead, dead_port = start_redis(workdir)
-                    flags = fleet_flags(dead_port, key)
-                port = free_port()
-                proc = start_service(port, upstream_port, *flags)
-                try:
-                    time.sleep(0.5)
-                    if dead:
-                        dead.kill()
-                        dead.wait()
-                    result = load("facade", f"http://127.0.0.1:{port}", FLEET_CALLERS, seconds,
-                                  cpu_of={"service": [proc.pid]})
-                    if result["errors"]:
-                        raise RuntimeError(f"{name}: calls failed: {result['error_codes']}")
-                    cpu.setdefault(name, []).append(result["cpu_us"]["service"])
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=10)
-        figures["miss_cpu_us"] = {name: statistics.median(v) for name, v in cpu.items()}
+            for build, binary in builds.items():
+                for name in ("alone", "fleet", "dead"):
+                    cpu.setdefault(build, {}).setdefault(name, []).append(
+                        miss_cpu(upstream_port, workdir, shared, key, name, seconds, binary))
+        figures["miss_cpu_us"] = {build: {name: statistics.median(v) for name, v in by.items()}
+                                  for build, by in cpu.items()}
     finally:
         redis.terminate()
         redis.wait(timeout=10)
     return figures
 
 
+def fleet_hit_and_follow(upstream_port, shared, seconds, smoke, binary):
+    """A fleet hit at one caller, beside a local hit: the replica's own tier
+    holds nothing (`--cache-max-entries 0`), so every call reads Redis; and a
+    follower's lag behind its leader. One round, on fresh services of
+    `binary`."""
+    sh("redis-cli", "-p", shared[1].rsplit(":", 1)[1], "FLUSHALL")
+    cache = ["--cache-ttl", "10m"]
+    writer_port, remote_port, local_port = free_port(), free_port(), free_port()
+    procs = [start_service(writer_port, upstream_port, *shared, *cache, binary=binary)]
+    try:
+        procs.append(start_service(remote_port, upstream_port, *shared, *cache,
+                                   "--cache-max-entries", "0", binary=binary))
+        procs.append(start_service(local_port, upstream_port, *cache, binary=binary))
+        time.sleep(0.5)
+        load("facade", f"http://127.0.0.1:{writer_port}", 8, 1, "--tokens", str(FLEET_USERS))
+        load("facade", f"http://127.0.0.1:{local_port}", 8, 1, "--tokens", str(FLEET_USERS))
+        hit = {}
+        for name, port in (("fleet", remote_port), ("local", local_port)):
+            result = load("facade", f"http://127.0.0.1:{port}", 1, seconds,
+                          "--tokens", str(FLEET_USERS))
+            hit[name] = result["p50_us"]
+        follow = json.loads(sh(str(LOADGEN), "--mode", "follow",
+                               "--target", f"http://127.0.0.1:{writer_port}",
+                               "--follower", f"http://127.0.0.1:{remote_port}",
+                               "--trials", "20" if smoke else "50").strip().splitlines()[-1])
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+    return hit, follow
+
+
+def miss_cpu(upstream_port, workdir, shared, key, name, seconds, binary):
+    """CPU per call of `binary` on a miss at FLEET_CALLERS callers: alone,
+    with the fleet, or with Redis dead."""
+    dead = None
+    flags = []
+    if name == "fleet":
+        flags = shared
+    elif name == "dead":
+        dead, dead_port = start_redis(workdir)
+        flags = fleet_flags(dead_port, key)
+    port = free_port()
+    proc = start_service(port, upstream_port, *flags, binary=binary)
+    try:
+        time.sleep(0.5)
+        if dead:
+            dead.kill()
+            dead.wait()
+        result = load("facade", f"http://127.0.0.1:{port}", FLEET_CALLERS, seconds,
+                      cpu_of={"service": [proc.pid]})
+        if result["errors"]:
+            raise RuntimeError(f"{name}: calls failed: {result['error_codes']}")
+        return result["cpu_us"]["service"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def fleet_report(figures, smoke):
-    mix, hit, cpu, follow = (figures["mix"], figures["hit_p50_us"], figures["miss_cpu_us"],
-                             figures["follow"])
+    mix, hit, cpu, follow = (figures["mix"], figures["hit_p50_us"]["after"],
+                             figures["miss_cpu_us"]["after"], figures["follow"]["after"])
     lines = ["", "## The fleet on Redis", "",
              f"{FLEET_REPLICAS} replicas of the service and one `redis-server` on loopback; "
              f"the realistic mix: {FLEET_CALLERS} callers in all, spread over the replicas, "
@@ -638,6 +670,29 @@ def fleet_report(figures, smoke):
               f"{follow['p50_us'] / 1000:.2f} ms | {verdict(follow['p50_us'] <= 2000)} |",
               f"| a dead Redis adds ≤ 5 µs CPU per call (breaker open) | {dead:+.1f} µs | "
               f"{verdict(dead <= 5)} |"]
+    if "before" in figures["hit_p50_us"]:
+        lines += before_and_after(figures)
+    return lines
+
+
+def before_and_after(figures):
+    """The fleet's figures of the baseline build and of this one, measured
+    interleaved in this run."""
+    hit, follow, cpu = figures["hit_p50_us"], figures["follow"], figures["miss_cpu_us"]
+    rows = [
+        ("a fleet hit's p50 at one caller", hit["before"]["fleet"], hit["after"]["fleet"], "µs"),
+        ("a follower's lag behind its leader (p50)", follow["before"]["p50_us"],
+         follow["after"]["p50_us"], "µs"),
+        ("CPU per call on a miss, fleet", cpu["before"]["fleet"], cpu["after"]["fleet"], "µs"),
+        ("CPU per call on a miss, alone", cpu["before"]["alone"], cpu["after"]["alone"], "µs"),
+        ("CPU per call with Redis dead", cpu["before"]["dead"], cpu["after"]["dead"], "µs"),
+    ]
+    lines = ["", f"Before and after this version's fleet (`--fleet-baseline`: "
+             f"{figures['baseline']}), the two builds interleaved round by round in this run:",
+             "", "| figure | before | after | difference |", "|---|---|---|---|"]
+    for label, before, after, unit in rows:
+        lines.append(f"| {label} | {before:.0f} {unit} | {after:.0f} {unit} | "
+                     f"{after - before:+.0f} {unit} |")
     return lines
 
 
@@ -828,6 +883,9 @@ def svg_plot(rows, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI")
+    parser.add_argument("--fleet-baseline", metavar="BINARY", type=Path,
+                        help="another build of the service whose fleet figures are measured "
+                             "beside this one's")
     args = parser.parse_args()
     smoke = args.smoke
     levels = [1, 16] if smoke else [1, 16, 64, 256, 1024]
@@ -905,7 +963,8 @@ def main():
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(cognito_like_port)
         savings = economy(cognito_like_port, ECONOMY_TOKENS, ECONOMY_CALLERS, 1 if smoke else 5)
-        fleet_figures = fleet(cognito_like_port, workdir, smoke)
+        fleet_figures = fleet(cognito_like_port, workdir, smoke, args.fleet_baseline)
+        fleet_figures["baseline"] = args.fleet_baseline
         quota_figures = quota(cognito_like_port, workdir, smoke)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,

@@ -343,6 +343,9 @@ impl Cli {
             (None, Some(_)) => return Err(ConfigError::RedisUrlMissing),
             (Some(url), Some(key_file)) => (url, key_file),
         };
+        if self.fleet_previous_key_file.is_some() && self.fleet_naming_key_file.is_none() {
+            return Err(ConfigError::RotationWithoutNamingKey);
+        }
         let urls = match self.redis_mode {
             RedisMode::Standalone => vec![url.trim().to_owned()],
             RedisMode::Cluster => url.split(',').map(|u| u.trim().to_owned()).collect(),

@@ -196,6 +196,12 @@ pub enum ConfigError {
     /// The fleet key file cannot be used.
     #[error(transparent)]
     FleetKey(#[from] crate::store::FleetKeyError),
+    /// A rotation that would rename every key: the names would follow the
+    /// new fleet key, and replicas on the old one would be another fleet.
+    #[error(
+        "--fleet-previous-key-file needs --fleet-naming-key-file (the key names keep coming from it during and after the rotation; give the previous key file, if names came from it)"
+    )]
+    RotationWithoutNamingKey,
     /// A fleet key flag other than `--fleet-key-file` without it.
     #[error("--{0} is only used with --fleet-key-file")]
     FleetKeyFlagAlone(&'static str),

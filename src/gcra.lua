@@ -27,7 +27,7 @@ local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'at')
 local tat, rate, at = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3])
 local tolerance = 1000000 / limit * (burst - 1)
 if tat ~= tat or tat > now + horizon + tolerance + 1000000 / floor then tat = 0 end
-if rate and (rate ~= rate or not at or not (at <= now)) then rate, at = nil, nil end
+if not rate or rate ~= rate or not at or not (at <= now) then rate, at = nil, nil end
 local current = limit
 if rate then
   rate = math.max(floor, math.min(limit, rate))

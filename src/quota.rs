@@ -176,8 +176,8 @@ struct QuotaState {
 struct RegionQuota {
     limit: f64,
     /// The Redis hash of the fleet's limiter (with the fleet): one per
-    /// region and configured limit, so replicas configured differently
-    /// never interleave their state.
+    /// region, configured limit and queue timeout (the limiter's horizon),
+    /// so replicas configured differently never interleave their state.
     key: Option<String>,
     local: Mutex<Gcra>,
     /// The last throttled token (64 bits of its keyed MAC) and when.
@@ -323,10 +323,11 @@ impl QuotaState {
         let label = || metrics::SharedString::from(Arc::clone(region));
         let quota = Arc::new(RegionQuota {
             limit,
-            key: self
-                .store
-                .as_ref()
-                .map(|store| store.key_name(&format!("upstream rate limit {region} {limit}"), "q")),
+            key: self.store.as_ref().map(|store| {
+                let queue_ms = self.config.queue_timeout.as_millis();
+                let label = format!("upstream rate limit {region} {limit} {queue_ms}");
+                store.key_name(&label, "q")
+            }),
             local: Mutex::new(Gcra::default()),
             last_throttled: Mutex::new(None),
             limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),

@@ -5,9 +5,11 @@
 //! reaching Cognito) leaves its flight's followers a notice to join again,
 //! and exactly one of them leads the next flight.
 //!
-//! Every wait has one bound: a follower waits at most its own lease bound
-//! in all (however many leaders die in turn, whatever `PTTL` Redis says),
-//! then calls Cognito itself.
+//! Every wait has one bound that the follower sets itself, whatever `PTTL`
+//! Redis reports: it follows flights for at most its own lease, then takes
+//! one more turn (its own call, or the flight of whoever took over), then
+//! gives up; so a call without a deadline waits about twice
+//! `--call-timeout` at most, however many leaders die in turn.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,15 +39,14 @@ const LEASE_SLACK: Duration = Duration::from_millis(5);
 /// result, or the follower's bound.
 const MAX_ROUNDS: usize = 16;
 
-/// A follower's bound: it follows flights for at most its own lease, then
-/// once more for at most one lease (in place of its own call: the flight of
-/// the follower that took over), then gives up. So a call without a
-/// deadline waits about twice `--call-timeout` at most, however many
-/// leaders die in turn, and whatever `PTTL` Redis reports.
+/// A follower's bound. Until its own lease has passed it follows any
+/// flight (each wait no longer than that lease); then it has one more turn,
+/// to lead a flight (its own call) or to follow one (for at most a lease);
+/// after that it gives up.
 struct Bound {
     lease: Duration,
     first: Instant,
-    last_round: bool,
+    turn_taken: bool,
 }
 
 impl Bound {
@@ -53,22 +54,28 @@ impl Bound {
         Self {
             lease,
             first: Instant::now() + lease,
-            last_round: false,
+            turn_taken: false,
         }
     }
 
+    /// Whether the first lease has passed.
+    fn past_first(&self) -> bool {
+        Instant::now() >= self.first
+    }
+
+    /// Whether this call may still lead a flight.
+    fn may_lead(&mut self) -> bool {
+        !self.past_first() || !std::mem::replace(&mut self.turn_taken, true)
+    }
+
     /// When a wait for a flight whose lease has `left` ends; `None` once
-    /// the last round is spent.
+    /// the last turn is spent.
     fn next_wait(&mut self, left: Duration) -> Option<Instant> {
-        let now = Instant::now();
-        let lease_end = now + left.min(self.lease) + LEASE_SLACK;
-        if now < self.first {
+        let lease_end = Instant::now() + left.min(self.lease) + LEASE_SLACK;
+        if !self.past_first() {
             return Some(lease_end.min(self.first));
         }
-        if std::mem::replace(&mut self.last_round, true) {
-            return None;
-        }
-        Some(lease_end)
+        (!std::mem::replace(&mut self.turn_taken, true)).then_some(lease_end)
     }
 }
 
@@ -142,20 +149,25 @@ impl Fleet {
                 .await
                 .and_then(JoinScript::reply)
             else {
-                return Joined::Alone;
+                return if bound.may_lead() {
+                    Joined::Alone
+                } else {
+                    gave_up()
+                };
             };
             let memory = match reply {
                 JoinReply::Answer(sealed) => self.memory(&names, &sealed, false),
                 JoinReply::Refusal(sealed) => self.memory(&names, &sealed, true),
-                JoinReply::Lead => {
+                JoinReply::Lead if bound.may_lead() => {
                     if took_over {
                         metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
                     }
                     return Joined::Lead(self.lease(names, Some(flight), expires_at));
                 }
-                JoinReply::Result(value) => {
+                JoinReply::Lead => return gave_up(),
+                JoinReply::Result(sealed) => {
                     let flight = followed.take().unwrap_or_default();
-                    match self.landed(&names, &flight, &value) {
+                    match self.landed(&names, &flight, &sealed) {
                         Followed::Done(joined) => return joined,
                         Followed::Rejoin(after) => followed = after,
                     }
@@ -300,7 +312,8 @@ impl Fleet {
     }
 
     /// Waits for `flight`'s result: its notice, or the result found in
-    /// Redis, at most until `lease_end`, or until the breaker opens.
+    /// Redis, at most until `lease_end`, or until the breaker opens. A
+    /// follower that cannot subscribe in time still looks for the result.
     async fn follow(
         &self,
         conn: &mut StoreConn,
@@ -312,25 +325,23 @@ impl Fleet {
             .0
             .waiters
             .register(&self.0.store, &names.channel, flight);
-        if !waiter.subscribe(conn, self.0.store.call_budget()).await {
-            return Followed::Done(Joined::Alone);
-        }
+        waiter.subscribe(conn, self.0.store.call_budget()).await;
         let mut openings = self.0.store.breaker_openings();
         loop {
             // The result may have landed before the subscription, or its
             // notice may never come.
-            if let Some(value) = self.result(conn, names, flight).await {
-                return self.landed(names, flight, &value);
+            if let Some(sealed) = self.result(conn, names, flight).await {
+                return self.landed(names, flight, &sealed);
             }
             let poll = (Instant::now() + FOLLOW_POLL).min(lease_end);
             tokio::select! {
                 wake = &mut rx => return match wake {
-                    Ok(Wake::Message(value)) => self.landed(names, flight, &value),
-                    Ok(Wake::Dropped) => Followed::Rejoin(Some(flight.to_owned())),
-                    Ok(Wake::Lost) | Err(_) => {
-                        self.0.store.connection_lost();
-                        Followed::Done(Joined::Alone)
+                    Ok(Wake::Message(message)) => {
+                        let sealed = message.get(flight.len() + 1..).unwrap_or_default();
+                        self.landed(names, flight, sealed)
                     }
+                    Ok(Wake::Dropped) => Followed::Rejoin(Some(flight.to_owned())),
+                    Ok(Wake::Lost) | Err(_) => Followed::Done(Joined::Alone),
                 },
                 _ = openings.changed() => return Followed::Done(Joined::Alone),
                 () = tokio::time::sleep_until(poll.into()) => {
@@ -342,13 +353,12 @@ impl Fleet {
         }
     }
 
-    /// `flight`'s stored result, if it is there.
+    /// `flight`'s stored result (sealed), if it is there.
     async fn result(&self, conn: &mut StoreConn, names: &Names, flight: &str) -> Option<Vec<u8>> {
         let mut get = redis::cmd("GET");
-        get.arg(&names.result);
+        get.arg(names.result(flight));
         let until = self.0.store.call_budget();
-        let value: Vec<u8> = self
-            .0
+        self.0
             .store
             .op(
                 Op::Get,
@@ -357,22 +367,19 @@ impl Fleet {
                 get.query_async::<Option<Vec<u8>>>(conn),
             )
             .await
-            .flatten()?;
-        let prefix = value.split(|b| *b == b':').next()?;
-        (prefix == flight.as_bytes()).then_some(value)
+            .flatten()
     }
 
-    /// A flight's result (`flight:` then the sealed value): its outcome, a
-    /// notice to join again, or nothing (a value that does not open).
-    fn landed(&self, names: &Names, flight: &str, value: &[u8]) -> Followed {
-        let sealed = value.get(flight.len() + 1..).unwrap_or_default();
+    /// A flight's sealed result: its outcome, or a notice to join again
+    /// afresh (its leader gave up; or the result does not open or is stale,
+    /// which a new flight replaces).
+    fn landed(&self, names: &Names, flight: &str, sealed: &[u8]) -> Followed {
         let now = SystemTime::now();
-        let Some(stored) = self.open(&names.result_of(flight), sealed, now) else {
-            return Followed::Done(Joined::Alone);
-        };
-        match stored.outcome {
-            None => Followed::Rejoin(None),
-            Some(mut outcome) => {
+        match self.open(&names.result(flight), sealed, now) {
+            Some(codec::Stored {
+                outcome: Some(mut outcome),
+                ..
+            }) => {
                 if let Err(Error::Upstream(up)) = &mut outcome {
                     // A flight's outcome: its seconds in Redis are no bound
                     // on how long the fleet remembers the refusal.
@@ -380,6 +387,7 @@ impl Fleet {
                 }
                 Followed::Done(Joined::Shared(outcome, Source::FleetCoalesced))
             }
+            _ => Followed::Rejoin(None),
         }
     }
 }
@@ -418,12 +426,10 @@ impl Lease {
             let store = self.fleet.store();
             let keys = store.keys();
             let names = &self.names;
-            let result = self.flight.as_ref().and_then(|flight| {
-                let sealed = keys.seal(&names.result_of(flight), &result_plain)?;
-                let mut value = format!("{flight}:").into_bytes();
-                value.extend(sealed);
-                Some(value)
-            });
+            let result = self
+                .flight
+                .as_ref()
+                .and_then(|flight| keys.seal(&names.result(flight), &result_plain));
             let memory = memory.and_then(|(refusal, plain, ttl)| {
                 let key = if refusal {
                     &names.refusal

@@ -93,8 +93,8 @@ pub(crate) struct Names {
     refusal: String,
     /// The current flight's lease: its flight id.
     lease: String,
-    /// The last flight's result: `flight:` then the sealed result.
-    result: String,
+    /// What flights' results are named after: `…:r:` and the flight id.
+    results: String,
     /// Where results are published.
     channel: String,
 }
@@ -107,15 +107,15 @@ impl Names {
             answer: name("a"),
             refusal: name("m"),
             lease: name("l"),
-            result: name("r"),
+            results: name("r:"),
             channel: name("c"),
         }
     }
 
-    /// The name a flight's result is sealed under: the flight is part of
-    /// it, so a result opens only for its own flight.
-    fn result_of(&self, flight: &str) -> String {
-        format!("{}#{flight}", self.result)
+    /// The name of a flight's result, which it is also sealed under: a
+    /// result is found, and opens, only for its own flight.
+    fn result(&self, flight: &str) -> String {
+        format!("{}{flight}", self.results)
     }
 }
 

@@ -18,10 +18,10 @@ pub(super) enum JoinReply {
     Answer(Vec<u8>),
     /// A remembered refusal (sealed).
     Refusal(Vec<u8>),
-    /// The followed flight's result (`flight:` then the sealed value).
+    /// The followed flight's result (sealed).
     Result(Vec<u8>),
-    /// Another flight to follow, and its lease's time left (never more than
-    /// the lease this caller would write).
+    /// Another flight to follow, and its lease's time left (as Redis says:
+    /// the follower bounds its wait itself).
     Follow { flight: String, left: Duration },
     /// The caller leads; its flight id is the lease's value.
     Lead,
@@ -49,12 +49,12 @@ impl JoinScript {
         call.key(&names.answer)
             .key(&names.refusal)
             .key(&names.lease)
-            .key(&names.result)
+            .key(&names.result(followed.unwrap_or_default()))
             .arg(flight)
             .arg(millis(lease))
             .arg(flag(reads.0))
             .arg(flag(reads.1))
-            .arg(followed.unwrap_or_default());
+            .arg(flag(followed.is_some()));
         call
     }
 
@@ -101,7 +101,7 @@ pub(super) fn new_flight_id() -> String {
 pub(super) struct Finish<'a> {
     /// The flight, if the caller led one (not with `--coalesce=false`).
     pub(super) flight: Option<&'a str>,
-    /// `flight:` then the sealed result, for its followers.
+    /// The sealed result, for its followers.
     pub(super) result: Option<Vec<u8>>,
     pub(super) result_ttl: Duration,
     /// Where to remember the outcome, the sealed outcome, and for how long.
@@ -130,7 +130,7 @@ impl FinishScript {
             None => (names.answer.as_str(), &[][..], 1),
         };
         let mut call = self.0.call();
-        call.key(&names.result)
+        call.key(&names.result(finish.flight.unwrap_or_default()))
             .key(&names.lease)
             .key(memory_key)
             .arg(finish.flight.unwrap_or_default())

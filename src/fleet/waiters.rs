@@ -2,12 +2,12 @@
 //! machine for the subscription, so SUBSCRIBE and UNSUBSCRIBE of one
 //! channel never cross (each is sent and answered under the channel's own
 //! lock, in order), and the last follower to leave a channel unsubscribes
-//! it, whatever the calls' breaker says.
+//! it, whatever the breakers say, until it succeeds.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -21,9 +21,11 @@ use crate::{
     store::{BACKGROUND_BUDGET, Lane, Op, RedisMode, Store, StoreConn},
 };
 
-/// Tries to unsubscribe a channel nobody waits on, a pause apart.
-const UNSUBSCRIBE_TRIES: u32 = 5;
-const UNSUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
+/// Pauses between tries to unsubscribe a channel nobody waits on while the
+/// store fails: it tries until it succeeds, a new follower comes, or the
+/// fleet is gone.
+const UNSUBSCRIBE_PAUSE_MIN: Duration = Duration::from_millis(250);
+const UNSUBSCRIBE_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 /// What wakes a follower.
 #[derive(Debug)]
@@ -37,15 +39,28 @@ pub(super) enum Wake {
     Lost,
 }
 
+/// A channel's subscription, shared by its followers and by the task that
+/// unsubscribes it.
+#[derive(Default)]
+struct Subscription {
+    /// Held while SUBSCRIBE or UNSUBSCRIBE is in flight; whether the
+    /// channel is subscribed.
+    state: tokio::sync::Mutex<bool>,
+    /// Cleared when the server drops the subscription.
+    live: AtomicBool,
+    /// Set while this replica's own UNSUBSCRIBE is in flight: its
+    /// confirmation is not the server dropping the channel.
+    leaving: AtomicBool,
+}
+
+/// One follower: its id, the flight it follows, and how to wake it.
+type Waiting = (u64, String, Option<oneshot::Sender<Wake>>);
+
 /// One channel: its subscription, and who waits on it for which flight.
 #[derive(Default)]
 struct Channel {
-    /// Held while SUBSCRIBE or UNSUBSCRIBE is in flight; whether the
-    /// channel is subscribed.
-    subscription: Arc<tokio::sync::Mutex<bool>>,
-    /// Cleared when the server drops the subscription.
-    live: Arc<AtomicBool>,
-    waiting: Vec<(u64, String, Option<oneshot::Sender<Wake>>)>,
+    subscription: Arc<Subscription>,
+    waiting: Vec<Waiting>,
 }
 
 /// Followers by channel.
@@ -65,11 +80,11 @@ impl Waiters {
     ) -> (Waiter, oneshot::Receiver<Wake>) {
         let (tx, rx) = oneshot::channel();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (subscription, live) = {
+        let subscription = {
             let mut channels = lock(&self.channels);
             let entry = channels.entry(channel.to_owned()).or_default();
             entry.waiting.push((id, flight.to_owned(), Some(tx)));
-            (Arc::clone(&entry.subscription), Arc::clone(&entry.live))
+            Arc::clone(&entry.subscription)
         };
         let waiter = Waiter {
             waiters: Arc::clone(self),
@@ -77,7 +92,6 @@ impl Waiters {
             channel: channel.to_owned(),
             id,
             subscription,
-            live,
         };
         (waiter, rx)
     }
@@ -104,12 +118,18 @@ impl Waiters {
                 let Some(Value::BulkString(channel)) = push.data.first() else {
                     return;
                 };
-                if let Some(entry) =
-                    lock(&self.channels).get(std::str::from_utf8(channel).unwrap_or_default())
-                {
-                    entry.live.store(false, Ordering::Relaxed);
+                let dropped = lock(&self.channels)
+                    .get(std::str::from_utf8(channel).unwrap_or_default())
+                    .is_some_and(|entry| {
+                        let ours = entry.subscription.leaving.load(Ordering::Relaxed);
+                        if !ours {
+                            entry.subscription.live.store(false, Ordering::Relaxed);
+                        }
+                        !ours
+                    });
+                if dropped {
+                    self.wake(channel, |_| true, || Wake::Dropped);
                 }
-                self.wake(channel, |_| true, || Wake::Dropped);
             }
             // One connection carries every subscription of a standalone
             // store. A cluster's connection to one node is not told apart
@@ -147,7 +167,7 @@ impl Waiters {
         }
     }
 
-    /// Whether anyone waits on `channel` (a test's view).
+    /// How many wait on `channel` (a test's view).
     #[cfg(test)]
     fn waiting(&self, channel: &str) -> usize {
         lock(&self.channels)
@@ -155,13 +175,9 @@ impl Waiters {
             .map_or(0, |entry| entry.waiting.len())
     }
 
-    /// Whether `channel` has no follower; if so and `forget`, its entry goes.
-    fn idle(
-        &self,
-        channel: &str,
-        subscription: &Arc<tokio::sync::Mutex<bool>>,
-        forget: bool,
-    ) -> bool {
+    /// Whether `channel` (with `subscription`) has no follower; if so and
+    /// `forget`, its entry goes.
+    fn idle(&self, channel: &str, subscription: &Arc<Subscription>, forget: bool) -> bool {
         let mut channels = lock(&self.channels);
         let Some(entry) = channels.get(channel) else {
             return true;
@@ -183,19 +199,20 @@ pub(super) struct Waiter {
     store: Store,
     channel: String,
     id: u64,
-    subscription: Arc<tokio::sync::Mutex<bool>>,
-    live: Arc<AtomicBool>,
+    subscription: Arc<Subscription>,
 }
 
 impl Waiter {
-    /// Subscribes the channel unless it is already, within `until`.
+    /// Subscribes the channel unless it is already, within `until`; whether
+    /// it is (a follower that is not still looks for its result).
     pub(super) async fn subscribe(&self, conn: &mut StoreConn, until: Instant) -> bool {
+        let subscription = &self.subscription;
         let Ok(mut subscribed) =
-            tokio::time::timeout_at(until.into(), self.subscription.lock()).await
+            tokio::time::timeout_at(until.into(), subscription.state.lock()).await
         else {
             return false;
         };
-        if *subscribed && self.live.load(Ordering::Relaxed) {
+        if *subscribed && subscription.live.load(Ordering::Relaxed) {
             return true;
         }
         let done = self
@@ -211,7 +228,7 @@ impl Waiter {
         // A SUBSCRIBE that timed out may still land: counted as subscribed,
         // so the last follower out unsubscribes it.
         *subscribed = true;
-        self.live.store(true, Ordering::Relaxed);
+        subscription.live.store(true, Ordering::Relaxed);
         done
     }
 }
@@ -228,40 +245,45 @@ impl Drop for Waiter {
                 None => false,
             }
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         if !last {
             return;
         }
-        let (waiters, store, channel, subscription) = (
-            Arc::clone(&self.waiters),
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(unsubscribe_when_idle(
+            Arc::downgrade(&self.waiters),
             self.store.clone(),
             self.channel.clone(),
             Arc::clone(&self.subscription),
-        );
-        runtime.spawn(unsubscribe_when_idle(waiters, store, channel, subscription));
+        ));
     }
 }
 
 /// Unsubscribes `channel` if nobody waits on it, under its lock (a new
-/// follower's SUBSCRIBE waits for the UNSUBSCRIBE to be answered); tries
-/// again a little later while the store fails. Not under the calls'
-/// breaker: a subscription left behind would outlive every follower.
+/// follower's SUBSCRIBE waits for the UNSUBSCRIBE to be answered). Not
+/// under either breaker, and tried again, a growing pause apart, for as long
+/// as the store fails: a subscription left behind would outlive every
+/// follower (and come back with every reconnection).
 async fn unsubscribe_when_idle(
-    waiters: Arc<Waiters>,
+    waiters: Weak<Waiters>,
     store: Store,
     channel: String,
-    subscription: Arc<tokio::sync::Mutex<bool>>,
+    subscription: Arc<Subscription>,
 ) {
-    for _ in 0..UNSUBSCRIBE_TRIES {
-        let mut subscribed = subscription.lock().await;
-        if !waiters.idle(&channel, &subscription, false) {
+    let mut pause = UNSUBSCRIBE_PAUSE_MIN;
+    loop {
+        let Some(registry) = waiters.upgrade() else {
+            return;
+        };
+        let mut subscribed = subscription.state.lock().await;
+        if !registry.idle(&channel, &subscription, false) {
             return;
         }
         if *subscribed {
-            let done = match store.connection(Lane::Background) {
-                Ok(mut conn) => store
+            subscription.leaving.store(true, Ordering::Relaxed);
+            let done = match store.connected() {
+                Some(mut conn) => store
                     .op(
                         Op::Unsubscribe,
                         Lane::Background,
@@ -270,16 +292,18 @@ async fn unsubscribe_when_idle(
                     )
                     .await
                     .is_some(),
-                Err(_) => false,
+                None => false,
             };
+            subscription.leaving.store(false, Ordering::Relaxed);
             if !done {
-                drop(subscribed);
-                tokio::time::sleep(UNSUBSCRIBE_PAUSE).await;
+                drop((subscribed, registry));
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(UNSUBSCRIBE_PAUSE_MAX);
                 continue;
             }
             *subscribed = false;
         }
-        waiters.idle(&channel, &subscription, true);
+        registry.idle(&channel, &subscription, true);
         return;
     }
 }
@@ -287,6 +311,13 @@ async fn unsubscribe_when_idle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push(kind: PushKind, data: &[&[u8]]) -> PushInfo {
+        PushInfo {
+            kind,
+            data: data.iter().map(|d| Value::BulkString(d.to_vec())).collect(),
+        }
+    }
 
     #[test]
     fn a_message_wakes_only_its_own_flights_followers() {
@@ -299,32 +330,35 @@ mod tests {
             entry.waiting.push((1, "aaaa".to_owned(), Some(tx_a)));
             entry.waiting.push((2, "bbbb".to_owned(), Some(tx_b)));
         }
-        let message = PushInfo {
-            kind: PushKind::Message,
-            data: vec![
-                Value::BulkString(b"c".to_vec()),
-                Value::BulkString(b"bbbb:sealed".to_vec()),
-            ],
-        };
+        let message = push(PushKind::Message, &[b"c", b"bbbb:sealed"]);
         waiters.deliver(RedisMode::Standalone, message);
         assert!(rx_a.try_recv().is_err(), "another flight's follower");
         assert!(matches!(rx_b.try_recv(), Ok(Wake::Message(m)) if m == b"bbbb:sealed"));
         assert_eq!(waiters.waiting("c"), 2, "each leaves by itself");
-        waiters.deliver(
-            RedisMode::Cluster,
-            PushInfo {
-                kind: PushKind::Disconnection,
-                data: vec![],
-            },
-        );
+        waiters.deliver(RedisMode::Cluster, push(PushKind::Disconnection, &[]));
         assert!(rx_a.try_recv().is_err(), "a cluster node's disconnection");
-        waiters.deliver(
-            RedisMode::Standalone,
-            PushInfo {
-                kind: PushKind::Disconnection,
-                data: vec![],
-            },
-        );
+        waiters.deliver(RedisMode::Standalone, push(PushKind::Disconnection, &[]));
         assert!(matches!(rx_a.try_recv(), Ok(Wake::Lost)));
+    }
+
+    #[test]
+    fn a_dropped_subscription_wakes_its_followers_but_our_own_unsubscribe_does_not() {
+        let waiters = Waiters::default();
+        let (tx, mut rx) = oneshot::channel();
+        let subscription = {
+            let mut channels = lock(&waiters.channels);
+            let entry = channels.entry("c".to_owned()).or_default();
+            entry.waiting.push((1, "aaaa".to_owned(), Some(tx)));
+            Arc::clone(&entry.subscription)
+        };
+        subscription.live.store(true, Ordering::Relaxed);
+        subscription.leaving.store(true, Ordering::Relaxed);
+        waiters.deliver(RedisMode::Cluster, push(PushKind::SUnsubscribe, &[b"c"]));
+        assert!(rx.try_recv().is_err(), "this replica's own unsubscribe");
+        assert!(subscription.live.load(Ordering::Relaxed));
+        subscription.leaving.store(false, Ordering::Relaxed);
+        waiters.deliver(RedisMode::Cluster, push(PushKind::SUnsubscribe, &[b"c"]));
+        assert!(matches!(rx.try_recv(), Ok(Wake::Dropped)));
+        assert!(!subscription.live.load(Ordering::Relaxed));
     }
 }

@@ -200,11 +200,15 @@ impl Store {
             .await
     }
 
-    /// A lost connection counts as a failure of the calls' lane.
-    pub(crate) fn connection_lost(&self) {
+    /// The connection whatever the breakers say, for work that must not
+    /// be skipped (a subscription left behind would outlive every
+    /// follower); `None` while not connected.
+    pub(crate) fn connected(&self) -> Option<StoreConn> {
         self.0
-            .calls
-            .failure(Op::Subscribe.label(), &"the connection was lost");
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// A call's budget for one operation.

@@ -220,9 +220,13 @@ async fn followers_that_leave_while_the_breaker_is_open_leave_no_channel() {
         !redis.cli(&["PUBSUB", "CHANNELS"]).trim().is_empty(),
         "{subscribed}"
     );
-    // Frozen: the followers' looks time out, the breaker opens, and they
-    // leave while it is open.
+    // Frozen: other tokens' lookups time out, the breaker opens, and the
+    // followers leave while it is open.
     redis.signal("-STOP");
+    for i in 0..20 {
+        let addr = replicas[1 + i % 2].addr;
+        calls.spawn(async move { call(addr, &format!("{TOKEN}other{i}")).await });
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.signal("-CONT");
     while let Some(joined) = calls.join_next().await {
@@ -473,4 +477,64 @@ async fn replicas_with_different_limits_keep_apart_state() {
     call(forty.addr, &format!("{TOKEN}forty")).await;
     let limiters = redis.cli(&["--scan", "--pattern", "*:q"]);
     assert_eq!(limiters.lines().count(), 2, "{limiters}");
+}
+
+#[tokio::test]
+async fn a_call_without_a_deadline_waits_about_two_leases_however_many_leaders_die() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 41);
+    // A lease of 2.5 s (the call timeout and half a second).
+    let args = [
+        "--call-timeout",
+        "2s",
+        "--attempt-timeout",
+        "2s",
+        "--cache-ttl",
+        "60s",
+    ];
+    let writer = replica(&stand_in, &redis, &key, &args);
+    let follower = replica(&stand_in, &redis, &key, &args);
+    let _ = call(writer.addr, TOKEN).await;
+    until_cached(&redis, 1).await;
+    let prefix = token_prefix(&redis, "*:a");
+    redis.cli(&["DEL", &format!("{prefix}a")]);
+    // Leaders that take the flight and die in turn: a new lease, as a
+    // replica writes it, each time the last is about to run out.
+    let lease = format!("{prefix}l");
+    let port = redis.port;
+    let dying = tokio::spawn(async move {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        for leader in 0..8u32 {
+            let flight = format!("{leader:032x}");
+            let _: () = redis::cmd("SET")
+                .arg(&lease)
+                .arg(&flight)
+                .arg("PX")
+                .arg(2500)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2300)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(15),
+        client(follower.addr)
+            .await
+            .get_user_auth_factors(request(TOKEN)),
+    )
+    .await
+    .expect("the call was held");
+    let waited = started.elapsed();
+    dying.abort();
+    let status = outcome.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // Two leases (5 s) and a little, not a lease per dead leader.
+    assert!(waited < Duration::from_millis(6000), "{waited:?}");
+    assert!(waited > Duration::from_millis(4000), "{waited:?}");
+    assert_eq!(stand_in.received().len(), 1, "only the writer's call");
 }

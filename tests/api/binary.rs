@@ -422,6 +422,37 @@ fn a_fleet_key_that_cannot_be_used_exits_2_with_one_line_before_binding() {
             ],
             "--redis-timeout",
         ),
+        (
+            vec![
+                "--redis-url",
+                url,
+                "--fleet-key-file",
+                &good,
+                "--fleet-previous-key-file",
+                &short,
+                "--fleet-naming-key-file",
+                &good,
+            ],
+            "--fleet-previous-key-file",
+        ),
+        (
+            vec![
+                "--redis-url",
+                url,
+                "--fleet-key-file",
+                &good,
+                "--fleet-previous-key-file",
+                &good,
+            ],
+            "needs --fleet-naming-key-file",
+        ),
+        (
+            vec!["--fleet-naming-key-file", &good],
+            "--fleet-naming-key-file is only used with --fleet-key-file",
+        ),
+        (vec!["--drain-delay", "1000000000y"], "--drain-delay"),
+        (vec!["--call-timeout", "400d"], "at most 365 days"),
+        (vec!["--cache-ttl", "18446744073709551615s"], "--cache-ttl"),
     ] {
         let mut all = vec!["--region", "eu-west-1", "--listen-addr", addr.as_str()];
         all.extend(args.iter().copied());

@@ -766,6 +766,26 @@ async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(call(replicas[1].addr, &token).await.1, "fleet_cache");
+    // Scripts flushed from every node: the first call on each node runs
+    // the whole script (EVAL, routed by its keys) and flights are shared
+    // again (redis-rs's own fallback loads it on a node of its choosing).
+    for node in &cluster.nodes {
+        assert_eq!(node.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    }
+    let flushed = token_expiring_in(600, "flushed");
+    let mut calls = JoinSet::new();
+    for i in 0..30 {
+        let (addr, token) = (replicas[i % 3].addr, flushed.clone());
+        calls.spawn(async move { call(addr, &token).await });
+    }
+    while let Some(joined) = calls.join_next().await {
+        assert_eq!(joined.unwrap().0, USERNAME);
+    }
+    assert_eq!(
+        stand_in.received().len(),
+        3,
+        "one call for the flushed token"
+    );
 }
 
 #[tokio::test]

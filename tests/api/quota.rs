@@ -181,6 +181,10 @@ async fn run_on_redis(case: &Case, redis: &Redis) -> Vec<Seen> {
                 .arg(rate.to_string())
                 .arg("at")
                 .arg(format!("{at:.0}"));
+        } else if let Some(at) = state.at_ahead_ms {
+            // A decrease's time without its rate, as a hand-written hash may
+            // hold it (the in-process limiter cannot hold one).
+            hset.arg("at").arg(format!("{:.0}", now + at * 1000.0));
         }
         let _: i64 = hset.query_async(&mut conn).await.unwrap();
     }
