@@ -538,3 +538,59 @@ async fn a_call_without_a_deadline_waits_about_two_leases_however_many_leaders_d
     assert!(waited > Duration::from_millis(4000), "{waited:?}");
     assert_eq!(stand_in.received().len(), 1, "only the writer's call");
 }
+
+/// A call's answer: where it came from and Cognito's request id.
+async fn call_with_request_id(addr: SocketAddr, token: &str) -> (String, String) {
+    let answer = client(addr)
+        .await
+        .get_user_auth_factors(request(token))
+        .await
+        .unwrap();
+    let id = answer
+        .metadata()
+        .get("x-amzn-requestid")
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (source_of(answer.metadata()), id)
+}
+
+#[tokio::test]
+async fn a_flights_result_goes_to_its_own_followers_only_not_to_later_flights() {
+    let stand_in = StandIn::start().await;
+    stand_in.then([Reply::full_success()]);
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(800),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 42);
+    // No fleet cache: nothing but a flight may hand an answer on.
+    let first = replica(&stand_in, &redis, &key, &["--refusal-ttl", "0s"]);
+    let second = replica(&stand_in, &redis, &key, &["--refusal-ttl", "0s"]);
+    let (source, earlier) = call_with_request_id(first.addr, TOKEN).await;
+    assert_eq!(source, "cognito");
+    // The flight's result stays in Redis for its followers (2 s).
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while redis
+        .cli(&["--scan", "--pattern", "*:r:*"])
+        .trim()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the flight's result was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A new flight starts; a call that joins it gets its answer, not the
+    // earlier flight's.
+    let leading = tokio::spawn(call_with_request_id(second.addr, TOKEN));
+    until_called(&stand_in, 2).await;
+    let (source, joined) = call_with_request_id(first.addr, TOKEN).await;
+    let (_, led) = leading.await.unwrap();
+    assert_eq!(source, "fleet_coalesced");
+    assert_ne!(joined, earlier, "the earlier flight's answer");
+    assert_eq!(joined, led);
+    assert_eq!(stand_in.received().len(), 2);
+}

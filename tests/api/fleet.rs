@@ -670,6 +670,9 @@ impl Cluster {
                     "yes",
                     "--cluster-config-file",
                     &format!("nodes-{i}.conf"),
+                    // A node killed by a test leaves the others serving.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ])
             })
             .collect();
@@ -714,6 +717,60 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// A replica of the binary on `cluster`, connected to it.
+fn cluster_replica(stand_in: &StandIn, cluster: &Cluster, key: &Path, args: &[&str]) -> Running {
+    let seeds = cluster.seeds();
+    let mut all = vec![
+        "--redis-mode",
+        "cluster",
+        "--redis-url",
+        &seeds,
+        "--fleet-key-file",
+        key.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let mut running = Running::against(stand_in, &all, &[]);
+    running.find_line("connected to the fleet store");
+    running
+}
+
+#[tokio::test]
+async fn in_a_cluster_losing_a_node_that_serves_none_of_its_channels_wakes_no_follower() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
+    let mut cluster = Cluster::start();
+    let key = key_file(&cluster.nodes[0].dir, 9);
+    let leader = cluster_replica(&stand_in, &cluster, &key, &[]);
+    let follower = cluster_replica(&stand_in, &cluster, &key, &[]);
+    // The node that serves the token's slot: where its flight's result is.
+    assert_eq!(call(leader.addr, TOKEN).await.1, "cognito");
+    let serving = cluster
+        .nodes
+        .iter()
+        .position(|node| {
+            !node
+                .cli(&["--scan", "--pattern", "*:r:*"])
+                .trim()
+                .is_empty()
+        })
+        .expect("a node holds the flight's result");
+    let unrelated = (serving + 1) % cluster.nodes.len();
+    let leading = tokio::spawn(call(leader.addr, TOKEN));
+    until_received(&stand_in, 2).await;
+    let following = tokio::spawn(call(follower.addr, TOKEN));
+    // Long enough to have subscribed to the leader's flight.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[unrelated].kill();
+    let (username, source) = following.await.unwrap();
+    assert_eq!(username, USERNAME);
+    assert_eq!(source, "fleet_coalesced", "the follower was woken");
+    assert_eq!(leading.await.unwrap().1, "cognito");
+    assert_eq!(stand_in.received().len(), 2);
 }
 
 #[tokio::test]
