@@ -224,29 +224,38 @@ pub enum ConfigError {
 pub const MAX_DURATION_DAYS: u64 = 365;
 
 impl Config {
-    /// Every duration setting, by flag.
-    fn durations(&self) -> Vec<(&'static str, Duration)> {
+    /// Every duration setting: its flag, its value, and whether zero is
+    /// refused.
+    fn durations(&self) -> Vec<(&'static str, Duration, bool)> {
         let up = &self.upstream;
         let server = &self.server;
         let economy = &self.economy;
         let mut all = vec![
-            ("connect-timeout", up.connect_timeout),
-            ("attempt-timeout", up.attempt_timeout),
-            ("call-timeout", up.call_timeout),
-            ("retry-backoff", up.retry_backoff),
-            ("drain-delay", server.drain_delay),
-            ("shutdown-grace", server.shutdown_grace),
-            ("max-connection-age", server.max_connection_age),
-            ("keepalive-interval", server.keepalive_interval),
-            ("keepalive-timeout", server.keepalive_timeout),
-            ("handshake-timeout", server.handshake_timeout),
-            ("jwks-refresh-interval", self.tokens.jwks_refresh_interval),
-            ("upstream-queue-timeout", self.quota.queue_timeout),
-            ("cache-ttl", economy.cache_ttl.unwrap_or_default()),
-            ("refusal-ttl", economy.refusal_ttl.unwrap_or_default()),
+            ("connect-timeout", up.connect_timeout, true),
+            ("attempt-timeout", up.attempt_timeout, true),
+            ("call-timeout", up.call_timeout, true),
+            ("retry-backoff", up.retry_backoff, false),
+            ("drain-delay", server.drain_delay, false),
+            ("shutdown-grace", server.shutdown_grace, true),
+            ("max-connection-age", server.max_connection_age, true),
+            ("keepalive-interval", server.keepalive_interval, true),
+            ("keepalive-timeout", server.keepalive_timeout, true),
+            ("handshake-timeout", server.handshake_timeout, true),
+            (
+                "jwks-refresh-interval",
+                self.tokens.jwks_refresh_interval,
+                true,
+            ),
+            ("upstream-queue-timeout", self.quota.queue_timeout, false),
+            ("cache-ttl", economy.cache_ttl.unwrap_or_default(), false),
+            (
+                "refusal-ttl",
+                economy.refusal_ttl.unwrap_or_default(),
+                false,
+            ),
         ];
         if let Some(fleet) = &self.fleet {
-            all.push(("redis-timeout", fleet.timeout));
+            all.push(("redis-timeout", fleet.timeout, true));
         }
         all
     }
@@ -256,21 +265,11 @@ impl Config {
         let up = &self.upstream;
         let server = &self.server;
         let most = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
-        if let Some((flag, _)) = self.durations().into_iter().find(|(_, d)| *d > most) {
-            return Err(ConfigError::TooLongDuration { flag });
-        }
-        for (flag, value) in [
-            ("connect-timeout", up.connect_timeout),
-            ("attempt-timeout", up.attempt_timeout),
-            ("call-timeout", up.call_timeout),
-            ("shutdown-grace", server.shutdown_grace),
-            ("max-connection-age", server.max_connection_age),
-            ("keepalive-interval", server.keepalive_interval),
-            ("keepalive-timeout", server.keepalive_timeout),
-            ("handshake-timeout", server.handshake_timeout),
-            ("jwks-refresh-interval", self.tokens.jwks_refresh_interval),
-        ] {
-            if value.is_zero() {
+        for (flag, value, nonzero) in self.durations() {
+            if value > most {
+                return Err(ConfigError::TooLongDuration { flag });
+            }
+            if nonzero && value.is_zero() {
                 return Err(ConfigError::ZeroDuration { flag });
             }
         }
@@ -332,11 +331,6 @@ fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), Config
 }
 
 fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
-    if fleet.timeout.is_zero() {
-        return Err(ConfigError::ZeroDuration {
-            flag: "redis-timeout",
-        });
-    }
     if fleet.urls.is_empty() {
         return Err(ConfigError::BadRedisUrl(String::new()));
     }

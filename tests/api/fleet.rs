@@ -782,25 +782,8 @@ async fn in_a_cluster_sixty_calls_over_three_replicas_make_one_upstream_call_and
     ));
     let cluster = Cluster::start();
     let key = key_file(&cluster.nodes[0].dir, 8);
-    let seeds = cluster.seeds();
-    let start = || {
-        let mut running = Running::against(
-            &stand_in,
-            &[
-                "--redis-mode",
-                "cluster",
-                "--redis-url",
-                &seeds,
-                "--fleet-key-file",
-                key.to_str().unwrap(),
-                "--cache-ttl",
-                "10m",
-            ],
-            &[],
-        );
-        running.find_line("connected to the fleet store");
-        running
-    };
+    let args = ["--cache-ttl", "10m"];
+    let start = || cluster_replica(&stand_in, &cluster, &key, &args);
     let replicas = [start(), start(), start()];
     let sources = sixty_calls_of_one_token(&replicas).await;
     assert_eq!(stand_in.received().len(), 1, "{sources:?}");
