@@ -6,6 +6,10 @@
 
 use std::{
     net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -17,6 +21,7 @@ use tokio::{
 use tonic::Code;
 
 use crate::{
+    fleet::token_expiring_in,
     fleet::{
         Redis, call, client, key_file, replica, replica_at, source_of, until_cached,
         until_remembered,
@@ -343,6 +348,12 @@ async fn a_key_rotation_keeps_one_fleet() {
 /// (order kept), as a Redis far away would be: on loopback, stopping when
 /// dropped with its runtime's tasks.
 async fn latency_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
+    let millis = u64::try_from(delay.as_millis()).unwrap();
+    adjustable_proxy(to, Arc::new(AtomicU64::new(millis))).await
+}
+
+/// [`latency_proxy`] whose delay (ms) may change while it runs.
+async fn adjustable_proxy(to: SocketAddr, delay: Arc<AtomicU64>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -352,8 +363,8 @@ async fn latency_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
             };
             let (in_read, in_write) = inbound.into_split();
             let (out_read, out_write) = outbound.into_split();
-            tokio::spawn(delayed(in_read, out_write, delay));
-            tokio::spawn(delayed(out_read, in_write, delay));
+            tokio::spawn(delayed(in_read, out_write, Arc::clone(&delay)));
+            tokio::spawn(delayed(out_read, in_write, Arc::clone(&delay)));
         }
     });
     addr
@@ -362,7 +373,7 @@ async fn latency_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
 async fn delayed(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
+    delay: Arc<AtomicU64>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(4096);
     tokio::spawn(async move {
@@ -377,7 +388,11 @@ async fn delayed(
     while let Ok(n) = from.read(&mut buffer).await {
         if n == 0
             || tx
-                .send((tokio::time::Instant::now() + delay, buffer[..n].to_vec()))
+                .send((
+                    tokio::time::Instant::now()
+                        + Duration::from_millis(delay.load(Ordering::Relaxed)),
+                    buffer[..n].to_vec(),
+                ))
                 .await
                 .is_err()
         {
@@ -592,5 +607,73 @@ async fn a_flights_result_goes_to_its_own_followers_only_not_to_later_flights() 
     assert_eq!(source, "fleet_coalesced");
     assert_ne!(joined, earlier, "the earlier flight's answer");
     assert_eq!(joined, led);
+    assert_eq!(stand_in.received().len(), 2);
+}
+
+// Two workers: the proxy serves while the test waits for a replica's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_breaker_opened_meanwhile_still_shares_its_answer() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let delay = Arc::new(AtomicU64::new(0));
+    let proxy = adjustable_proxy(
+        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
+        Arc::clone(&delay),
+    )
+    .await;
+    let key = key_file(&redis.dir, 43);
+    let leader = replica_at(&stand_in, &format!("redis://{proxy}"), &key, &[]);
+    let follower = replica(&stand_in, &redis, &key, &[]);
+    let addr = leader.addr;
+    let leading = tokio::spawn(async move { call_with_request_id(addr, TOKEN).await });
+    until_called(&stand_in, 1).await;
+    let addr = follower.addr;
+    let following = tokio::spawn(async move { call_with_request_id(addr, TOKEN).await });
+    // The leader's Redis becomes slower than its calls' budget: its other
+    // calls' lookups time out and open its calls' breaker while it leads.
+    delay.store(30, Ordering::Relaxed);
+    let mut others = JoinSet::new();
+    for i in 0..12 {
+        let addr = leader.addr;
+        others.spawn(async move { call(addr, &format!("{TOKEN}other{i}")).await });
+    }
+    let (led_source, led) = leading.await.unwrap();
+    let (source, followed) = following.await.unwrap();
+    assert_eq!(led_source, "cognito");
+    assert_eq!(source, "fleet_coalesced");
+    assert_eq!(followed, led, "the leader's answer");
+    while let Some(joined) = others.join_next().await {
+        assert_eq!(joined.unwrap().0, USERNAME);
+    }
+}
+
+#[tokio::test]
+async fn a_flights_answer_is_never_handed_on_past_the_tokens_exp() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(2500),
+        Box::new(Reply::full_success()),
+    ));
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 44);
+    let args = ["--attempt-timeout", "4s", "--call-timeout", "4s"];
+    let leader = replica(&stand_in, &redis, &key, &args);
+    let follower = replica(&stand_in, &redis, &key, &args);
+    // Expires 1 to 2 s from now; the leader's answer comes after 2.5 s.
+    let token = token_expiring_in(2, "expiring");
+    let (addr, lead_token) = (leader.addr, token.clone());
+    let leading = tokio::spawn(async move { call(addr, &lead_token).await });
+    until_called(&stand_in, 1).await;
+    let (username, source) = call(follower.addr, &token).await;
+    assert_eq!(username, USERNAME);
+    assert_eq!(
+        source, "cognito",
+        "an answer past exp was handed to a follower"
+    );
+    assert_eq!(leading.await.unwrap().1, "cognito");
     assert_eq!(stand_in.received().len(), 2);
 }
