@@ -241,10 +241,10 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_FLEET_NAMING_KEY_FILE, value_name = "FILE")]
     fleet_naming_key_file: Option<PathBuf>,
 
-    /// The fleet's size a replica assumes until Redis tells it: without Redis, each replica
-    /// keeps --upstream-rate-limit divided by it.
-    #[arg(long, env = ENV_FLEET_SIZE_HINT, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
-    fleet_size_hint: u32,
+    /// With --redis-url, the fleet's size a replica assumes until Redis tells it (1 unless
+    /// given): while Redis is unreachable, it keeps --upstream-rate-limit divided by it.
+    #[arg(long, env = ENV_FLEET_SIZE_HINT, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    fleet_size_hint: Option<u32>,
 
     /// The time Redis gets for one operation within a call; then the call goes on without it.
     #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(store::DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
@@ -371,6 +371,10 @@ impl Cli {
     /// The validated configuration (TLS files read and checked).
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let fleet = self.fleet_config()?;
+        if fleet.is_none() && self.fleet_size_hint.is_some() {
+            // Alone, the limit is the replica's own: a hint would divide it.
+            return Err(ConfigError::FleetFlagAlone("fleet-size-hint"));
+        }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsConfig::from_files(
                 cert,
@@ -416,7 +420,7 @@ impl Cli {
             quota: QuotaConfig {
                 limits: self.upstream_rate_limit.unwrap_or_default(),
                 queue_timeout: self.upstream_queue_timeout.into(),
-                fleet_size_hint: self.fleet_size_hint,
+                fleet_size_hint: self.fleet_size_hint.unwrap_or(1),
             },
             log_format: self.log_format,
             metrics_addr: self.metrics_addr.0,

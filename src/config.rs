@@ -202,6 +202,9 @@ pub enum ConfigError {
         "--fleet-previous-key-file needs --fleet-naming-key-file (the key names keep coming from it during and after the rotation; give the previous key file, if names came from it)"
     )]
     RotationWithoutNamingKey,
+    /// A fleet flag without `--redis-url`.
+    #[error("--{0} is only used with --redis-url")]
+    FleetFlagAlone(&'static str),
     /// A fleet key flag other than `--fleet-key-file` without it.
     #[error("--{0} is only used with --fleet-key-file")]
     FleetKeyFlagAlone(&'static str),

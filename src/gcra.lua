@@ -26,11 +26,22 @@ local horizon = tonumber(ARGV[9])
 local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'at')
 local tat, rate, at = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3])
 local tolerance = 1000000 / limit * (burst - 1)
-if tat ~= tat or tat > now + horizon + tolerance + 1000000 / floor then tat = 0 end
-if not rate or rate ~= rate or not at or not (at <= now) then rate, at = nil, nil end
+-- What is clamped is written back, as the in-process limiter keeps it.
+if tat ~= tat or tat > now + horizon + tolerance + 1000000 / floor then
+  tat = 0
+  redis.call('HSET', KEYS[1], 'tat', '0')
+end
+if not rate or rate ~= rate or not at or not (at <= now) then
+  if state[2] or state[3] then redis.call('HDEL', KEYS[1], 'rate', 'at') end
+  rate, at = nil, nil
+end
 local current = limit
 if rate then
-  rate = math.max(floor, math.min(limit, rate))
+  local clamped = math.max(floor, math.min(limit, rate))
+  if clamped ~= rate then
+    rate = clamped
+    redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate))
+  end
   current = math.min(limit, rate + limit * (now - at) / recovery)
 end
 local function keep()

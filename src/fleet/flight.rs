@@ -35,6 +35,10 @@ const FLIGHT_RESULT_TTL: Duration = Duration::from_secs(2);
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Slack over the lease's own expiry, which is on Redis's clock.
 const LEASE_SLACK: Duration = Duration::from_millis(5);
+/// Slack over a follower's first lease: a lease cut back to the follower's
+/// own by the join script ends a round trip after the follower started
+/// counting, and the follower must see it end before its last turn.
+const BOUND_SLACK: Duration = Duration::from_millis(100);
 /// A guard on rounds of joining: each round ends with a new flight, a
 /// result, or the follower's bound.
 const MAX_ROUNDS: usize = 16;
@@ -53,7 +57,7 @@ impl Bound {
     fn new(lease: Duration) -> Self {
         Self {
             lease,
-            first: Instant::now() + lease,
+            first: Instant::now() + lease + BOUND_SLACK,
             turn_taken: false,
         }
     }
@@ -63,9 +67,24 @@ impl Bound {
         Instant::now() >= self.first
     }
 
-    /// Whether this call may still lead a flight.
+    /// Whether this call could still lead a flight (or call alone).
+    fn can_lead(&self) -> bool {
+        !self.past_first() || !self.turn_taken
+    }
+
+    /// Whether this call may lead a flight (or call alone) now; past the
+    /// first lease, that is its last turn.
     fn may_lead(&mut self) -> bool {
         !self.past_first() || !std::mem::replace(&mut self.turn_taken, true)
+    }
+
+    /// Going on without the fleet: alone, if a turn is left.
+    fn alone(&mut self) -> Joined {
+        if self.may_lead() {
+            Joined::Alone
+        } else {
+            gave_up()
+        }
     }
 
     /// When a wait for a flight whose lease has `left` ends; `None` once
@@ -137,10 +156,14 @@ impl Fleet {
         let mut took_over = false;
         for _ in 0..MAX_ROUNDS {
             let flight = new_flight_id();
-            let call =
-                self.0
-                    .join
-                    .call(&names, &flight, settings.lease, reads, followed.as_deref());
+            let call = self.0.join.call(
+                &names,
+                &flight,
+                settings.lease,
+                reads,
+                followed.as_deref(),
+                bound.can_lead(),
+            );
             let until = self.0.store.call_budget();
             let Some(reply) = self
                 .0
@@ -149,8 +172,11 @@ impl Fleet {
                 .await
                 .and_then(JoinScript::reply)
             else {
+                // The script may have run and taken the lease for `flight`:
+                // lead it, so its followers are answered (and the lease is
+                // released only if it is this flight's).
                 return if bound.may_lead() {
-                    Joined::Alone
+                    Joined::Lead(self.lease(names, Some(flight), expires_at))
                 } else {
                     gave_up()
                 };
@@ -164,7 +190,7 @@ impl Fleet {
                     }
                     return Joined::Lead(self.lease(names, Some(flight), expires_at));
                 }
-                JoinReply::Lead => return gave_up(),
+                JoinReply::Lead | JoinReply::Free => return gave_up(),
                 JoinReply::Result(sealed) => {
                     let flight = followed.take().unwrap_or_default();
                     match self.landed(&names, &flight, &sealed) {
@@ -178,6 +204,7 @@ impl Fleet {
                         return gave_up();
                     };
                     match self.follow(&mut conn, &names, &flight, until).await {
+                        Followed::Done(Joined::Alone) => return bound.alone(),
                         Followed::Done(joined) => return joined,
                         Followed::Rejoin(after) => {
                             took_over |= after.is_some();
@@ -190,10 +217,13 @@ impl Fleet {
             match memory {
                 Memory::Serve(joined) => return joined,
                 Memory::Skip => reads = (false, false),
-                Memory::Unopened => return self.claim(&mut conn, names, expires_at).await,
+                Memory::Unopened if bound.may_lead() => {
+                    return self.claim(&mut conn, names, expires_at).await;
+                }
+                Memory::Unopened => return gave_up(),
             }
         }
-        Joined::Alone
+        bound.alone()
     }
 
     /// Without fleet single flight (`--coalesce=false`): the fleet's memory

@@ -3,12 +3,13 @@
 --       the flight the caller followed (any name in the slot if none).
 -- ARGV: 1 a new flight id, 2 the caller's lease in ms, 3 '1' if the caller
 --       reads remembered answers, 4 '1' if it reads remembered refusals,
---       5 '1' if it followed a flight.
+--       5 '1' if it followed a flight, 6 '1' if it may lead one.
 -- Replies: {1, value} an answer; {2, value} a refusal; {3, value} the
 -- followed flight's result; {4, flight, ms left} another flight to follow (a
 -- lease longer than the caller's own, or without a TTL, is not one this
 -- replica could have written: it is cut back to the caller's lease); {5}
--- the caller leads, its flight id now the lease's value.
+-- the caller leads, its flight id now the lease's value; {6} no flight, and
+-- the caller may not lead (nothing taken).
 if ARGV[3] == '1' then
   local answer = redis.call('GET', KEYS[1])
   if answer then return {1, answer} end
@@ -31,5 +32,6 @@ if flight then
   end
   return {4, flight, left}
 end
+if ARGV[6] ~= '1' then return {6} end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
 return {5}

@@ -25,6 +25,9 @@ pub(super) enum JoinReply {
     Follow { flight: String, left: Duration },
     /// The caller leads; its flight id is the lease's value.
     Lead,
+    /// No flight, and the caller may not lead one (its turns are spent):
+    /// nothing was taken.
+    Free,
 }
 
 pub(super) struct JoinScript(LuaScript);
@@ -43,6 +46,7 @@ impl JoinScript {
         lease: Duration,
         reads: (bool, bool),
         followed: Option<&str>,
+        may_lead: bool,
     ) -> ScriptCall<'a> {
         let flag = |on: bool| if on { "1" } else { "0" };
         let mut call = self.0.call();
@@ -54,7 +58,8 @@ impl JoinScript {
             .arg(millis(lease))
             .arg(flag(reads.0))
             .arg(flag(reads.1))
-            .arg(flag(followed.is_some()));
+            .arg(flag(followed.is_some()))
+            .arg(flag(may_lead));
         call
     }
 
@@ -72,6 +77,7 @@ impl JoinScript {
                 left: Duration::from_millis(u64::try_from(*left).unwrap_or(0)),
             },
             [Value::Int(5)] => JoinReply::Lead,
+            [Value::Int(6)] => JoinReply::Free,
             _ => return None,
         })
     }
@@ -198,6 +204,10 @@ mod tests {
         assert_eq!(
             JoinScript::reply(Value::Array(vec![Value::Int(5)])),
             Some(JoinReply::Lead)
+        );
+        assert_eq!(
+            JoinScript::reply(Value::Array(vec![Value::Int(6)])),
+            Some(JoinReply::Free)
         );
         assert_eq!(JoinScript::reply(Value::Int(5)), None);
         assert_eq!(

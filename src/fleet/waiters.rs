@@ -22,10 +22,13 @@ use crate::{
 };
 
 /// Pauses between tries to unsubscribe a channel nobody waits on while the
-/// store fails: it tries until it succeeds, a new follower comes, or the
-/// fleet is gone.
+/// store fails, and how many tries (about two minutes in all, well past
+/// the breaker's pause): it tries until it succeeds, a new follower comes,
+/// the fleet is gone, or the tries run out (then its entry goes, and the
+/// next follower subscribes afresh).
 const UNSUBSCRIBE_PAUSE_MIN: Duration = Duration::from_millis(250);
 const UNSUBSCRIBE_PAUSE_MAX: Duration = Duration::from_secs(5);
+const UNSUBSCRIBE_TRIES: u32 = 30;
 
 /// What wakes a follower.
 #[derive(Debug)]
@@ -215,20 +218,24 @@ impl Waiter {
         if *subscribed && subscription.live.load(Ordering::Relaxed) {
             return true;
         }
+        let mut refused = false;
+        let subscribing = async {
+            let result = conn.subscribe(&self.channel).await;
+            if let Err(err) = &result {
+                refused = !(err.is_io_error() || err.is_timeout() || err.is_connection_dropped());
+            }
+            result
+        };
         let done = self
             .store
-            .op(
-                Op::Subscribe,
-                Lane::Calls,
-                until,
-                conn.subscribe(&self.channel),
-            )
+            .op(Op::Subscribe, Lane::Calls, until, subscribing)
             .await
             .is_some();
-        // A SUBSCRIBE that timed out may still land: counted as subscribed,
-        // so the last follower out unsubscribes it.
-        *subscribed = true;
-        subscription.live.store(true, Ordering::Relaxed);
+        // A SUBSCRIBE that timed out or was cut off may still land: counted
+        // as subscribed, so the last follower out unsubscribes it. One the
+        // server refused (an ACL) did not.
+        *subscribed = done || !refused;
+        subscription.live.store(*subscribed, Ordering::Relaxed);
         done
     }
 }
@@ -272,7 +279,7 @@ async fn unsubscribe_when_idle(
     subscription: Arc<Subscription>,
 ) {
     let mut pause = UNSUBSCRIBE_PAUSE_MIN;
-    loop {
+    for _ in 0..UNSUBSCRIBE_TRIES {
         let Some(registry) = waiters.upgrade() else {
             return;
         };
@@ -296,6 +303,9 @@ async fn unsubscribe_when_idle(
             };
             subscription.leaving.store(false, Ordering::Relaxed);
             if !done {
+                // Whether it landed is not known: a follower that comes
+                // meanwhile subscribes again (SUBSCRIBE may repeat).
+                subscription.live.store(false, Ordering::Relaxed);
                 drop((subscribed, registry));
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(UNSUBSCRIBE_PAUSE_MAX);
@@ -305,6 +315,12 @@ async fn unsubscribe_when_idle(
         }
         registry.idle(&channel, &subscription, true);
         return;
+    }
+    tracing::warn!(
+        "could not unsubscribe a flight's channel from the fleet store; giving up on it"
+    );
+    if let Some(registry) = waiters.upgrade() {
+        registry.idle(&channel, &subscription, true);
     }
 }
 

@@ -451,6 +451,10 @@ fn a_fleet_key_that_cannot_be_used_exits_2_with_one_line_before_binding() {
             "--fleet-naming-key-file is only used with --fleet-key-file",
         ),
         (vec!["--drain-delay", "1000000000y"], "--drain-delay"),
+        (
+            vec!["--fleet-size-hint", "3"],
+            "--fleet-size-hint is only used with --redis-url",
+        ),
         (vec!["--call-timeout", "400d"], "at most 365 days"),
         (vec!["--cache-ttl", "18446744073709551615s"], "--cache-ttl"),
     ] {
