@@ -124,6 +124,42 @@ enum Followed {
     Rejoin(Option<String>),
 }
 
+/// A call's state across its rounds of joining.
+struct Joining {
+    bound: Bound,
+    /// Which remembered outcomes it reads: answers, refusals.
+    reads: (bool, bool),
+    /// The flight it followed last, whose result it looks for first.
+    followed: Option<String>,
+    /// Whether it followed a flight whose leader went away.
+    took_over: bool,
+}
+
+impl Joining {
+    fn new(settings: &super::FleetSettings) -> Self {
+        Self {
+            bound: Bound::new(settings.lease),
+            reads: (settings.cache_ttl.is_some(), settings.refusal_ttl.is_some()),
+            followed: None,
+            took_over: false,
+        }
+    }
+
+    /// What a follower's wait (or a found result) leaves: the call's
+    /// outcome, or `None` to join again. Going on alone asks the bound.
+    fn after(&mut self, followed: Followed) -> Option<Joined> {
+        match followed {
+            Followed::Done(Joined::Alone) => Some(self.bound.alone()),
+            Followed::Done(joined) => Some(joined),
+            Followed::Rejoin(after) => {
+                self.took_over |= after.is_some();
+                self.followed = after;
+                None
+            }
+        }
+    }
+}
+
 /// A flight this replica leads for the fleet (or, with `--coalesce=false`,
 /// the outcome it remembers for the fleet).
 #[derive(Debug)]
@@ -149,81 +185,112 @@ impl Fleet {
         if !self.0.settings.coalesce {
             return self.remembered_only(&mut conn, names, expires_at).await;
         }
-        let settings = self.0.settings;
-        let mut bound = Bound::new(settings.lease);
-        let mut reads = (settings.cache_ttl.is_some(), settings.refusal_ttl.is_some());
-        let mut followed: Option<String> = None;
-        let mut took_over = false;
+        let mut joining = Joining::new(&self.0.settings);
         for _ in 0..MAX_ROUNDS {
-            let flight = new_flight_id();
-            let call = self.0.join.call(
-                &names,
-                &flight,
-                settings.lease,
-                reads,
-                followed.as_deref(),
-                bound.can_lead(),
-            );
-            let until = self.0.store.call_budget();
-            let Some(reply) = self
-                .0
-                .store
-                .op(Op::Join, Lane::Calls, until, call.run(&mut conn))
+            if let Some(joined) = self
+                .round(&mut conn, &names, &mut joining, expires_at)
                 .await
-                .and_then(JoinScript::reply)
-            else {
-                // The script may have run and taken the lease for `flight`:
-                // lead it, so its followers are answered (and the lease is
-                // released only if it is this flight's).
-                return if bound.may_lead() {
-                    Joined::Lead(self.lease(names, Some(flight), expires_at))
-                } else {
-                    gave_up()
-                };
-            };
-            let memory = match reply {
-                JoinReply::Answer(sealed) => self.memory(&names, &sealed, false),
-                JoinReply::Refusal(sealed) => self.memory(&names, &sealed, true),
-                JoinReply::Lead if bound.may_lead() => {
-                    if took_over {
-                        metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
-                    }
-                    return Joined::Lead(self.lease(names, Some(flight), expires_at));
-                }
-                JoinReply::Lead | JoinReply::Free => return gave_up(),
-                JoinReply::Result(sealed) => {
-                    let flight = followed.take().unwrap_or_default();
-                    match self.landed(&names, &flight, &sealed) {
-                        Followed::Done(joined) => return joined,
-                        Followed::Rejoin(after) => followed = after,
-                    }
-                    continue;
-                }
-                JoinReply::Follow { flight, left } => {
-                    let Some(until) = bound.next_wait(left) else {
-                        return gave_up();
-                    };
-                    match self.follow(&mut conn, &names, &flight, until).await {
-                        Followed::Done(Joined::Alone) => return bound.alone(),
-                        Followed::Done(joined) => return joined,
-                        Followed::Rejoin(after) => {
-                            took_over |= after.is_some();
-                            followed = after;
-                        }
-                    }
-                    continue;
-                }
-            };
-            match memory {
-                Memory::Serve(joined) => return joined,
-                Memory::Skip => reads = (false, false),
-                Memory::Unopened if bound.may_lead() => {
-                    return self.claim(&mut conn, names, expires_at).await;
-                }
-                Memory::Unopened => return gave_up(),
+            {
+                return joined;
             }
         }
-        bound.alone()
+        joining.bound.alone()
+    }
+
+    /// One round of joining: the join script, then what its reply calls
+    /// for; `None` to join again.
+    async fn round(
+        &self,
+        conn: &mut StoreConn,
+        names: &Names,
+        joining: &mut Joining,
+        expires_at: Option<SystemTime>,
+    ) -> Option<Joined> {
+        let flight = new_flight_id();
+        let call = self.0.join.call(
+            names,
+            &flight,
+            self.0.settings.lease,
+            joining.reads,
+            joining.followed.as_deref(),
+            joining.bound.can_lead(),
+        );
+        let until = self.0.store.call_budget();
+        let Some(reply) = self
+            .0
+            .store
+            .op(Op::Join, Lane::Calls, until, call.run(conn))
+            .await
+            .and_then(JoinScript::reply)
+        else {
+            return Some(self.unanswered(names, flight, &mut joining.bound, expires_at));
+        };
+        let memory = match reply {
+            JoinReply::Answer(sealed) => self.memory(names, &sealed, false),
+            JoinReply::Refusal(sealed) => self.memory(names, &sealed, true),
+            JoinReply::Lead if joining.bound.may_lead() => {
+                if joining.took_over {
+                    metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
+                }
+                return Some(Joined::Lead(self.lease(
+                    names.clone(),
+                    Some(flight),
+                    expires_at,
+                )));
+            }
+            JoinReply::Lead | JoinReply::Free => return Some(gave_up()),
+            JoinReply::Result(sealed) => {
+                let flight = joining.followed.take().unwrap_or_default();
+                return joining.after(self.landed(names, &flight, &sealed));
+            }
+            JoinReply::Follow { flight, left } => {
+                let Some(until) = joining.bound.next_wait(left) else {
+                    return Some(gave_up());
+                };
+                return joining.after(self.follow(conn, names, &flight, until).await);
+            }
+        };
+        self.remembered(conn, names, joining, memory, expires_at)
+            .await
+    }
+
+    /// A join whose reply never came: the script may have run and taken
+    /// the lease for `flight`, so the call leads it (its followers are
+    /// answered, and the lease is released only if it is this flight's).
+    fn unanswered(
+        &self,
+        names: &Names,
+        flight: String,
+        bound: &mut Bound,
+        expires_at: Option<SystemTime>,
+    ) -> Joined {
+        match bound.may_lead() {
+            true => Joined::Lead(self.lease(names.clone(), Some(flight), expires_at)),
+            false => gave_up(),
+        }
+    }
+
+    /// What a remembered value found by the join leaves: served, skipped
+    /// (join again without reading the memory), or replaced.
+    async fn remembered(
+        &self,
+        conn: &mut StoreConn,
+        names: &Names,
+        joining: &mut Joining,
+        memory: Memory,
+        expires_at: Option<SystemTime>,
+    ) -> Option<Joined> {
+        match memory {
+            Memory::Serve(joined) => Some(joined),
+            Memory::Skip => {
+                joining.reads = (false, false);
+                None
+            }
+            Memory::Unopened if joining.bound.may_lead() => {
+                Some(self.claim(conn, names.clone(), expires_at).await)
+            }
+            Memory::Unopened => Some(gave_up()),
+        }
     }
 
     /// Without fleet single flight (`--coalesce=false`): the fleet's memory
