@@ -1,11 +1,13 @@
 -- The upstream rate limiter (src/gcra.rs's algorithm) on Redis's clock, in
 -- one hash per region and configured limit.
--- KEYS: 1 the hash. ARGV: 1 'take' or 'throttle', 2 the wait bound (µs),
--- 3 the limit (per second), 4 the burst, 5 the decrease factor, 6 the
+-- KEYS: 1 the hash. ARGV: 1 'take', 'throttle' or 'spent', 2 the wait bound
+-- (µs) of a take, or the number of turns a replica's own limiter gave
+-- (spent; it refuses nothing, and runs up at most one turn of debt past the
+-- longest wait), 3 the limit (per second), 4 the burst, 5 the decrease factor, 6 the
 -- floor rate, 7 the spacing of decreases (µs), 8 the recovery time (µs),
 -- 9 the longest wait any caller is given (µs).
 -- Replies: {1, wait µs, rate ×1000} a turn; {0, retry-after µs, rate ×1000}
--- a refusal; {2, 0, rate ×1000} a throttle.
+-- a refusal; {2, 0, rate ×1000} a throttle; {3, 0, rate ×1000} turns spent.
 -- State read from the hash is clamped to what a replica could have written
 -- by now on this clock (a clock step, a failover to a primary whose clock is
 -- behind, a hand-written hash): a decrease in the future is not believed, a rate
@@ -58,6 +60,16 @@ if ARGV[1] == 'throttle' then
   return {2, 0, math.floor(current * 1000)}
 end
 local interval = 1000000 / current
+if ARGV[1] == 'spent' then
+  local most = now + tolerance + horizon + interval
+  local spent = math.min(math.max(tat, now) + tonumber(ARGV[2]) * interval, most)
+  if spent > tat then
+    tat = spent
+    redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat))
+    keep()
+  end
+  return {3, 0, math.floor(current * 1000)}
+end
 tat = math.max(tat, now)
 local wait = math.max(0, tat - tolerance - now)
 if wait > max_wait then

@@ -67,12 +67,17 @@ impl Params {
         micros(self.horizon) + self.tolerance() + MICROS_PER_SECOND / (self.floor * self.limit)
     }
 
-    /// [`SCRIPT`]'s arguments: `op` (`take` or `throttle`), the wait bound
-    /// in µs, then these parameters.
-    pub fn script_args(&self, op: &str, max_wait: Duration) -> Vec<String> {
+    /// [`SCRIPT`]'s arguments: the operation and its argument, then these
+    /// parameters.
+    pub fn script_args(&self, op: ScriptOp) -> Vec<String> {
+        let (name, argument) = match op {
+            ScriptOp::Take(max_wait) => ("take", micros(max_wait).floor()),
+            ScriptOp::Throttle => ("throttle", 0.0),
+            ScriptOp::Spent(turns) => ("spent", f64::from(turns)),
+        };
         vec![
-            op.to_owned(),
-            micros(max_wait).floor().to_string(),
+            name.to_owned(),
+            argument.to_string(),
             self.limit.to_string(),
             self.burst.to_string(),
             self.decrease.to_string(),
@@ -82,6 +87,17 @@ impl Params {
             micros(self.horizon).to_string(),
         ]
     }
+}
+
+/// What [`SCRIPT`] is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScriptOp {
+    /// Take a turn that comes within this wait ([`Gcra::take`]).
+    Take(Duration),
+    /// Cognito throttled ([`Gcra::throttled`]).
+    Throttle,
+    /// Count this many turns given elsewhere ([`Gcra::spent`]).
+    Spent(u32),
 }
 
 /// What the limiter answered a caller.
@@ -150,6 +166,21 @@ impl Gcra {
         Turn::Go(from_micros(wait))
     }
 
+    /// Counts `turns` that another limiter gave at `now` (µs): the fleet's
+    /// turns in a replica's own limiter, which decides when the fleet's
+    /// cannot answer in time, and the turns a replica's own limiter gave in
+    /// the fleet's. Each then leaves only the rest of its rate to its own
+    /// callers. It refuses nothing and runs up at most one turn of debt
+    /// past the longest wait: when the other stops giving turns, this one
+    /// gives its first within one turn of the longest wait.
+    pub fn spent(&mut self, now: f64, turns: u32, params: &Params) {
+        self.clamp(now, params);
+        let interval = MICROS_PER_SECOND / self.rate(now, params);
+        let most = now + params.tolerance() + micros(params.horizon) + interval;
+        let tat = (self.tat.max(now) + f64::from(turns) * interval).min(most);
+        self.tat = self.tat.max(tat);
+    }
+
     /// Cognito throttled at `now` (µs): the rate falls, unless it just did.
     /// Returns the lowered rate, or `None` if it had just fallen.
     pub fn throttled(&mut self, now: f64, params: &Params) -> Option<f64> {
@@ -169,7 +200,8 @@ impl Gcra {
 /// The same algorithm on Redis, on Redis's clock (`TIME`), in one hash per
 /// region and limit. KEYS: the hash. ARGV: [`Params::script_args`]. Returns
 /// {1, wait µs, rate ×1000} for a turn, {0, retry-after µs, rate ×1000} for
-/// a refusal, and {2, 0, rate ×1000} for a throttle.
+/// a refusal, {2, 0, rate ×1000} for a throttle and {3, 0, rate ×1000} for
+/// turns spent elsewhere.
 pub const SCRIPT: &str = include_str!("gcra.lua");
 
 /// A duration in µs.
@@ -214,6 +246,38 @@ mod tests {
         assert_eq!(
             gcra.take(now, Duration::from_millis(150), &params),
             Turn::Go(Duration::from_millis(100))
+        );
+    }
+
+    #[test]
+    fn turns_spent_elsewhere_leave_this_limiter_only_the_rest_of_its_share() {
+        // 10/s, burst 1, a 200 ms horizon: turns 100 ms apart.
+        let params = Params::for_limit(10.0);
+        let mut gcra = Gcra::default();
+        let now = 1_000.0 * MS;
+        // The fleet gave this replica 2 turns within 100 ms: its share of
+        // those 100 ms and the next are spent.
+        gcra.spent(now, 1, &params);
+        gcra.spent(now + 50.0 * MS, 1, &params);
+        assert_eq!(
+            gcra.take(now + 100.0 * MS, Duration::ZERO, &params),
+            Turn::Refused(Duration::from_millis(100))
+        );
+        assert_eq!(
+            gcra.take(now + 200.0 * MS, Duration::ZERO, &params),
+            Turn::Go(Duration::ZERO)
+        );
+        // However much the fleet gave, the debt stops one turn past the
+        // longest wait, and the first turn of its own comes within it.
+        gcra.spent(now + 300.0 * MS, 100, &params);
+        let later = now + 300.0 * MS;
+        assert_eq!(
+            gcra.take(later, Duration::from_millis(200), &params),
+            Turn::Refused(Duration::from_millis(300))
+        );
+        assert_eq!(
+            gcra.take(later + 100.0 * MS, Duration::from_millis(200), &params),
+            Turn::Go(Duration::from_millis(200))
         );
     }
 
@@ -284,7 +348,7 @@ mod tests {
 
     #[test]
     fn every_argument_is_a_plain_number() {
-        let args = Params::for_limit(0.5).script_args("take", Duration::from_millis(200));
+        let args = Params::for_limit(0.5).script_args(ScriptOp::Take(Duration::from_millis(200)));
         assert_eq!(args[0], "take");
         for arg in &args[1..] {
             assert!(arg.parse::<f64>().is_ok(), "{arg}");

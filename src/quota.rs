@@ -10,7 +10,7 @@ use std::{
     str::FromStr,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -21,7 +21,7 @@ use redis::Value;
 use crate::{
     cognito::{AttemptPacer, TurnFuture},
     expiring::lock,
-    gcra::{self, Gcra, Params, Turn},
+    gcra::{self, Gcra, Params, ScriptOp, Turn},
     metric_names::{
         FLEET_REPLICAS, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_THROTTLES,
         UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
@@ -40,6 +40,9 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an announcement counts: a replica gone for this long leaves the
 /// fleet's size.
 const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
+/// How often a replica tells the fleet's limiter of the turns its own gave
+/// (when Redis was too slow or away for a take).
+const REPORT_INTERVAL: Duration = Duration::from_millis(50);
 /// At most one "limiting" warning per this long.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// A turn must leave its attempt this long before the call's deadline, to
@@ -180,6 +183,10 @@ struct RegionQuota {
     /// so replicas configured differently never interleave their state.
     key: Option<String>,
     local: Mutex<Gcra>,
+    /// Turns this replica's own limiter gave that the fleet's has not heard
+    /// of, and whether a task is reporting them.
+    unreported: AtomicU32,
+    reporting: AtomicBool,
     /// The last throttled token (64 bits of its keyed MAC) and when.
     last_throttled: Mutex<Option<(u64, Instant)>>,
     limited: Counter,
@@ -283,18 +290,7 @@ impl AttemptPacer for Quota {
         // chance. Off the SDK's (synchronous) interceptor, as background work
         // with its own budget: the fleet hears of it a round trip later.
         tokio::spawn(async move {
-            let args = inner
-                .params(quota.limit)
-                .script_args("throttle", Duration::ZERO);
-            let mut call = inner.limiter.0.call();
-            call.key(&key).arg(args);
-            if let Some((_, rate)) = store
-                .run(Op::Quota, Lane::Background, BACKGROUND_BUDGET, &call)
-                .await
-                .and_then(LimiterScript::reply)
-            {
-                quota.fleet_rate.set(rate);
-            }
+            inner.tell(&store, &quota, &key, ScriptOp::Throttle).await;
         });
     }
 }
@@ -329,6 +325,8 @@ impl QuotaState {
                 store.key_name(&label, "q")
             }),
             local: Mutex::new(Gcra::default()),
+            unreported: AtomicU32::new(0),
+            reporting: AtomicBool::new(false),
             last_throttled: Mutex::new(None),
             limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),
             waited: metrics::counter!(UPSTREAM_WAITED, "region" => label()),
@@ -342,27 +340,70 @@ impl QuotaState {
     }
 
     /// A turn from the fleet's limiter on Redis, or, without it (none
-    /// configured, away, failing), from this replica's at its share.
-    async fn take(&self, quota: &RegionQuota, max_wait: Duration) -> Turn {
+    /// configured, away, failing, too slow), from this replica's at its
+    /// share. Each limiter also counts the turns the other gave, so the
+    /// two together never give the limit twice.
+    async fn take(self: &Arc<Self>, quota: &Arc<RegionQuota>, max_wait: Duration) -> Turn {
         if let (Some(store), Some(key)) = (&self.store, &quota.key) {
-            let args = self.params(quota.limit).script_args("take", max_wait);
             let mut call = self.limiter.0.call();
+            let args = self
+                .params(quota.limit)
+                .script_args(ScriptOp::Take(max_wait));
             call.key(key).arg(args);
-            if let Some((turn, rate)) = store
+            let reply = store
                 .run(Op::Quota, Lane::Calls, store.timeout(), &call)
                 .await
-                .and_then(LimiterScript::reply)
-            {
+                .and_then(LimiterScript::reply);
+            if let Some(LimiterReply::Turn(turn, rate)) = reply {
                 quota.fleet_rate.set(rate);
+                if let Turn::Go(_) = turn {
+                    // When a later take times out (its script may have run
+                    // and given a fleet turn), this replica's share decides
+                    // what is left of it.
+                    let share = self.share(quota);
+                    lock(&quota.local).spent(self.now_micros(), 1, &share);
+                }
                 return turn;
             }
         }
         let share = self.share(quota);
         let now = self.now_micros();
-        let mut local = lock(&quota.local);
-        let turn = local.take(now, max_wait, &share);
-        quota.replica_rate.set(local.rate(now, &share));
+        let turn = {
+            let mut local = lock(&quota.local);
+            let turn = local.take(now, max_wait, &share);
+            quota.replica_rate.set(local.rate(now, &share));
+            turn
+        };
+        if matches!(turn, Turn::Go(_)) && quota.key.is_some() {
+            self.report(quota);
+        }
         turn
+    }
+
+    /// Tells the fleet's limiter, in the background, of a turn this
+    /// replica's own gave: a Redis too slow for a call's budget (or whose
+    /// calls' breaker is open) still hears of it, within a report interval
+    /// and the background's budget, so the fleet does not give it again.
+    fn report(self: &Arc<Self>, quota: &Arc<RegionQuota>) {
+        quota.unreported.fetch_add(1, Ordering::Relaxed);
+        if quota.reporting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(report(Arc::downgrade(self), Arc::clone(quota)));
+    }
+
+    /// Runs `op` on the fleet's limiter for `quota` on the background
+    /// lane, and keeps the fleet's rate it answers.
+    async fn tell(&self, store: &Store, quota: &RegionQuota, key: &str, op: ScriptOp) {
+        let mut call = self.limiter.0.call();
+        call.key(key).arg(self.params(quota.limit).script_args(op));
+        if let Some(LimiterReply::Rate(rate)) = store
+            .run(Op::Quota, Lane::Background, BACKGROUND_BUDGET, &call)
+            .await
+            .and_then(LimiterScript::reply)
+        {
+            quota.fleet_rate.set(rate);
+        }
     }
 
     /// This replica's share of `quota`'s limit: all of it alone, the limit
@@ -402,9 +443,8 @@ impl QuotaState {
 struct LimiterScript(LuaScript);
 
 impl LimiterScript {
-    /// The turn, and the fleet's rate per second; `None` if the reply is
-    /// not one the script gives.
-    fn reply(reply: Value) -> Option<(Turn, f64)> {
+    /// What the script answered; `None` if the reply is not one it gives.
+    fn reply(reply: Value) -> Option<LimiterReply> {
         let Value::Array(items) = reply else {
             return None;
         };
@@ -413,12 +453,23 @@ impl LimiterScript {
             return None;
         };
         let after = gcra::from_micros(*micros as f64);
-        let turn = match code {
-            1 | 2 => Turn::Go(after),
-            _ => Turn::Refused(after),
-        };
-        Some((turn, *milli_rate as f64 / 1000.0))
+        let rate = *milli_rate as f64 / 1000.0;
+        match code {
+            0 => Some(LimiterReply::Turn(Turn::Refused(after), rate)),
+            1 => Some(LimiterReply::Turn(Turn::Go(after), rate)),
+            2 | 3 => Some(LimiterReply::Rate(rate)),
+            _ => None,
+        }
     }
+}
+
+/// The limiter script's reply, with the fleet's rate per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LimiterReply {
+    /// A take's answer.
+    Turn(Turn, f64),
+    /// A throttle's or spent turns' acknowledgement.
+    Rate(f64),
 }
 
 /// The announcement script (`src/announce.lua`).
@@ -434,6 +485,33 @@ impl AnnounceScript {
             },
             _ => None,
         }
+    }
+}
+
+/// Reports the turns `quota`'s own limiter gave to the fleet's, every
+/// [`REPORT_INTERVAL`] while there are any.
+async fn report(inner: Weak<QuotaState>, quota: Arc<RegionQuota>) {
+    loop {
+        tokio::time::sleep(REPORT_INTERVAL).await;
+        let turns = quota.unreported.swap(0, Ordering::AcqRel);
+        if turns == 0 {
+            quota.reporting.store(false, Ordering::Release);
+            // A turn counted between the swap and the store finds the flag
+            // set and leaves it to this task.
+            if quota.unreported.load(Ordering::Acquire) == 0
+                || quota.reporting.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+            continue;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let (Some(store), Some(key)) = (&inner.store, &quota.key) else {
+            return;
+        };
+        inner.tell(store, &quota, key, ScriptOp::Spent(turns)).await;
     }
 }
 
@@ -510,13 +588,21 @@ mod tests {
         let reply = Value::Array(vec![Value::Int(1), Value::Int(2500), Value::Int(40_000)]);
         assert_eq!(
             LimiterScript::reply(reply),
-            Some((Turn::Go(Duration::from_micros(2500)), 40.0))
+            Some(LimiterReply::Turn(
+                Turn::Go(Duration::from_micros(2500)),
+                40.0
+            ))
         );
         let reply = Value::Array(vec![Value::Int(0), Value::Int(100_000), Value::Int(20_000)]);
         assert_eq!(
             LimiterScript::reply(reply),
-            Some((Turn::Refused(Duration::from_millis(100)), 20.0))
+            Some(LimiterReply::Turn(
+                Turn::Refused(Duration::from_millis(100)),
+                20.0
+            ))
         );
+        let reply = Value::Array(vec![Value::Int(3), Value::Int(0), Value::Int(20_000)]);
+        assert_eq!(LimiterScript::reply(reply), Some(LimiterReply::Rate(20.0)));
         assert_eq!(
             LimiterScript::reply(Value::Array(vec![Value::Int(1)])),
             None

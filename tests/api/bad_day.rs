@@ -1,7 +1,7 @@
 //! The fleet on a bad day: a leader that gives up, a notice Redis refuses,
 //! a lease stretched or written by hand, followers leaving while the breaker
 //! is open, readers whose settings differ from the writer's, a key rotation,
-//! a Redis too slow for calls, and replicas started while Redis is away.
+//! leaders dying in turn (`slow_store` has a Redis too slow for calls).
 //! Replicas of the real binary on a real `redis-server`, on loopback.
 
 use std::{
@@ -13,11 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-};
+use tokio::task::JoinSet;
 use tonic::Code;
 
 use crate::{
@@ -27,7 +23,7 @@ use crate::{
         until_remembered,
     },
     helpers::{Reply, Running, StandIn, TOKEN, USERNAME, request},
-    quota::{LIMIT, Load, addrs, metric, rate_between},
+    slow_store::adjustable_proxy,
 };
 
 /// Waits (bounded) until the store has no pub/sub channel left.
@@ -342,156 +338,6 @@ async fn a_key_rotation_keeps_one_fleet() {
     let limiters = redis.cli(&["--scan", "--pattern", "*:q"]);
     assert_eq!(limiters.lines().count(), 1, "{limiters}");
     assert_eq!(stand_in.received().len(), 4);
-}
-
-/// A TCP proxy to `to` that holds every chunk `delay` in each direction
-/// (order kept), as a Redis far away would be: on loopback, stopping when
-/// dropped with its runtime's tasks.
-async fn latency_proxy(to: SocketAddr, delay: Duration) -> SocketAddr {
-    let millis = u64::try_from(delay.as_millis()).unwrap();
-    adjustable_proxy(to, Arc::new(AtomicU64::new(millis))).await
-}
-
-/// [`latency_proxy`] whose delay (ms) may change while it runs.
-async fn adjustable_proxy(to: SocketAddr, delay: Arc<AtomicU64>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = TcpStream::connect(to).await else {
-                continue;
-            };
-            let (in_read, in_write) = inbound.into_split();
-            let (out_read, out_write) = outbound.into_split();
-            tokio::spawn(delayed(in_read, out_write, Arc::clone(&delay)));
-            tokio::spawn(delayed(out_read, in_write, Arc::clone(&delay)));
-        }
-    });
-    addr
-}
-
-async fn delayed(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Arc<AtomicU64>,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(4096);
-    tokio::spawn(async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(at).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buffer = vec![0u8; 64 * 1024];
-    while let Ok(n) = from.read(&mut buffer).await {
-        if n == 0
-            || tx
-                .send((
-                    tokio::time::Instant::now()
-                        + Duration::from_millis(delay.load(Ordering::Relaxed)),
-                    buffer[..n].to_vec(),
-                ))
-                .await
-                .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// The fleet's rate at the stand-in under 24 callers, over seconds 1 to 5.
-async fn rate_under_load(stand_in: &StandIn, replicas: &[Running], salt: &str) -> f64 {
-    let started = Instant::now();
-    let load = Load::start(&addrs(replicas), 24, salt).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rate = rate_between(
-        stand_in,
-        started + Duration::from_secs(1),
-        started + Duration::from_secs(5),
-    );
-    let tally = load.stop().await;
-    eprintln!("{salt}: {rate:.1} calls/s at the stand-in, {tally:?}");
-    assert!(tally.other.is_empty(), "{tally:?}");
-    rate
-}
-
-// Two workers: the proxy serves while the test waits for a replica's line.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_slower_than_the_call_budget_still_splits_the_limit() {
-    let stand_in = StandIn::start().await;
-    let redis = Redis::start(&[]);
-    let far = latency_proxy(
-        format!("127.0.0.1:{}", redis.port).parse().unwrap(),
-        Duration::from_millis(30),
-    )
-    .await;
-    let key = key_file(&redis.dir, 38);
-    let url = format!("redis://{far}");
-    // --redis-timeout stays at its 20 ms: every call's lookup times out.
-    let mut replicas: Vec<Running> = (0..3)
-        .map(|_| replica_at(&stand_in, &url, &key, &["--upstream-rate-limit", "40"]))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for replica in &mut replicas {
-        while metric(replica, "cognito_facade_fleet_replicas").await != Some(3.0) {
-            assert!(
-                Instant::now() < deadline,
-                "the replicas never learned the fleet's size"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let rate = rate_under_load(&stand_in, &replicas, "far").await;
-    assert!(rate <= 1.15 * LIMIT, "{rate:.1} calls/s");
-    assert!(rate >= 0.5 * LIMIT, "{rate:.1} calls/s");
-}
-
-#[tokio::test]
-async fn replicas_started_while_redis_is_away_keep_the_hinted_share() {
-    let stand_in = StandIn::start().await;
-    let dir = std::env::temp_dir().join(format!("cognito-facade-hint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = key_file(&dir, 39);
-    // Nothing listens there.
-    let away = {
-        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("redis://{}", held.local_addr().unwrap())
-    };
-    let args = [
-        "--redis-url",
-        away.as_str(),
-        "--fleet-key-file",
-        key.to_str().unwrap(),
-        "--upstream-rate-limit",
-        "40",
-        "--fleet-size-hint",
-        "3",
-    ];
-    let mut replicas: Vec<Running> = (0..3)
-        .map(|_| Running::against(&stand_in, &args, &[]))
-        .collect();
-    for replica in &mut replicas {
-        replica.find_line("cannot reach the fleet store yet");
-    }
-    let rate = rate_under_load(&stand_in, &replicas, "hint").await;
-    assert!(rate <= 1.15 * LIMIT, "{rate:.1} calls/s");
-    assert!(rate >= 0.5 * LIMIT, "{rate:.1} calls/s");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[tokio::test]
-async fn replicas_with_different_limits_keep_apart_state() {
-    let stand_in = StandIn::start().await;
-    let redis = Redis::start(&[]);
-    let key = key_file(&redis.dir, 40);
-    let ten = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "10"]);
-    let forty = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "40"]);
-    call(ten.addr, &format!("{TOKEN}ten")).await;
-    call(forty.addr, &format!("{TOKEN}forty")).await;
-    let limiters = redis.cli(&["--scan", "--pattern", "*:q"]);
-    assert_eq!(limiters.lines().count(), 2, "{limiters}");
 }
 
 #[tokio::test]

@@ -21,5 +21,6 @@ mod reflection;
 mod rpc;
 mod secrets;
 mod shutdown;
+mod slow_store;
 mod tokens;
 mod tracing;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use cognito_facade::{
-    gcra::{Gcra, Params, SCRIPT, Turn},
+    gcra::{Gcra, Params, SCRIPT, ScriptOp, Turn},
     proto::identity_provider_service_client::IdentityProviderServiceClient,
 };
 use tokio::task::JoinSet;
@@ -76,6 +76,8 @@ struct Step {
     #[serde(default)]
     throttle: bool,
     rate: Option<f64>,
+    /// Turns another limiter gave, counted in this one.
+    spent: Option<u32>,
 }
 
 /// What one step saw: a turn after ms, a refusal with a retry-after in ms,
@@ -85,6 +87,7 @@ enum Seen {
     Go(f64),
     Refused(f64),
     Rate(f64),
+    Spent,
 }
 
 fn cases() -> Vec<Case> {
@@ -118,6 +121,7 @@ fn check(case: &Case, seen: &[Seen], slack_ms: f64, what: &str) {
             (Seen::Go(at), Some(expected), None, None) => near(at, expected),
             (Seen::Refused(after), None, Some(expected), None) => near(after, expected),
             (Seen::Rate(rate), None, None, Some(expected)) => (rate - expected).abs() <= 0.05,
+            (Seen::Spent, None, None, None) => step.spent.is_some(),
             _ => false,
         };
         assert!(
@@ -147,6 +151,10 @@ fn run_in_process(case: &Case) -> Vec<Seen> {
             if step.throttle {
                 gcra.throttled(now, &params);
                 return Seen::Rate(gcra.rate(now, &params));
+            }
+            if let Some(turns) = step.spent {
+                gcra.spent(now, turns, &params);
+                return Seen::Spent;
             }
             let max_wait = Duration::from_millis(step.max_wait_ms.unwrap());
             match gcra.take(now, max_wait, &params) {
@@ -192,22 +200,21 @@ async fn run_on_redis(case: &Case, redis: &Redis) -> Vec<Seen> {
     let mut seen = Vec::new();
     for step in &case.steps {
         tokio::time::sleep_until(start + Duration::from_millis(step.at_ms + 3)).await;
-        let (op, max_wait) = match step.throttle {
-            true => ("throttle", Duration::ZERO),
-            false => (
-                "take",
-                Duration::from_millis(step.max_wait_ms.unwrap() + 10),
-            ),
+        let op = match (step.throttle, step.spent) {
+            (true, _) => ScriptOp::Throttle,
+            (false, Some(turns)) => ScriptOp::Spent(turns),
+            (false, None) => ScriptOp::Take(Duration::from_millis(step.max_wait_ms.unwrap() + 10)),
         };
         let reply: Vec<i64> = script
             .key(&key)
-            .arg(params.script_args(op, max_wait))
+            .arg(params.script_args(op))
             .invoke_async(&mut conn)
             .await
             .unwrap();
         let after = reply[1] as f64 / 1000.0;
         seen.push(match reply[0] {
             2 => Seen::Rate(reply[2] as f64 / 1000.0),
+            3 => Seen::Spent,
             1 => Seen::Go(after),
             _ => Seen::Refused(after),
         });
