@@ -747,21 +747,22 @@ async fn in_a_cluster_losing_a_node_that_serves_none_of_its_channels_wakes_no_fo
     let key = key_file(&cluster.nodes[0].dir, 9);
     let leader = cluster_replica(&stand_in, &cluster, &key, &[]);
     let follower = cluster_replica(&stand_in, &cluster, &key, &[]);
-    // The node that serves the token's slot: where its flight's result is.
-    assert_eq!(call(leader.addr, TOKEN).await.1, "cognito");
+    // Each replica keeps a connection to every node (the cluster client
+    // opens them all), so a node's loss reaches both as a disconnection.
+    for node in &cluster.nodes {
+        let clients = node.cli(&["CLIENT", "LIST"]);
+        assert!(clients.matches("resp=3").count() >= 2, "{clients}");
+    }
+    let leading = tokio::spawn(call(leader.addr, TOKEN));
+    until_received(&stand_in, 1).await;
+    // The node that serves the token's slot holds its flight's lease, the
+    // only key in the cluster.
     let serving = cluster
         .nodes
         .iter()
-        .position(|node| {
-            !node
-                .cli(&["--scan", "--pattern", "*:r:*"])
-                .trim()
-                .is_empty()
-        })
-        .expect("a node holds the flight's result");
+        .position(|node| !node.cli(&["--scan"]).trim().is_empty())
+        .expect("a node holds the flight's lease");
     let unrelated = (serving + 1) % cluster.nodes.len();
-    let leading = tokio::spawn(call(leader.addr, TOKEN));
-    until_received(&stand_in, 2).await;
     let following = tokio::spawn(call(follower.addr, TOKEN));
     // Long enough to have subscribed to the leader's flight.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -770,7 +771,78 @@ async fn in_a_cluster_losing_a_node_that_serves_none_of_its_channels_wakes_no_fo
     assert_eq!(username, USERNAME);
     assert_eq!(source, "fleet_coalesced", "the follower was woken");
     assert_eq!(leading.await.unwrap().1, "cognito");
-    assert_eq!(stand_in.received().len(), 2);
+    assert_eq!(stand_in.received().len(), 1);
+}
+
+#[tokio::test]
+async fn in_a_cluster_a_slot_that_moves_sends_its_followers_to_the_new_node() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1800),
+        Box::new(Reply::full_success()),
+    ));
+    let cluster = Cluster::start();
+    let key = key_file(&cluster.nodes[0].dir, 10);
+    let leader = cluster_replica(&stand_in, &cluster, &key, &[]);
+    let follower = cluster_replica(&stand_in, &cluster, &key, &[]);
+    let leading = tokio::spawn(call(leader.addr, TOKEN));
+    until_received(&stand_in, 1).await;
+    let from = cluster
+        .nodes
+        .iter()
+        .position(|node| !node.cli(&["--scan"]).trim().is_empty())
+        .expect("a node holds the flight's lease");
+    let following = tokio::spawn(call(follower.addr, TOKEN));
+    let channel = until_shard_channel(&cluster.nodes[from]).await;
+    // The slot moves to another node, its keys with it, as
+    // `redis-cli --cluster reshard` moves one: the old node tells its
+    // subscribers (`sunsubscribe`).
+    let to = (from + 1) % cluster.nodes.len();
+    let slot = cluster.nodes[from].cli(&["CLUSTER", "KEYSLOT", &channel]);
+    let slot = slot.trim();
+    let id = |node: &Redis| node.cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let (from_id, to_id) = (id(&cluster.nodes[from]), id(&cluster.nodes[to]));
+    let (source, target) = (&cluster.nodes[from], &cluster.nodes[to]);
+    assert_ok(target.cli(&["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]));
+    assert_ok(source.cli(&["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]));
+    for key in source
+        .cli(&["CLUSTER", "GETKEYSINSLOT", slot, "100"])
+        .lines()
+    {
+        let port = target.port.to_string();
+        assert_ok(source.cli(&["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]));
+    }
+    for node in [target, source] {
+        assert_ok(node.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &to_id]));
+    }
+    // The follower rejoins the flight where it now lives and listens there.
+    assert_eq!(until_shard_channel(target).await, channel);
+    let (username, source) = following.await.unwrap();
+    assert_eq!(username, USERNAME);
+    assert_eq!(source, "fleet_coalesced");
+    assert_eq!(leading.await.unwrap().1, "cognito");
+    assert_eq!(stand_in.received().len(), 1);
+}
+
+fn assert_ok(reply: String) {
+    assert_eq!(reply.trim(), "OK", "{reply}");
+}
+
+/// The first shard channel `node` serves, once one is subscribed (bounded).
+async fn until_shard_channel(node: &Redis) -> String {
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    loop {
+        let channels = node.cli(&["PUBSUB", "SHARDCHANNELS"]);
+        if let Some(channel) = channels.lines().find(|line| !line.trim().is_empty()) {
+            return channel.trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no shard channel on {}",
+            node.port
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

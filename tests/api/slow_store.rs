@@ -1,6 +1,6 @@
-//! The store's budgets on a slow day: a Redis far away, or near the call's
-//! budget so that some lookups time out and others do not, replicas started
-//! while Redis is away, and replicas whose limits differ. Replicas of the
+//! The store on a slow day: a Redis far away, or near the call's budget so
+//! that some lookups time out and others do not, replicas started while
+//! Redis is away, and replicas whose limits differ. Replicas of the
 //! real binary on a real `redis-server`, behind a latency proxy written
 //! here (Linux `netem` is not in this kernel).
 
@@ -53,17 +53,14 @@ async fn wavering_proxy(
     wavering: Arc<AtomicBool>,
 ) -> SocketAddr {
     let started = Instant::now();
-    proxy(
-        to,
-        Arc::new(move || {
-            let phase = started.elapsed().as_millis() % 200;
-            match wavering.load(Ordering::Relaxed) && phase >= 150 {
-                true => slow,
-                false => fast,
-            }
-        }),
-    )
-    .await
+    let delay = move || {
+        let phase = started.elapsed().as_millis() % 200;
+        match wavering.load(Ordering::Relaxed) && phase >= 150 {
+            true => slow,
+            false => fast,
+        }
+    };
+    proxy(to, Arc::new(delay)).await
 }
 
 async fn proxy(to: SocketAddr, delay: Delay) -> SocketAddr {
