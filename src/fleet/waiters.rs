@@ -327,6 +327,7 @@ async fn unsubscribe_when_idle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_server::TestServer;
 
     fn push(kind: PushKind, data: &[&[u8]]) -> PushInfo {
         PushInfo {
@@ -376,5 +377,55 @@ mod tests {
         waiters.deliver(RedisMode::Cluster, push(PushKind::SUnsubscribe, &[b"c"]));
         assert!(matches!(rx.try_recv(), Ok(Wake::Dropped)));
         assert!(!subscription.live.load(Ordering::Relaxed));
+    }
+
+    /// The number of subscribers of `channel`.
+    async fn subscribers(server: &TestServer, channel: &str) -> i64 {
+        match server.command(&["PUBSUB", "NUMSUB", channel]).await {
+            Value::Array(reply) => match reply.as_slice() {
+                [_, Value::Int(n)] => *n,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_comes_while_the_channel_is_unsubscribed_waits_and_subscribes() {
+        let server = TestServer::start();
+        let waiters = Arc::new(Waiters::default());
+        let store = server.store(|_| {}).await;
+        let mut conn = store.connected().unwrap();
+        let until = || Instant::now() + Duration::from_secs(2);
+        let (first, _woken) = waiters.register(&store, "c", "aaaa");
+        assert!(first.subscribe(&mut conn, until()).await);
+        assert_eq!(subscribers(&server, "c").await, 1);
+        // Redis holds every command for 400 ms: the last follower leaves,
+        // and its UNSUBSCRIBE is sent but not yet answered.
+        let pause = server.command(&["CLIENT", "PAUSE", "400", "ALL"]).await;
+        assert_eq!(pause, Value::Okay);
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A new follower of the channel comes meanwhile. It must neither
+        // take the channel for subscribed nor send SUBSCRIBE before the
+        // UNSUBSCRIBE is answered.
+        let (second, _woken) = waiters.register(&store, "c", "bbbb");
+        let started = Instant::now();
+        assert!(second.subscribe(&mut conn, until()).await);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "it did not wait for the UNSUBSCRIBE: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(subscribers(&server, "c").await, 1, "left unsubscribed");
+        drop(second);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while subscribers(&server, "c").await != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the last one out did not unsubscribe"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -18,6 +18,8 @@ mod conn;
 mod ops;
 mod script;
 mod seal;
+#[cfg(test)]
+pub(crate) mod test_server;
 
 use std::{
     fmt,
