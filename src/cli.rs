@@ -232,7 +232,7 @@ pub(crate) struct Cli {
     fleet_key_file: Option<PathBuf>,
 
     /// During a fleet key rotation, the key being replaced: values sealed under it still open,
-    /// and values are sealed under both, so replicas still on it read them (see the README).
+    /// and values are sealed under both, so replicas still on it read them (see docs/fleets.md, "Rotating the fleet key").
     #[arg(long, env = ENV_FLEET_PREVIOUS_KEY_FILE, value_name = "FILE")]
     fleet_previous_key_file: Option<PathBuf>,
 

@@ -1,5 +1,7 @@
 //! A real `redis-server` (or `valkey-server`) for this crate's unit tests,
-//! on a free loopback port with nothing saved, killed when dropped.
+//! on a free loopback port with nothing saved, killed when dropped: the one
+//! the integration tests use (found on `PATH`, or installed into `target/`;
+//! see `tests/support/store_server.rs`).
 
 use std::{
     net::TcpListener,
@@ -9,6 +11,11 @@ use std::{
 };
 
 use super::{FleetConfig, FleetKey, Store};
+
+// The unit tests use the server only, not its CLI.
+#[allow(dead_code)]
+#[path = "../../tests/support/store_server.rs"]
+mod store_server;
 
 /// A server process and where it listens.
 pub(crate) struct TestServer {
@@ -29,12 +36,7 @@ impl TestServer {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let server = ["redis-server", "valkey-server"]
-            .into_iter()
-            .find(|name| Command::new(name).arg("--version").output().is_ok())
-            .expect(
-                "a redis-server or valkey-server on PATH (the unit tests of the store need one)",
-            );
+        let server = &store_server::store_server().server;
         let child = Command::new(server)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -45,7 +47,7 @@ impl TestServer {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{server} did not start");
+            assert!(Instant::now() < deadline, "{server:?} did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, port, dir }

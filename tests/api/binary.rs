@@ -214,15 +214,18 @@ fn flags_from_help() -> std::collections::BTreeMap<String, Flag> {
     flags
 }
 
-/// The flags of the README's configuration table: `| flag | env | default |`,
+/// The flags of the configuration guide's table: `| flag | env | default |`,
 /// a default in backticks being a value and anything else a description.
-fn flags_from_readme() -> std::collections::BTreeMap<String, Flag> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = readme
+fn flags_from_the_guide() -> std::collections::BTreeMap<String, Flag> {
+    let guide = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let section = guide
         .split("\n## ")
-        .find(|s| s.starts_with("Configuration\n"))
-        .expect("a Configuration section");
+        .find(|s| s.starts_with("Flags\n"))
+        .expect("a Flags section in docs/configuration.md");
     section
         .lines()
         .filter_map(|line| {
@@ -243,17 +246,20 @@ fn flags_from_readme() -> std::collections::BTreeMap<String, Flag> {
 }
 
 #[test]
-fn the_readme_configuration_table_matches_help() {
+fn the_configuration_guide_matches_help() {
     let help = flags_from_help();
     assert!(help.len() > 20, "{help:#?}");
     assert!(help.values().all(|flag| flag.env.is_some()), "{help:#?}");
-    let readme = flags_from_readme();
+    let readme = flags_from_the_guide();
     let names = |flags: &std::collections::BTreeMap<String, Flag>| -> Vec<String> {
         flags.keys().cloned().collect()
     };
     assert_eq!(names(&readme), names(&help), "the same flags");
     for (name, flag) in &help {
-        assert_eq!(&readme[name], flag, "{name}: README vs --help");
+        assert_eq!(
+            &readme[name], flag,
+            "{name}: docs/configuration.md vs --help"
+        );
     }
 }
 

@@ -85,13 +85,13 @@ fn probes_and_ports_match_the_binary() {
 }
 
 /// `docker stop` sends SIGKILL after its timeout (10 s unless told): the
-/// README and the Dockerfile give a `-t` that outlasts the shipped drain and
-/// grace, and say so.
+/// containers guide and the Dockerfile give a `-t` that outlasts the
+/// shipped drain and grace, and say so.
 #[test]
 fn the_documented_docker_stop_timeout_outlasts_drain_and_grace() {
     use cognito_facade::server::{DEFAULT_DRAIN_DELAY, DEFAULT_SHUTDOWN_GRACE};
     let needed = DEFAULT_DRAIN_DELAY + DEFAULT_SHUTDOWN_GRACE;
-    for path in ["README.md", "Dockerfile"] {
+    for path in ["docs/kubernetes.md", "Dockerfile"] {
         let text = file(path);
         let seconds: u64 = text
             .split("docker stop -t ")
@@ -109,7 +109,7 @@ fn the_documented_docker_stop_timeout_outlasts_drain_and_grace() {
     }
 }
 
-/// The README says to move a container's port with
+/// The Kubernetes and containers guide says to move a container's port with
 /// `-e COGNITO_FACADE_LISTEN_ADDR=...`, because the image's HEALTHCHECK (a
 /// `healthcheck` process of its own, without `--addr`) reads the environment
 /// and never the server's arguments. Both halves hold: the documented way
@@ -117,11 +117,11 @@ fn the_documented_docker_stop_timeout_outlasts_drain_and_grace() {
 #[tokio::test]
 async fn the_documented_way_to_move_the_port_moves_the_health_probe_too() {
     use crate::helpers::{Running, StandIn, command};
-    let readme = file("README.md");
+    let readme = file("docs/kubernetes.md");
     let documented = readme
         .split_whitespace()
         .find_map(|word| word.strip_prefix("COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:"))
-        .expect("the README documents -e COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:PORT");
+        .expect("docs/kubernetes.md documents -e COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:PORT");
     assert!(readme.contains(&format!(
         "-e COGNITO_FACADE_LISTEN_ADDR=0.0.0.0:{documented}"
     )));

@@ -1,10 +1,12 @@
 //! The fleet on Redis: three replicas of the real binary and a real
-//! `redis-server` (Debian's package; `.ci/run` installs it), on loopback.
+//! `redis-server` or `valkey-server` (`crate::store_server`: on `PATH`, or
+//! installed into `target/`), on loopback.
 
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -13,11 +15,16 @@ use cognito_facade::proto::identity_provider_service_client::IdentityProviderSer
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::helpers::{
-    KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape, until_received,
+use crate::{
+    helpers::{
+        KilledOnDrop, Reply, Running, StandIn, TOKEN, USERNAME, request, sample, scrape,
+        until_received,
+    },
+    store_server::store_server,
 };
 
-/// A `redis-server` on a free loopback port, killed when dropped.
+/// A `redis-server` (or `valkey-server`) on a free loopback port, killed
+/// when dropped, its directory removed.
 pub(crate) struct Redis {
     process: Option<KilledOnDrop>,
     pub(crate) port: u16,
@@ -58,36 +65,15 @@ impl Redis {
         redis
     }
 
-    /// A server on a TLS port only, with a password, its certificate from a
-    /// test CA (whose PEM is returned).
-    fn start_tls(password: &str) -> (Self, PathBuf) {
-        use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+    /// A server with a password behind TLS, its certificate from a test CA:
+    /// its own TLS port if it was built with TLS, else (Valkey from PyPI) a
+    /// TLS terminator written here in front of its plain port. Returns the
+    /// server, the CA's PEM and the port to reach it over TLS.
+    fn start_tls(password: &str) -> (Self, PathBuf, u16) {
         let dir = scratch_dir("redis-tls");
-        // Distinct names: OpenSSL (redis-server, redis-cli) takes a leaf
-        // whose issuer is its own subject for self-signed.
-        let name = |cn: &str| {
-            let mut name = rcgen::DistinguishedName::new();
-            name.push(rcgen::DnType::CommonName, cn);
-            name
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name = name("cognito-facade test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut leaf =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        leaf.distinguished_name = name("localhost");
-        let cert = leaf.signed_by(&key, &ca).unwrap();
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap();
-            path.to_str().unwrap().to_owned()
-        };
-        let ca_pem = write("ca.pem", ca.pem());
-        let cert_pem = write("redis.pem", cert.pem());
-        let key_pem = write("redis.key", key.serialize_pem());
+        let (ca_pem, cert_pem, key_pem) = test_certificates(&dir);
         let port = free_port();
+        let auth = ["-a", password, "--no-auth-warning"].map(str::to_owned);
         let mut redis = Self {
             process: None,
             port,
@@ -98,11 +84,11 @@ impl Redis {
                 "--tls-port",
                 &port.to_string(),
                 "--tls-cert-file",
-                &cert_pem,
+                cert_pem.to_str().unwrap(),
                 "--tls-key-file",
-                &key_pem,
+                key_pem.to_str().unwrap(),
                 "--tls-ca-cert-file",
-                &ca_pem,
+                ca_pem.to_str().unwrap(),
                 "--tls-auth-clients",
                 "no",
                 "--requirepass",
@@ -110,24 +96,36 @@ impl Redis {
             ]
             .map(str::to_owned)
             .to_vec(),
-            cli_flags: [
-                "--tls",
-                "--cacert",
-                &ca_pem,
-                "-a",
-                password,
-                "--no-auth-warning",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
+            cli_flags: ["--tls", "--cacert", ca_pem.to_str().unwrap()]
+                .map(str::to_owned)
+                .into_iter()
+                .chain(auth.clone())
+                .collect(),
         };
+        if redis.try_run() {
+            eprintln!("TLS: the server's own TLS port");
+            return (redis, ca_pem, port);
+        }
+        eprintln!(
+            "TLS: {:?} has none; a TLS terminator in front of it",
+            store_server().server
+        );
+        redis.extra = ["--requirepass", password].map(str::to_owned).to_vec();
+        redis.cli_flags = auth.to_vec();
         redis.run();
-        (redis, PathBuf::from(ca_pem))
+        let tls_port = tls_terminator(&cert_pem, &key_pem, redis.port);
+        (redis, ca_pem, tls_port)
     }
 
     /// Starts (or restarts) the server on its port.
     fn run(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(self.try_run(), "{:?} did not start", store_server().server);
+    }
+
+    /// Starts the server; whether it answers (it may exit at once, as one
+    /// built without TLS does when given a TLS port).
+    fn try_run(&mut self) -> bool {
+        let child = Command::new(&store_server().server)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -135,22 +133,31 @@ impl Redis {
             .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
-            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
-        self.process = Some(KilledOnDrop(child));
+            .unwrap();
+        let mut child = KilledOnDrop(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            if child.0.try_wait().unwrap().is_some() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{:?} did not start",
+                store_server().server
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.process = Some(child);
+        true
     }
 
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// `redis-cli` against this server; its stdout.
+    /// `redis-cli` (or `valkey-cli`) against this server; its stdout.
     pub(crate) fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
+        let output = Command::new(&store_server().cli)
             .args(["-p", &self.port.to_string()])
             .args(&self.cli_flags)
             .args(args)
@@ -173,6 +180,85 @@ impl Redis {
     pub(crate) fn kill(&mut self) {
         self.process = None;
     }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.process = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test CA and a leaf for `localhost` and 127.0.0.1 signed by it, as PEM
+/// files in `dir`: the CA's, the leaf's and the leaf's key.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
+    // Distinct names: OpenSSL (redis-server, redis-cli) takes a leaf whose
+    // issuer is its own subject for self-signed.
+    let name = |cn: &str| {
+        let mut name = rcgen::DistinguishedName::new();
+        name.push(rcgen::DnType::CommonName, cn);
+        name
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = name("cognito-facade test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    leaf.distinguished_name = name("localhost");
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("redis.pem", cert.pem()),
+        write("redis.key", key.serialize_pem()),
+    )
+}
+
+/// A TLS terminator on a free loopback port in front of the plain server
+/// on `to`, serving `cert` with `key` (rustls, in this test's runtime, so
+/// it stops with it). Returns its port.
+fn tls_terminator(cert: &Path, key: &Path, to: u16) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
 }
 
 /// A fleet key file of 32 random bytes, mode 0600, in `dir`.
@@ -398,12 +484,7 @@ async fn the_fleet_cache_serves_every_replica_never_past_exp_and_holds_nothing_r
         let ttl: i64 = redis.cli(&["PTTL", key]).trim().parse().unwrap();
         assert!(ttl > 0 && ttl <= 3_000, "{key}: {ttl} ms");
         assert!(!key.contains(&token) && !key.contains(USERNAME), "{key}");
-        let value = Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string(), "--no-raw", "GET", key])
-            .output()
-            .unwrap()
-            .stdout;
-        let value = String::from_utf8_lossy(&value);
+        let value = redis.cli(&["--no-raw", "GET", key]);
         for secret in token
             .split('.')
             .chain([USERNAME, "SOFTWARE_TOKEN_MFA", "PASSWORD"])
@@ -619,12 +700,14 @@ async fn a_killed_leaders_flight_is_taken_over_by_one_follower() {
     assert_eq!(takeovers, 1.0);
 }
 
-#[tokio::test]
-async fn rediss_with_a_password_against_redis_servers_own_tls_port() {
+// Two workers: a TLS terminator (for a server without TLS) serves while
+// the test waits for a replica's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_password_over_tls() {
     let stand_in = StandIn::start().await;
-    let (redis, ca) = Redis::start_tls("fleet-secret");
+    let (redis, ca, tls_port) = Redis::start_tls("fleet-secret");
     let key = key_file(&redis.dir, 7);
-    let url = format!("rediss://default:fleet-secret@localhost:{}", redis.port);
+    let url = format!("rediss://default:fleet-secret@localhost:{tls_port}");
     let start = |url: &str| {
         let mut running = Running::against(
             &stand_in,
@@ -656,7 +739,8 @@ async fn rediss_with_a_password_against_redis_servers_own_tls_port() {
     }
 }
 
-/// A three-master Redis Cluster made with `redis-cli --cluster create`.
+/// A three-master cluster made with `redis-cli --cluster create` (or
+/// `valkey-cli`'s).
 struct Cluster {
     nodes: Vec<Redis>,
 }
@@ -680,7 +764,7 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let created = Command::new("redis-cli")
+        let created = Command::new(&store_server().cli)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])

@@ -4,6 +4,7 @@ mod bad_day;
 mod binary;
 mod connections;
 mod deploy;
+mod docs;
 mod economy;
 mod errors;
 mod faults;
@@ -22,5 +23,7 @@ mod rpc;
 mod secrets;
 mod shutdown;
 mod slow_store;
+#[path = "../support/store_server.rs"]
+mod store_server;
 mod tokens;
 mod tracing;

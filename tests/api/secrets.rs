@@ -177,7 +177,7 @@ fn line_where<'l>(logs: &'l [String], what: &str, matches: impl Fn(&str) -> bool
 }
 
 /// The call's span exists at `debug` and places the SDK's own events inside
-/// the call; at `info` it is not created (README, "Logs").
+/// the call; at `info` it is not created (docs/operations.md, "Logs").
 #[tokio::test]
 async fn the_call_span_is_there_at_debug_and_not_at_info() {
     let span = "rpc{rpc.service=";

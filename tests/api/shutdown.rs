@@ -150,8 +150,8 @@ async fn sigterm_under_load_drains_and_completes_every_call_in_flight() {
     // tonic's client reports a call it had queued on a connection that
     // closed before sending it as CANCELLED (and one the server's GOAWAY
     // refused as INTERNAL, counted above as UNAVAILABLE); other libraries say
-    // UNAVAILABLE. Either way the server never saw it (README, "Operations:
-    // Shutdown").
+    // UNAVAILABLE. Either way the server never saw it (docs/operations.md,
+    // "Shutdown").
     let undocumented: Vec<_> = after
         .iter()
         .filter(|(_, c)| !matches!(c, Code::Ok | Code::Unavailable | Code::Cancelled))
