@@ -26,11 +26,11 @@ use std::{
 use clap::{Parser, ValueEnum};
 use cognito_facade::{
     app,
-    cognito::{Cognito, UpstreamConfig},
+    config::UpstreamConfig,
     proto::{
         GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
     },
-    token,
+    test_support::{Cognito, extract},
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -325,11 +325,9 @@ async fn run(
                             }
                         }
                         Mode::Sdk => {
-                            let token = token::extract(
-                                &format!("bench.{worker}.{seq}"),
-                                &Default::default(),
-                            )
-                            .expect("a valid token");
+                            let token =
+                                extract(&format!("bench.{worker}.{seq}"), &Default::default())
+                                    .expect("a valid token");
                             cognito
                                 .as_ref()
                                 .expect("an SDK client")

@@ -8,18 +8,21 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+// The process's logging, which the binary sets up before anything logs.
+pub use crate::base::telemetry::{check_sensitive_logging_off, filter_from_env, subscriber};
+
 use crate::{
-    cognito::{AttemptPacer, Cognito, SetupError},
+    base::expiring::{RandomError, TokenKeyer},
     config::{Config, ConfigError},
-    expiring::{RandomError, TokenKeyer},
     fleet::{Fleet, FleetSettings},
-    listener,
-    observe::ObserveLayer,
-    prometheus,
+    observability::prometheus,
+    observability::traces::{Tracing, TracingSetupError},
     quota::Quota,
+    rpc::service::FacadeService,
+    server::listener,
+    server::observe::ObserveLayer,
     server::{self, ServerError},
-    service::FacadeService,
-    traces::{Tracing, TracingSetupError},
+    upstream::{AttemptPacer, Cognito, SetupError},
     verify::TokenGate,
 };
 

@@ -5,10 +5,33 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::{
-    cognito::UpstreamConfig, economy::EconomyConfig, pools::is_region,
-    prometheus::DEFAULT_METRICS_ADDR, quota::QuotaConfig, server::ServerConfig,
-    service::ServiceConfig, store::FleetConfig, telemetry::LogFormat, traces::TracingConfig,
+use crate::token::pools::is_region;
+
+// Every component's settings and defaults, so a user of the library (the
+// binary among them) finds them all here.
+pub use crate::{
+    base::telemetry::{DEFAULT_FILTER, LogFormat},
+    economy::{DEFAULT_CACHE_MAX_ENTRIES, DEFAULT_REFUSAL_TTL, EconomyConfig},
+    observability::{
+        prometheus::DEFAULT_METRICS_ADDR,
+        traces::{DEFAULT_SERVICE_NAME, TracingConfig},
+    },
+    quota::{DEFAULT_UPSTREAM_QUEUE_TIMEOUT, QuotaConfig, RateLimits},
+    rpc::service::{DEFAULT_MAX_CONCURRENT_REQUESTS, ServiceConfig},
+    server::{
+        ServerConfig,
+        listener::DEFAULT_HANDSHAKE_TIMEOUT,
+        tls::{TlsConfig, TlsError},
+    },
+    store::{
+        DEFAULT_REDIS_TIMEOUT, FleetConfig, FleetKey, FleetKeyError, MIN_FLEET_KEY_BYTES,
+        RedisMode, without_password,
+    },
+    token::pools::UserPoolId,
+    upstream::{
+        DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+        DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_BACKOFF, UpstreamConfig,
+    },
     verify::TokenConfig,
 };
 
@@ -192,7 +215,7 @@ pub enum ConfigError {
     EmptyClientId,
     /// A certificate, key or CA that cannot be read or used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::server::tls::TlsError),
     /// The fleet key file cannot be used.
     #[error(transparent)]
     FleetKey(#[from] crate::store::FleetKeyError),
@@ -219,7 +242,7 @@ pub enum ConfigError {
     BadRedisUrl(String),
     /// An OpenTelemetry environment variable that cannot be used.
     #[error(transparent)]
-    Tracing(#[from] crate::traces::TracingEnvError),
+    Tracing(#[from] crate::observability::traces::TracingEnvError),
 }
 
 /// The longest duration any flag takes: longer is a mistake, and would

@@ -9,7 +9,8 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use cognito_facade::{
     app::{self, Application},
-    healthcheck, telemetry,
+    config::LogFormat,
+    healthcheck,
 };
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -60,12 +61,12 @@ fn main() -> ExitCode {
 }
 
 /// Installs the log subscriber; the exit code if it cannot be.
-fn install_logging(format: telemetry::LogFormat) -> Result<(), ExitCode> {
-    telemetry::check_sensitive_logging_off().map_err(config_error)?;
+fn install_logging(format: LogFormat) -> Result<(), ExitCode> {
+    app::check_sensitive_logging_off().map_err(config_error)?;
     let ansi = std::io::stdout().is_terminal();
-    let filter = telemetry::filter_from_env();
+    let filter = app::filter_from_env();
     let subscriber =
-        telemetry::subscriber(format, &filter, ansi, std::io::stdout).map_err(config_error)?;
+        app::subscriber(format, &filter, ansi, std::io::stdout).map_err(config_error)?;
     tracing::subscriber::set_global_default(subscriber).map_err(|err| {
         eprintln!("cognito-facade: installing the log subscriber: {err}");
         ExitCode::FAILURE

@@ -15,10 +15,10 @@ use std::{
 use cognito_facade::{
     app::Application,
     config::Config,
+    config::LogFormat,
     proto::{
         GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
     },
-    telemetry::{self, LogFormat},
 };
 
 #[allow(dead_code)]
@@ -81,7 +81,8 @@ fn allocations_per_successful_call_are_pinned() {
         .on_thread_start(|| COUNTED.set(true))
         .build()
         .unwrap();
-    let subscriber = telemetry::subscriber(LogFormat::Json, "info", false, std::io::sink).unwrap();
+    let subscriber =
+        cognito_facade::app::subscriber(LogFormat::Json, "info", false, std::io::sink).unwrap();
     tracing::subscriber::set_global_default(subscriber).unwrap();
     metrics::set_global_recorder(
         metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder(),

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 
 use crate::{
-    cognito::Answer,
     error::{Error, UpstreamError, UpstreamErrorKind},
     proto::GetUserAuthFactorsResponse,
+    upstream::Answer,
 };
 
 const KIND_ANSWER: u8 = 1;

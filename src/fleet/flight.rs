@@ -20,11 +20,11 @@ use super::{
     waiters::Wake,
 };
 use crate::{
-    call::Source,
-    cognito::Answer,
+    base::metric_names::FLEET_LEASE_TAKEOVERS,
+    base::wire::Source,
     error::{Error, UpstreamError, UpstreamErrorKind},
-    metric_names::FLEET_LEASE_TAKEOVERS,
     store::{BACKGROUND_BUDGET, Lane, Op, StoreConn},
+    upstream::Answer,
 };
 
 /// How long a flight's result stays readable for its own followers (those

@@ -2,13 +2,15 @@
 //! across replicas (one replica's Cognito call; the others wait for its
 //! result over pub/sub) and, with `--cache-ttl` and `--refusal-ttl`, a
 //! second tier behind each replica's own cache and refusal memory.
-//! Layer: above `store`, below `service`.
+//! Layer 5, above `store` and `upstream`.
 //!
 //! It owns the flight protocol (`flight`: join, follow, the lease), the
 //! waiter registry (`waiters`), the values' codec (`codec`) and the scripts
 //! (`scripts`, `join.lua`, `finish.lua`). Whatever goes wrong in Redis, a
 //! call goes on as a replica alone would, and no value in Redis makes it
 //! wait past its own bound.
+//!
+//! Files, lowest first: `codec`, `scripts`, `waiters`, `flight`.
 
 mod codec;
 mod flight;
@@ -22,10 +24,10 @@ use std::{
 };
 
 use crate::{
-    call::Source,
-    cognito::Answer,
+    base::wire::Source,
     error::Error,
     store::{Domain, FleetConfig, Store},
+    upstream::Answer,
 };
 
 pub(crate) use self::flight::Lease;
@@ -65,7 +67,7 @@ pub(crate) struct FleetSettings {
 
 /// The fleet, shared by every call.
 #[derive(Clone)]
-pub struct Fleet(Arc<FleetState>);
+pub(crate) struct Fleet(Arc<FleetState>);
 
 impl fmt::Debug for Fleet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -163,7 +165,7 @@ impl Fleet {
             .open(name, sealed)
             .and_then(|plain| codec::decode(&plain, now));
         if stored.is_none() {
-            metrics::counter!(crate::metric_names::FLEET_UNOPENED).increment(1);
+            metrics::counter!(crate::base::metric_names::FLEET_UNOPENED).increment(1);
         }
         stored
     }

@@ -17,7 +17,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::oneshot;
 
 use crate::{
-    expiring::lock,
+    base::expiring::lock,
     store::{BACKGROUND_BUDGET, Lane, Op, RedisMode, Store, StoreConn},
 };
 

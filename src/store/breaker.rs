@@ -15,7 +15,9 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{expiring::lock, metric_names::FLEET_BREAKER_OPEN_SECONDS, telemetry::Every};
+use crate::{
+    base::expiring::lock, base::metric_names::FLEET_BREAKER_OPEN_SECONDS, base::telemetry::Every,
+};
 
 /// The window, in buckets of one second.
 const WINDOW_BUCKETS: usize = 5;

@@ -27,7 +27,7 @@ pub struct FleetKey(pub(crate) Vec<u8>);
 
 impl fmt::Debug for FleetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::wire::REDACTED)
+        f.write_str(crate::base::wire::REDACTED)
     }
 }
 
@@ -155,7 +155,7 @@ pub fn without_password(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => format!(
             "{}{}{}",
             &url[..scheme + 3],
-            crate::wire::REDACTED,
+            crate::base::wire::REDACTED,
             &url[at..]
         ),
         _ => url.to_owned(),

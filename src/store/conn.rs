@@ -15,7 +15,7 @@ use super::{
     StoreState,
     config::{FleetConfig, RedisMode},
 };
-use crate::telemetry::Every;
+use crate::base::telemetry::Every;
 
 /// The longest budget any operation gets: the connection's own response
 /// timeout is this, so it never cuts a longer per-operation budget short

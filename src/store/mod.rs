@@ -1,6 +1,6 @@
 //! The Redis (or Valkey) substrate under the fleet (`crate::fleet`) and the
 //! fleet's rate limit (`crate::quota`), which use it and not each other.
-//! Layer: beside `economy`, below `service` and `app`.
+//! Layer 4, above `base`.
 //!
 //! It owns the connection and its reconnect loop (`conn`), the breakers
 //! (`breaker`: one for calls, one for background work), operation
@@ -11,6 +11,9 @@
 //! gives each operation at most `--redis-timeout`, background work at most
 //! [`conn::BACKGROUND_BUDGET`], and a breaker skips the store while it
 //! fails. Nothing readable is stored, and every key expires.
+//!
+//! Files, lowest first: `ops`, `breaker`, `config`, `seal`, `conn`,
+//! `script`, `test_server`.
 
 mod breaker;
 mod config;
@@ -49,7 +52,7 @@ pub(crate) use self::{
 
 /// The fleet store, shared by the fleet and the rate limit.
 #[derive(Clone)]
-pub struct Store(Arc<StoreState>);
+pub(crate) struct Store(Arc<StoreState>);
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

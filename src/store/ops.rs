@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use metrics::Counter;
 
-use crate::metric_names::{FLEET_REDIS_OPS, FLEET_SKIPPED};
+use crate::base::metric_names::{FLEET_REDIS_OPS, FLEET_SKIPPED};
 
 /// What a Redis operation was for (the metric's `op` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

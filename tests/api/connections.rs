@@ -138,7 +138,7 @@ async fn silent_and_half_open_connections_are_closed_at_the_handshake_deadline()
 
 #[tokio::test]
 async fn out_of_descriptors_accept_backs_off_and_serves_again_after_the_deadline() {
-    cognito_facade::listener::raise_fd_limit();
+    cognito_facade::test_support::raise_fd_limit();
     let stand_in = StandIn::start().await;
     // A cap far above the descriptors, so they, not the cap, run out.
     let mut running = Running::start_with_fd_limits(
@@ -188,7 +188,7 @@ async fn out_of_descriptors_accept_backs_off_and_serves_again_after_the_deadline
 
 #[tokio::test]
 async fn at_the_cap_new_connections_are_closed_and_held_ones_keep_answering() {
-    cognito_facade::listener::raise_fd_limit();
+    cognito_facade::test_support::raise_fd_limit();
     let stand_in = StandIn::start().await;
     let mut running = Running::against(&stand_in, &["--max-connections", "200"], &[]);
     let metrics = running.wait_for_addr("serving metrics");

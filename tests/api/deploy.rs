@@ -69,7 +69,7 @@ fn probes_and_ports_match_the_binary() {
     assert_eq!(value_after(&deployment, "containerPort:", 1), "9090");
     assert_eq!(
         value_after(&deployment, "service:", 0),
-        cognito_facade::wire::SERVICE_NAME,
+        cognito_facade::test_support::SERVICE_NAME,
         "the readiness probe asks about the RPC service"
     );
     assert_eq!(

@@ -6,9 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cognito_facade::{
-    error::{ERROR_DOMAIN, Error, UpstreamError, UpstreamErrorKind, code_name},
-    token::{Refusal, TokenError, TokenSource},
+use cognito_facade::test_support::{
+    ERROR_DOMAIN, Error, Refusal, TokenError, TokenSource, UpstreamError, UpstreamErrorKind,
+    code_name,
 };
 use serde_json::json;
 use tonic::Code;
@@ -148,7 +148,7 @@ async fn throttling_tells_the_caller_when_to_retry() {
     let retry = seen.status.get_details_retry_info().unwrap();
     assert_eq!(
         retry.retry_delay,
-        Some(cognito_facade::error::THROTTLE_RETRY_DELAY)
+        Some(cognito_facade::test_support::THROTTLE_RETRY_DELAY)
     );
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use cognito_facade::wire::SERVICE_NAME;
+use cognito_facade::test_support::SERVICE_NAME;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

@@ -12,9 +12,7 @@ use std::{
 
 use cognito_facade::{
     app::Application,
-    cognito::UpstreamConfig,
-    config::Config,
-    economy::EconomyConfig,
+    config::{Config, EconomyConfig, UpstreamConfig},
     proto::identity_provider_service_client::IdentityProviderServiceClient,
     proto::{GetUserAuthFactorsRequest, GetUserAuthFactorsResponse},
     server::{ServerConfig, ServerError},
@@ -450,7 +448,7 @@ impl LocalMetrics {
     /// The in-flight gauge, once some call has moved it.
     fn in_flight(&self) -> Option<f64> {
         self.handle.render().lines().find_map(|line| {
-            line.strip_prefix(cognito_facade::metric_names::RPC_IN_FLIGHT)?
+            line.strip_prefix(cognito_facade::test_support::RPC_IN_FLIGHT)?
                 .strip_prefix(' ')?
                 .parse()
                 .ok()

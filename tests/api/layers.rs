@@ -1,32 +1,44 @@
-//! The crate's layers point one way: the diagram in `src/lib.rs`'s doc
-//! comment ranks every module, and no module may name (`crate::...`) a module
-//! of its own rank or above. A strict order has no cycles. A module is a
-//! file (`src/name.rs`) or a folder (`src/name/`, every file in it).
+//! The crate's layers point one way. The diagram in `src/lib.rs`'s doc
+//! comment ranks every top-level module (a file `src/name.rs`, or a folder
+//! `src/name/` with every file in it), and no module may name
+//! (`crate::...`) a module of its own rank or above. Inside a folder, its
+//! `mod.rs` ranks the files (`Files, lowest first: ...`), and no file may
+//! name (`super::...` or `crate::folder::...`) a file of its own rank or
+//! above; `mod.rs`, the folder's face, may name them all. A strict order
+//! has no cycles.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+fn src() -> String {
+    format!("{}/src", env!("CARGO_MANIFEST_DIR"))
+}
+
 fn source(path: &str) -> String {
-    let path = format!("{}/src/{path}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/{path}", src());
     std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+/// A folder's `.rs` files by name (`mod` for `mod.rs`), or `None` for a
+/// module that is one file.
+fn folder_files(module: &str) -> Option<BTreeMap<String, String>> {
+    let entries = std::fs::read_dir(format!("{}/{module}", src())).ok()?;
+    let files: BTreeMap<String, String> = entries
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .map(|path| {
+            let name = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    assert!(files.contains_key("mod"), "src/{module}/ has no mod.rs");
+    Some(files)
 }
 
 /// A module's source: its file, or every `.rs` file of its folder.
 fn module_source(module: &str) -> String {
-    let folder = format!("{}/src/{module}", env!("CARGO_MANIFEST_DIR"));
-    match std::fs::read_dir(&folder) {
-        Ok(entries) => {
-            let mut files: Vec<_> = entries
-                .map(|entry| entry.unwrap().path())
-                .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
-                .collect();
-            files.sort();
-            assert!(!files.is_empty(), "{folder} holds no Rust file");
-            files
-                .iter()
-                .map(|path| std::fs::read_to_string(path).unwrap())
-                .collect()
-        }
-        Err(_) => source(&format!("{module}.rs")),
+    match folder_files(module) {
+        Some(files) => files.into_values().collect(),
+        None => source(&format!("{module}.rs")),
     }
 }
 
@@ -37,6 +49,7 @@ fn declared_modules() -> BTreeSet<String> {
         .filter_map(|line| {
             line.strip_prefix("pub mod ")
                 .or_else(|| line.strip_prefix("pub(crate) mod "))
+                .or_else(|| line.strip_prefix("mod "))
         })
         .map(|rest| rest.trim_end_matches(';').to_owned())
         .collect()
@@ -81,8 +94,38 @@ fn diagram_ranks() -> BTreeMap<String, u32> {
     ranks
 }
 
-/// The modules `text` names through `crate::`, outside comments.
-fn crate_imports(text: &str) -> BTreeSet<String> {
+/// A folder's files → rank, from the `Files, lowest first:` sentence of
+/// its `mod.rs` (the names in backticks, in order, up to the full stop).
+fn file_ranks(module: &str, mod_rs: &str) -> BTreeMap<String, usize> {
+    let doc: Vec<&str> = mod_rs
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(str::trim)
+        .collect();
+    let start = doc
+        .iter()
+        .position(|line| line.starts_with("Files, lowest first:"))
+        .unwrap_or_else(|| panic!("src/{module}/mod.rs ranks no files"));
+    let mut sentence = String::new();
+    for line in &doc[start..] {
+        sentence.push_str(line);
+        sentence.push(' ');
+        if line.ends_with('.') {
+            break;
+        }
+    }
+    sentence
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .enumerate()
+        .map(|(rank, name)| (name.to_owned(), rank))
+        .collect()
+}
+
+/// The first path segments after each `prefix` in `text`, outside
+/// comments: `prefix::{a::b, c}` names `a` and `c`.
+fn imports_after(text: &str, prefix: &str) -> BTreeSet<String> {
     let code: String = text
         .lines()
         .filter(|line| !line.trim_start().starts_with("//"))
@@ -95,8 +138,14 @@ fn crate_imports(text: &str) -> BTreeSet<String> {
             .collect()
     };
     let mut found = BTreeSet::new();
-    for (at, _) in code.match_indices("crate::") {
-        let rest = &code[at + "crate::".len()..];
+    for (at, _) in code.match_indices(prefix) {
+        // `super::` inside `crate::x::super::` cannot happen; but `a::crate::`
+        // is no path of ours either: the prefix must start a path.
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let rest = &code[at + prefix.len()..];
         if let Some(group) = rest.strip_prefix('{') {
             // `use crate::{a::b, c, d::{e, f}}`: the first name of each item
             // at the top level of the group.
@@ -121,6 +170,10 @@ fn crate_imports(text: &str) -> BTreeSet<String> {
     }
     found.remove("");
     found
+}
+
+fn crate_imports(text: &str) -> BTreeSet<String> {
+    imports_after(text, "crate::")
 }
 
 #[test]
@@ -149,8 +202,50 @@ fn no_module_imports_from_its_own_layer_or_above() {
 }
 
 #[test]
+fn every_folder_ranks_its_files_and_no_file_imports_upward() {
+    let mut upward = Vec::new();
+    let mut folders = 0;
+    for module in declared_modules() {
+        let Some(files) = folder_files(&module) else {
+            continue;
+        };
+        folders += 1;
+        let ranks = file_ranks(&module, &files["mod"]);
+        // Every file but mod.rs is ranked, unit tests (`tests.rs`) aside.
+        let ranked: BTreeSet<&String> = ranks.keys().collect();
+        let present: BTreeSet<&String> = files
+            .keys()
+            .filter(|name| *name != "mod" && *name != "tests")
+            .collect();
+        assert_eq!(ranked, present, "src/{module}/mod.rs ranks other files");
+        for (name, text) in &files {
+            let Some(rank) = ranks.get(name) else {
+                continue;
+            };
+            let siblings = imports_after(text, "super::")
+                .into_iter()
+                .chain(imports_after(text, &format!("crate::{module}::")));
+            for sibling in siblings {
+                if let Some(sibling_rank) = ranks.get(&sibling)
+                    && sibling_rank >= rank
+                {
+                    upward.push(format!("{module}/{name}.rs imports {module}/{sibling}.rs"));
+                }
+            }
+        }
+    }
+    assert!(folders >= 10, "{folders} folders");
+    assert!(
+        upward.is_empty(),
+        "imports that point up in a folder: {upward:#?}"
+    );
+}
+
+#[test]
 fn the_import_reader_sees_groups_and_paths() {
-    let text = "use crate::{\n    a::{B, C},\n    d,\n    e::f as g,\n};\n// crate::commented\nlet x = crate::h::I;\n";
+    let text = "use crate::{\n    a::{B, C},\n    d,\n    e::f as g,\n};\n// crate::commented\nlet x = crate::h::I;\nuse super::{j, k::L};\n";
     let found: Vec<String> = crate_imports(text).into_iter().collect();
     assert_eq!(found, ["a", "d", "e", "h"]);
+    let found: Vec<String> = imports_after(text, "super::").into_iter().collect();
+    assert_eq!(found, ["j", "k"]);
 }

@@ -18,7 +18,7 @@ use aws_sdk_cognitoidentityprovider::{
     config::{BehaviorVersion, Credentials, Region},
     types::{AuthFlowType, ExplicitAuthFlowsType, MessageActionType},
 };
-use cognito_facade::verify::TokenConfig;
+use cognito_facade::config::TokenConfig;
 use serde_json::Value;
 use tonic::Code;
 use tonic_types::StatusExt as _;

@@ -7,7 +7,7 @@ use std::{
 };
 
 use cognito_facade::{
-    proto::identity_provider_service_client::IdentityProviderServiceClient, tls::TlsConfig,
+    config::TlsConfig, proto::identity_provider_service_client::IdentityProviderServiceClient,
 };
 use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
 use serde_json::json;

@@ -13,8 +13,8 @@ use std::{
 };
 
 use cognito_facade::{
-    gcra::{Gcra, Params, SCRIPT, ScriptOp, Turn},
     proto::identity_provider_service_client::IdentityProviderServiceClient,
+    test_support::{Gcra, Params, SCRIPT, ScriptOp, Turn},
 };
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};

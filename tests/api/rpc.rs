@@ -119,7 +119,7 @@ async fn takes_the_token_from_bearer_metadata() {
 #[tokio::test]
 async fn accepts_the_largest_valid_token_in_metadata() {
     let mut app = spawn_app().await;
-    let token = "a".repeat(cognito_facade::token::MAX_TOKEN_BYTES);
+    let token = "a".repeat(cognito_facade::test_support::MAX_TOKEN_BYTES);
     let mut req = request("");
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -206,7 +206,7 @@ async fn a_token_outside_the_pattern_is_invalid_argument_with_a_field_violation(
 
 #[tokio::test]
 async fn a_token_over_16_kib_is_invalid_argument() {
-    let token = "a".repeat(cognito_facade::token::MAX_TOKEN_BYTES + 1);
+    let token = "a".repeat(cognito_facade::test_support::MAX_TOKEN_BYTES + 1);
     let status = refused(
         request(&token),
         Code::InvalidArgument,
@@ -231,7 +231,7 @@ async fn authorization_that_is_not_bearer_is_invalid_argument() {
 #[tokio::test]
 async fn an_oversize_message_is_refused_without_an_upstream_call() {
     let mut app = spawn_app().await;
-    let huge = "a".repeat(cognito_facade::wire::MAX_REQUEST_BYTES + 1);
+    let huge = "a".repeat(cognito_facade::test_support::MAX_REQUEST_BYTES + 1);
     let status = app
         .client
         .get_user_auth_factors(request(&huge))

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use cognito_facade::{config::Config, verify::TokenConfig};
+use cognito_facade::config::{Config, TokenConfig};
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt as _;

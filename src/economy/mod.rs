@@ -1,8 +1,12 @@
 //! Upstream-call economy: concurrent identical calls share one Cognito call
 //! (single flight), and an opt-in cache answers repeats for a short TTL.
 //!
-//! Both are keyed by the token's MAC (`crate::expiring`): the token itself
+//! Both are keyed by the token's MAC (`crate::base::expiring`): the token itself
 //! is never a map key and never kept.
+//!
+//! Layer 5, above `upstream`.
+//!
+//! Files, lowest first: none besides this one.
 
 use std::{
     collections::HashMap,
@@ -18,19 +22,19 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use crate::{
-    cognito::Answer,
+    base::expiring::{ExpiringMap, TokenKey, TokenKeyer, lock},
+    base::metric_names,
     error::{Error, UpstreamError, UpstreamErrorKind},
-    expiring::{ExpiringMap, TokenKey, TokenKeyer, lock},
-    metric_names,
     token::AccessToken,
+    upstream::Answer,
 };
 
 /// The outcome every waiter of one flight receives.
-pub type Outcome = Result<Answer, Error>;
+pub(crate) type Outcome = Result<Answer, Error>;
 
 /// The span of a flight's upstream call, once its leader has started it: its
 /// followers' spans link to it.
-pub type FlightSpan = Arc<OnceLock<SpanContext>>;
+pub(crate) type FlightSpan = Arc<OnceLock<SpanContext>>;
 
 /// A flight in the map: its outcome to wait for, and its upstream span.
 type InFlight = (watch::Receiver<Option<Outcome>>, FlightSpan);
@@ -72,7 +76,7 @@ impl Default for EconomyConfig {
 }
 
 /// Shared by every call of the service.
-pub struct Economy {
+pub(crate) struct Economy {
     config: EconomyConfig,
     keyer: TokenKeyer,
     flights: Mutex<HashMap<TokenKey, InFlight>>,
@@ -91,7 +95,7 @@ impl std::fmt::Debug for Economy {
 
 /// How the caller's answer was obtained.
 #[derive(Debug)]
-pub enum Ticket {
+pub(crate) enum Ticket {
     /// From the cache.
     Cached(Answer),
     /// Cognito's remembered refusal of the token.
@@ -104,7 +108,7 @@ pub enum Ticket {
 }
 
 /// The right (and duty) to make the upstream call for a key.
-pub struct Leader {
+pub(crate) struct Leader {
     economy: Arc<Economy>,
     key: Option<TokenKey>,
     /// The token's `exp`: no cached answer outlives it.
@@ -137,7 +141,7 @@ impl Economy {
 
     /// Whether answers or refusals are remembered (then a token's `exp`
     /// matters).
-    pub fn remembers(&self) -> bool {
+    pub(crate) fn remembers(&self) -> bool {
         self.config.cache_ttl.is_some() || self.config.refusal_ttl.is_some()
     }
 
@@ -145,7 +149,7 @@ impl Economy {
     /// leads to is remembered (a success in the cache, a definitive refusal
     /// in refusal memory) until its TTL ends or `expires_at` (the token's
     /// `exp`, asked for only when this call leads), whichever comes first.
-    pub fn ticket(
+    pub(crate) fn ticket(
         self: &Arc<Self>,
         token: &AccessToken,
         expires_at: impl FnOnce() -> Option<SystemTime>,
@@ -196,12 +200,12 @@ impl Economy {
 
 impl Leader {
     /// The token's `exp`, as the ticket was given it.
-    pub fn token_expires(&self) -> Option<SystemTime> {
+    pub(crate) fn token_expires(&self) -> Option<SystemTime> {
         self.token_expires
     }
 
     /// Names the span of the upstream call, for the followers to link to.
-    pub fn set_span(&self, span: SpanContext) {
+    pub(crate) fn set_span(&self, span: SpanContext) {
         let _ = self.span.set(span);
     }
 
@@ -210,7 +214,7 @@ impl Leader {
     /// outcome to the followers. If the leader gives up first (its deadline,
     /// its cancellation), the call moves to a task of its own and still
     /// lands for the followers and the cache.
-    pub fn run<F>(self, upstream: F) -> Flight
+    pub(crate) fn run<F>(self, upstream: F) -> Flight
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
@@ -222,7 +226,7 @@ impl Leader {
 
     /// Ends the flight without an upstream call (the call was shed); its
     /// followers get the same answer.
-    pub fn abandon(self, outcome: Outcome) {
+    pub(crate) fn abandon(self, outcome: Outcome) {
         self.finish(outcome);
     }
 
@@ -281,7 +285,7 @@ impl Drop for Leader {
 }
 
 /// The upstream call of a flight, driven by its leader. See [`Leader::run`].
-pub struct Flight {
+pub(crate) struct Flight {
     leader: Option<Leader>,
     call: Option<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
 }
@@ -330,7 +334,7 @@ impl Drop for Flight {
 
 /// What a caller that does not answer from the cache waits on.
 #[derive(Debug)]
-pub enum Wait {
+pub(crate) enum Wait {
     /// Another caller's flight.
     Follow(watch::Receiver<Option<Outcome>>),
     /// This caller's own flight, which it drives.
@@ -339,7 +343,7 @@ pub enum Wait {
 
 impl Wait {
     /// The flight's outcome.
-    pub async fn outcome(self) -> Outcome {
+    pub(crate) async fn outcome(self) -> Outcome {
         match self {
             Self::Follow(receiver) => follow(receiver).await,
             Self::Lead(flight) => flight.await,

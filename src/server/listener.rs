@@ -24,10 +24,10 @@ use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::{
-    metric_names::{
+    base::metric_names::{
         ACCEPT_ERRORS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS,
     },
-    telemetry::Every,
+    base::telemetry::Every,
 };
 
 /// Default time a new connection gets to finish TLS (when on) and send the
@@ -41,7 +41,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// call the limiter admits (`--max-concurrent-requests`): the listeners, the
 /// JWKS and OTLP clients' sockets, the standard streams, the allocator's and
 /// the runtime's own.
-pub const FD_RESERVE_BASE: u64 = 64;
+pub(crate) const FD_RESERVE_BASE: u64 = 64;
 
 /// Least time between two warnings of the same kind (refusals at the cap,
 /// `accept` failing): an attacker can cause thousands a second.
@@ -69,7 +69,7 @@ const MAX_FIRST_FRAME: usize = 16_384;
 
 /// How many connections the listener holds, and how long a handshake may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Most client connections open at once, handshakes included.
     pub max_connections: usize,
     /// Time from `accept` to the end of the client's first SETTINGS frame.
@@ -121,7 +121,10 @@ pub fn raise_fd_limit() -> FdLimit {
 /// every descriptor but one per upstream call the limiter admits and
 /// [`FD_RESERVE_BASE`] more, yet at least half of them. Unlimited: no cap
 /// beyond what the kernel allows.
-pub fn default_max_connections(fd_soft: Option<u64>, max_concurrent_requests: usize) -> usize {
+pub(crate) fn default_max_connections(
+    fd_soft: Option<u64>,
+    max_concurrent_requests: usize,
+) -> usize {
     let Some(soft) = fd_soft else {
         return Semaphore::MAX_PERMITS;
     };
@@ -136,7 +139,7 @@ pub fn default_max_connections(fd_soft: Option<u64>, max_concurrent_requests: us
 /// The connections to serve: accepted within the cap, handshake done, in the
 /// order their handshakes finished. Accepting runs on a task of its own until
 /// the stream is dropped, which closes the listening socket.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
@@ -356,7 +359,7 @@ enum Transport {
 /// A client connection past its handshake: what tonic serves. The opening
 /// bytes read during the handshake are read again first, by hyper.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     opening: Bytes,
     io: Transport,
     info: TcpConnectInfo,

@@ -1,6 +1,6 @@
 //! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
 //! answer (or a precise status) out, with where the answer came from. The
-//! call's metrics and log line are written by `crate::observe`.
+//! call's metrics and log line are written by `crate::server::observe`.
 
 use std::{
     sync::Arc,
@@ -12,22 +12,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
-    call::{CallContext, Source},
-    cognito::{Answer, Cognito},
+    base::expiring::TokenKeyer,
+    base::metric_names,
+    base::wire::Source,
+    base::wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
     economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
-    expiring::TokenKeyer,
     fleet::{Fleet, Joined},
-    metric_names,
-    pools::UserPoolId,
+    observability::traces::{self, Tracing},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
+    rpc::call::CallContext,
+    token::pools::UserPoolId,
     token::{self, AccessToken},
-    traces::{self, Tracing},
+    upstream::{Answer, Cognito},
     verify::{TokenGate, unverified_expiry},
-    wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
 };
 
 /// Default bound on concurrent upstream calls. Each costs a few KiB; a
@@ -68,7 +69,7 @@ fn upstream_budget(timeout: Duration) -> Duration {
 
 /// The service implementation.
 #[derive(Debug, Clone)]
-pub struct FacadeService {
+pub(crate) struct FacadeService {
     cognito: Cognito,
     /// Pools, routing and local verification.
     gate: TokenGate,
@@ -425,7 +426,7 @@ fn metadata_value(id: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
 /// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u,
 /// n), per <https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>.
 /// Returns `None` for anything else; tonic ignores such values too.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let split = value.len().checked_sub(1)?;
     let (digits, unit) = value.split_at_checked(split)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {

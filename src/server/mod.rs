@@ -1,6 +1,18 @@
 //! The gRPC server: its settings, the RPC behind the call observer, health,
 //! reflection, and the shutdown sequence (NOT_SERVING, drain, stop
 //! accepting, grace, exit).
+//!
+//! Layer 7, above `rpc`. `tls` reads the PEM files and builds the
+//! acceptor; `listener` keeps the connection cap and the handshake
+//! deadline; `policy` answers HTTP 415 and the size refusal; `observe`
+//! gives each call its one clock, metrics, span and log line.
+//!
+//! Files, lowest first: `tls`, `listener`, `policy`, `observe`.
+
+pub(crate) mod listener;
+pub(crate) mod observe;
+pub(crate) mod policy;
+pub(crate) mod tls;
 
 use std::{
     future::Future,
@@ -12,14 +24,14 @@ use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
+use self::listener::ConnectionLimits;
 use crate::{
-    listener::{self, ConnectionLimits},
-    observe::ObserveLayer,
-    policy::PolicyLayer,
+    base::wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
-    service::FacadeService,
-    tls::TlsConfig,
-    wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
+    rpc::service::FacadeService,
+    server::observe::ObserveLayer,
+    server::policy::PolicyLayer,
+    server::tls::TlsConfig,
 };
 
 /// Default gRPC listen address: every interface, the conventional gRPC port.
@@ -96,7 +108,7 @@ impl Default for ServerConfig {
 pub enum ServerError {
     /// The TLS files made no acceptor (they were checked at start-up).
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] crate::server::tls::TlsError),
     /// The reflection service could not read the descriptor sets.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),

@@ -1,5 +1,5 @@
 //! The one observer of every call of the RPC service: a tower layer around
-//! the gRPC routes (and the request policies, [`crate::policy`]) that sees
+//! the gRPC routes (and the request policies, [`crate::server::policy`]) that sees
 //! each call as the caller will. It starts the call's one clock and its
 //! typed [`CallContext`], and once the answer is known writes the RPC
 //! metrics, the server span and the call's one log line from the same
@@ -23,11 +23,12 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, Level};
 
 use crate::{
-    call::{CallContext, Source},
+    base::metric_names,
+    base::wire::Source,
+    base::wire::{METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA},
     error::{Error, ErrorChain, code_name},
-    metric_names,
-    traces::{self, Tracing},
-    wire::{METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA},
+    observability::traces::{self, Tracing},
+    rpc::call::CallContext,
 };
 
 /// The method label of calls to methods the service does not have.

@@ -50,7 +50,7 @@ impl fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsConfig")
             .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
-            .field("key_pem", &crate::wire::REDACTED)
+            .field("key_pem", &crate::base::wire::REDACTED)
             .field("mutual", &self.client_ca_pem.is_some())
             .finish()
     }

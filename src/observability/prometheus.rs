@@ -1,5 +1,5 @@
 //! The Prometheus side of the metrics: the process-wide recorder, the
-//! description of every metric named in [`crate::metric_names`], and the
+//! description of every metric named in [`crate::base::metric_names`], and the
 //! `/metrics` listener.
 
 use std::{
@@ -12,7 +12,7 @@ use axum::{Router, extract::State, http::header, response::IntoResponse, routing
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::metric_names::{
+use crate::base::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
     FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_REPLICAS,
     FLEET_SKIPPED, FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE,
@@ -35,13 +35,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Whether this build turns tokio's LIFO slot off (it needs
 /// `--cfg tokio_unstable`; see `app::runtime`). Shown on the build-info
 /// metric as `lifo_slot`.
-pub const LIFO_SLOT_OFF: bool = cfg!(tokio_unstable);
+pub(crate) const LIFO_SLOT_OFF: bool = cfg!(tokio_unstable);
 
 /// How often histograms are compacted when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Installs the process-wide Prometheus recorder and describes every metric.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
+pub(crate) fn install() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)?
         .install_recorder()?;
@@ -52,7 +52,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
-/// Describes every metric of [`crate::metric_names`] to the recorder.
+/// Describes every metric of [`crate::base::metric_names`] to the recorder.
 fn describe() {
     metrics::describe_counter!(
         RPC_REQUESTS,
@@ -175,7 +175,7 @@ fn describe_quota() {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -263,11 +263,13 @@ mod tests {
     /// Every name in `src/metric_names.rs`, read from the source: a metric
     /// added there without a description here fails this test.
     fn named_in_source() -> BTreeSet<String> {
-        include_str!("metric_names.rs")
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("pub const "))
-            .filter_map(|rest| rest.split_once("= \"")?.1.split_once('"'))
-            .map(|(name, _)| name.to_owned())
+        // `const NAME: &str = "name";`, the value perhaps on the next line.
+        include_str!("../base/metric_names.rs")
+            .split("const ")
+            .skip(1)
+            .filter_map(|rest| rest.split_once(": &str =")?.1.split_once(';'))
+            .filter_map(|(value, _)| value.trim().strip_prefix('"')?.strip_suffix('"'))
+            .map(str::to_owned)
             .collect()
     }
 
@@ -288,7 +290,7 @@ mod tests {
 
     #[test]
     fn every_named_metric_is_in_the_metrics_guide() {
-        let readme = include_str!("../docs/metrics.md");
+        let readme = include_str!("../../docs/metrics.md");
         let documented: BTreeSet<String> = readme
             .lines()
             .filter_map(|line| line.strip_prefix("| `cognito_facade_"))

@@ -8,22 +8,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use cognito_facade::{
-    cognito::{self, UpstreamConfig},
-    config::*,
-    economy::{self, EconomyConfig},
-    healthcheck, listener,
-    pools::UserPoolId,
-    prometheus,
-    quota::{self, QuotaConfig, RateLimits},
-    server::{self, ServerConfig},
-    service::{self, ServiceConfig},
-    store::{self, FleetConfig, FleetKey, RedisMode},
-    telemetry::LogFormat,
-    tls::TlsConfig,
-    traces::TracingConfig,
-    verify::TokenConfig,
-};
+use cognito_facade::{config::*, healthcheck, server};
 
 /// Where the Prometheus endpoint listens, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,23 +112,23 @@ pub(crate) struct Cli {
     region_endpoints: Vec<RegionEndpoint>,
 
     /// Timeout to open a connection to Cognito.
-    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value_t = shown(cognito::DEFAULT_CONNECT_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_CONNECT_TIMEOUT, default_value_t = shown(DEFAULT_CONNECT_TIMEOUT), value_name = "DURATION")]
     connect_timeout: humantime::Duration,
 
     /// Timeout of one HTTP attempt to Cognito.
-    #[arg(long, env = ENV_ATTEMPT_TIMEOUT, default_value_t = shown(cognito::DEFAULT_ATTEMPT_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_ATTEMPT_TIMEOUT, default_value_t = shown(DEFAULT_ATTEMPT_TIMEOUT), value_name = "DURATION")]
     attempt_timeout: humantime::Duration,
 
     /// Timeout of a whole upstream call, retries included. A shorter caller deadline wins.
-    #[arg(long, env = ENV_CALL_TIMEOUT, default_value_t = shown(cognito::DEFAULT_CALL_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_CALL_TIMEOUT, default_value_t = shown(DEFAULT_CALL_TIMEOUT), value_name = "DURATION")]
     call_timeout: humantime::Duration,
 
     /// Attempts per upstream call, the first included (1 disables retries).
-    #[arg(long, env = ENV_MAX_ATTEMPTS, default_value_t = cognito::DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10), value_name = "N")]
+    #[arg(long, env = ENV_MAX_ATTEMPTS, default_value_t = DEFAULT_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=10), value_name = "N")]
     max_attempts: u32,
 
     /// Initial backoff before a retry; doubled per retry, with full jitter.
-    #[arg(long, env = ENV_RETRY_BACKOFF, default_value_t = shown(cognito::DEFAULT_RETRY_BACKOFF), value_name = "DURATION")]
+    #[arg(long, env = ENV_RETRY_BACKOFF, default_value_t = shown(DEFAULT_RETRY_BACKOFF), value_name = "DURATION")]
     retry_backoff: humantime::Duration,
 
     /// On SIGTERM/SIGINT: how long to report NOT_SERVING while still serving, before closing the listener.
@@ -155,7 +140,7 @@ pub(crate) struct Cli {
     shutdown_grace: humantime::Duration,
 
     /// Prometheus /metrics listen address, or `off`.
-    #[arg(long, env = ENV_METRICS_ADDR, default_value_t = MetricsAddr(Some(prometheus::DEFAULT_METRICS_ADDR)), value_name = "ADDR|off")]
+    #[arg(long, env = ENV_METRICS_ADDR, default_value_t = MetricsAddr(Some(DEFAULT_METRICS_ADDR)), value_name = "ADDR|off")]
     metrics_addr: MetricsAddr,
 
     /// PEM certificate chain: serve gRPC over TLS (needs --tls-key).
@@ -171,7 +156,7 @@ pub(crate) struct Cli {
     tls_client_ca: Option<PathBuf>,
 
     /// Most upstream calls in flight at once; more are refused at once with RESOURCE_EXHAUSTED.
-    #[arg(long, env = ENV_MAX_CONCURRENT_REQUESTS, default_value_t = service::DEFAULT_MAX_CONCURRENT_REQUESTS, value_name = "N")]
+    #[arg(long, env = ENV_MAX_CONCURRENT_REQUESTS, default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS, value_name = "N")]
     max_concurrent_requests: usize,
 
     /// Lifetime of a client connection before GOAWAY, so clients rebalance across replicas.
@@ -188,12 +173,12 @@ pub(crate) struct Cli {
     cache_ttl: Option<humantime::Duration>,
 
     /// Most answers the cache holds (and, apart, most refusals remembered); the oldest go first.
-    #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = economy::DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
+    #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
     cache_max_entries: usize,
 
     /// Remember Cognito's definitive refusals of a token (revoked, invalid, deleted user) for this
     /// long, never past the token's exp; `0s` turns it off.
-    #[arg(long, env = ENV_REFUSAL_TTL, default_value_t = shown(economy::DEFAULT_REFUSAL_TTL), value_name = "DURATION")]
+    #[arg(long, env = ENV_REFUSAL_TTL, default_value_t = shown(DEFAULT_REFUSAL_TTL), value_name = "DURATION")]
     refusal_ttl: humantime::Duration,
 
     /// Most attempts per second to Cognito, retries included: `RATE` for every region or
@@ -204,12 +189,12 @@ pub(crate) struct Cli {
 
     /// The longest an attempt to Cognito waits for its turn under --upstream-rate-limit (never past
     /// the caller's deadline); past it, the call gets RESOURCE_EXHAUSTED at once.
-    #[arg(long, env = ENV_UPSTREAM_QUEUE_TIMEOUT, default_value_t = shown(quota::DEFAULT_UPSTREAM_QUEUE_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_UPSTREAM_QUEUE_TIMEOUT, default_value_t = shown(DEFAULT_UPSTREAM_QUEUE_TIMEOUT), value_name = "DURATION")]
     upstream_queue_timeout: humantime::Duration,
 
     /// Time a new connection gets to finish TLS (when on) and send the HTTP/2 preface and
     /// SETTINGS; then it is closed.
-    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value_t = shown(listener::DEFAULT_HANDSHAKE_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_HANDSHAKE_TIMEOUT, default_value_t = shown(DEFAULT_HANDSHAKE_TIMEOUT), value_name = "DURATION")]
     handshake_timeout: humantime::Duration,
 
     /// Most client connections at once; more are closed at once. Default: the file-descriptor
@@ -247,7 +232,7 @@ pub(crate) struct Cli {
     fleet_size_hint: Option<u32>,
 
     /// The time Redis gets for one operation within a call; then the call goes on without it.
-    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(store::DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
+    #[arg(long, env = ENV_REDIS_TIMEOUT, default_value_t = shown(DEFAULT_REDIS_TIMEOUT), value_name = "DURATION")]
     redis_timeout: humantime::Duration,
 
     /// HTTP/2 keepalive ping interval.
@@ -432,178 +417,4 @@ impl Cli {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("cognito-facade").chain(args.iter().copied()))
-                .map_err(|err| err.to_string())?;
-        cli.into_config().map_err(|err| err.to_string())
-    }
-
-    #[test]
-    fn no_flags_give_the_library_defaults() {
-        let config = parse(&[]).unwrap();
-        let defaults = Config::default();
-        assert_eq!(config.server.listen_addr, defaults.server.listen_addr);
-        assert_eq!(config.server.drain_delay, defaults.server.drain_delay);
-        assert_eq!(config.server.shutdown_grace, defaults.server.shutdown_grace);
-        assert_eq!(
-            config.server.max_connection_age,
-            defaults.server.max_connection_age
-        );
-        assert_eq!(
-            config.server.keepalive_interval,
-            defaults.server.keepalive_interval
-        );
-        assert_eq!(
-            config.server.keepalive_timeout,
-            defaults.server.keepalive_timeout
-        );
-        assert!(config.server.tls.is_none());
-        assert_eq!(
-            config.server.handshake_timeout,
-            defaults.server.handshake_timeout
-        );
-        assert_eq!(config.server.max_connections, None);
-        assert_eq!(config.service, defaults.service);
-        // AWS_REGION may be set where the tests run.
-        let upstream = UpstreamConfig {
-            region: None,
-            ..config.upstream
-        };
-        assert_eq!(upstream, defaults.upstream);
-        assert_eq!(config.economy, defaults.economy);
-        assert_eq!(config.tokens, defaults.tokens);
-        assert_eq!(config.log_format, defaults.log_format);
-        assert_eq!(config.metrics_addr, defaults.metrics_addr);
-    }
-
-    #[test]
-    fn coalescing_and_the_cache_are_configurable() {
-        let config = parse(&["--coalesce=false", "--cache-ttl", "30s"]).unwrap();
-        assert!(!config.economy.coalesce);
-        assert_eq!(config.economy.cache_ttl, Some(Duration::from_secs(30)));
-        let config = parse(&["--cache-ttl", "0s"]).unwrap();
-        assert_eq!(config.economy.cache_ttl, None);
-    }
-
-    #[test]
-    fn metrics_can_be_turned_off() {
-        let config = parse(&["--metrics-addr", "off"]).unwrap();
-        assert_eq!(config.metrics_addr, None);
-        let config = parse(&["--metrics-addr", "127.0.0.1:9100"]).unwrap();
-        assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
-    }
-
-    #[test]
-    fn parses_human_durations() {
-        let config = parse(&["--attempt-timeout", "250ms", "--call-timeout", "1m 30s"]).unwrap();
-        assert_eq!(config.upstream.attempt_timeout, Duration::from_millis(250));
-        assert_eq!(config.upstream.call_timeout, Duration::from_secs(90));
-    }
-
-    #[test]
-    fn refuses_bad_values() {
-        for (args, needle) in [
-            (&["--listen-addr", "nowhere"][..], "--listen-addr"),
-            (&["--connect-timeout", "soon"][..], "--connect-timeout"),
-            (&["--connect-timeout", "0s"][..], "--connect-timeout"),
-            (&["--max-attempts", "0"][..], "--max-attempts"),
-            (&["--log-format", "xml"][..], "--log-format"),
-            (
-                &["--attempt-timeout", "10s", "--call-timeout", "5s"][..],
-                "--attempt-timeout",
-            ),
-            (
-                &["--cognito-endpoint", "localhost:9229"][..],
-                "--cognito-endpoint",
-            ),
-            (
-                &["--cognito-endpoint", "ftp://example.com"][..],
-                "--cognito-endpoint",
-            ),
-            (&["--region", " "][..], "--region"),
-            (&["--metrics-addr", "nine"][..], "--metrics-addr"),
-            (
-                &["--max-concurrent-requests", "0"][..],
-                "--max-concurrent-requests",
-            ),
-            (&["--max-connection-age", "0s"][..], "--max-connection-age"),
-            (&["--handshake-timeout", "0s"][..], "--handshake-timeout"),
-            (&["--max-connections", "0"][..], "--max-connections"),
-            (&["--max-connections", "many"][..], "--max-connections"),
-            (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
-            (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
-            (
-                &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
-                "/nonexistent.pem",
-            ),
-        ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(needle), "{args:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn pools_clients_and_region_endpoints() {
-        let config = parse(&[
-            "--user-pool-id",
-            "eu-west-1_AbC",
-            "--user-pool-id",
-            "us-east-1_XyZ123",
-            "--client-id",
-            "app1",
-            "--verify-tokens=false",
-            "--region-endpoint",
-            "eu-west-1=http://127.0.0.1:9001",
-        ])
-        .unwrap();
-        let pools: Vec<&str> = config.tokens.pools.iter().map(UserPoolId::as_str).collect();
-        assert_eq!(pools, ["eu-west-1_AbC", "us-east-1_XyZ123"]);
-        assert_eq!(config.tokens.client_ids, ["app1"]);
-        assert!(!config.tokens.verify);
-        assert_eq!(
-            config.upstream.endpoint_for("eu-west-1"),
-            Some("http://127.0.0.1:9001")
-        );
-        assert_eq!(config.upstream.endpoint_for("us-east-1"), None);
-        for (args, needle) in [
-            (&["--user-pool-id", "eu-west-1"][..], "--user-pool-id"),
-            (&["--user-pool-id", "eu-west-1_a-b"][..], "--user-pool-id"),
-            (&["--region-endpoint", "http://x"][..], "--region-endpoint"),
-            (
-                &["--region-endpoint", "nowhere=http://x"][..],
-                "--region-endpoint",
-            ),
-            (&["--region-endpoint", "eu-west-1=ftp://x"][..], "ftp://x"),
-            (&["--client-id", ""][..], "--client-id"),
-        ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(needle), "{args:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn accepts_an_http_endpoint() {
-        let config = parse(&["--cognito-endpoint", "http://127.0.0.1:9229"]).unwrap();
-        assert_eq!(
-            config.upstream.endpoint.as_deref(),
-            Some("http://127.0.0.1:9229")
-        );
-    }
-
-    #[test]
-    fn healthcheck_probes_where_the_server_listens() {
-        let cli = Cli::try_parse_from(["cognito-facade", "healthcheck"]).unwrap();
-        let Some(Command::Healthcheck(args)) = cli.command else {
-            panic!("no healthcheck");
-        };
-        assert_eq!(
-            args.addr(),
-            healthcheck::probe_addr(server::DEFAULT_LISTEN_ADDR)
-        );
-        assert_eq!(args.addr().to_string(), "127.0.0.1:50051");
-    }
-}
+mod tests;

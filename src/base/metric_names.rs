@@ -1,85 +1,86 @@
 //! The name of every metric this service records, in one place at the bottom
-//! of the crate (the `/metrics` listener is [`crate::prometheus`]).
+//! of the crate (the `/metrics` listener is [`crate::observability::prometheus`]).
 //!
 //! Recording goes through the `metrics` facade; with no recorder installed
 //! (library tests) every call is a no-op.
 
 /// RPCs by `method`, final gRPC `code` (after every mapping) and `source`
 /// (where the answer came from: `cognito`, `coalesced`, `cache`, `local`).
-pub const RPC_REQUESTS: &str = "cognito_facade_rpc_requests_total";
+pub(crate) const RPC_REQUESTS: &str = "cognito_facade_rpc_requests_total";
 /// RPC latency by `method`, in seconds, arrival to response headers.
-pub const RPC_DURATION: &str = "cognito_facade_rpc_duration_seconds";
+pub(crate) const RPC_DURATION: &str = "cognito_facade_rpc_duration_seconds";
 /// RPCs being handled now.
 pub const RPC_IN_FLIGHT: &str = "cognito_facade_rpc_in_flight";
 /// Calls to Cognito by `outcome`: `ok`, Cognito's error code, or the reason of
 /// a failure without one (`UPSTREAM_UNREACHABLE`, `UPSTREAM_TIMEOUT`, ...).
-pub const UPSTREAM_REQUESTS: &str = "cognito_facade_upstream_requests_total";
+pub(crate) const UPSTREAM_REQUESTS: &str = "cognito_facade_upstream_requests_total";
 /// Latency of calls to Cognito, retries included, in seconds.
-pub const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
+pub(crate) const UPSTREAM_DURATION: &str = "cognito_facade_upstream_duration_seconds";
 /// Calls refused by the concurrency limiter.
-pub const SHED: &str = "cognito_facade_shed_total";
+pub(crate) const SHED: &str = "cognito_facade_shed_total";
 /// Enum values from Cognito that this version does not know, by `field` and `value`.
-pub const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
+pub(crate) const UNKNOWN_ENUM_VALUES: &str = "cognito_facade_unknown_enum_values_total";
 /// Calls answered by joining another call's upstream request (single flight).
-pub const COALESCED: &str = "cognito_facade_coalesced_total";
+pub(crate) const COALESCED: &str = "cognito_facade_coalesced_total";
 /// Calls answered from the cache (`--cache-ttl`).
-pub const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
+pub(crate) const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
 /// Always 1, labelled with the `version`.
-pub const BUILD_INFO: &str = "cognito_facade_build_info";
+pub(crate) const BUILD_INFO: &str = "cognito_facade_build_info";
 /// Tokens refused here without a call to Cognito, by `reason`.
-pub const TOKEN_REFUSALS: &str = "cognito_facade_token_refusals_total";
+pub(crate) const TOKEN_REFUSALS: &str = "cognito_facade_token_refusals_total";
 /// JWKS fetches by `pool` and `outcome` (`ok`, `unreachable`, `bad_status`,
 /// `bad_body`, `invalid`, `timeout`).
-pub const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";
+pub(crate) const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";
 /// Calls verified by Cognito alone because their pool's keys could not be
 /// had, by `pool`.
-pub const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";
+pub(crate) const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";
 /// Spans not exported, by `reason`: `queue_full` (the collector is slow or
 /// away, or the service is stopping) or `export_failed`.
-pub const TRACE_SPANS_DROPPED: &str = "cognito_facade_trace_spans_dropped_total";
+pub(crate) const TRACE_SPANS_DROPPED: &str = "cognito_facade_trace_spans_dropped_total";
 /// Client connections open now on the gRPC listener, handshakes included.
-pub const CONNECTIONS_OPEN: &str = "cognito_facade_connections_open";
+pub(crate) const CONNECTIONS_OPEN: &str = "cognito_facade_connections_open";
 /// The connection cap (`--max-connections`, or its default from the
 /// file-descriptor limit).
-pub const MAX_CONNECTIONS: &str = "cognito_facade_max_connections";
+pub(crate) const MAX_CONNECTIONS: &str = "cognito_facade_max_connections";
 /// Connections closed at once because the cap was reached.
-pub const CONNECTIONS_REFUSED: &str = "cognito_facade_connections_refused_total";
+pub(crate) const CONNECTIONS_REFUSED: &str = "cognito_facade_connections_refused_total";
 /// Connections closed because TLS, the HTTP/2 preface and SETTINGS did not
 /// arrive within `--handshake-timeout`.
-pub const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
+pub(crate) const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
 /// `accept` failures that made the listener back off, by `error` (`EMFILE`,
 /// `ENFILE`, `ENOMEM`, `ENOBUFS`, `other`).
-pub const ACCEPT_ERRORS: &str = "cognito_facade_accept_errors_total";
+pub(crate) const ACCEPT_ERRORS: &str = "cognito_facade_accept_errors_total";
 /// Fleet store (Redis) operations by `op` and `outcome` (`ok`, `error`,
 /// `timeout`).
-pub const FLEET_REDIS_OPS: &str = "cognito_facade_fleet_redis_ops_total";
+pub(crate) const FLEET_REDIS_OPS: &str = "cognito_facade_fleet_redis_ops_total";
 /// Calls that went without the fleet store, by `reason` (`breaker_open`,
 /// `not_connected`).
-pub const FLEET_SKIPPED: &str = "cognito_facade_fleet_skipped_total";
+pub(crate) const FLEET_SKIPPED: &str = "cognito_facade_fleet_skipped_total";
 /// Seconds the fleet store's breaker has been opened for.
-pub const FLEET_BREAKER_OPEN_SECONDS: &str = "cognito_facade_fleet_breaker_open_seconds_total";
+pub(crate) const FLEET_BREAKER_OPEN_SECONDS: &str =
+    "cognito_facade_fleet_breaker_open_seconds_total";
 /// Values read from the fleet store that did not open (tampered, another
 /// fleet's key, moved, another format): each a miss.
-pub const FLEET_UNOPENED: &str = "cognito_facade_fleet_unopened_values_total";
+pub(crate) const FLEET_UNOPENED: &str = "cognito_facade_fleet_unopened_values_total";
 /// Fleet flights taken over after their leader's lease ran out.
-pub const FLEET_LEASE_TAKEOVERS: &str = "cognito_facade_fleet_lease_takeovers_total";
+pub(crate) const FLEET_LEASE_TAKEOVERS: &str = "cognito_facade_fleet_lease_takeovers_total";
 /// Attempts to Cognito the upstream rate limit refused (the call answered
 /// `UPSTREAM_RATE_LIMITED`), by `region`.
-pub const UPSTREAM_LIMITED: &str = "cognito_facade_upstream_rate_limited_total";
+pub(crate) const UPSTREAM_LIMITED: &str = "cognito_facade_upstream_rate_limited_total";
 /// Attempts to Cognito that waited for their turn under the upstream rate
 /// limit, by `region`.
-pub const UPSTREAM_WAITED: &str = "cognito_facade_upstream_rate_waited_total";
+pub(crate) const UPSTREAM_WAITED: &str = "cognito_facade_upstream_rate_waited_total";
 /// How long attempts to Cognito waited for their turn (those that waited),
 /// by `region`.
-pub const UPSTREAM_WAIT_SECONDS: &str = "cognito_facade_upstream_rate_wait_seconds";
+pub(crate) const UPSTREAM_WAIT_SECONDS: &str = "cognito_facade_upstream_rate_wait_seconds";
 /// Attempts Cognito answered with `TooManyRequestsException`, by `region`.
-pub const UPSTREAM_THROTTLES: &str = "cognito_facade_upstream_throttles_total";
+pub(crate) const UPSTREAM_THROTTLES: &str = "cognito_facade_upstream_throttles_total";
 /// The upstream rate limit in force, per second, by `region` and `scope`
 /// (`fleet`: shared on Redis; `replica`: this replica's share).
-pub const UPSTREAM_RATE_EFFECTIVE: &str = "cognito_facade_upstream_rate_effective";
+pub(crate) const UPSTREAM_RATE_EFFECTIVE: &str = "cognito_facade_upstream_rate_effective";
 /// The fleet's size as this replica last knew it (replicas announcing
 /// themselves on Redis).
-pub const FLEET_REPLICAS: &str = "cognito_facade_fleet_replicas";
+pub(crate) const FLEET_REPLICAS: &str = "cognito_facade_fleet_replicas";
 /// Calls answered from refusal memory, by `reason` and `scope` (`replica`,
 /// `fleet`).
-pub const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered_total";
+pub(crate) const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered_total";

@@ -29,7 +29,7 @@ use opentelemetry_sdk::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::codegen::http::HeaderMap;
 
-use crate::{expiring::lock, metric_names};
+use crate::{base::expiring::lock, base::metric_names};
 
 /// `service.name` unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` say otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "cognito-facade";
@@ -155,7 +155,7 @@ pub struct TracingSetupError(#[from] opentelemetry_otlp::ExporterBuildError);
 /// The tracing of the process: propagation always, export when configured.
 /// Cheap to clone.
 #[derive(Clone)]
-pub struct Tracing {
+pub(crate) struct Tracing {
     propagator: Arc<TextMapCompositePropagator>,
     /// Only when exporting.
     export: Option<Arc<Export>>,
@@ -203,7 +203,7 @@ impl Tracing {
     /// exporter (from the standard environment: endpoint, protocol, headers,
     /// timeout), the resource and sampler (also from it), and starts the
     /// export task: call it inside the runtime.
-    pub fn new(config: &TracingConfig) -> Result<Self, TracingSetupError> {
+    pub(crate) fn new(config: &TracingConfig) -> Result<Self, TracingSetupError> {
         let mut tracing = Self::propagation_only(config);
         if !config.export {
             return Ok(tracing);
@@ -237,7 +237,7 @@ impl Tracing {
     }
 
     /// The caller's trace context from request headers.
-    pub fn extract(&self, headers: &HeaderMap) -> Context {
+    pub(crate) fn extract(&self, headers: &HeaderMap) -> Context {
         self.propagator
             .extract_with_context(&Context::new(), &Headers(headers))
     }
@@ -245,7 +245,7 @@ impl Tracing {
     /// Starts the server span of one call as a child of `parent`, named
     /// `name` (`service/method`); without export, `parent` itself (so the log
     /// line still names the trace).
-    pub fn server_span(
+    pub(crate) fn server_span(
         &self,
         parent: Context,
         name: &'static str,
@@ -269,7 +269,7 @@ impl Tracing {
     }
 
     /// Starts the client span of a call to Cognito, a child of `server`.
-    pub fn client_span(&self, server: &Context, region: &Arc<str>) -> Context {
+    pub(crate) fn client_span(&self, server: &Context, region: &Arc<str>) -> Context {
         let Some(export) = &self.export else {
             return server.clone();
         };
@@ -289,7 +289,7 @@ impl Tracing {
 
     /// Stops accepting spans and exports those still queued, for at most
     /// `within`.
-    pub async fn shutdown(&self, within: Duration) {
+    pub(crate) async fn shutdown(&self, within: Duration) {
         let Some(export) = &self.export else {
             return;
         };
@@ -310,7 +310,7 @@ impl Tracing {
 
 /// Ends the server span in `cx` with the call's outcome: the gRPC code, the
 /// ErrorInfo reason of a failure, and where the answer came from.
-pub fn end_server_span(cx: &Context, code: tonic::Code, reason: &str, source: &'static str) {
+pub(crate) fn end_server_span(cx: &Context, code: tonic::Code, reason: &str, source: &'static str) {
     let span = cx.span();
     if !span.is_recording() {
         return;
@@ -339,8 +339,12 @@ pub fn end_server_span(cx: &Context, code: tonic::Code, reason: &str, source: &'
 /// Ends the client span of a call to Cognito in `cx` with its outcome:
 /// Cognito's request id, and on failure the reason and an error status. The
 /// HTTP status and each attempt were recorded by the SDK interceptor in
-/// [`crate::cognito`].
-pub fn end_client_span(cx: &Context, request_id: Option<&str>, failure: Option<&'static str>) {
+/// [`crate::upstream`].
+pub(crate) fn end_client_span(
+    cx: &Context,
+    request_id: Option<&str>,
+    failure: Option<&'static str>,
+) {
     let span = cx.span();
     if !span.is_recording() {
         return;
@@ -356,7 +360,7 @@ pub fn end_client_span(cx: &Context, request_id: Option<&str>, failure: Option<&
 }
 
 /// The trace and span ids of `cx` for a log line, or empty strings.
-pub fn ids(cx: &Context) -> (String, String) {
+pub(crate) fn ids(cx: &Context) -> (String, String) {
     let span = cx.span();
     let context = span.span_context();
     if context.is_valid() {

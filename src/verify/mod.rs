@@ -6,6 +6,13 @@
 //! or client this facade does not serve; Cognito stays the authority for
 //! everything else (revocation above all), so no call is ever answered OK
 //! without it.
+//!
+//! Layer 5, above `upstream` and `error`; `jwks` fetches and refreshes the
+//! pools' signing keys.
+//!
+//! Files, lowest first: `jwks`.
+
+pub(crate) mod jwks;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -19,22 +26,22 @@ use serde::Deserialize;
 use tonic::codegen::http::Uri;
 
 use crate::{
-    cognito::UpstreamConfig,
-    expiring::{ExpiringMap, TokenKeyer},
-    jwks::{DEFAULT_REFRESH_INTERVAL, KeyStore, Lookup},
-    metric_names,
-    pools::UserPoolId,
+    base::expiring::{ExpiringMap, TokenKeyer},
+    base::metric_names,
+    token::pools::UserPoolId,
     token::{AccessToken, Refusal},
+    upstream::UpstreamConfig,
+    verify::jwks::{DEFAULT_REFRESH_INTERVAL, KeyStore, Lookup},
 };
 
 /// The scope GetUserAuthFactors requires (the service model's
 /// `aws.cognito.signin.user.admin`).
-pub const REQUIRED_SCOPE: &str = "aws.cognito.signin.user.admin";
+pub(crate) const REQUIRED_SCOPE: &str = "aws.cognito.signin.user.admin";
 
 /// How long after `exp` a token is still given to Cognito rather than
 /// refused here: our clock may run ahead of Cognito's, and a local refusal
 /// must be one Cognito would also make.
-pub const EXPIRY_LEEWAY: Duration = Duration::from_secs(10);
+pub(crate) const EXPIRY_LEEWAY: Duration = Duration::from_secs(10);
 
 /// Most tokens remembered as verified. A few hundred bytes each.
 const MEMO_MAX_ENTRIES: usize = 10_000;
@@ -78,7 +85,7 @@ impl TokenConfig {
 
 /// What the check learned about a token it let through.
 #[derive(Debug, Clone, Default)]
-pub struct Checked {
+pub(crate) struct Checked {
     /// The configured pool it belongs to (`None` in opaque mode).
     pub pool: Option<UserPoolId>,
     /// Its `exp` (from the verified token, or, where not verified, from its
@@ -88,7 +95,7 @@ pub struct Checked {
 
 /// The check every call passes before single flight and Cognito.
 #[derive(Debug, Clone)]
-pub struct TokenGate {
+pub(crate) struct TokenGate {
     /// Configured pools by the `iss` their tokens carry.
     issuers: HashMap<String, UserPoolId>,
     verify: bool,
@@ -142,13 +149,13 @@ impl TokenGate {
 
     /// Starts fetching every pool's keys in the background (start-up never
     /// waits for them).
-    pub fn prefetch(&self) {
+    pub(crate) fn prefetch(&self) {
         self.keys.prefetch();
     }
 
     /// Checks `token`, waiting for its pool's keys at most until `deadline`.
     /// In opaque mode it reads nothing and refuses nothing.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         token: &AccessToken,
         deadline: Option<Instant>,
@@ -317,7 +324,7 @@ fn jwks_url(pool: &UserPoolId, upstream: &UpstreamConfig) -> Uri {
 
 /// The `exp` of `token`'s unverified payload, if it is a JWT with one. Only
 /// ever used to shorten a cache entry's life.
-pub fn unverified_expiry(token: &AccessToken) -> Option<SystemTime> {
+pub(crate) fn unverified_expiry(token: &AccessToken) -> Option<SystemTime> {
     let parts = JwtParts::split(token.expose())?;
     parts.payload::<Expiry>().ok()?.expires_at()
 }

@@ -11,7 +11,7 @@ use std::{
 use tonic::{Status, codegen::http};
 use tower::{Layer, Service};
 
-use crate::{call::CallContext, error::Error, wire::SERVICE_NAME};
+use crate::{base::wire::SERVICE_NAME, error::Error, rpc::call::CallContext};
 
 /// The layer; see the module docs.
 #[derive(Debug, Clone, Copy, Default)]

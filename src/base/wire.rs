@@ -5,6 +5,8 @@
 //! Every other module may import from here; this module imports only
 //! [`crate::proto`].
 
+use tonic::metadata::AsciiMetadataValue;
+
 use crate::proto::identity_provider_service_server;
 
 /// The fully-qualified name of the RPC service, as tonic generates it (and
@@ -13,10 +15,10 @@ pub const SERVICE_NAME: &str = identity_provider_service_server::SERVICE_NAME;
 
 /// The one RPC method. tonic generates no constant for a method name; a
 /// unit test checks this one against the compiled descriptor.
-pub const METHOD: &str = "GetUserAuthFactors";
+pub(crate) const METHOD: &str = "GetUserAuthFactors";
 
 /// `service/method`, as RPC span names spell it.
-pub const METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/GetUserAuthFactors";
+pub(crate) const METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/GetUserAuthFactors";
 
 /// Largest request message accepted. A GetUserAuthFactorsRequest holds one
 /// token of at most 16 KiB; anything far larger is refused by tonic's
@@ -26,22 +28,22 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest header block accepted. Room for a 16 KiB `authorization: Bearer`
 /// token plus ordinary metadata; hyper's default (16 KiB) would refuse the
 /// largest valid token.
-pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+pub(crate) const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Most concurrent streams (calls) per HTTP/2 connection; a client that
 /// opens more gets REFUSED_STREAM for the excess and retries them.
-pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Response metadata that carries Cognito's request id.
-pub const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
+pub(crate) const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
 
 /// Response metadata that says where the answer came from (see
-/// `crate::call::Source`).
-pub const SOURCE_METADATA: &str = "x-cognito-facade-source";
+/// [`Source`]).
+pub(crate) const SOURCE_METADATA: &str = "x-cognito-facade-source";
 
 /// What `Debug`, `Display` and logs print in place of a secret (defined
 /// beside the generated messages whose `Debug` uses it).
-pub use crate::proto::REDACTED;
+pub(crate) use crate::proto::REDACTED;
 
 #[cfg(test)]
 mod tests {
@@ -71,5 +73,61 @@ mod tests {
             .collect();
         assert_eq!(methods, [(SERVICE_NAME.to_owned(), METHOD.to_owned())]);
         assert_eq!(METHOD_PATH, format!("{SERVICE_NAME}/{METHOD}"));
+    }
+}
+
+/// Where a call's answer came from; logged as `source`, labelled as
+/// `source`, and sent to the caller as the `x-cognito-facade-source` response
+/// metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// This call's own request to Cognito.
+    Cognito,
+    /// Another concurrent call's request to Cognito (single flight).
+    Coalesced,
+    /// The answer cache.
+    Cache,
+    /// The facade itself, without Cognito: a refused request, a shed call.
+    Local,
+    /// The fleet's cache on Redis (another replica's answer).
+    FleetCache,
+    /// Another replica's request to Cognito (fleet single flight).
+    FleetCoalesced,
+    /// This replica's memory of Cognito's definitive refusal of the token.
+    Memory,
+    /// The fleet's memory of such a refusal, on Redis.
+    FleetMemory,
+}
+
+impl Source {
+    /// Every source.
+    pub(crate) const ALL: [Self; 8] = [
+        Self::Cognito,
+        Self::Coalesced,
+        Self::Cache,
+        Self::Local,
+        Self::FleetCache,
+        Self::FleetCoalesced,
+        Self::Memory,
+        Self::FleetMemory,
+    ];
+
+    /// The name in logs, labels and metadata.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Cognito => "cognito",
+            Self::Coalesced => "coalesced",
+            Self::Cache => "cache",
+            Self::Local => "local",
+            Self::FleetCache => "fleet_cache",
+            Self::FleetCoalesced => "fleet_coalesced",
+            Self::Memory => "memory",
+            Self::FleetMemory => "fleet_memory",
+        }
+    }
+
+    /// The metadata value that carries this source.
+    pub(crate) fn metadata_value(self) -> AsciiMetadataValue {
+        AsciiMetadataValue::from_static(self.as_str())
     }
 }

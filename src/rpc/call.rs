@@ -10,65 +10,9 @@ use std::{
     time::Instant,
 };
 
-use tonic::{codegen::http, metadata::AsciiMetadataValue};
+use tonic::codegen::http;
 
-use crate::{error::Error, pools::UserPoolId};
-
-/// Where a call's answer came from; logged as `source`, labelled as
-/// `source`, and sent to the caller as the `x-cognito-facade-source` response
-/// metadata.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
-    /// This call's own request to Cognito.
-    Cognito,
-    /// Another concurrent call's request to Cognito (single flight).
-    Coalesced,
-    /// The answer cache.
-    Cache,
-    /// The facade itself, without Cognito: a refused request, a shed call.
-    Local,
-    /// The fleet's cache on Redis (another replica's answer).
-    FleetCache,
-    /// Another replica's request to Cognito (fleet single flight).
-    FleetCoalesced,
-    /// This replica's memory of Cognito's definitive refusal of the token.
-    Memory,
-    /// The fleet's memory of such a refusal, on Redis.
-    FleetMemory,
-}
-
-impl Source {
-    /// Every source.
-    pub(crate) const ALL: [Self; 8] = [
-        Self::Cognito,
-        Self::Coalesced,
-        Self::Cache,
-        Self::Local,
-        Self::FleetCache,
-        Self::FleetCoalesced,
-        Self::Memory,
-        Self::FleetMemory,
-    ];
-
-    /// The name in logs, labels and metadata.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Self::Cognito => "cognito",
-            Self::Coalesced => "coalesced",
-            Self::Cache => "cache",
-            Self::Local => "local",
-            Self::FleetCache => "fleet_cache",
-            Self::FleetCoalesced => "fleet_coalesced",
-            Self::Memory => "memory",
-            Self::FleetMemory => "fleet_memory",
-        }
-    }
-
-    /// The metadata value that carries this source.
-    pub(crate) fn metadata_value(self) -> AsciiMetadataValue {
-        AsciiMetadataValue::from_static(self.as_str())
-    }
-}
+use crate::{base::wire::Source, error::Error, token::pools::UserPoolId};
 
 /// What is known about one call. Each fact is written at most once.
 #[derive(Debug)]

@@ -33,7 +33,7 @@ impl FromStr for UserPoolId {
 
 /// An AWS region name: lowercase words joined by `-`, ending in a number
 /// (`eu-west-1`, `us-gov-west-1`, `ap-southeast-5`).
-pub fn is_region(text: &str) -> bool {
+pub(crate) fn is_region(text: &str) -> bool {
     let parts: Vec<&str> = text.split('-').collect();
     let Some((number, words)) = parts.split_last() else {
         return false;

@@ -1,5 +1,12 @@
 //! The caller's access token: where it comes from, what makes it acceptable,
 //! and a type that never prints it.
+//!
+//! Layer 2, above `base`; `pools` holds user pool ids and regions, as the
+//! token's issuer names them.
+//!
+//! Files, lowest first: `pools`.
+
+pub(crate) mod pools;
 
 use std::fmt;
 
@@ -10,10 +17,10 @@ use tonic::metadata::MetadataMap;
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The request field that carries the token.
-pub const TOKEN_FIELD: &str = "access_token";
+pub(crate) const TOKEN_FIELD: &str = "access_token";
 
 /// The metadata key that carries the token when the field is empty.
-pub const AUTHORIZATION_KEY: &str = "authorization";
+pub(crate) const AUTHORIZATION_KEY: &str = "authorization";
 
 /// An access token that passed validation. `Debug` and `Display` print
 /// `[REDACTED]`; only [`AccessToken::expose`] gives the text, for the one
@@ -30,13 +37,13 @@ impl AccessToken {
 
 impl fmt::Debug for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::wire::REDACTED)
+        f.write_str(crate::base::wire::REDACTED)
     }
 }
 
 impl fmt::Display for AccessToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(crate::wire::REDACTED)
+        f.write_str(crate::base::wire::REDACTED)
     }
 }
 

@@ -23,7 +23,7 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::expiring::lock;
+use crate::base::expiring::lock;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -45,12 +45,12 @@ const SDK_WIRE_TRACE_TARGET: &str = "aws_smithy_runtime::client::orchestrator";
 
 /// An env var that makes the AWS SDK log response bodies (usernames) even for
 /// outputs its model marks sensitive.
-pub const SDK_SENSITIVE_BODIES_VAR: &str = "LOG_SENSITIVE_BODIES";
+pub(crate) const SDK_SENSITIVE_BODIES_VAR: &str = "LOG_SENSITIVE_BODIES";
 
 /// At most one event per interval, for warnings that a hostile caller or a
 /// failing dependency could otherwise repeat thousands of times a second.
 #[derive(Debug)]
-pub struct Every {
+pub(crate) struct Every {
     interval: Duration,
     state: Mutex<EveryState>,
 }
@@ -63,7 +63,7 @@ struct EveryState {
 
 impl Every {
     /// Lets the first event through, then one per `interval`.
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Self {
             interval,
             state: Mutex::default(),
@@ -72,7 +72,7 @@ impl Every {
 
     /// `Some(events held back since the last one let through)` when this one
     /// may be logged; `None` when it is to be held back.
-    pub fn ready(&self) -> Option<u64> {
+    pub(crate) fn ready(&self) -> Option<u64> {
         let mut state = lock(&self.state);
         if state.last.is_some_and(|at| at.elapsed() < self.interval) {
             state.suppressed += 1;

@@ -24,7 +24,7 @@ use jsonwebtoken::{
 use tokio::sync::watch;
 use tonic::codegen::http::{StatusCode, Uri};
 
-use crate::{expiring::lock, metric_names, pools::UserPoolId};
+use crate::{base::expiring::lock, base::metric_names, token::pools::UserPoolId};
 
 /// Default least time between two refreshes of a pool's keys for a `kid`
 /// they lack (and between retries while the keys cannot be had).

@@ -1,0 +1,172 @@
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Config, String> {
+    let cli = Cli::try_parse_from(std::iter::once("cognito-facade").chain(args.iter().copied()))
+        .map_err(|err| err.to_string())?;
+    cli.into_config().map_err(|err| err.to_string())
+}
+
+#[test]
+fn no_flags_give_the_library_defaults() {
+    let config = parse(&[]).unwrap();
+    let defaults = Config::default();
+    assert_eq!(config.server.listen_addr, defaults.server.listen_addr);
+    assert_eq!(config.server.drain_delay, defaults.server.drain_delay);
+    assert_eq!(config.server.shutdown_grace, defaults.server.shutdown_grace);
+    assert_eq!(
+        config.server.max_connection_age,
+        defaults.server.max_connection_age
+    );
+    assert_eq!(
+        config.server.keepalive_interval,
+        defaults.server.keepalive_interval
+    );
+    assert_eq!(
+        config.server.keepalive_timeout,
+        defaults.server.keepalive_timeout
+    );
+    assert!(config.server.tls.is_none());
+    assert_eq!(
+        config.server.handshake_timeout,
+        defaults.server.handshake_timeout
+    );
+    assert_eq!(config.server.max_connections, None);
+    assert_eq!(config.service, defaults.service);
+    // AWS_REGION may be set where the tests run.
+    let upstream = UpstreamConfig {
+        region: None,
+        ..config.upstream
+    };
+    assert_eq!(upstream, defaults.upstream);
+    assert_eq!(config.economy, defaults.economy);
+    assert_eq!(config.tokens, defaults.tokens);
+    assert_eq!(config.log_format, defaults.log_format);
+    assert_eq!(config.metrics_addr, defaults.metrics_addr);
+}
+
+#[test]
+fn coalescing_and_the_cache_are_configurable() {
+    let config = parse(&["--coalesce=false", "--cache-ttl", "30s"]).unwrap();
+    assert!(!config.economy.coalesce);
+    assert_eq!(config.economy.cache_ttl, Some(Duration::from_secs(30)));
+    let config = parse(&["--cache-ttl", "0s"]).unwrap();
+    assert_eq!(config.economy.cache_ttl, None);
+}
+
+#[test]
+fn metrics_can_be_turned_off() {
+    let config = parse(&["--metrics-addr", "off"]).unwrap();
+    assert_eq!(config.metrics_addr, None);
+    let config = parse(&["--metrics-addr", "127.0.0.1:9100"]).unwrap();
+    assert_eq!(config.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+}
+
+#[test]
+fn parses_human_durations() {
+    let config = parse(&["--attempt-timeout", "250ms", "--call-timeout", "1m 30s"]).unwrap();
+    assert_eq!(config.upstream.attempt_timeout, Duration::from_millis(250));
+    assert_eq!(config.upstream.call_timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn refuses_bad_values() {
+    for (args, needle) in [
+        (&["--listen-addr", "nowhere"][..], "--listen-addr"),
+        (&["--connect-timeout", "soon"][..], "--connect-timeout"),
+        (&["--connect-timeout", "0s"][..], "--connect-timeout"),
+        (&["--max-attempts", "0"][..], "--max-attempts"),
+        (&["--log-format", "xml"][..], "--log-format"),
+        (
+            &["--attempt-timeout", "10s", "--call-timeout", "5s"][..],
+            "--attempt-timeout",
+        ),
+        (
+            &["--cognito-endpoint", "localhost:9229"][..],
+            "--cognito-endpoint",
+        ),
+        (
+            &["--cognito-endpoint", "ftp://example.com"][..],
+            "--cognito-endpoint",
+        ),
+        (&["--region", " "][..], "--region"),
+        (&["--metrics-addr", "nine"][..], "--metrics-addr"),
+        (
+            &["--max-concurrent-requests", "0"][..],
+            "--max-concurrent-requests",
+        ),
+        (&["--max-connection-age", "0s"][..], "--max-connection-age"),
+        (&["--handshake-timeout", "0s"][..], "--handshake-timeout"),
+        (&["--max-connections", "0"][..], "--max-connections"),
+        (&["--max-connections", "many"][..], "--max-connections"),
+        (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
+        (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
+        (
+            &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
+            "/nonexistent.pem",
+        ),
+    ] {
+        let err = parse(args).unwrap_err();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn pools_clients_and_region_endpoints() {
+    let config = parse(&[
+        "--user-pool-id",
+        "eu-west-1_AbC",
+        "--user-pool-id",
+        "us-east-1_XyZ123",
+        "--client-id",
+        "app1",
+        "--verify-tokens=false",
+        "--region-endpoint",
+        "eu-west-1=http://127.0.0.1:9001",
+    ])
+    .unwrap();
+    let pools: Vec<&str> = config.tokens.pools.iter().map(UserPoolId::as_str).collect();
+    assert_eq!(pools, ["eu-west-1_AbC", "us-east-1_XyZ123"]);
+    assert_eq!(config.tokens.client_ids, ["app1"]);
+    assert!(!config.tokens.verify);
+    assert_eq!(
+        config.upstream.endpoint_for("eu-west-1"),
+        Some("http://127.0.0.1:9001")
+    );
+    assert_eq!(config.upstream.endpoint_for("us-east-1"), None);
+    for (args, needle) in [
+        (&["--user-pool-id", "eu-west-1"][..], "--user-pool-id"),
+        (&["--user-pool-id", "eu-west-1_a-b"][..], "--user-pool-id"),
+        (&["--region-endpoint", "http://x"][..], "--region-endpoint"),
+        (
+            &["--region-endpoint", "nowhere=http://x"][..],
+            "--region-endpoint",
+        ),
+        (&["--region-endpoint", "eu-west-1=ftp://x"][..], "ftp://x"),
+        (&["--client-id", ""][..], "--client-id"),
+    ] {
+        let err = parse(args).unwrap_err();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn accepts_an_http_endpoint() {
+    let config = parse(&["--cognito-endpoint", "http://127.0.0.1:9229"]).unwrap();
+    assert_eq!(
+        config.upstream.endpoint.as_deref(),
+        Some("http://127.0.0.1:9229")
+    );
+}
+
+#[test]
+fn healthcheck_probes_where_the_server_listens() {
+    let cli = Cli::try_parse_from(["cognito-facade", "healthcheck"]).unwrap();
+    let Some(Command::Healthcheck(args)) = cli.command else {
+        panic!("no healthcheck");
+    };
+    assert_eq!(
+        args.addr(),
+        healthcheck::probe_addr(server::DEFAULT_LISTEN_ADDR)
+    );
+    assert_eq!(args.addr().to_string(), "127.0.0.1:50051");
+}

@@ -1,0 +1,267 @@
+//! The SDK's output to the proto, and its errors to the one error table:
+//! the only conversions from the SDK's types.
+
+use super::*;
+
+/// SDK output to proto, the one place that does it. Values this version does
+/// not know become `*_UNSPECIFIED`, with a warning naming them.
+pub(super) fn to_proto(output: &GetUserAuthFactorsOutput) -> GetUserAuthFactorsResponse {
+    GetUserAuthFactorsResponse {
+        username: output.username().to_owned(),
+        preferred_mfa_setting: output
+            .preferred_mfa_setting()
+            .map(|value| mfa_type(value, "preferred_mfa_setting") as i32),
+        user_mfa_setting_list: output
+            .user_mfa_setting_list()
+            .iter()
+            .map(|value| mfa_type(value, "user_mfa_setting_list") as i32)
+            .collect(),
+        configured_user_auth_factors: output
+            .configured_user_auth_factors()
+            .iter()
+            .map(|factor| auth_factor_type(factor) as i32)
+            .collect(),
+    }
+}
+
+/// Cognito's MFA setting names (`SMS_MFA`, `EMAIL_OTP`, `SOFTWARE_TOKEN_MFA`).
+pub(super) fn mfa_type(value: &str, field: &'static str) -> MfaType {
+    match value {
+        "SMS_MFA" => MfaType::SmsMfa,
+        "EMAIL_OTP" => MfaType::EmailOtp,
+        "SOFTWARE_TOKEN_MFA" => MfaType::SoftwareTokenMfa,
+        unknown => {
+            count_unknown(field, unknown);
+            tracing::warn!(
+                field,
+                value = unknown,
+                "Cognito sent an MFA type this version does not know; answering MFA_TYPE_UNSPECIFIED"
+            );
+            MfaType::Unspecified
+        }
+    }
+}
+
+/// Counts an enum value this version does not know. Values are short names
+/// that Cognito adds rarely, so the label set stays small; values that are not
+/// a plausible enum name are counted as `other`.
+pub(super) fn count_unknown(field: &'static str, value: &str) {
+    let plausible = value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    let value = if plausible {
+        value.to_owned()
+    } else {
+        "other".to_owned()
+    };
+    metrics::counter!(metric_names::UNKNOWN_ENUM_VALUES, "field" => field, "value" => value)
+        .increment(1);
+}
+
+/// The SDK's `AuthFactorType` (including its `Unknown` catch-all).
+pub(super) fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
+    match factor {
+        SdkAuthFactor::Password => AuthFactorType::Password,
+        SdkAuthFactor::EmailOtp => AuthFactorType::EmailOtp,
+        SdkAuthFactor::SmsOtp => AuthFactorType::SmsOtp,
+        SdkAuthFactor::WebAuthn => AuthFactorType::WebAuthn,
+        SdkAuthFactor::SoftwareToken => AuthFactorType::SoftwareToken,
+        // `AuthFactorType` is `#[non_exhaustive]`: values added after this SDK
+        // version arrive as its `Unknown` variant.
+        unknown => {
+            count_unknown("configured_user_auth_factors", unknown.as_str());
+            tracing::warn!(
+                field = "configured_user_auth_factors",
+                value = unknown.as_str(),
+                "Cognito sent an auth factor this version does not know; answering AUTH_FACTOR_TYPE_UNSPECIFIED"
+            );
+            AuthFactorType::Unspecified
+        }
+    }
+}
+
+/// SDK error to domain error. Which row of the table an outcome lands in is
+/// decided by [`UpstreamErrorKind`]; this only reads what the SDK knows.
+///
+/// Never log the SDK error with `Debug` (or `DisplayErrorContext`, which ends
+/// in `Debug`): it holds the raw HTTP response, body and username included.
+/// Its `Display` chain is safe.
+pub(super) fn upstream_error(
+    err: SdkError<GetUserAuthFactorsError, HttpResponse>,
+) -> UpstreamError {
+    let request_id = err.request_id().map(str::to_owned);
+    let mut up = match &err {
+        SdkError::ServiceError(context) => {
+            let service_err = context.err();
+            let aws_code = service_err.code();
+            let kind = match aws_code.and_then(UpstreamErrorKind::from_aws_code) {
+                Some(kind) => kind,
+                None => kind_of_unmodeled(aws_code.is_some(), context.raw().status()),
+            };
+            let mut up = UpstreamError::new(kind);
+            up.aws_error_code = aws_code.map(str::to_owned);
+            up.message = service_err.message().map(str::to_owned);
+            if let GetUserAuthFactorsError::InvalidParameterException(invalid) = service_err {
+                up.reason_code = invalid.reason_code().map(Box::from);
+            }
+            up
+        }
+        SdkError::TimeoutError(_) => UpstreamError::new(UpstreamErrorKind::Timeout),
+        SdkError::DispatchFailure(failure) => {
+            match failure.as_connector_error().and_then(no_turn) {
+                Some(retry_after) => UpstreamError::rate_limited(retry_after),
+                None if failure.is_timeout() => UpstreamError::new(UpstreamErrorKind::Timeout),
+                None => UpstreamError::new(UpstreamErrorKind::Unreachable),
+            }
+        }
+        SdkError::ResponseError(context) => UpstreamError::new(kind_of_unreadable(
+            caused_by_io(&err),
+            context.raw().status(),
+        )),
+        SdkError::ConstructionFailure(_) => {
+            UpstreamError::new(UpstreamErrorKind::RequestConstruction)
+        }
+        // `SdkError` is `#[non_exhaustive]`; a new failure mode is most likely a
+        // transport one.
+        _ => UpstreamError::new(UpstreamErrorKind::Unavailable),
+    };
+    up.request_id = request_id;
+    up.source = Some(std::sync::Arc::new(err));
+    up
+}
+
+/// A response whose body could not be read or parsed: the connection failing
+/// under it (`io`) is an unreachable upstream, whatever the status said; a
+/// 2xx with a broken body is a bad response; anything else an unavailable
+/// upstream.
+pub(super) fn kind_of_unreadable(
+    io: bool,
+    status: aws_smithy_runtime_api::http::StatusCode,
+) -> UpstreamErrorKind {
+    if io {
+        UpstreamErrorKind::Unreachable
+    } else if status.is_success() {
+        UpstreamErrorKind::BadResponse
+    } else {
+        UpstreamErrorKind::Unavailable
+    }
+}
+
+/// The retry-after of an attempt the rate limiter gave no turn.
+pub(super) fn no_turn(err: &ConnectorError) -> Option<Duration> {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<NoTurn>())
+        .map(|no_turn| no_turn.0)
+}
+
+/// Whether an I/O error (a reset, a connection closed mid-body) is anywhere
+/// in `err`'s cause chain.
+pub(super) fn caused_by_io(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source()).any(|err| err.is::<std::io::Error>())
+}
+
+/// An error without a modeled code: `has_code` is whether Cognito sent a
+/// `__type` at all (a JSON error body).
+pub(super) fn kind_of_unmodeled(
+    has_code: bool,
+    status: aws_smithy_runtime_api::http::StatusCode,
+) -> UpstreamErrorKind {
+    if status.is_success() {
+        UpstreamErrorKind::BadResponse
+    } else if status.is_server_error() || !has_code {
+        UpstreamErrorKind::Unavailable
+    } else {
+        UpstreamErrorKind::Unmodeled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_runtime_api::http::StatusCode;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::try_from(code).unwrap()
+    }
+
+    #[test]
+    fn unmodeled_outcomes_follow_the_table() {
+        assert_eq!(
+            kind_of_unmodeled(true, status(400)),
+            UpstreamErrorKind::Unmodeled
+        );
+        assert_eq!(
+            kind_of_unmodeled(true, status(503)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(502)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(403)),
+            UpstreamErrorKind::Unavailable
+        );
+        assert_eq!(
+            kind_of_unmodeled(false, status(200)),
+            UpstreamErrorKind::BadResponse
+        );
+    }
+
+    #[test]
+    fn unreadable_responses_follow_the_table() {
+        assert_eq!(
+            kind_of_unreadable(true, status(200)),
+            UpstreamErrorKind::Unreachable
+        );
+        assert_eq!(
+            kind_of_unreadable(false, status(200)),
+            UpstreamErrorKind::BadResponse
+        );
+        assert_eq!(
+            kind_of_unreadable(false, status(500)),
+            UpstreamErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn an_io_error_is_found_anywhere_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the body")]
+        struct Wrapper(#[source] std::io::Error);
+        let reset = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(caused_by_io(&reset));
+        let parse = std::fmt::Error;
+        assert!(!caused_by_io(&parse));
+    }
+
+    #[test]
+    fn known_mfa_names_map_and_unknown_ones_do_not_fail() {
+        assert_eq!(mfa_type("SMS_MFA", "f"), MfaType::SmsMfa);
+        assert_eq!(mfa_type("EMAIL_OTP", "f"), MfaType::EmailOtp);
+        assert_eq!(
+            mfa_type("SOFTWARE_TOKEN_MFA", "f"),
+            MfaType::SoftwareTokenMfa
+        );
+        assert_eq!(mfa_type("PASSKEY_MFA", "f"), MfaType::Unspecified);
+    }
+
+    #[test]
+    fn every_auth_factor_maps() {
+        for (name, expected) in [
+            ("PASSWORD", AuthFactorType::Password),
+            ("EMAIL_OTP", AuthFactorType::EmailOtp),
+            ("SMS_OTP", AuthFactorType::SmsOtp),
+            ("WEB_AUTHN", AuthFactorType::WebAuthn),
+            ("SOFTWARE_TOKEN", AuthFactorType::SoftwareToken),
+            ("QUANTUM_ENTANGLEMENT", AuthFactorType::Unspecified),
+        ] {
+            assert_eq!(
+                auth_factor_type(&SdkAuthFactor::from(name)),
+                expected,
+                "{name}"
+            );
+        }
+    }
+}
