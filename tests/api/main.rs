@@ -2,6 +2,7 @@
 
 mod bad_day;
 mod binary;
+mod cluster;
 mod connections;
 mod deploy;
 mod docs;
@@ -9,6 +10,7 @@ mod economy;
 mod errors;
 mod faults;
 mod fleet;
+mod gcra;
 mod health;
 mod helpers;
 mod hostile;
@@ -21,6 +23,7 @@ mod quota;
 mod reflection;
 mod rpc;
 mod secrets;
+mod servers;
 mod shutdown;
 mod slow_store;
 #[path = "../support/store_server.rs"]

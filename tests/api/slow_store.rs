@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     fleet::{Redis, call, key_file, replica, replica_at},
     helpers::{Running, StandIn, TOKEN},
-    quota::{LIMIT, Load, addrs, metric, rate_between},
+    quota::{LIMIT, Load, addrs, metric, rate_between, until_they_know_the_fleets_size},
 };
 
 /// How long the proxy holds the next chunk.
@@ -135,16 +135,7 @@ async fn a_redis_slower_than_the_call_budget_still_splits_the_limit() {
     let mut replicas: Vec<Running> = (0..3)
         .map(|_| replica_at(&stand_in, &url, &key, &["--upstream-rate-limit", "40"]))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for replica in &mut replicas {
-        while metric(replica, "cognito_facade_fleet_replicas").await != Some(3.0) {
-            assert!(
-                Instant::now() < deadline,
-                "the replicas never learned the fleet's size"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    until_they_know_the_fleets_size(&mut replicas).await;
     let rate = rate_under_load(&stand_in, &replicas, "far").await;
     assert!(rate <= 1.15 * LIMIT, "{rate:.1} calls/s");
     assert!(rate >= 0.5 * LIMIT, "{rate:.1} calls/s");
@@ -176,13 +167,7 @@ async fn a_redis_near_the_call_budget_spends_one_limit_not_two() {
             replica_at(&stand_in, &url, &key, &args)
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for replica in &mut replicas {
-        while metric(replica, "cognito_facade_fleet_replicas").await != Some(3.0) {
-            assert!(Instant::now() < deadline, "the replicas never met");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    until_they_know_the_fleets_size(&mut replicas).await;
     // The store wavers once the load is under way: a quiet start, where a
     // few timeouts are a large share, would open the breaker.
     let started = Instant::now();
