@@ -107,6 +107,8 @@ pub const ENV_REDIS_TIMEOUT: &str = "COGNITO_FACADE_REDIS_TIMEOUT";
 pub const ENV_COALESCE: &str = "COGNITO_FACADE_COALESCE";
 /// Env var for `--cache-ttl`.
 pub const ENV_CACHE_TTL: &str = "COGNITO_FACADE_CACHE_TTL";
+/// Env var for `--stale-if-error`.
+pub const ENV_STALE_IF_ERROR: &str = "COGNITO_FACADE_STALE_IF_ERROR";
 /// Env var for `--refusal-ttl`.
 pub const ENV_REFUSAL_TTL: &str = "COGNITO_FACADE_REFUSAL_TTL";
 /// Env var for `--upstream-rate-limit` (comma-separated `RATE` or
@@ -274,6 +276,11 @@ impl Config {
             ),
             ("upstream-queue-timeout", self.quota.queue_timeout, false),
             ("cache-ttl", economy.cache_ttl.unwrap_or_default(), false),
+            (
+                "stale-if-error",
+                economy.stale_if_error.unwrap_or_default(),
+                false,
+            ),
             (
                 "refusal-ttl",
                 economy.refusal_ttl.unwrap_or_default(),

@@ -149,9 +149,13 @@ impl<V: Clone> ExpiringMap<V> {
         entries.order.push_back((key, expires));
     }
 
+    /// Forgets `key` (its queue slot goes when it reaches the front).
+    pub(crate) fn remove(&self, key: &TokenKey) {
+        lock(&self.entries).by_key.remove(key);
+    }
+
     /// How many entries are held, expired ones not yet removed included.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         lock(&self.entries).by_key.len()
     }
 }

@@ -84,3 +84,8 @@ pub(crate) const FLEET_REPLICAS: &str = "cognito_facade_fleet_replicas";
 /// Calls answered from refusal memory, by `reason` and `scope` (`replica`,
 /// `fleet`).
 pub(crate) const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered_total";
+/// Calls answered with a kept answer while Cognito was unavailable
+/// (`--stale-if-error`), by `region`.
+pub(crate) const STALE_ANSWERS: &str = "cognito_facade_stale_answers_total";
+/// Answers this replica keeps for `--stale-if-error`.
+pub(crate) const KEPT_ANSWERS: &str = "cognito_facade_kept_answers";

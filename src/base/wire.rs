@@ -37,6 +37,10 @@ pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Response metadata that carries Cognito's request id.
 pub(crate) const REQUEST_ID_METADATA: &str = "x-amzn-requestid";
 
+/// Response metadata that gives a stale answer's age, in whole seconds
+/// since Cognito gave it (RFC 5861 asks stale answers to be visibly stale).
+pub(crate) const AGE_METADATA: &str = "x-cognito-facade-age-seconds";
+
 /// Response metadata that says where the answer came from (see
 /// [`Source`]).
 pub(crate) const SOURCE_METADATA: &str = "x-cognito-facade-source";
@@ -97,11 +101,14 @@ pub(crate) enum Source {
     Memory,
     /// The fleet's memory of such a refusal, on Redis.
     FleetMemory,
+    /// A kept answer, served while Cognito is unavailable
+    /// (`--stale-if-error`).
+    Stale,
 }
 
 impl Source {
     /// Every source.
-    pub(crate) const ALL: [Self; 8] = [
+    pub(crate) const ALL: [Self; 9] = [
         Self::Cognito,
         Self::Coalesced,
         Self::Cache,
@@ -110,6 +117,7 @@ impl Source {
         Self::FleetCoalesced,
         Self::Memory,
         Self::FleetMemory,
+        Self::Stale,
     ];
 
     /// The name in logs, labels and metadata.
@@ -123,6 +131,7 @@ impl Source {
             Self::FleetCoalesced => "fleet_coalesced",
             Self::Memory => "memory",
             Self::FleetMemory => "fleet_memory",
+            Self::Stale => "stale",
         }
     }
 

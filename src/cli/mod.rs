@@ -172,7 +172,14 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_CACHE_TTL, value_name = "DURATION")]
     cache_ttl: Option<humantime::Duration>,
 
-    /// Most answers the cache holds (and, apart, most refusals remembered); the oldest go first.
+    /// Keep each successful answer this long past its freshness (--cache-ttl, or none), never past
+    /// the token's exp, and serve it while Cognito is unavailable (5xx, no answer, timeouts,
+    /// throttling, the upstream rate limit). Off by default.
+    #[arg(long, env = ENV_STALE_IF_ERROR, value_name = "DURATION")]
+    stale_if_error: Option<humantime::Duration>,
+
+    /// Most answers the cache holds (and, apart, most refusals remembered and most answers kept
+    /// for --stale-if-error); the oldest go first.
     #[arg(long, env = ENV_CACHE_MAX_ENTRIES, default_value_t = DEFAULT_CACHE_MAX_ENTRIES, value_name = "N")]
     cache_max_entries: usize,
 
@@ -400,6 +407,10 @@ impl Cli {
                     .filter(|ttl| !ttl.is_zero()),
                 cache_max_entries: self.cache_max_entries,
                 refusal_ttl: Some(Duration::from(self.refusal_ttl)).filter(|ttl| !ttl.is_zero()),
+                stale_if_error: self
+                    .stale_if_error
+                    .map(Duration::from)
+                    .filter(|grace| !grace.is_zero()),
             },
             fleet,
             quota: QuotaConfig {

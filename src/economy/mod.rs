@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 use crate::{
     base::expiring::{ExpiringMap, TokenKey, TokenKeyer, lock},
     base::metric_names,
+    base::telemetry::Every,
     error::{Error, UpstreamError, UpstreamErrorKind},
     token::AccessToken,
     upstream::Answer,
@@ -43,6 +44,10 @@ type InFlight = (watch::Receiver<Option<Outcome>>, FlightSpan);
 /// few MiB.
 pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 10_000;
 
+/// At most one "serving stale answers" warning per this long: an outage
+/// stays visible in the logs.
+const STALE_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Default lifetime of a remembered refusal: a revoked token sent again and
 /// again costs one call to Cognito a minute, at most.
 pub const DEFAULT_REFUSAL_TTL: Duration = Duration::from_secs(60);
@@ -60,6 +65,10 @@ pub struct EconomyConfig {
     /// How long Cognito's definitive refusals of a token are remembered
     /// (never past its `exp`); `None` turns refusal memory off.
     pub refusal_ttl: Option<Duration>,
+    /// How long a successful answer is kept past its freshness (`cache_ttl`,
+    /// or none), never past the token's `exp`, to stand in while Cognito is
+    /// unavailable; `None` turns it off.
+    pub stale_if_error: Option<Duration>,
 }
 
 impl Default for EconomyConfig {
@@ -71,6 +80,7 @@ impl Default for EconomyConfig {
             cache_ttl: None,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             refusal_ttl: Some(DEFAULT_REFUSAL_TTL),
+            stale_if_error: None,
         }
     }
 }
@@ -83,6 +93,12 @@ pub(crate) struct Economy {
     cache: ExpiringMap<Answer>,
     /// Cognito's definitive refusals, remembered.
     refusals: ExpiringMap<Error>,
+    /// Answers kept for `--stale-if-error`, with when Cognito gave them.
+    kept: ExpiringMap<(Answer, SystemTime)>,
+    /// Since when Cognito has been unavailable (none since its last
+    /// answer), and at most one warning per [`STALE_WARN_INTERVAL`].
+    unavailable_since: Mutex<Option<Instant>>,
+    stale_warning: Every,
 }
 
 impl std::fmt::Debug for Economy {
@@ -132,6 +148,13 @@ impl Economy {
             flights: Mutex::new(HashMap::new()),
             cache: ExpiringMap::new(config.cache_max_entries),
             refusals: ExpiringMap::new(config.cache_max_entries),
+            kept: ExpiringMap::new(if config.stale_if_error.is_some() {
+                config.cache_max_entries
+            } else {
+                0
+            }),
+            unavailable_since: Mutex::new(None),
+            stale_warning: Every::new(STALE_WARN_INTERVAL),
         })
     }
 
@@ -142,7 +165,9 @@ impl Economy {
     /// Whether answers or refusals are remembered (then a token's `exp`
     /// matters).
     pub(crate) fn remembers(&self) -> bool {
-        self.config.cache_ttl.is_some() || self.config.refusal_ttl.is_some()
+        self.config.cache_ttl.is_some()
+            || self.config.refusal_ttl.is_some()
+            || self.config.stale_if_error.is_some()
     }
 
     /// Decides how the call for `token` gets its answer. An outcome it
@@ -180,6 +205,49 @@ impl Economy {
         let leader = self.leader(Some(key), expires_at());
         flights.insert(key, (leader.sender.subscribe(), Arc::clone(&leader.span)));
         Ticket::Lead(leader)
+    }
+
+    /// Keeps `answer` (given by Cognito at `given`) for `lifetime`.
+    fn keep(&self, key: TokenKey, answer: &Answer, given: SystemTime, lifetime: Duration) {
+        if lifetime.is_zero() {
+            return;
+        }
+        self.kept
+            .insert(key, (answer.clone(), given), Instant::now() + lifetime);
+        metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
+    }
+
+    fn forget_kept(&self, key: &TokenKey) {
+        self.kept.remove(key);
+        metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
+    }
+
+    /// `outcome`, or, when it says Cognito is unavailable and an answer is
+    /// kept for the token, that answer marked stale (with a warning, at
+    /// most one per [`STALE_WARN_INTERVAL`], saying for how long).
+    fn stale_if_unavailable(&self, key: TokenKey, outcome: Outcome) -> Outcome {
+        let Err(Error::Upstream(up)) = &outcome else {
+            return outcome;
+        };
+        if !up.kind.is_unavailability() || self.config.stale_if_error.is_none() {
+            return outcome;
+        }
+        let since = *lock(&self.unavailable_since).get_or_insert_with(Instant::now);
+        let Some((answer, given)) = self.kept.get(&key, Instant::now()) else {
+            return outcome;
+        };
+        if let Some(suppressed) = self.stale_warning.ready() {
+            tracing::warn!(
+                unavailable_for_s = since.elapsed().as_secs(),
+                reason = up.kind.status().1,
+                suppressed,
+                "Cognito is unavailable: serving kept answers (--stale-if-error)"
+            );
+        }
+        Ok(Answer {
+            kept_since: Some(given),
+            ..answer
+        })
     }
 
     fn leader(
@@ -227,10 +295,28 @@ impl Leader {
     /// Ends the flight without an upstream call (the call was shed); its
     /// followers get the same answer.
     pub(crate) fn abandon(self, outcome: Outcome) {
-        self.finish(outcome);
+        let _ = self.finish(outcome);
     }
 
-    fn finish(self, outcome: Outcome) {
+    /// Remembers what `outcome` teaches (see [`Economy::ticket`]), stands a
+    /// kept answer in for Cognito's unavailability, and publishes the
+    /// result to the followers; returns it.
+    fn finish(self, outcome: Outcome) -> Outcome {
+        let outcome = match self.key {
+            Some(key) => {
+                self.remember(key, &outcome);
+                self.economy.stale_if_unavailable(key, outcome)
+            }
+            None => outcome,
+        };
+        // Publish first, then leave the map: a call arriving in between
+        // follows a flight that has already landed and gets its outcome.
+        self.sender.send_replace(Some(outcome.clone()));
+        outcome
+    }
+
+    /// The cache, refusal memory and kept answers learn from `outcome`.
+    fn remember(&self, key: TokenKey, outcome: &Outcome) {
         let economy = &self.economy;
         let left = |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
         // An `exp` already past (or unreadable as a time) keeps nothing; nor
@@ -243,17 +329,33 @@ impl Leader {
                 .fold(ttl, Duration::min)
         };
         let now = Instant::now();
-        match (self.key, &outcome) {
-            (Some(key), Ok(answer)) => {
+        match outcome {
+            // A stale answer teaches nothing: it is what was kept.
+            Ok(answer) if answer.kept_since.is_some() => {}
+            Ok(answer) => {
                 if let Some(ttl) = economy.config.cache_ttl {
                     let lifetime = lifetime(ttl, answer.fresh_until);
                     if !lifetime.is_zero() {
                         economy.cache.insert(key, answer.clone(), now + lifetime);
                     }
                 }
+                if let Some(grace) = economy.config.stale_if_error {
+                    let fresh = economy.config.cache_ttl.unwrap_or_default();
+                    let lifetime = lifetime(fresh.saturating_add(grace), None);
+                    let given = answer.fresh_until.map_or_else(SystemTime::now, |until| {
+                        until.checked_sub(fresh).unwrap_or(until)
+                    });
+                    economy.keep(key, answer, given, lifetime);
+                }
+                *lock(&economy.unavailable_since) = None;
             }
-            (Some(key), Err(refusal @ Error::Upstream(up))) if up.kind.is_definitive() => {
-                if let Some(ttl) = economy.config.refusal_ttl {
+            Err(refusal @ Error::Upstream(up)) => {
+                if up.kind.replaces_kept() {
+                    economy.forget_kept(&key);
+                }
+                if up.kind.is_definitive()
+                    && let Some(ttl) = economy.config.refusal_ttl
+                {
                     // A refusal from the fleet's memory: no longer than there.
                     let remembered_until = up
                         .remembered_until_s
@@ -266,11 +368,8 @@ impl Leader {
                     }
                 }
             }
-            _ => {}
+            Err(_) => {}
         }
-        // Publish first, then leave the map: a call arriving in between
-        // follows a flight that has already landed and gets its outcome.
-        self.sender.send_replace(Some(outcome));
     }
 }
 
@@ -305,10 +404,10 @@ impl Future for Flight {
         };
         let outcome = ready!(call.as_mut().poll(cx));
         self.call = None;
-        if let Some(leader) = self.leader.take() {
-            leader.finish(outcome.clone());
+        match self.leader.take() {
+            Some(leader) => Poll::Ready(leader.finish(outcome)),
+            None => Poll::Ready(outcome),
         }
-        Poll::Ready(outcome)
     }
 }
 
@@ -324,7 +423,7 @@ impl Drop for Flight {
             runtime.spawn(
                 async move {
                     let outcome = call.await;
-                    leader.finish(outcome);
+                    let _ = leader.finish(outcome);
                 }
                 .in_current_span(),
             );

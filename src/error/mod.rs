@@ -174,6 +174,40 @@ impl UpstreamErrorKind {
         }
     }
 
+    /// Whether Cognito was unavailable for the call, so a kept answer may
+    /// stand in (`--stale-if-error`): its 5xx and internal errors, no
+    /// answer or a broken one, timeouts, account-wide throttling, and the
+    /// fleet's own rate limit refusing the attempt.
+    pub fn is_unavailability(self) -> bool {
+        matches!(
+            self,
+            Self::InternalError
+                | Self::Unavailable
+                | Self::Unreachable
+                | Self::Timeout
+                | Self::TooManyRequests
+                | Self::RateLimited
+                | Self::BadResponse
+        )
+    }
+
+    /// Whether Cognito answered the token definitively with a modeled 4xx,
+    /// which replaces its kept answer (a revoked token is refused the first
+    /// time Cognito says so).
+    pub fn replaces_kept(self) -> bool {
+        matches!(
+            self,
+            Self::NotAuthorized
+                | Self::InvalidParameter
+                | Self::ResourceNotFound
+                | Self::UserNotFound
+                | Self::UserNotConfirmed
+                | Self::PasswordResetRequired
+                | Self::OperationNotEnabled
+                | Self::Forbidden
+        )
+    }
+
     /// Whether this is Cognito's definitive word on the token, one that no
     /// later call can change, so it may be remembered (`--refusal-ttl`): a
     /// revoked, expired or invalid token stays refused; a deleted user or

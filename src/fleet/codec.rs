@@ -138,6 +138,7 @@ fn decode_answer(body: &[u8], stale_at: SystemTime) -> Option<Answer> {
         response,
         request_id: (!id.is_empty()).then(|| id.to_owned()),
         fresh_until: Some(stale_at),
+        kept_since: None,
     })
 }
 
@@ -180,6 +181,7 @@ mod tests {
             },
             request_id: Some("req-1".to_owned()),
             fresh_until: None,
+            kept_since: None,
         })
     }
 

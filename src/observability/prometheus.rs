@@ -16,10 +16,10 @@ use crate::base::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
     FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS, FLEET_REPLICAS,
     FLEET_SKIPPED, FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE,
-    MAX_CONNECTIONS, REFUSALS_REMEMBERED, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
-    TOKEN_REFUSALS, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED,
-    UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS,
-    UPSTREAM_WAITED,
+    KEPT_ANSWERS, MAX_CONNECTIONS, REFUSALS_REMEMBERED, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS,
+    SHED, STALE_ANSWERS, TOKEN_REFUSALS, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES,
+    UPSTREAM_DURATION, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS,
+    UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -167,6 +167,14 @@ fn describe_quota() {
     metrics::describe_counter!(
         REFUSALS_REMEMBERED,
         "Calls answered from refusal memory, by reason and scope"
+    );
+    metrics::describe_counter!(
+        STALE_ANSWERS,
+        "Calls answered with a kept answer while Cognito was unavailable, by region"
+    );
+    metrics::describe_gauge!(
+        KEPT_ANSWERS,
+        "Answers this replica keeps for --stale-if-error"
     );
     metrics::describe_gauge!(
         BUILD_INFO,

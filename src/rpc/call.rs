@@ -22,6 +22,8 @@ pub(crate) struct CallContext {
     /// else the caller's context (if it sent one).
     trace: opentelemetry::Context,
     source: OnceLock<Source>,
+    /// Set when the answer is a kept one: it then reads as [`Source::Stale`].
+    stale: OnceLock<()>,
     pool: OnceLock<UserPoolId>,
     error: OnceLock<Error>,
     request_id: OnceLock<String>,
@@ -34,6 +36,7 @@ impl CallContext {
             arrived: Instant::now(),
             trace,
             source: OnceLock::new(),
+            stale: OnceLock::new(),
             pool: OnceLock::new(),
             error: OnceLock::new(),
             request_id: OnceLock::new(),
@@ -61,7 +64,16 @@ impl CallContext {
 
     /// Where the answer came from; `Local` until the handler says otherwise.
     pub(crate) fn source(&self) -> Source {
+        if self.stale.get().is_some() {
+            return Source::Stale;
+        }
         self.source.get().copied().unwrap_or(Source::Local)
+    }
+
+    /// Records that the answer is a kept one standing in for Cognito
+    /// (`--stale-if-error`), wherever the flight that failed came from.
+    pub(crate) fn set_stale(&self) {
+        let _ = self.stale.set(());
     }
 
     /// Records where the answer comes from.

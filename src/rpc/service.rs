@@ -15,7 +15,7 @@ use crate::{
     base::expiring::TokenKeyer,
     base::metric_names,
     base::wire::Source,
-    base::wire::{REQUEST_ID_METADATA, SOURCE_METADATA},
+    base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
     economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
     error::{Error, UpstreamError, UpstreamErrorKind},
     fleet::{Fleet, Joined},
@@ -141,9 +141,10 @@ impl FacadeService {
                 if let Some(span) = span.get() {
                     context.trace().span().add_link(span.clone(), Vec::new());
                 }
-                outcome
+                self.stale(outcome, &checked.pool, context)
             }
             Ticket::Lead(leader) => {
+                let pool = checked.pool.clone();
                 let call = Call {
                     expires_at: leader.token_expires(),
                     token,
@@ -155,9 +156,32 @@ impl FacadeService {
                 // The flight says where its answer came from; a caller that
                 // gave up first was still waiting for Cognito.
                 context.set_source(Source::Cognito);
-                outcome
+                self.stale(outcome, &pool, context)
             }
         }
+    }
+
+    /// `outcome`, with its source `stale` (and counted) if it is a kept
+    /// answer standing in for Cognito.
+    fn stale(
+        &self,
+        outcome: Result<Answer, Error>,
+        pool: &Option<UserPoolId>,
+        context: &CallContext,
+    ) -> Result<Answer, Error> {
+        if let Ok(answer) = &outcome
+            && answer.kept_since.is_some()
+        {
+            context.set_stale();
+            let region = self
+                .cognito
+                .region(pool.as_ref().map(UserPoolId::region))
+                .cloned()
+                .unwrap_or_else(|| Arc::from(""));
+            let region = metrics::SharedString::from(region);
+            metrics::counter!(metric_names::STALE_ANSWERS, "region" => region).increment(1);
+        }
+        outcome
     }
 
     /// Starts the flight this call leads and runs the call to Cognito in the
@@ -373,6 +397,13 @@ fn answer(
             let mut response = Response::new(answer.response);
             let metadata = response.metadata_mut();
             metadata.insert(SOURCE_METADATA, source);
+            if let Some(given) = answer.kept_since {
+                let age = SystemTime::now()
+                    .duration_since(given)
+                    .unwrap_or_default()
+                    .as_secs();
+                metadata.insert(AGE_METADATA, MetadataValue::from(age));
+            }
             if let Some(id) = answer.request_id {
                 if let Some(value) = metadata_value(&id) {
                     metadata.insert(REQUEST_ID_METADATA, value);

@@ -237,6 +237,9 @@ pub struct Answer {
     /// For an answer from the fleet's cache: when it stops being fresh, so
     /// a replica's own cache keeps it no longer. `None`: fresh from Cognito.
     pub fresh_until: Option<std::time::SystemTime>,
+    /// For a kept answer served while Cognito is unavailable
+    /// (`--stale-if-error`): when Cognito gave it. `None`: not stale.
+    pub kept_since: Option<std::time::SystemTime>,
 }
 
 /// The Cognito user-pools clients, one per region, built once at start-up
@@ -376,6 +379,7 @@ impl Cognito {
             request_id: output.request_id().map(str::to_owned),
             response: to_proto(&output),
             fresh_until: None,
+            kept_since: None,
         })
     }
 }

@@ -26,6 +26,7 @@ mod secrets;
 mod servers;
 mod shutdown;
 mod slow_store;
+mod stale;
 #[path = "../support/store_server.rs"]
 mod store_server;
 mod tokens;
