@@ -25,7 +25,7 @@ use crate::{
     base::expiring::{ExpiringMap, TokenKey, TokenKeyer, lock},
     base::metric_names,
     base::telemetry::Every,
-    error::{Error, UpstreamError, UpstreamErrorKind},
+    error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
     token::AccessToken,
     upstream::Answer,
 };
@@ -229,7 +229,7 @@ impl Economy {
         let Err(Error::Upstream(up)) = &outcome else {
             return outcome;
         };
-        if !up.kind.is_unavailability() || self.config.stale_if_error.is_none() {
+        if up.kind.kept_answer() != KeptAnswer::StandsIn || self.config.stale_if_error.is_none() {
             return outcome;
         }
         let since = *lock(&self.unavailable_since).get_or_insert_with(Instant::now);
@@ -350,7 +350,7 @@ impl Leader {
                 *lock(&economy.unavailable_since) = None;
             }
             Err(refusal @ Error::Upstream(up)) => {
-                if up.kind.replaces_kept() {
+                if up.kind.kept_answer() == KeptAnswer::Goes {
                     economy.forget_kept(&key);
                 }
                 if up.kind.is_definitive()

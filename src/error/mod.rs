@@ -70,6 +70,19 @@ macro_rules! upstream_error_kinds {
     };
 }
 
+/// What a call's outcome does to its token's kept answer
+/// (`--stale-if-error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeptAnswer {
+    /// Cognito is unavailable: the kept answer stands in.
+    StandsIn,
+    /// Cognito's definitive word: the outcome is returned and the kept
+    /// answer goes.
+    Goes,
+    /// Neither: the outcome is returned, the kept answer stays.
+    Stays,
+}
+
 upstream_error_kinds! {
     /// `NotAuthorizedException`: the token is invalid, expired or revoked.
     NotAuthorized,
@@ -174,38 +187,34 @@ impl UpstreamErrorKind {
         }
     }
 
-    /// Whether Cognito was unavailable for the call, so a kept answer may
-    /// stand in (`--stale-if-error`): its 5xx and internal errors, no
-    /// answer or a broken one, timeouts, account-wide throttling, and the
-    /// fleet's own rate limit refusing the attempt.
-    pub fn is_unavailability(self) -> bool {
-        matches!(
-            self,
+    /// What this outcome does to a token's kept answer
+    /// (`--stale-if-error`). Exhaustive: a new kind needs a decision.
+    pub(crate) fn kept_answer(self) -> KeptAnswer {
+        match self {
+            // Cognito unavailable: its 5xx and internal errors, no answer or
+            // a broken one, timeouts, account-wide throttling, and the
+            // fleet's own rate limit refusing the attempt.
             Self::InternalError
-                | Self::Unavailable
-                | Self::Unreachable
-                | Self::Timeout
-                | Self::TooManyRequests
-                | Self::RateLimited
-                | Self::BadResponse
-        )
-    }
-
-    /// Whether Cognito answered the token definitively with a modeled 4xx,
-    /// which replaces its kept answer (a revoked token is refused the first
-    /// time Cognito says so).
-    pub fn replaces_kept(self) -> bool {
-        matches!(
-            self,
+            | Self::Unavailable
+            | Self::Unreachable
+            | Self::Timeout
+            | Self::TooManyRequests
+            | Self::RateLimited
+            | Self::BadResponse => KeptAnswer::StandsIn,
+            // Cognito's word on the token, a modeled 4xx: a revoked token
+            // is refused the first time Cognito says so.
             Self::NotAuthorized
-                | Self::InvalidParameter
-                | Self::ResourceNotFound
-                | Self::UserNotFound
-                | Self::UserNotConfirmed
-                | Self::PasswordResetRequired
-                | Self::OperationNotEnabled
-                | Self::Forbidden
-        )
+            | Self::InvalidParameter
+            | Self::ResourceNotFound
+            | Self::UserNotFound
+            | Self::UserNotConfirmed
+            | Self::PasswordResetRequired
+            | Self::OperationNotEnabled
+            | Self::Forbidden => KeptAnswer::Goes,
+            // Neither: a code this version cannot judge, or this replica's
+            // own trouble building the request.
+            Self::Unmodeled | Self::RequestConstruction => KeptAnswer::Stays,
+        }
     }
 
     /// Whether this is Cognito's definitive word on the token, one that no
