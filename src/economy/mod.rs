@@ -233,7 +233,9 @@ impl Economy {
             return outcome;
         }
         let since = *lock(&self.unavailable_since).get_or_insert_with(Instant::now);
-        let Some((answer, given)) = self.kept.get(&key, Instant::now()) else {
+        let kept = self.kept.get(&key, Instant::now());
+        metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
+        let Some((answer, given)) = kept else {
             return outcome;
         };
         if let Some(suppressed) = self.stale_warning.ready() {
@@ -244,8 +246,10 @@ impl Economy {
                 "Cognito is unavailable: serving kept answers (--stale-if-error)"
             );
         }
+        // Not this call's request: Cognito's request id is not passed on.
         Ok(Answer {
             kept_since: Some(given),
+            request_id: None,
             ..answer
         })
     }
@@ -340,17 +344,23 @@ impl Leader {
                     }
                 }
                 if let Some(grace) = economy.config.stale_if_error {
+                    // Kept for the grace past its freshness, counted from
+                    // when Cognito gave it (a fleet answer may be older).
+                    let given = answer.given_at.unwrap_or_else(SystemTime::now);
                     let fresh = economy.config.cache_ttl.unwrap_or_default();
-                    let lifetime = lifetime(fresh.saturating_add(grace), None);
-                    let given = answer.fresh_until.map_or_else(SystemTime::now, |until| {
-                        until.checked_sub(fresh).unwrap_or(until)
-                    });
+                    let until = given.checked_add(fresh.saturating_add(grace));
+                    let lifetime = lifetime(Duration::MAX, until.or(Some(given)));
                     economy.keep(key, answer, given, lifetime);
                 }
-                *lock(&economy.unavailable_since) = None;
+                // Cognito itself answered: an outage, if there was one, ends.
+                if answer.given_at.is_none() {
+                    *lock(&economy.unavailable_since) = None;
+                }
             }
             Err(refusal @ Error::Upstream(up)) => {
-                if up.kind.kept_answer() == KeptAnswer::Goes {
+                if up.kind.kept_answer() == KeptAnswer::Goes
+                    && economy.config.stale_if_error.is_some()
+                {
                     economy.forget_kept(&key);
                 }
                 if up.kind.is_definitive()

@@ -201,19 +201,19 @@ impl UpstreamErrorKind {
             | Self::TooManyRequests
             | Self::RateLimited
             | Self::BadResponse => KeptAnswer::StandsIn,
-            // Cognito's word on the token, a modeled 4xx: a revoked token
-            // is refused the first time Cognito says so.
+            // Cognito's word on the token, a modeled 4xx about it: a revoked
+            // token is refused the first time Cognito says so.
             Self::NotAuthorized
             | Self::InvalidParameter
             | Self::ResourceNotFound
             | Self::UserNotFound
             | Self::UserNotConfirmed
             | Self::PasswordResetRequired
-            | Self::OperationNotEnabled
-            | Self::Forbidden => KeptAnswer::Goes,
-            // Neither: a code this version cannot judge, or this replica's
-            // own trouble building the request.
-            Self::Unmodeled | Self::RequestConstruction => KeptAnswer::Stays,
+            | Self::OperationNotEnabled => KeptAnswer::Goes,
+            // Neither: a WAF rule (perhaps on this replica's own address), a
+            // code this version cannot judge, or this replica's own trouble
+            // building the request.
+            Self::Forbidden | Self::Unmodeled | Self::RequestConstruction => KeptAnswer::Stays,
         }
     }
 

@@ -119,7 +119,7 @@ pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
     }
     let outcome = match kind {
         KIND_ABANDONED => None,
-        KIND_ANSWER => Some(Ok(decode_answer(rest, stale_at)?)),
+        KIND_ANSWER => Some(Ok(decode_answer(rest, stored_at, stale_at)?)),
         KIND_REFUSAL => Some(Err(Error::Upstream(decode_refusal(rest)?))),
         _ => return None,
     };
@@ -130,7 +130,7 @@ pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
     })
 }
 
-fn decode_answer(body: &[u8], stale_at: SystemTime) -> Option<Answer> {
+fn decode_answer(body: &[u8], stored_at: SystemTime, stale_at: SystemTime) -> Option<Answer> {
     let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     let id = std::str::from_utf8(body.get(2..2 + len)?).ok()?;
     let response = GetUserAuthFactorsResponse::decode(body.get(2 + len..)?).ok()?;
@@ -139,6 +139,7 @@ fn decode_answer(body: &[u8], stale_at: SystemTime) -> Option<Answer> {
         request_id: (!id.is_empty()).then(|| id.to_owned()),
         fresh_until: Some(stale_at),
         kept_since: None,
+        given_at: Some(stored_at),
     })
 }
 
@@ -182,6 +183,7 @@ mod tests {
             request_id: Some("req-1".to_owned()),
             fresh_until: None,
             kept_since: None,
+            given_at: None,
         })
     }
 

@@ -240,6 +240,9 @@ pub struct Answer {
     /// For a kept answer served while Cognito is unavailable
     /// (`--stale-if-error`): when Cognito gave it. `None`: not stale.
     pub kept_since: Option<std::time::SystemTime>,
+    /// For an answer from the fleet (its cache or another replica's flight):
+    /// when Cognito gave it. `None`: fresh from Cognito, now.
+    pub given_at: Option<std::time::SystemTime>,
 }
 
 /// The Cognito user-pools clients, one per region, built once at start-up
@@ -380,6 +383,7 @@ impl Cognito {
             response: to_proto(&output),
             fresh_until: None,
             kept_since: None,
+            given_at: None,
         })
     }
 }

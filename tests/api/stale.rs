@@ -63,6 +63,16 @@ async fn a_token_answered_before_the_outage_is_answered_stale_during_it() {
     assert_eq!(result, Ok(USERNAME.to_owned()));
     assert_eq!(source, "stale");
     assert!(age.is_some_and(|age| age < 5), "{age:?}");
+    let stale = app
+        .client
+        .clone()
+        .get_user_auth_factors(request(&token))
+        .await
+        .unwrap();
+    assert!(
+        stale.metadata().get("x-amzn-requestid").is_none(),
+        "an earlier call's request id"
+    );
     // It asked Cognito first (with the SDK's retries), and only then stood in.
     assert!(app.stand_in.received().len() > before);
     // A token never seen fails as without the setting.
@@ -83,13 +93,20 @@ async fn a_token_answered_before_the_outage_is_answered_stale_during_it() {
 }
 
 #[tokio::test]
-async fn a_definitive_refusal_during_the_outage_is_returned_and_replaces_the_kept_answer() {
+async fn a_definitive_refusal_between_outages_is_returned_and_replaces_the_kept_answer() {
     let app = app_with_grace(Some(Duration::from_secs(600))).await;
     let token = token_expiring_in(600, "revoked");
     assert_eq!(call(&app, &token).await.0, Ok(USERNAME.to_owned()));
+    outage(&app.stand_in);
+    assert_eq!(call(&app, &token).await.1, "stale");
+    // Cognito answers for a moment: the token is revoked.
     app.stand_in
         .always(Reply::error(400, "NotAuthorizedException", "revoked"));
-    assert_eq!(call(&app, &token).await.0, Err(Code::Unauthenticated));
+    let (result, source, _) = call(&app, &token).await;
+    assert_eq!(
+        (result, source.as_str()),
+        (Err(Code::Unauthenticated), "cognito")
+    );
     outage(&app.stand_in);
     let (result, source, _) = call(&app, &token).await;
     assert_eq!(
@@ -103,11 +120,12 @@ async fn a_definitive_refusal_during_the_outage_is_returned_and_replaces_the_kep
 #[tokio::test]
 async fn a_token_past_its_exp_is_not_answered_stale() {
     let app = app_with_grace(Some(Duration::from_secs(600))).await;
-    // Expires 1 to 2 s from now.
-    let token = token_expiring_in(2, "expiring");
+    // Expires 2 to 3 s from now.
+    let token = token_expiring_in(3, "expiring");
     assert_eq!(call(&app, &token).await.0, Ok(USERNAME.to_owned()));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     outage(&app.stand_in);
+    assert_eq!(call(&app, &token).await.1, "stale", "kept until its exp");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(call(&app, &token).await.0, Err(Code::Unavailable));
 }
 
