@@ -360,6 +360,19 @@ impl Cli {
         }))
     }
 
+    /// Single flight, the cache, refusal memory and kept answers. A zero
+    /// duration means off, like leaving its flag out.
+    fn economy_config(&self) -> EconomyConfig {
+        let on = |duration: Duration| Some(duration).filter(|d| !d.is_zero());
+        EconomyConfig {
+            coalesce: self.coalesce,
+            cache_ttl: self.cache_ttl.map(Duration::from).and_then(on),
+            cache_max_entries: self.cache_max_entries,
+            refusal_ttl: on(self.refusal_ttl.into()),
+            stale_if_error: self.stale_if_error.map(Duration::from).and_then(on),
+        }
+    }
+
     /// The validated configuration (TLS files read and checked).
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let fleet = self.fleet_config()?;
@@ -376,6 +389,7 @@ impl Cli {
             // clap's `requires` makes the two go together.
             _ => None,
         };
+        let economy = self.economy_config();
         let config = Config {
             server: ServerConfig {
                 listen_addr: self.listen_addr,
@@ -398,20 +412,7 @@ impl Cli {
                 client_ids: self.client_ids,
                 jwks_refresh_interval: self.jwks_refresh_interval.into(),
             },
-            economy: EconomyConfig {
-                coalesce: self.coalesce,
-                // A zero TTL means off, like leaving the flag out.
-                cache_ttl: self
-                    .cache_ttl
-                    .map(Duration::from)
-                    .filter(|ttl| !ttl.is_zero()),
-                cache_max_entries: self.cache_max_entries,
-                refusal_ttl: Some(Duration::from(self.refusal_ttl)).filter(|ttl| !ttl.is_zero()),
-                stale_if_error: self
-                    .stale_if_error
-                    .map(Duration::from)
-                    .filter(|grace| !grace.is_zero()),
-            },
+            economy,
             fleet,
             quota: QuotaConfig {
                 limits: self.upstream_rate_limit.unwrap_or_default(),

@@ -321,43 +321,12 @@ impl Leader {
 
     /// The cache, refusal memory and kept answers learn from `outcome`.
     fn remember(&self, key: TokenKey, outcome: &Outcome) {
-        let economy = &self.economy;
-        let left = |until: SystemTime| until.duration_since(SystemTime::now()).unwrap_or_default();
-        // An `exp` already past (or unreadable as a time) keeps nothing; nor
-        // does an answer from the fleet's cache past its own time.
-        let lifetime = |ttl: Duration, fresh_until: Option<SystemTime>| {
-            [self.token_expires, fresh_until]
-                .into_iter()
-                .flatten()
-                .map(left)
-                .fold(ttl, Duration::min)
-        };
-        let now = Instant::now();
         match outcome {
             // A stale answer teaches nothing: it is what was kept.
             Ok(answer) if answer.kept_since.is_some() => {}
-            Ok(answer) => {
-                if let Some(ttl) = economy.config.cache_ttl {
-                    let lifetime = lifetime(ttl, answer.fresh_until);
-                    if !lifetime.is_zero() {
-                        economy.cache.insert(key, answer.clone(), now + lifetime);
-                    }
-                }
-                if let Some(grace) = economy.config.stale_if_error {
-                    // Kept for the grace past its freshness, counted from
-                    // when Cognito gave it (a fleet answer may be older).
-                    let given = answer.given_at.unwrap_or_else(SystemTime::now);
-                    let fresh = economy.config.cache_ttl.unwrap_or_default();
-                    let until = given.checked_add(fresh.saturating_add(grace));
-                    let lifetime = lifetime(Duration::MAX, until.or(Some(given)));
-                    economy.keep(key, answer, given, lifetime);
-                }
-                // Cognito itself answered: an outage, if there was one, ends.
-                if answer.given_at.is_none() {
-                    *lock(&economy.unavailable_since) = None;
-                }
-            }
+            Ok(answer) => self.remember_answer(key, answer),
             Err(refusal @ Error::Upstream(up)) => {
+                let economy = &self.economy;
                 if up.kind.kept_answer() == KeptAnswer::Goes
                     && economy.config.stale_if_error.is_some()
                 {
@@ -370,16 +339,52 @@ impl Leader {
                     let remembered_until = up
                         .remembered_until_s
                         .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s.get().into()));
-                    let lifetime = lifetime(ttl, remembered_until);
+                    let lifetime = self.lifetime(ttl, remembered_until);
                     if !lifetime.is_zero() {
-                        economy
-                            .refusals
-                            .insert(key, refusal.clone(), now + lifetime);
+                        let expires = Instant::now() + lifetime;
+                        economy.refusals.insert(key, refusal.clone(), expires);
                     }
                 }
             }
             Err(_) => {}
         }
+    }
+
+    /// A fresh answer goes into the cache and is kept for `--stale-if-error`.
+    fn remember_answer(&self, key: TokenKey, answer: &Answer) {
+        let economy = &self.economy;
+        if let Some(ttl) = economy.config.cache_ttl {
+            let lifetime = self.lifetime(ttl, answer.fresh_until);
+            if !lifetime.is_zero() {
+                let expires = Instant::now() + lifetime;
+                economy.cache.insert(key, answer.clone(), expires);
+            }
+        }
+        if let Some(grace) = economy.config.stale_if_error {
+            // Kept for the grace past its freshness, counted from when
+            // Cognito gave it (a fleet answer may be older).
+            let given = answer.given_at.unwrap_or_else(SystemTime::now);
+            let fresh = economy.config.cache_ttl.unwrap_or_default();
+            let until = given.checked_add(fresh.saturating_add(grace));
+            let lifetime = self.lifetime(Duration::MAX, until.or(Some(given)));
+            economy.keep(key, answer, given, lifetime);
+        }
+        // Cognito itself answered: an outage, if there was one, ends.
+        if answer.given_at.is_none() {
+            *lock(&economy.unavailable_since) = None;
+        }
+    }
+
+    /// `ttl`, cut to what is left before the token's `exp` and `until`. An
+    /// `exp` already past (or unreadable as a time) keeps nothing; nor does
+    /// an answer from the fleet's cache past its own time.
+    fn lifetime(&self, ttl: Duration, until: Option<SystemTime>) -> Duration {
+        let now = SystemTime::now();
+        [self.token_expires, until]
+            .into_iter()
+            .flatten()
+            .map(|until| until.duration_since(now).unwrap_or_default())
+            .fold(ttl, Duration::min)
     }
 }
 
