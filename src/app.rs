@@ -240,6 +240,7 @@ fn start_fleet(config: &Config) -> Option<Fleet> {
         coalesce: config.economy.coalesce,
         cache_ttl: config.economy.cache_ttl,
         refusal_ttl: config.economy.refusal_ttl,
+        stale_if_error: config.economy.stale_if_error,
     };
     config
         .fleet

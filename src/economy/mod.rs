@@ -232,26 +232,40 @@ impl Economy {
         if up.kind.kept_answer() != KeptAnswer::StandsIn || self.config.stale_if_error.is_none() {
             return outcome;
         }
-        let since = *lock(&self.unavailable_since).get_or_insert_with(Instant::now);
+        let since = self.unavailable_since();
         let kept = self.kept.get(&key, Instant::now());
         metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
         let Some((answer, given)) = kept else {
             return outcome;
         };
-        if let Some(suppressed) = self.stale_warning.ready() {
-            tracing::warn!(
-                unavailable_for_s = since.elapsed().as_secs(),
-                reason = up.kind.status().1,
-                suppressed,
-                "Cognito is unavailable: serving kept answers (--stale-if-error)"
-            );
-        }
+        self.warn_stale(since, up.kind.status().1);
         // Not this call's request: Cognito's request id is not passed on.
         Ok(Answer {
             kept_since: Some(given),
             request_id: None,
             ..answer
         })
+    }
+
+    /// When this replica first saw Cognito unavailable, since it last
+    /// answered.
+    fn unavailable_since(&self) -> Instant {
+        *lock(&self.unavailable_since).get_or_insert_with(Instant::now)
+    }
+
+    /// Serving a kept answer says so, at most once per
+    /// [`STALE_WARN_INTERVAL`], with how long Cognito has been unavailable
+    /// and why (`reason`: the error's status, or `fleet` for a kept answer
+    /// another replica's flight stood in).
+    fn warn_stale(&self, since: Instant, reason: &'static str) {
+        if let Some(suppressed) = self.stale_warning.ready() {
+            tracing::warn!(
+                unavailable_for_s = since.elapsed().as_secs(),
+                reason,
+                suppressed,
+                "Cognito is unavailable: serving kept answers (--stale-if-error)"
+            );
+        }
     }
 
     fn leader(
@@ -322,8 +336,12 @@ impl Leader {
     /// The cache, refusal memory and kept answers learn from `outcome`.
     fn remember(&self, key: TokenKey, outcome: &Outcome) {
         match outcome {
-            // A stale answer teaches nothing: it is what was kept.
-            Ok(answer) if answer.kept_since.is_some() => {}
+            // A kept answer the fleet stood in teaches nothing but the
+            // outage.
+            Ok(answer) if answer.kept_since.is_some() => {
+                let economy = &self.economy;
+                economy.warn_stale(economy.unavailable_since(), "fleet");
+            }
             Ok(answer) => self.remember_answer(key, answer),
             Err(refusal @ Error::Upstream(up)) => {
                 let economy = &self.economy;

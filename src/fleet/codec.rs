@@ -1,8 +1,9 @@
-//! What the fleet stores, inside the seal: the kind (an answer, a refusal,
-//! or a flight's leader giving up), when it was stored and when it goes
-//! stale (milliseconds since the epoch: a value put back after its time, by
-//! hand or from a backup, does not open), then the outcome (an answer's
-//! request id and protobuf, or a refusal's JSON).
+//! What the fleet stores, inside the seal: the kind (an answer, a kept
+//! answer standing in for Cognito, a refusal, or a flight's leader giving
+//! up), when it was stored (for a kept answer: when Cognito gave it) and
+//! when it goes stale (milliseconds since the epoch: a value put back after
+//! its time, by hand or from a backup, does not open), then the outcome (an
+//! answer's request id and protobuf, or a refusal's JSON).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,9 @@ use crate::{
 const KIND_ANSWER: u8 = 1;
 const KIND_REFUSAL: u8 = 2;
 const KIND_ABANDONED: u8 = 3;
+/// An answer kept for `--stale-if-error`: it opens as a stale one, its age
+/// counted from when it was stored.
+const KIND_KEPT: u8 = 4;
 
 /// A value as stored, opened.
 #[derive(Debug)]
@@ -71,7 +75,8 @@ struct StoredRefusal {
 }
 
 /// The plaintext of `outcome` (`None`: the leader gave up), stored at
-/// `stored_at` and stale at `stale_at`.
+/// `stored_at` (a kept answer: when Cognito gave it) and stale at
+/// `stale_at`.
 pub(super) fn encode(
     outcome: Option<&Result<Answer, Error>>,
     stored_at: SystemTime,
@@ -79,8 +84,14 @@ pub(super) fn encode(
 ) -> Vec<u8> {
     let kind = match outcome {
         None => KIND_ABANDONED,
+        Some(Ok(answer)) if answer.kept_since.is_some() => KIND_KEPT,
         Some(Ok(_)) => KIND_ANSWER,
         Some(Err(_)) => KIND_REFUSAL,
+    };
+    // A kept answer's age runs from when Cognito gave it, wherever it goes.
+    let stored_at = match outcome {
+        Some(Ok(answer)) => answer.kept_since.unwrap_or(stored_at),
+        _ => stored_at,
     };
     let mut out = vec![kind];
     out.extend_from_slice(&unix_millis(stored_at).to_be_bytes());
@@ -120,6 +131,11 @@ pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
     let outcome = match kind {
         KIND_ABANDONED => None,
         KIND_ANSWER => Some(Ok(decode_answer(rest, stored_at, stale_at)?)),
+        KIND_KEPT => Some(Ok(Answer {
+            kept_since: Some(stored_at),
+            fresh_until: None,
+            ..decode_answer(rest, stored_at, stale_at)?
+        })),
         KIND_REFUSAL => Some(Err(Error::Upstream(decode_refusal(rest)?))),
         _ => return None,
     };
@@ -228,5 +244,38 @@ mod tests {
                 .is_none()
         );
         assert!(decode(&[9, 1, 2], now).is_none());
+    }
+
+    #[test]
+    fn a_kept_answer_opens_stale_aged_from_when_cognito_gave_it() {
+        let now = SystemTime::now();
+        let given = now - Duration::from_secs(90);
+        let Ok(fresh) = answer() else { unreachable!() };
+        let kept = Ok(Answer {
+            kept_since: Some(given),
+            request_id: None,
+            ..fresh
+        });
+        let stored = decode(
+            &encode(Some(&kept), now, now + Duration::from_secs(60)),
+            now,
+        )
+        .unwrap();
+        assert_eq!(unix_millis(stored.stored_at), unix_millis(given));
+        let Some(Ok(back)) = stored.outcome else {
+            panic!("an answer");
+        };
+        assert_eq!(back.kept_since.map(unix_millis), Some(unix_millis(given)));
+        assert_eq!((back.request_id, back.fresh_until), (None, None));
+        assert_eq!(back.response.username, "alice");
+        // A fresh answer opens fresh.
+        let fresh = decode(
+            &encode(Some(&answer()), now, now + Duration::from_secs(60)),
+            now,
+        );
+        let Some(Ok(fresh)) = fresh.unwrap().outcome else {
+            panic!("an answer");
+        };
+        assert!(fresh.kept_since.is_none());
     }
 }

@@ -14,22 +14,18 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{
-    Fleet, Joined, Names,
-    codec::{self, shareable},
-    scripts::{Finish, FinishScript, JoinReply, JoinScript, new_flight_id},
+    Fleet, Joined, Names, codec,
+    lease::Lease,
+    scripts::{JoinReply, JoinScript, new_flight_id},
     waiters::Wake,
 };
 use crate::{
     base::metric_names::FLEET_LEASE_TAKEOVERS,
     base::wire::Source,
     error::{Error, UpstreamError, UpstreamErrorKind},
-    store::{BACKGROUND_BUDGET, Lane, Op, StoreConn},
-    upstream::Answer,
+    store::{Lane, Op, StoreConn},
 };
 
-/// How long a flight's result stays readable for its own followers (those
-/// that subscribed as it landed, or whose notice was lost).
-const FLIGHT_RESULT_TTL: Duration = Duration::from_secs(2);
 /// How often a follower looks for its flight's result itself, in case the
 /// notice never comes (lost, or refused to the leader).
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -158,18 +154,6 @@ impl Joining {
             }
         }
     }
-}
-
-/// A flight this replica leads for the fleet (or, with `--coalesce=false`,
-/// the outcome it remembers for the fleet).
-#[derive(Debug)]
-pub(crate) struct Lease {
-    fleet: Fleet,
-    names: Names,
-    /// The flight's id, the lease's value; `None` without fleet flights.
-    flight: Option<String>,
-    /// The token's `exp`: nothing shared outlives it.
-    expires_at: Option<SystemTime>,
 }
 
 impl Fleet {
@@ -477,105 +461,18 @@ impl Fleet {
                 outcome: Some(mut outcome),
                 ..
             }) => {
-                if let Err(Error::Upstream(up)) = &mut outcome {
+                match &mut outcome {
                     // A flight's outcome: its seconds in Redis are no bound
                     // on how long the fleet remembers the refusal.
-                    up.remembered_until_s = None;
+                    Err(Error::Upstream(up)) => up.remembered_until_s = None,
+                    Ok(answer) if answer.kept_since.is_some() => {
+                        outcome = self.own_kept(answer.clone(), now);
+                    }
+                    _ => {}
                 }
                 Followed::Done(Joined::Shared(outcome, Source::FleetCoalesced))
             }
             _ => Followed::Rejoin(None),
         }
     }
-}
-
-impl Lease {
-    /// Shares the leader's outcome in the background (its own caller does
-    /// not wait for Redis), in one script: Cognito's answers and its
-    /// refusals of the token go to the flight's followers, answers into the
-    /// fleet cache and definitive refusals into its memory. The leader's
-    /// own trouble reaching Cognito is not shared: its followers are told
-    /// to join again. Not under the calls' breaker: followers on other
-    /// replicas wait for this.
-    pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
-        let now = SystemTime::now();
-        let settings = self.fleet.0.settings;
-        let exp = self.expires_at;
-        let shared = shareable(outcome).then_some(outcome);
-        // An answer is never handed on past the token's exp.
-        let result_stale = match (shared, exp) {
-            (Some(Ok(_)), Some(exp)) => exp.min(now + FLIGHT_RESULT_TTL),
-            _ => now + FLIGHT_RESULT_TTL,
-        };
-        let result_plain = match shared {
-            Some(_) if result_stale <= now => codec::encode(None, now, now + FLIGHT_RESULT_TTL),
-            _ => codec::encode(shared, now, result_stale),
-        };
-        let memory = shared.and_then(|outcome| {
-            let ttl = memory_ttl(&settings, outcome, exp, now)?;
-            Some((
-                outcome.is_err(),
-                codec::encode(Some(outcome), now, now + ttl),
-                ttl,
-            ))
-        });
-        tokio::spawn(async move {
-            let store = self.fleet.store();
-            let keys = store.keys();
-            let names = &self.names;
-            let result = self
-                .flight
-                .as_ref()
-                .and_then(|flight| keys.seal(&names.result(flight), &result_plain));
-            let memory = memory.and_then(|(refusal, plain, ttl)| {
-                let key = if refusal {
-                    &names.refusal
-                } else {
-                    &names.answer
-                };
-                Some((key.as_str(), keys.seal(key, &plain)?, ttl))
-            });
-            let finish = Finish {
-                flight: self.flight.as_deref(),
-                result,
-                result_ttl: FLIGHT_RESULT_TTL,
-                memory,
-            };
-            let Ok(mut conn) = store.connection(Lane::Background) else {
-                return;
-            };
-            let call = self.fleet.0.finish.call(names, &finish, store.mode());
-            let until = Instant::now() + BACKGROUND_BUDGET;
-            let published = store
-                .op(Op::Finish, Lane::Background, until, call.run(&mut conn))
-                .await
-                .and_then(FinishScript::reply);
-            if published == Some(false) {
-                tracing::debug!(
-                    "a flight's notice was refused; its followers find the result themselves"
-                );
-            }
-        });
-    }
-}
-
-/// How long the fleet remembers `outcome`, from `now`: min(its TTL, exp −
-/// now), for an answer with the fleet cache on and for a definitive refusal
-/// with refusal memory on; `None` otherwise, or past `exp`.
-fn memory_ttl(
-    settings: &super::FleetSettings,
-    outcome: &Result<Answer, Error>,
-    expires_at: Option<SystemTime>,
-    now: SystemTime,
-) -> Option<Duration> {
-    let ttl = match outcome {
-        Ok(_) => settings.cache_ttl?,
-        Err(Error::Upstream(up)) if up.kind.is_definitive() => settings.refusal_ttl?,
-        Err(_) => return None,
-    };
-    let left = match expires_at {
-        Some(exp) => exp.duration_since(now).unwrap_or_default(),
-        None => ttl,
-    };
-    Some(ttl.min(left)).filter(|ttl| !ttl.is_zero())
 }

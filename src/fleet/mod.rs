@@ -10,10 +10,11 @@
 //! call goes on as a replica alone would, and no value in Redis makes it
 //! wait past its own bound.
 //!
-//! Files, lowest first: `codec`, `scripts`, `waiters`, `flight`.
+//! Files, lowest first: `codec`, `scripts`, `waiters`, `lease`, `flight`.
 
 mod codec;
 mod flight;
+mod lease;
 mod scripts;
 mod waiters;
 
@@ -30,7 +31,7 @@ use crate::{
     upstream::Answer,
 };
 
-pub(crate) use self::flight::Lease;
+pub(crate) use self::lease::Lease;
 use self::{
     scripts::{FinishScript, JoinScript},
     waiters::Waiters,
@@ -63,6 +64,20 @@ pub(crate) struct FleetSettings {
     pub(crate) cache_ttl: Option<Duration>,
     /// How long definitive refusals are remembered (`--refusal-ttl`).
     pub(crate) refusal_ttl: Option<Duration>,
+    /// How long answers are kept past their freshness, to stand in while
+    /// Cognito is unavailable (`--stale-if-error`).
+    pub(crate) stale_if_error: Option<Duration>,
+}
+
+impl FleetSettings {
+    /// Until when an answer Cognito gave at `given` is kept for
+    /// `--stale-if-error` by this reader: its freshness (`--cache-ttl`, or
+    /// none) and the grace past it; `None` with the setting off.
+    pub(crate) fn kept_until(&self, given: SystemTime) -> Option<SystemTime> {
+        let grace = self.stale_if_error?;
+        let fresh = self.cache_ttl.unwrap_or_default();
+        given.checked_add(fresh.saturating_add(grace))
+    }
 }
 
 /// The fleet, shared by every call.
@@ -99,6 +114,9 @@ pub(crate) struct Names {
     results: String,
     /// Where results are published.
     channel: String,
+    /// The answer kept for `--stale-if-error` (or the definitive refusal
+    /// that replaced it).
+    kept: String,
 }
 
 impl Names {
@@ -111,6 +129,7 @@ impl Names {
             lease: name("l"),
             results: name("r:"),
             channel: name("c"),
+            kept: name("k"),
         }
     }
 

@@ -112,6 +112,9 @@ pub(super) struct Finish<'a> {
     pub(super) result_ttl: Duration,
     /// Where to remember the outcome, the sealed outcome, and for how long.
     pub(super) memory: Option<(&'a str, Vec<u8>, Duration)>,
+    /// The sealed kept answer (or the refusal that replaces it), and for
+    /// how long (`--stale-if-error`).
+    pub(super) kept: Option<(Vec<u8>, Duration)>,
 }
 
 pub(super) struct FinishScript(LuaScript);
@@ -135,17 +138,24 @@ impl FinishScript {
             Some((key, sealed, ttl)) => (*key, sealed.as_slice(), millis(*ttl)),
             None => (names.answer.as_str(), &[][..], 1),
         };
+        let (kept, kept_ttl) = match &finish.kept {
+            Some((sealed, ttl)) => (sealed.as_slice(), millis(*ttl)),
+            None => (&[][..], 1),
+        };
         let mut call = self.0.call();
         call.key(&names.result(finish.flight.unwrap_or_default()))
             .key(&names.lease)
             .key(memory_key)
+            .key(&names.kept)
             .arg(finish.flight.unwrap_or_default())
             .arg(finish.result.as_deref().unwrap_or_default())
             .arg(millis(finish.result_ttl))
             .arg(memory)
             .arg(memory_ttl)
             .arg(&names.channel)
-            .arg(publish);
+            .arg(publish)
+            .arg(kept)
+            .arg(kept_ttl);
         call
     }
 

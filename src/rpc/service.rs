@@ -17,8 +17,8 @@ use crate::{
     base::wire::Source,
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
     economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
-    error::{Error, UpstreamError, UpstreamErrorKind},
-    fleet::{Fleet, Joined},
+    error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
+    fleet::{Fleet, Joined, Lease},
     observability::traces::{self, Tracing},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
@@ -356,7 +356,6 @@ impl Upstream {
             Joined::Lead(lease) => Some(lease),
             Joined::Alone => None,
         };
-        context.set_source(Source::Cognito);
         let outcome = match permit() {
             Ok(permit) => {
                 let outcome = self.call().await;
@@ -365,10 +364,40 @@ impl Upstream {
             }
             Err(shed) => Err(shed),
         };
-        if let Some(lease) = lease {
-            lease.finish(&outcome);
-        }
+        let outcome = match lease {
+            Some(lease) => {
+                let outcome = stand_in(&lease, outcome, context).await;
+                lease.finish(&outcome);
+                outcome
+            }
+            None => outcome,
+        };
+        // Unless the fleet's memory stood in.
+        context.set_source(Source::Cognito);
         outcome
+    }
+}
+
+/// `outcome`, or, when Cognito is unavailable for it, the fleet's kept
+/// answer for the flight's token (`--stale-if-error`), for this call and the
+/// flight's followers; or the definitive refusal that replaced it.
+async fn stand_in(
+    lease: &Lease,
+    outcome: Result<Answer, Error>,
+    context: &CallContext,
+) -> Result<Answer, Error> {
+    let up = match outcome {
+        Err(Error::Upstream(up)) if up.kind.kept_answer() == KeptAnswer::StandsIn => up,
+        outcome => return outcome,
+    };
+    match lease.kept().await {
+        Some(Err(refusal)) => {
+            context.set_source(Source::FleetMemory);
+            count_remembered(&refusal, "fleet");
+            Err(refusal)
+        }
+        Some(kept) => kept,
+        None => Err(Error::Upstream(up)),
     }
 }
 

@@ -88,6 +88,11 @@ pub(crate) async fn until_remembered(redis: &Redis, n: usize) {
     until_stored(redis, "*:m", n).await;
 }
 
+/// Waits (bounded) until Redis holds `n` kept answers (`--stale-if-error`).
+pub(crate) async fn until_kept(redis: &Redis, n: usize) {
+    until_stored(redis, "*:k", n).await;
+}
+
 async fn until_stored(redis: &Redis, pattern: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while redis.cli(&["--scan", "--pattern", pattern]).lines().count() < n {

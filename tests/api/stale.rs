@@ -1,17 +1,24 @@
 //! `--stale-if-error`: a token's kept answer stands in while Cognito is
-//! unavailable (every call answered 500, or throttled), marked stale with its
-//! age; never for a token not seen or past its `exp`, never over Cognito's
-//! definitive refusal, and not at all with the setting off. The real server
-//! in process, against the stand-in.
+//! unavailable (every call answered 500, throttled, or the connection
+//! refused), marked stale with its age; never for a token not seen or past
+//! its `exp`, never over Cognito's definitive refusal, and not at all with
+//! the setting off. The real server in process against the stand-in; then
+//! replicas of the binary on a real `redis-server`, where one replica's
+//! kept answer serves them all.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use tokio::task::JoinSet;
-use tonic::Code;
+use cognito_facade::proto::identity_provider_service_client::IdentityProviderServiceClient;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinSet,
+};
+use tonic::{Code, transport::Channel};
 
 use crate::{
-    fleet::token_expiring_in,
-    helpers::{Reply, StandIn, TestApp, USERNAME, request, spawn_app_with, test_config},
+    fleet::{Redis, client, key_file, replica, token_expiring_in, until_kept},
+    helpers::{Reply, Running, StandIn, TestApp, USERNAME, request, spawn_app_with, test_config},
 };
 
 /// The app with `--stale-if-error 10m` (and the cache off).
@@ -22,13 +29,22 @@ async fn app_with_grace(grace: Option<Duration>) -> TestApp {
     spawn_app_with(stand_in, config).await
 }
 
-/// One call: the username or the status, the source and the age metadata.
-async fn call(app: &TestApp, token: &str) -> (Result<String, Code>, String, Option<u64>) {
-    let result = app
-        .client
-        .clone()
-        .get_user_auth_factors(request(token))
-        .await;
+/// What a call left: the username or the status, the source and the age
+/// metadata.
+type Seen = (Result<String, Code>, String, Option<u64>);
+
+/// One call to the app.
+async fn call(app: &TestApp, token: &str) -> Seen {
+    call_with(app.client.clone(), token).await
+}
+
+/// One call to a replica.
+async fn call_at(addr: SocketAddr, token: &str) -> Seen {
+    call_with(client(addr).await, token).await
+}
+
+async fn call_with(mut client: IdentityProviderServiceClient<Channel>, token: &str) -> Seen {
+    let result = client.get_user_auth_factors(request(token)).await;
     let metadata = match &result {
         Ok(response) => response.metadata().clone(),
         Err(status) => status.metadata().clone(),
@@ -168,4 +184,238 @@ async fn sixty_concurrent_calls_of_a_kept_token_share_one_failed_flight_and_all_
     // One flight: its attempts (the SDK's three), not sixty calls'.
     let attempts = app.stand_in.received().len() - before;
     assert!((1..=3).contains(&attempts), "{attempts} attempts");
+}
+
+/// A gate on loopback in front of the stand-in: open, it forwards; shut,
+/// its port refuses connections and those it carried are cut, as when
+/// Cognito's endpoint is unreachable.
+struct Gate {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Gate {
+    async fn start(to: &StandIn) -> Self {
+        let to: SocketAddr = to.endpoint.trim_start_matches("http://").parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, rx) = watch::channel(true);
+        tokio::spawn(gate(listener, addr, to, rx));
+        Self { addr, open }
+    }
+
+    /// The stand-in behind the gate, as the replicas' Cognito.
+    fn in_front_of(&self, stand_in: &StandIn) -> StandIn {
+        let mut gated = stand_in.clone();
+        gated.endpoint = format!("http://{}", self.addr);
+        gated
+    }
+
+    fn shut(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn reopen(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+async fn gate(
+    mut listener: TcpListener,
+    addr: SocketAddr,
+    to: SocketAddr,
+    mut open: watch::Receiver<bool>,
+) {
+    let carried = open.clone();
+    loop {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    if let Ok((inbound, _)) = accepted {
+                        tokio::spawn(forward(inbound, to, carried.clone()));
+                    }
+                }
+                _ = open.wait_for(|open| !*open) => break,
+            }
+        }
+        drop(listener);
+        if open.wait_for(|open| *open).await.is_err() {
+            return;
+        }
+        listener = TcpListener::bind(addr).await.unwrap();
+    }
+}
+
+async fn forward(mut inbound: TcpStream, to: SocketAddr, mut open: watch::Receiver<bool>) {
+    let Ok(mut outbound) = TcpStream::connect(to).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = open.wait_for(|open| !*open) => {}
+    }
+}
+
+/// `n` replicas of the binary with `--stale-if-error 10m` and `args`.
+fn kept_fleet(stand_in: &StandIn, redis: &Redis, n: usize, args: &[&str]) -> Vec<Running> {
+    let key = key_file(&redis.dir, 1);
+    let mut all = vec!["--stale-if-error", "10m"];
+    all.extend_from_slice(args);
+    (0..n)
+        .map(|_| replica(stand_in, redis, &key, &all))
+        .collect()
+}
+
+/// The one kept answer's key in Redis.
+fn kept_key(redis: &Redis) -> String {
+    let keys = redis.cli(&["--scan", "--pattern", "*:k"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    keys[0].to_owned()
+}
+
+#[tokio::test]
+async fn in_a_fleet_a_token_seen_by_one_replica_is_answered_stale_by_the_others_while_cognito_refuses_connections()
+ {
+    let stand_in = StandIn::start().await;
+    let gate = Gate::start(&stand_in).await;
+    let redis = Redis::start(&[]);
+    // Fresh for a second (--cache-ttl), kept ten minutes past it, but never
+    // past the token's exp, two minutes away.
+    let replicas = kept_fleet(
+        &gate.in_front_of(&stand_in),
+        &redis,
+        3,
+        &["--cache-ttl", "1s"],
+    );
+    let token = token_expiring_in(120, "fleet-seen");
+    let (result, source, _) = call_at(replicas[0].addr, &token).await;
+    assert_eq!(
+        (result, source.as_str()),
+        (Ok(USERNAME.to_owned()), "cognito")
+    );
+    until_kept(&redis, 1).await;
+    let key = kept_key(&redis);
+    let ttl: u64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
+    assert!(
+        (100_000..=120_000).contains(&ttl),
+        "kept {ttl} ms: past the token's exp"
+    );
+    let bytes: u64 = redis
+        .cli(&["MEMORY", "USAGE", &key])
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("a kept answer in Redis: {bytes} bytes");
+    assert!(bytes < 1024, "{bytes} bytes");
+    // Past its freshness: the fleet cache has forgotten it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    gate.shut();
+    for replica in &replicas[1..] {
+        let (result, source, age) = call_at(replica.addr, &token).await;
+        assert_eq!(
+            (result, source.as_str()),
+            (Ok(USERNAME.to_owned()), "stale")
+        );
+        assert!(age.is_some_and(|age| (1..5).contains(&age)), "{age:?}");
+    }
+    assert!(
+        redis.cli(&["--scan", "--pattern", "*:a"]).trim().is_empty(),
+        "a stale answer was cached as fresh"
+    );
+    // A token never seen fails as without the setting.
+    let (result, source, age) = call_at(replicas[1].addr, &token_expiring_in(120, "never")).await;
+    assert_eq!(
+        (result, source.as_str(), age),
+        (Err(Code::Unavailable), "cognito", None)
+    );
+    // Cognito back: the next call is Cognito's answer.
+    gate.reopen();
+    let (result, source, age) = call_at(replicas[2].addr, &token).await;
+    assert_eq!(
+        (result, source.as_str(), age),
+        (Ok(USERNAME.to_owned()), "cognito", None)
+    );
+}
+
+#[tokio::test]
+async fn in_a_fleet_sixty_calls_of_a_kept_token_during_an_outage_share_one_flight_and_all_answer_stale()
+ {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let replicas = kept_fleet(&stand_in, &redis, 3, &[]);
+    let token = token_expiring_in(600, "fleet-sixty");
+    assert_eq!(
+        call_at(replicas[0].addr, &token).await.0,
+        Ok(USERNAME.to_owned())
+    );
+    until_kept(&redis, 1).await;
+    // Down, and slow to say so: the calls meet in one flight.
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::error(500, "InternalErrorException", "down")),
+    ));
+    let before = stand_in.received().len();
+    let mut calls = JoinSet::new();
+    for i in 0..60 {
+        let (addr, token) = (replicas[i % 3].addr, token.clone());
+        calls.spawn(async move { call_at(addr, &token).await });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let (result, source, age) = joined.unwrap();
+        assert_eq!(
+            (result, source.as_str()),
+            (Ok(USERNAME.to_owned()), "stale")
+        );
+        assert!(age.is_some());
+    }
+    // One flight for the fleet: its attempts (the SDK's three), not one
+    // flight per replica, nor one per call.
+    let attempts = stand_in.received().len() - before;
+    assert!((1..=3).contains(&attempts), "{attempts} attempts");
+}
+
+#[tokio::test]
+async fn in_a_fleet_a_revocation_seen_by_one_replica_replaces_the_answer_every_replica_kept() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    // Without refusal memory: only the kept answer's replacement stands
+    // between the revoked token and its old answer.
+    let replicas = kept_fleet(&stand_in, &redis, 2, &["--refusal-ttl", "0"]);
+    let token = token_expiring_in(600, "fleet-revoked");
+    for replica in &replicas {
+        assert_eq!(
+            call_at(replica.addr, &token).await.0,
+            Ok(USERNAME.to_owned())
+        );
+    }
+    until_kept(&redis, 1).await;
+    let key = kept_key(&redis);
+    let kept = redis.cli(&["GET", &key]);
+    stand_in.always(Reply::error(400, "NotAuthorizedException", "revoked"));
+    let (result, source, _) = call_at(replicas[1].addr, &token).await;
+    assert_eq!(
+        (result, source.as_str()),
+        (Err(Code::Unauthenticated), "cognito")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["GET", &key]) == kept {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kept answer stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Cognito down again: the replica that kept the answer too refuses.
+    stand_in.always(Reply::error(500, "InternalErrorException", "down"));
+    let (result, source, age) = call_at(replicas[0].addr, &token).await;
+    assert_eq!(
+        (result, source.as_str(), age),
+        (Err(Code::Unauthenticated), "fleet_memory", None),
+        "the revoked token's old answer"
+    );
+    // And it forgot its own copy: without the fleet's, still no old answer.
+    redis.cli(&["DEL", &key]);
+    let (result, _, _) = call_at(replicas[0].addr, &token).await;
+    assert_eq!(result, Err(Code::Unavailable));
 }
