@@ -1,11 +1,13 @@
 //! The fleet's one memory, on the store (`crate::store`): single flight
 //! across replicas (one replica's Cognito call; the others wait for its
-//! result over pub/sub) and, with `--cache-ttl` and `--refusal-ttl`, a
-//! second tier behind each replica's own cache and refusal memory.
-//! Layer 5, above `store` and `upstream`.
+//! result over pub/sub) and, with `--cache-ttl`, `--refusal-ttl` and
+//! `--stale-if-error`, a second tier behind each replica's own cache,
+//! refusal memory and kept answers. Layer 5, above `store` and `upstream`.
 //!
-//! It owns the flight protocol (`flight`: join, follow, the lease), the
-//! waiter registry (`waiters`), the values' codec (`codec`) and the scripts
+//! It owns the flight protocol (`flight`: join, follow), what a flight
+//! leaves behind (`lease`: its result, the fleet's memory, the kept
+//! answer), the waiter registry (`waiters`), the values' codec (`codec`)
+//! and the scripts
 //! (`scripts`, `join.lua`, `finish.lua`). Whatever goes wrong in Redis, a
 //! call goes on as a replica alone would, and no value in Redis makes it
 //! wait past its own bound.
