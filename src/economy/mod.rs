@@ -118,7 +118,7 @@ pub(crate) enum Ticket {
     Remembered(Error),
     /// Another call for the same token is in flight: wait for its outcome
     /// (and link to its upstream span).
-    Follow(watch::Receiver<Option<Outcome>>, FlightSpan),
+    Follow(watch::Receiver<Option<Outcome>>, FlightSpan, TokenKey),
     /// This call leads: run the upstream call with [`Leader::run`].
     Lead(Leader),
 }
@@ -200,7 +200,7 @@ impl Economy {
         let mut flights = lock(&self.flights);
         if let Some((receiver, span)) = flights.get(&key) {
             metrics::counter!(metric_names::COALESCED).increment(1);
-            return Ticket::Follow(receiver.clone(), Arc::clone(span));
+            return Ticket::Follow(receiver.clone(), Arc::clone(span), key);
         }
         let leader = self.leader(Some(key), expires_at());
         flights.insert(key, (leader.sender.subscribe(), Arc::clone(&leader.span)));
@@ -224,8 +224,10 @@ impl Economy {
 
     /// `outcome`, or, when it says Cognito is unavailable and an answer is
     /// kept for the token, that answer marked stale (with a warning, at
-    /// most one per [`STALE_WARN_INTERVAL`], saying for how long).
-    fn stale_if_unavailable(&self, key: TokenKey, outcome: Outcome) -> Outcome {
+    /// most one per [`STALE_WARN_INTERVAL`], saying for how long). Also for
+    /// a caller whose deadline passed before its flight landed: Cognito did
+    /// not answer in time for this call.
+    pub(crate) fn stale_if_unavailable(&self, key: TokenKey, outcome: Outcome) -> Outcome {
         let Err(Error::Upstream(up)) = &outcome else {
             return outcome;
         };
@@ -285,6 +287,12 @@ impl Economy {
 }
 
 impl Leader {
+    /// The token's key in this replica's maps; `None` when nothing is
+    /// remembered or shared.
+    pub(crate) fn key(&self) -> Option<TokenKey> {
+        self.key
+    }
+
     /// The token's `exp`, as the ticket was given it.
     pub(crate) fn token_expires(&self) -> Option<SystemTime> {
         self.token_expires

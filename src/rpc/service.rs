@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
-    base::expiring::TokenKeyer,
+    base::expiring::{TokenKey, TokenKeyer},
     base::metric_names,
     base::wire::Source,
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
@@ -134,17 +134,18 @@ impl FacadeService {
                 count_remembered(&refusal, "replica");
                 Err(refusal)
             }
-            Ticket::Follow(flight, span) => {
+            Ticket::Follow(flight, span, key) => {
                 context.set_source(Source::Coalesced);
                 let outcome = until(deadline, Wait::Follow(flight)).await;
                 // A follower's span links to the upstream call it shared.
                 if let Some(span) = span.get() {
                     context.trace().span().add_link(span.clone(), Vec::new());
                 }
-                self.stale(outcome, &checked.pool, context)
+                self.stale(Some(key), outcome, &checked.pool, context)
             }
             Ticket::Lead(leader) => {
                 let pool = checked.pool.clone();
+                let key = leader.key();
                 let call = Call {
                     expires_at: leader.token_expires(),
                     token,
@@ -156,19 +157,27 @@ impl FacadeService {
                 // The flight says where its answer came from; a caller that
                 // gave up first was still waiting for Cognito.
                 context.set_source(Source::Cognito);
-                self.stale(outcome, &pool, context)
+                self.stale(key, outcome, &pool, context)
             }
         }
     }
 
     /// `outcome`, with its source `stale` (and counted) if it is a kept
-    /// answer standing in for Cognito.
+    /// answer standing in for Cognito. A call whose deadline passed before
+    /// its flight landed gets the token's kept answer (`key`'s) too: Cognito
+    /// did not answer in time for it (the flight's own outcome already had
+    /// its chance).
     fn stale(
         &self,
+        key: Option<TokenKey>,
         outcome: Result<Answer, Error>,
         pool: &Option<UserPoolId>,
         context: &CallContext,
     ) -> Result<Answer, Error> {
+        let outcome = match key {
+            Some(key) => self.economy.stale_if_unavailable(key, outcome),
+            None => outcome,
+        };
         if let Ok(answer) = &outcome
             && answer.kept_since.is_some()
         {

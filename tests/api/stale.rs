@@ -159,6 +159,47 @@ async fn with_the_setting_off_an_outage_fails_every_call() {
 }
 
 #[tokio::test]
+async fn a_caller_whose_deadline_passes_while_cognito_hangs_gets_the_kept_answer_in_time() {
+    let app = app_with_grace(Some(Duration::from_secs(600))).await;
+    let token = token_expiring_in(600, "hang");
+    assert_eq!(call(&app, &token).await.0, Ok(USERNAME.to_owned()));
+    // Cognito takes connections and never answers within the caller's 300 ms.
+    app.stand_in.always(Reply::Delay(
+        Duration::from_secs(10),
+        Box::new(Reply::full_success()),
+    ));
+    let in_time = |token: &str| {
+        let mut request = request(token);
+        request.set_timeout(Duration::from_millis(300));
+        let mut client = app.client.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let result = client.get_user_auth_factors(request).await;
+            (result, started.elapsed())
+        }
+    };
+    // Twice: the second caller follows the first one's flight.
+    for _ in 0..2 {
+        let (result, took) = in_time(&token).await;
+        let response = result.expect("the kept answer");
+        assert!(took < Duration::from_millis(300), "{took:?}");
+        assert_eq!(
+            response.metadata().get("x-cognito-facade-source").unwrap(),
+            "stale"
+        );
+        assert!(
+            response
+                .metadata()
+                .get("x-cognito-facade-age-seconds")
+                .is_some()
+        );
+    }
+    // A token never seen still meets its deadline.
+    let (result, _) = in_time(&token_expiring_in(600, "never-hang")).await;
+    assert_eq!(result.unwrap_err().code(), Code::DeadlineExceeded);
+}
+
+#[tokio::test]
 async fn sixty_concurrent_calls_of_a_kept_token_share_one_failed_flight_and_all_answer_stale() {
     let app = app_with_grace(Some(Duration::from_secs(600))).await;
     let token = token_expiring_in(600, "sixty");
