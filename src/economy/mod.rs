@@ -217,17 +217,30 @@ impl Economy {
         metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
     }
 
-    fn forget_kept(&self, key: &TokenKey) {
+    pub(crate) fn forget_kept(&self, key: &TokenKey) {
         self.kept.remove(key);
         metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
     }
 
     /// `outcome`, or, when it says Cognito is unavailable and an answer is
     /// kept for the token, that answer marked stale (with a warning, at
-    /// most one per [`STALE_WARN_INTERVAL`], saying for how long). Also for
-    /// a caller whose deadline passed before its flight landed: Cognito did
-    /// not answer in time for this call.
-    pub(crate) fn stale_if_unavailable(&self, key: TokenKey, outcome: Outcome) -> Outcome {
+    /// most one per [`STALE_WARN_INTERVAL`], saying for how long).
+    fn stale_if_unavailable(&self, key: TokenKey, outcome: Outcome) -> Outcome {
+        let Err(Error::Upstream(up)) = &outcome else {
+            return outcome;
+        };
+        let reason = up.kind.status().1;
+        self.stand_in(key, outcome, reason)
+    }
+
+    /// For a caller whose deadline passed before its flight landed (Cognito
+    /// did not answer in time for it): the token's kept answer, marked
+    /// stale, or `DEADLINE_EXCEEDED`.
+    pub(crate) fn stale_at_deadline(&self, key: TokenKey) -> Outcome {
+        self.stand_in(key, Err(UpstreamError::deadline().into()), "deadline")
+    }
+
+    fn stand_in(&self, key: TokenKey, outcome: Outcome, reason: &'static str) -> Outcome {
         let Err(Error::Upstream(up)) = &outcome else {
             return outcome;
         };
@@ -240,7 +253,7 @@ impl Economy {
         let Some((answer, given)) = kept else {
             return outcome;
         };
-        self.warn_stale(since, up.kind.status().1);
+        self.warn_stale(since, reason);
         // Not this call's request: Cognito's request id is not passed on.
         Ok(Answer {
             kept_since: Some(given),
@@ -257,8 +270,9 @@ impl Economy {
 
     /// Serving a kept answer says so, at most once per
     /// [`STALE_WARN_INTERVAL`], with how long Cognito has been unavailable
-    /// and why (`reason`: the error's status, or `fleet` for a kept answer
-    /// another replica's flight stood in).
+    /// and why (`reason`: the error's status, `deadline` for a caller's
+    /// deadline, or `fleet` for a kept answer another replica's flight stood
+    /// in).
     fn warn_stale(&self, since: Instant, reason: &'static str) {
         if let Some(suppressed) = self.stale_warning.ready() {
             tracing::warn!(
@@ -291,6 +305,12 @@ impl Leader {
     /// remembered or shared.
     pub(crate) fn key(&self) -> Option<TokenKey> {
         self.key
+    }
+
+    /// This replica's own kept answer for the token, for the flight to
+    /// drop when the fleet says a definitive refusal replaced it.
+    pub(crate) fn kept_copy(&self) -> KeptCopy {
+        KeptCopy(self.key.map(|key| (Arc::clone(&self.economy), key)))
     }
 
     /// The token's `exp`, as the ticket was given it.
@@ -421,6 +441,20 @@ impl Drop for Leader {
         }
         // If the task ended without an outcome (it cannot, short of a panic),
         // followers see the sender gone and answer UNAVAILABLE.
+    }
+}
+
+/// A replica's own kept answer for one token (`--stale-if-error`). See
+/// [`Leader::kept_copy`].
+#[derive(Clone)]
+pub(crate) struct KeptCopy(Option<(Arc<Economy>, TokenKey)>);
+
+impl KeptCopy {
+    /// Forgets it: a definitive refusal replaced the fleet's copy.
+    pub(crate) fn forget(&self) {
+        if let Some((economy, key)) = &self.0 {
+            economy.forget_kept(key);
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use crate::{
     base::wire::Source,
     error::{Error, UpstreamError, UpstreamErrorKind},
     store::{Lane, Op, StoreConn},
+    upstream::Answer,
 };
 
 /// How often a follower looks for its flight's result itself, in case the
@@ -104,8 +105,8 @@ fn gave_up() -> Joined {
 
 /// What a remembered value is to this reader.
 enum Memory {
-    /// Served.
-    Serve(Joined),
+    /// Served, as from the fleet's memory.
+    Serve(Result<Answer, Error>, Source),
     /// Opened, but not for this reader (older than its own TTL): not served.
     Skip,
     /// Did not open: replaced by this replica's answer.
@@ -129,6 +130,8 @@ struct Joining {
     followed: Option<String>,
     /// Whether it followed a flight whose leader went away.
     took_over: bool,
+    /// Whether the token's kept answer was replaced by a definitive refusal.
+    replaced: bool,
 }
 
 impl Joining {
@@ -138,6 +141,7 @@ impl Joining {
             reads: (settings.cache_ttl.is_some(), settings.refusal_ttl.is_some()),
             followed: None,
             took_over: false,
+            replaced: false,
         }
     }
 
@@ -160,10 +164,12 @@ impl Fleet {
     /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`):
     /// the fleet's memory, another replica's flight to follow, or the lease
     /// to lead one. A follower waits at most its own lease bound in all;
-    /// its caller's own deadline is kept by the caller.
-    pub(crate) async fn join(&self, token: &str, expires_at: Option<SystemTime>) -> Joined {
+    /// its caller's own deadline is kept by the caller. Also says whether a
+    /// definitive refusal replaced the token's kept answer
+    /// (`--stale-if-error`): then this replica forgets its own copy too.
+    pub(crate) async fn join(&self, token: &str, expires_at: Option<SystemTime>) -> (Joined, bool) {
         let Some(mut conn) = self.0.store.for_call() else {
-            return Joined::Alone;
+            return (Joined::Alone, false);
         };
         let names = Names::of(&self.0.store, token);
         if !self.0.settings.coalesce {
@@ -175,10 +181,10 @@ impl Fleet {
                 .round(&mut conn, &names, &mut joining, expires_at)
                 .await
             {
-                return joined;
+                return (joined, joining.replaced);
             }
         }
-        joining.bound.alone()
+        (joining.bound.alone(), joining.replaced)
     }
 
     /// One round of joining: the join script, then what its reply calls
@@ -212,7 +218,8 @@ impl Fleet {
         let memory = match reply {
             JoinReply::Answer(sealed) => self.memory(names, &sealed, false),
             JoinReply::Refusal(sealed) => self.memory(names, &sealed, true),
-            JoinReply::Lead if joining.bound.may_lead() => {
+            JoinReply::Lead { replaced } if joining.bound.may_lead() => {
+                joining.replaced |= replaced;
                 if joining.took_over {
                     metrics::counter!(FLEET_LEASE_TAKEOVERS).increment(1);
                 }
@@ -222,12 +229,17 @@ impl Fleet {
                     expires_at,
                 )));
             }
-            JoinReply::Lead | JoinReply::Free => return Some(gave_up()),
+            JoinReply::Lead { .. } | JoinReply::Free => return Some(gave_up()),
             JoinReply::Result(sealed) => {
                 let flight = joining.followed.take().unwrap_or_default();
                 return joining.after(self.landed(names, &flight, &sealed));
             }
-            JoinReply::Follow { flight, left } => {
+            JoinReply::Follow {
+                flight,
+                left,
+                replaced,
+            } => {
+                joining.replaced |= replaced;
                 let Some(until) = joining.bound.next_wait(left) else {
                     return Some(gave_up());
                 };
@@ -265,7 +277,7 @@ impl Fleet {
         expires_at: Option<SystemTime>,
     ) -> Option<Joined> {
         match memory {
-            Memory::Serve(joined) => Some(joined),
+            Memory::Serve(outcome, source) => Some(Joined::Shared(outcome, source)),
             Memory::Skip => {
                 joining.reads = (false, false);
                 None
@@ -278,19 +290,24 @@ impl Fleet {
     }
 
     /// Without fleet single flight (`--coalesce=false`): the fleet's memory
-    /// alone.
+    /// alone (and whether the kept answer was replaced).
     async fn remembered_only(
         &self,
         conn: &mut StoreConn,
         names: Names,
         expires_at: Option<SystemTime>,
-    ) -> Joined {
+    ) -> (Joined, bool) {
         let settings = self.0.settings;
-        if settings.cache_ttl.is_none() && settings.refusal_ttl.is_none() {
-            return Joined::Alone;
+        if settings.cache_ttl.is_none()
+            && settings.refusal_ttl.is_none()
+            && settings.stale_if_error.is_none()
+        {
+            return (Joined::Alone, false);
         }
         let mut get = redis::cmd("MGET");
-        get.arg(&names.answer).arg(&names.refusal);
+        get.arg(&names.answer)
+            .arg(&names.refusal)
+            .arg(&names.replaced);
         let until = self.0.store.call_budget();
         let Some(found) = self
             .0
@@ -303,19 +320,23 @@ impl Fleet {
             )
             .await
         else {
-            return Joined::Alone;
+            return (Joined::Alone, false);
         };
+        let replaced = matches!(found.as_slice(), [_, _, Some(_)]);
         let memory = match found.as_slice() {
-            [Some(answer), _] if settings.cache_ttl.is_some() => self.memory(&names, answer, false),
-            [_, Some(refusal)] if settings.refusal_ttl.is_some() => {
+            [Some(answer), ..] if settings.cache_ttl.is_some() => {
+                self.memory(&names, answer, false)
+            }
+            [_, Some(refusal), ..] if settings.refusal_ttl.is_some() => {
                 self.memory(&names, refusal, true)
             }
             _ => Memory::Skip,
         };
-        match memory {
-            Memory::Serve(joined) => joined,
+        let joined = match memory {
+            Memory::Serve(outcome, source) => Joined::Shared(outcome, source),
             Memory::Skip | Memory::Unopened => Joined::Lead(self.lease(names, None, expires_at)),
-        }
+        };
+        (joined, replaced)
     }
 
     /// A remembered value as this reader may serve it: its own TTL from when
@@ -340,17 +361,14 @@ impl Fleet {
         match stored.outcome {
             Some(Ok(mut answer)) if !refusal => {
                 answer.fresh_until = Some(until);
-                Memory::Serve(Joined::Shared(Ok(answer), Source::FleetCache))
+                Memory::Serve(Ok(answer), Source::FleetCache)
             }
             Some(Err(Error::Upstream(mut up))) if refusal && up.kind.is_definitive() => {
                 // Whole seconds, rounded down: a copy never outlives this.
                 up.remembered_until_s = u32::try_from(codec::unix_millis(until) / 1000)
                     .ok()
                     .and_then(std::num::NonZeroU32::new);
-                Memory::Serve(Joined::Shared(
-                    Err(Error::Upstream(up)),
-                    Source::FleetMemory,
-                ))
+                Memory::Serve(Err(Error::Upstream(up)), Source::FleetMemory)
             }
             _ => Memory::Skip,
         }
@@ -465,8 +483,12 @@ impl Fleet {
                     // A flight's outcome: its seconds in Redis are no bound
                     // on how long the fleet remembers the refusal.
                     Err(Error::Upstream(up)) => up.remembered_until_s = None,
-                    Ok(answer) if answer.kept_since.is_some() => {
-                        outcome = self.own_kept(answer.clone(), now);
+                    // A kept answer this reader may not serve (its own
+                    // settings): as if the leader had given up.
+                    Ok(answer)
+                        if answer.kept_since.is_some() && !self.may_serve_kept(answer, now) =>
+                    {
+                        return Followed::Rejoin(None);
                     }
                     _ => {}
                 }

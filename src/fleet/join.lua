@@ -1,15 +1,17 @@
 -- Joins the fleet's flight for one token (all keys share the token's slot).
 -- KEYS: 1 remembered answer, 2 remembered refusal, 3 lease, 4 the result of
---       the flight the caller followed (any name in the slot if none).
+--       the flight the caller followed (any name in the slot if none), 5 the
+--       mark of a kept answer that a definitive refusal replaced.
 -- ARGV: 1 a new flight id, 2 the caller's lease in ms, 3 '1' if the caller
 --       reads remembered answers, 4 '1' if it reads remembered refusals,
 --       5 '1' if it followed a flight, 6 '1' if it may lead one.
 -- Replies: {1, value} an answer; {2, value} a refusal; {3, value} the
--- followed flight's result; {4, flight, ms left} another flight to follow (a
--- lease longer than the caller's own, or without a TTL, is not one this
--- replica could have written: it is cut back to the caller's lease); {5}
--- the caller leads, its flight id now the lease's value; {6} no flight, and
--- the caller may not lead (nothing taken).
+-- followed flight's result; {4, flight, ms left, replaced} another flight to
+-- follow (a lease longer than the caller's own, or without a TTL, is not one
+-- this replica could have written: it is cut back to the caller's lease);
+-- {5, replaced} the caller leads, its flight id now the lease's value; {6}
+-- no flight, and the caller may not lead (nothing taken). `replaced` is 1 if
+-- the token's kept answer was replaced (each replica forgets its own copy).
 if ARGV[3] == '1' then
   local answer = redis.call('GET', KEYS[1])
   if answer then return {1, answer} end
@@ -30,8 +32,8 @@ if flight then
     redis.call('PEXPIRE', KEYS[3], lease_ms)
     left = lease_ms
   end
-  return {4, flight, left}
+  return {4, flight, left, redis.call('EXISTS', KEYS[5])}
 end
 if ARGV[6] ~= '1' then return {6} end
 redis.call('SET', KEYS[3], ARGV[1], 'PX', lease_ms)
-return {5}
+return {5, redis.call('EXISTS', KEYS[5])}

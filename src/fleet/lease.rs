@@ -11,7 +11,7 @@ use super::{
     scripts::{Finish, FinishScript},
 };
 use crate::{
-    error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
+    error::{Error, KeptAnswer},
     store::{BACKGROUND_BUDGET, Lane, Op},
     upstream::Answer,
 };
@@ -39,8 +39,10 @@ struct Left {
     /// The outcome the fleet remembers (whether a refusal, the value, its
     /// TTL).
     memory: Option<(bool, Vec<u8>, Duration)>,
-    /// The kept answer, or the refusal that replaces it, and its TTL.
+    /// The kept answer and its TTL.
     kept: Option<(Vec<u8>, Duration)>,
+    /// Whether the outcome replaces the token's kept answer.
+    replaces_kept: bool,
 }
 
 impl Lease {
@@ -84,40 +86,38 @@ impl Lease {
             result,
             memory,
             kept: self.kept_value(outcome, now),
+            // Whatever this replica's own setting: another's kept answer
+            // must not outlive Cognito's refusal.
+            replaces_kept: matches!(outcome, Err(Error::Upstream(up))
+                if up.kind.kept_answer() == KeptAnswer::Goes),
         }
     }
 
-    /// With `--stale-if-error`: Cognito's answer, kept until its grace ends;
-    /// or Cognito's definitive refusal in its place, for as long as any
-    /// replica could keep the answer it replaces. Never past the token's
-    /// `exp`.
+    /// With `--stale-if-error`: Cognito's answer, kept until its grace ends,
+    /// never past the token's `exp`.
     fn kept_value(
         &self,
         outcome: &Result<Answer, Error>,
         now: SystemTime,
     ) -> Option<(Vec<u8>, Duration)> {
-        let settings = self.fleet.0.settings;
-        let (kept, given) = match outcome {
-            Ok(answer) if answer.kept_since.is_none() => {
-                let given = answer.given_at.unwrap_or(now);
-                let kept = Answer {
-                    kept_since: Some(given),
-                    request_id: None,
-                    ..answer.clone()
-                };
-                (Ok(kept), given)
-            }
-            Err(Error::Upstream(up)) if up.kind.kept_answer() == KeptAnswer::Goes => {
-                (outcome.clone(), now)
-            }
-            _ => return None,
+        let Ok(answer) = outcome else {
+            return None;
         };
-        let until = settings.kept_until(given)?;
+        if answer.kept_since.is_some() {
+            return None;
+        }
+        let given = answer.given_at.unwrap_or(now);
+        let until = self.fleet.0.settings.kept_until(given)?;
         let until = self.expires_at.map_or(until, |exp| exp.min(until));
         let ttl = until
             .duration_since(now)
             .ok()
             .filter(|ttl| !ttl.is_zero())?;
+        let kept = Ok(Answer {
+            kept_since: Some(given),
+            request_id: None,
+            ..answer.clone()
+        });
         Some((codec::encode(Some(&kept), now, until), ttl))
     }
 
@@ -147,6 +147,7 @@ impl Lease {
             result_ttl: FLIGHT_RESULT_TTL,
             memory,
             kept,
+            replaces_kept: left.replaces_kept,
         };
         let Ok(mut conn) = store.connection(Lane::Background) else {
             return;
@@ -166,10 +167,9 @@ impl Lease {
 
     /// The fleet's kept answer for the flight's token, to stand in while
     /// Cognito is unavailable (`--stale-if-error`), as this reader may serve
-    /// it: within its own grace; or the definitive refusal that replaced
-    /// it. `None`: nothing kept, the setting off, or Redis not answering
-    /// within the call's budget.
-    pub(crate) async fn kept(&self) -> Option<Result<Answer, Error>> {
+    /// it: within its own grace. `None`: nothing kept (or it was replaced),
+    /// the setting off, or Redis not answering within the call's budget.
+    pub(crate) async fn kept(&self) -> Option<Answer> {
         let fleet = &self.fleet;
         fleet.0.settings.stale_if_error?;
         let mut conn = fleet.0.store.for_call()?;
@@ -188,39 +188,21 @@ impl Lease {
             .await
             .flatten()?;
         let now = SystemTime::now();
-        match fleet.open(&self.names.kept, &sealed, now)? {
-            codec::Stored {
-                outcome: Some(Ok(answer)),
-                ..
-            } => fleet.own_kept(answer, now).ok().map(Ok),
-            codec::Stored {
-                outcome: Some(Err(Error::Upstream(mut up))),
-                stale_at,
-                ..
-            } if up.kind.kept_answer() == KeptAnswer::Goes => {
-                // Remembered by this replica no longer than it replaces.
-                up.remembered_until_s = u32::try_from(codec::unix_millis(stale_at) / 1000)
-                    .ok()
-                    .and_then(std::num::NonZeroU32::new);
-                Some(Err(Error::Upstream(up)))
-            }
+        match fleet.open(&self.names.kept, &sealed, now)?.outcome {
+            Some(Ok(answer)) if fleet.may_serve_kept(&answer, now) => Some(answer),
             _ => None,
         }
     }
 }
 
 impl Fleet {
-    /// A kept answer from the fleet, if this reader's own settings let it
-    /// stand in (`--stale-if-error` on, its grace not over); else the
-    /// unavailability it stood in for.
-    pub(super) fn own_kept(&self, answer: Answer, now: SystemTime) -> Result<Answer, Error> {
-        let until = answer
+    /// Whether this reader's own settings let a kept answer from the fleet
+    /// stand in: `--stale-if-error` on, and its grace not over.
+    pub(super) fn may_serve_kept(&self, answer: &Answer, now: SystemTime) -> bool {
+        answer
             .kept_since
-            .and_then(|given| self.0.settings.kept_until(given));
-        match until {
-            Some(until) if now < until => Ok(answer),
-            _ => Err(UpstreamError::new(UpstreamErrorKind::Unavailable).into()),
-        }
+            .and_then(|given| self.0.settings.kept_until(given))
+            .is_some_and(|until| now < until)
     }
 }
 

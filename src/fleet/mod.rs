@@ -116,9 +116,11 @@ pub(crate) struct Names {
     results: String,
     /// Where results are published.
     channel: String,
-    /// The answer kept for `--stale-if-error` (or the definitive refusal
-    /// that replaced it).
+    /// The answer kept for `--stale-if-error`.
     kept: String,
+    /// The mark of a kept answer a definitive refusal replaced: every
+    /// replica forgets its own copy.
+    replaced: String,
 }
 
 impl Names {
@@ -132,6 +134,7 @@ impl Names {
             results: name("r:"),
             channel: name("c"),
             kept: name("k"),
+            replaced: name("x"),
         }
     }
 

@@ -21,10 +21,16 @@ pub(super) enum JoinReply {
     /// The followed flight's result (sealed).
     Result(Vec<u8>),
     /// Another flight to follow, and its lease's time left (as Redis says:
-    /// the follower bounds its wait itself).
-    Follow { flight: String, left: Duration },
-    /// The caller leads; its flight id is the lease's value.
-    Lead,
+    /// the follower bounds its wait itself); whether the token's kept
+    /// answer was replaced.
+    Follow {
+        flight: String,
+        left: Duration,
+        replaced: bool,
+    },
+    /// The caller leads; its flight id is the lease's value. Whether the
+    /// token's kept answer was replaced.
+    Lead { replaced: bool },
     /// No flight, and the caller may not lead one (its turns are spent):
     /// nothing was taken.
     Free,
@@ -54,6 +60,7 @@ impl JoinScript {
             .key(&names.refusal)
             .key(&names.lease)
             .key(&names.result(followed.unwrap_or_default()))
+            .key(&names.replaced)
             .arg(flight)
             .arg(millis(lease))
             .arg(flag(reads.0))
@@ -72,11 +79,19 @@ impl JoinScript {
             [Value::Int(1), Value::BulkString(v)] => JoinReply::Answer(v.clone()),
             [Value::Int(2), Value::BulkString(v)] => JoinReply::Refusal(v.clone()),
             [Value::Int(3), Value::BulkString(v)] => JoinReply::Result(v.clone()),
-            [Value::Int(4), Value::BulkString(flight), Value::Int(left)] => JoinReply::Follow {
+            [
+                Value::Int(4),
+                Value::BulkString(flight),
+                Value::Int(left),
+                Value::Int(replaced),
+            ] => JoinReply::Follow {
                 flight: flight_id(flight),
                 left: Duration::from_millis(u64::try_from(*left).unwrap_or(0)),
+                replaced: *replaced == 1,
             },
-            [Value::Int(5)] => JoinReply::Lead,
+            [Value::Int(5), Value::Int(replaced)] => JoinReply::Lead {
+                replaced: *replaced == 1,
+            },
             [Value::Int(6)] => JoinReply::Free,
             _ => return None,
         })
@@ -112,9 +127,11 @@ pub(super) struct Finish<'a> {
     pub(super) result_ttl: Duration,
     /// Where to remember the outcome, the sealed outcome, and for how long.
     pub(super) memory: Option<(&'a str, Vec<u8>, Duration)>,
-    /// The sealed kept answer (or the refusal that replaces it), and for
-    /// how long (`--stale-if-error`).
+    /// The sealed kept answer, and for how long (`--stale-if-error`).
     pub(super) kept: Option<(Vec<u8>, Duration)>,
+    /// Whether the outcome replaces the token's kept answer (a definitive
+    /// refusal).
+    pub(super) replaces_kept: bool,
 }
 
 pub(super) struct FinishScript(LuaScript);
@@ -147,6 +164,7 @@ impl FinishScript {
             .key(&names.lease)
             .key(memory_key)
             .key(&names.kept)
+            .key(&names.replaced)
             .arg(finish.flight.unwrap_or_default())
             .arg(finish.result.as_deref().unwrap_or_default())
             .arg(millis(finish.result_ttl))
@@ -155,7 +173,8 @@ impl FinishScript {
             .arg(&names.channel)
             .arg(publish)
             .arg(kept)
-            .arg(kept_ttl);
+            .arg(kept_ttl)
+            .arg(if finish.replaces_kept { "1" } else { "0" });
         call
     }
 
@@ -190,12 +209,14 @@ mod tests {
             Value::Int(4),
             Value::BulkString(b"hand-written".to_vec()),
             Value::Int(-1),
+            Value::Int(0),
         ]);
         assert_eq!(
             JoinScript::reply(follow),
             Some(JoinReply::Follow {
                 flight: "?".to_owned(),
-                left: Duration::ZERO
+                left: Duration::ZERO,
+                replaced: false,
             })
         );
         let id = new_flight_id();
@@ -203,18 +224,21 @@ mod tests {
             Value::Int(4),
             Value::BulkString(id.clone().into_bytes()),
             Value::Int(250),
+            Value::Int(1),
         ]);
         assert_eq!(
             JoinScript::reply(follow),
             Some(JoinReply::Follow {
                 flight: id,
-                left: Duration::from_millis(250)
+                left: Duration::from_millis(250),
+                replaced: true,
             })
         );
         assert_eq!(
-            JoinScript::reply(Value::Array(vec![Value::Int(5)])),
-            Some(JoinReply::Lead)
+            JoinScript::reply(Value::Array(vec![Value::Int(5), Value::Int(0)])),
+            Some(JoinReply::Lead { replaced: false })
         );
+        assert_eq!(JoinScript::reply(Value::Array(vec![Value::Int(5)])), None);
         assert_eq!(
             JoinScript::reply(Value::Array(vec![Value::Int(6)])),
             Some(JoinReply::Free)

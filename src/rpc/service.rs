@@ -16,7 +16,7 @@ use crate::{
     base::metric_names,
     base::wire::Source,
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
-    economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
+    economy::{Economy, EconomyConfig, Flight, KeptCopy, Leader, Ticket, Wait},
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
     fleet::{Fleet, Joined, Lease},
     observability::traces::{self, Tracing},
@@ -164,19 +164,20 @@ impl FacadeService {
 
     /// `outcome`, with its source `stale` (and counted) if it is a kept
     /// answer standing in for Cognito. A call whose deadline passed before
-    /// its flight landed gets the token's kept answer (`key`'s) too: Cognito
-    /// did not answer in time for it (the flight's own outcome already had
-    /// its chance).
+    /// its flight landed (`None`) gets the token's kept answer (`key`'s)
+    /// if there is one, else `DEADLINE_EXCEEDED`: Cognito did not answer in
+    /// time for it.
     fn stale(
         &self,
         key: Option<TokenKey>,
-        outcome: Result<Answer, Error>,
+        outcome: Option<Result<Answer, Error>>,
         pool: &Option<UserPoolId>,
         context: &CallContext,
     ) -> Result<Answer, Error> {
-        let outcome = match key {
-            Some(key) => self.economy.stale_if_unavailable(key, outcome),
-            None => outcome,
+        let outcome = match (outcome, key) {
+            (Some(outcome), _) => outcome,
+            (None, Some(key)) => self.economy.stale_at_deadline(key),
+            (None, None) => Err(UpstreamError::deadline().into()),
         };
         if let Ok(answer) = &outcome
             && answer.kept_since.is_some()
@@ -265,6 +266,7 @@ impl FacadeService {
             deadline: call.deadline,
             region,
             trace,
+            kept_copy: leader.kept_copy(),
         }
     }
 
@@ -290,13 +292,13 @@ fn deadline(request: &Request<GetUserAuthFactorsRequest>, arrived: Instant) -> O
     arrived.checked_add(upstream_budget(timeout))
 }
 
-/// The flight's outcome, or DEADLINE_EXCEEDED at `deadline`.
-async fn until(deadline: Option<Instant>, wait: Wait) -> Result<Answer, Error> {
+/// The flight's outcome; `None` if `deadline` passed first.
+async fn until(deadline: Option<Instant>, wait: Wait) -> Option<Result<Answer, Error>> {
     match deadline {
-        None => wait.outcome().await,
+        None => Some(wait.outcome().await),
         Some(deadline) => tokio::time::timeout_at(deadline.into(), wait.outcome())
             .await
-            .unwrap_or_else(|_| Err(UpstreamError::deadline().into())),
+            .ok(),
     }
 }
 
@@ -319,6 +321,9 @@ struct Upstream {
     deadline: Option<Instant>,
     region: Arc<str>,
     trace: opentelemetry::Context,
+    /// This replica's own kept answer for the token, dropped if the fleet
+    /// says a definitive refusal replaced it.
+    kept_copy: KeptCopy,
 }
 
 impl Upstream {
@@ -353,7 +358,10 @@ impl Upstream {
     ) -> Result<Answer, Error> {
         // Boxed: the fleet's join is a large state machine that a flight
         // without the fleet should not carry.
-        let joined = Box::pin(fleet.join(self.token.expose(), expires_at)).await;
+        let (joined, replaced) = Box::pin(fleet.join(self.token.expose(), expires_at)).await;
+        if replaced {
+            self.kept_copy.forget();
+        }
         let lease = match joined {
             Joined::Shared(outcome, source) => {
                 context.set_source(source);
@@ -365,6 +373,7 @@ impl Upstream {
             Joined::Lead(lease) => Some(lease),
             Joined::Alone => None,
         };
+        context.set_source(Source::Cognito);
         let outcome = match permit() {
             Ok(permit) => {
                 let outcome = self.call().await;
@@ -373,40 +382,29 @@ impl Upstream {
             }
             Err(shed) => Err(shed),
         };
-        let outcome = match lease {
+        match lease {
             Some(lease) => {
-                let outcome = stand_in(&lease, outcome, context).await;
+                let outcome = stand_in(&lease, outcome).await;
                 lease.finish(&outcome);
                 outcome
             }
             None => outcome,
-        };
-        // Unless the fleet's memory stood in.
-        context.set_source(Source::Cognito);
-        outcome
+        }
     }
 }
 
 /// `outcome`, or, when Cognito is unavailable for it, the fleet's kept
 /// answer for the flight's token (`--stale-if-error`), for this call and the
-/// flight's followers; or the definitive refusal that replaced it.
-async fn stand_in(
-    lease: &Lease,
-    outcome: Result<Answer, Error>,
-    context: &CallContext,
-) -> Result<Answer, Error> {
-    let up = match outcome {
-        Err(Error::Upstream(up)) if up.kind.kept_answer() == KeptAnswer::StandsIn => up,
-        outcome => return outcome,
-    };
-    match lease.kept().await {
-        Some(Err(refusal)) => {
-            context.set_source(Source::FleetMemory);
-            count_remembered(&refusal, "fleet");
-            Err(refusal)
+/// flight's followers.
+async fn stand_in(lease: &Lease, outcome: Result<Answer, Error>) -> Result<Answer, Error> {
+    match outcome {
+        Err(Error::Upstream(up)) if up.kind.kept_answer() == KeptAnswer::StandsIn => {
+            match lease.kept().await {
+                Some(kept) => Ok(kept),
+                None => Err(Error::Upstream(up)),
+            }
         }
-        Some(kept) => kept,
-        None => Err(Error::Upstream(up)),
+        outcome => outcome,
     }
 }
 
