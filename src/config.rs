@@ -17,7 +17,7 @@ pub use crate::{
         traces::{DEFAULT_SERVICE_NAME, TracingConfig},
     },
     quota::{DEFAULT_UPSTREAM_QUEUE_TIMEOUT, QuotaConfig, RateLimits},
-    rpc::service::{DEFAULT_MAX_CONCURRENT_REQUESTS, ServiceConfig},
+    rpc::service::{DEFAULT_MAX_CONCURRENT_REQUESTS, ExtAuthzConfig, ServiceConfig},
     server::{
         ServerConfig,
         listener::DEFAULT_HANDSHAKE_TIMEOUT,
@@ -118,6 +118,11 @@ pub const ENV_UPSTREAM_RATE_LIMIT: &str = "COGNITO_FACADE_UPSTREAM_RATE_LIMIT";
 pub const ENV_UPSTREAM_QUEUE_TIMEOUT: &str = "COGNITO_FACADE_UPSTREAM_QUEUE_TIMEOUT";
 /// Env var for `--cache-max-entries`.
 pub const ENV_CACHE_MAX_ENTRIES: &str = "COGNITO_FACADE_CACHE_MAX_ENTRIES";
+/// Env var for `--ext-authz-username-header`.
+pub const ENV_EXT_AUTHZ_USERNAME_HEADER: &str = "COGNITO_FACADE_EXT_AUTHZ_USERNAME_HEADER";
+/// Env var for `--ext-authz-remove-authorization`.
+pub const ENV_EXT_AUTHZ_REMOVE_AUTHORIZATION: &str =
+    "COGNITO_FACADE_EXT_AUTHZ_REMOVE_AUTHORIZATION";
 
 /// Everything the application needs to know.
 #[derive(Debug, Clone)]

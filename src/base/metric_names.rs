@@ -89,3 +89,5 @@ pub(crate) const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered
 pub(crate) const STALE_ANSWERS: &str = "cognito_facade_stale_answers_total";
 /// Answers this replica keeps for `--stale-if-error`.
 pub(crate) const KEPT_ANSWERS: &str = "cognito_facade_kept_answers";
+/// Envoy's ext_authz Checks, by `decision`.
+pub(crate) const EXT_AUTHZ_DECISIONS: &str = "cognito_facade_ext_authz_decisions_total";

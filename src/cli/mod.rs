@@ -209,6 +209,16 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_MAX_CONNECTIONS, value_name = "N")]
     max_connections: Option<usize>,
 
+    /// Envoy ext_authz: pass the username to the upstream in this request header (off by default:
+    /// the username then never leaves the facade).
+    #[arg(long, env = ENV_EXT_AUTHZ_USERNAME_HEADER, value_name = "NAME")]
+    ext_authz_username_header: Option<HeaderName>,
+
+    /// Envoy ext_authz: remove the `authorization` header from allowed requests before they go
+    /// upstream.
+    #[arg(long, env = ENV_EXT_AUTHZ_REMOVE_AUTHORIZATION, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    ext_authz_remove_authorization: bool,
+
     /// The fleet store, Redis or Valkey: `redis://[USER:PASSWORD@]HOST:PORT` or `rediss://` (TLS);
     /// in cluster mode a comma-separated list of seed nodes. Without it, each replica alone.
     #[arg(long, env = ENV_REDIS_URL, value_name = "URL")]
@@ -404,6 +414,10 @@ impl Cli {
             },
             service: ServiceConfig {
                 max_concurrent_requests: self.max_concurrent_requests,
+                ext_authz: ExtAuthzConfig {
+                    username_header: self.ext_authz_username_header.clone().map(|h| h.0),
+                    remove_authorization: self.ext_authz_remove_authorization,
+                },
             },
             upstream: self.upstream_config(),
             tokens: TokenConfig {
@@ -430,3 +444,39 @@ impl Cli {
 
 #[cfg(test)]
 mod tests;
+
+/// An HTTP header name for the username: lower-case letters, digits and
+/// `-`, not one the facade or Envoy already owns.
+#[derive(Debug, Clone)]
+struct HeaderName(String);
+
+impl std::str::FromStr for HeaderName {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !well_formed {
+            return Err("a lower-case header name: a-z, 0-9 and -, at most 64".to_owned());
+        }
+        let reserved = [
+            "authorization",
+            "host",
+            "content-length",
+            "te",
+            "connection",
+        ];
+        if reserved.contains(&name)
+            || name.starts_with("x-cognito-")
+            || name.starts_with("x-envoy-")
+        {
+            return Err(format!(
+                "{name} is a header the request already has a use for"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+}

@@ -27,6 +27,8 @@ pub(crate) struct CallContext {
     pool: OnceLock<UserPoolId>,
     error: OnceLock<Error>,
     request_id: OnceLock<String>,
+    /// An ext_authz Check's decision.
+    decision: OnceLock<Decision>,
 }
 
 impl CallContext {
@@ -40,6 +42,7 @@ impl CallContext {
             pool: OnceLock::new(),
             error: OnceLock::new(),
             request_id: OnceLock::new(),
+            decision: OnceLock::new(),
         })
     }
 
@@ -74,6 +77,16 @@ impl CallContext {
     /// (`--stale-if-error`), wherever the flight that failed came from.
     pub(crate) fn set_stale(&self) {
         let _ = self.stale.set(());
+    }
+
+    /// Records an ext_authz Check's decision.
+    pub(crate) fn set_decision(&self, decision: Decision) {
+        let _ = self.decision.set(decision);
+    }
+
+    /// The ext_authz decision, for a Check; `""` for the RPC.
+    pub(crate) fn decision(&self) -> &'static str {
+        self.decision.get().map_or("", |d| d.as_str())
     }
 
     /// Records where the answer comes from.
@@ -130,5 +143,29 @@ mod tests {
         let mut extensions = http::Extensions::new();
         extensions.insert(Arc::clone(&context));
         assert!(Arc::ptr_eq(&CallContext::of(&extensions), &context));
+    }
+}
+
+/// What a Check decided, as its metrics and log line say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    Allowed,
+    DeniedUnauthenticated,
+    DeniedPolicy,
+    /// The route's configuration is wrong (denied 500).
+    DeniedConfiguration,
+    /// Cognito (or the facade) could not say: a gRPC error.
+    Error,
+}
+
+impl Decision {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::DeniedUnauthenticated => "denied_unauthenticated",
+            Self::DeniedPolicy => "denied_policy",
+            Self::DeniedConfiguration => "denied_configuration",
+            Self::Error => "error",
+        }
     }
 }

@@ -3,7 +3,12 @@
 //! and the fleet, calls Cognito within the caller's deadline, and answers
 //! through the error table.
 //!
-//! Files, lowest first: `call`, `service`.
+//! Envoy's external authorization (`authz`) answers through the same
+//! service, by the route's policy (`requirement`).
+//!
+//! Files, lowest first: `call`, `requirement`, `service`, `authz`.
 
+pub(crate) mod authz;
 pub(crate) mod call;
+pub(crate) mod requirement;
 pub(crate) mod service;

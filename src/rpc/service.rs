@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1000;
 pub struct ServiceConfig {
     /// Most upstream calls in flight at once; more are shed.
     pub max_concurrent_requests: usize,
+    /// Envoy's ext_authz (`envoy.service.auth.v3.Authorization`).
+    pub ext_authz: ExtAuthzConfig,
 }
 
 impl Default for ServiceConfig {
@@ -48,8 +50,20 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            ext_authz: ExtAuthzConfig::default(),
         }
     }
+}
+
+/// The ext_authz settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtAuthzConfig {
+    /// The upstream request header that carries the username; `None` (the
+    /// default): the username never leaves the facade.
+    pub username_header: Option<String>,
+    /// Whether the `authorization` header is removed before the request
+    /// goes upstream.
+    pub remove_authorization: bool,
 }
 
 /// We answer DEADLINE_EXCEEDED a little before the caller's deadline, so the
@@ -81,6 +95,8 @@ pub(crate) struct FacadeService {
     economy: Arc<Economy>,
     /// The fleet's single flight and cache on Redis, if configured.
     fleet: Option<Fleet>,
+    /// Envoy's ext_authz settings.
+    ext_authz: Arc<ExtAuthzConfig>,
 }
 
 impl FacadeService {
@@ -101,7 +117,13 @@ impl FacadeService {
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             economy: Economy::new(economy, keyer),
             fleet,
+            ext_authz: Arc::new(config.ext_authz.clone()),
         }
+    }
+
+    /// The ext_authz settings.
+    pub(crate) fn ext_authz(&self) -> &Arc<ExtAuthzConfig> {
+        &self.ext_authz
     }
 
     /// The answer. Where it came from, the pool and the error go into
@@ -113,6 +135,17 @@ impl FacadeService {
     ) -> Result<Answer, Error> {
         let deadline = deadline(request, context.arrived());
         let token = token::extract(&request.get_ref().access_token, request.metadata())?;
+        self.answer_for(token, deadline, context).await
+    }
+
+    /// The answer for `token`, by `deadline`: the path every way in (the
+    /// RPC, Envoy's ext_authz) shares.
+    pub(crate) async fn answer_for(
+        &self,
+        token: AccessToken,
+        deadline: Option<Instant>,
+        context: &Arc<CallContext>,
+    ) -> Result<Answer, Error> {
         // Before single flight: a refused token never starts or joins one.
         let checked = self.gate.check(&token, deadline).await?;
         if let Some(pool) = &checked.pool {
@@ -283,7 +316,7 @@ impl FacadeService {
 
 /// The caller's deadline, less a margin so the answer beats its timer; none
 /// without a (readable, representable) `grpc-timeout`.
-fn deadline(request: &Request<GetUserAuthFactorsRequest>, arrived: Instant) -> Option<Instant> {
+pub(crate) fn deadline<T>(request: &Request<T>, arrived: Instant) -> Option<Instant> {
     let timeout = request
         .metadata()
         .get("grpc-timeout")

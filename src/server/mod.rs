@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::Server};
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -28,7 +29,7 @@ use self::listener::ConnectionLimits;
 use crate::{
     base::wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
-    rpc::service::FacadeService,
+    rpc::{authz::ExtAuthz, service::FacadeService},
     server::observe::ObserveLayer,
     server::policy::PolicyLayer,
     server::tls::TlsConfig,
@@ -59,6 +60,7 @@ const WHOLE_SERVER: &str = "";
 
 /// The RPC service as served (and as health checks name it).
 type Rpc = IdentityProviderServiceServer<FacadeService>;
+type Authz = AuthorizationServer<ExtAuthz>;
 
 /// The server's settings.
 #[derive(Debug, Clone)]
@@ -134,6 +136,7 @@ pub(crate) async fn run(
 ) -> Result<Duration, ServerError> {
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<Rpc>().await;
+    health.set_serving::<Authz>().await;
     let routes = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -146,6 +149,9 @@ pub(crate) async fn run(
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            Authz::new(ExtAuthz::new(service.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(Rpc::new(service).max_decoding_message_size(MAX_REQUEST_BYTES));
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
@@ -206,6 +212,7 @@ async fn drain(
         .set_service_status(WHOLE_SERVER, ServingStatus::NotServing)
         .await;
     health.set_not_serving::<Rpc>().await;
+    health.set_not_serving::<Authz>().await;
     tokio::select! {
         result = server => return Some(result),
         () = tokio::time::sleep(drain_delay) => {}

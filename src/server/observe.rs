@@ -55,8 +55,13 @@ impl ObserveLayer {
     }
 }
 
+/// Envoy's ext_authz service and its one method, observed like the RPC.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+const CHECK: &str = "Check";
+const CHECK_PATH: &str = "envoy.service.auth.v3.Authorization/Check";
+
 /// The methods a call can be labelled with (see [`rpc_method`]).
-const METHODS: [&str; 2] = [METHOD, UNKNOWN_METHOD];
+const METHODS: [&str; 3] = [METHOD, CHECK, UNKNOWN_METHOD];
 
 /// gRPC codes 0 (OK) to 16 (UNAUTHENTICATED).
 const CODES: usize = 17;
@@ -90,7 +95,10 @@ impl RpcMetrics {
     }
 
     fn record(&self, method: &'static str, code: Code, source: Source, elapsed: Duration) {
-        let m = usize::from(method != METHOD);
+        let m = METHODS
+            .iter()
+            .position(|&known| known == method)
+            .unwrap_or(METHODS.len() - 1);
         let c = usize::try_from(code as i32).map_or(Code::Unknown as usize, |c| c.min(CODES - 1));
         let s = Source::ALL
             .iter()
@@ -155,12 +163,12 @@ where
             return Box::pin(self.inner.call(request));
         };
         let parent = self.tracing.extract(request.headers());
-        let name = if method == METHOD {
-            METHOD_PATH
-        } else {
-            UNKNOWN_METHOD_PATH
+        let (service, name) = match method {
+            METHOD => (SERVICE_NAME, METHOD_PATH),
+            CHECK => (AUTHZ_SERVICE, CHECK_PATH),
+            _ => (SERVICE_NAME, UNKNOWN_METHOD_PATH),
         };
-        let trace = self.tracing.server_span(parent, name, SERVICE_NAME, method);
+        let trace = self.tracing.server_span(parent, name, service, method);
         let call = Call::start(
             method,
             CallContext::arriving(trace),
@@ -171,7 +179,7 @@ where
         // Only at `debug`: a span per call at `info` cost ~8 µs of CPU
         // (bench/PROFILE.md). It places the SDK's own debug and trace events
         // inside the call.
-        let span = tracing::debug_span!("rpc", rpc.service = SERVICE_NAME, rpc.method = method);
+        let span = tracing::debug_span!("rpc", rpc.service = service, rpc.method = method);
         Box::pin(
             async move {
                 let mut response = answer.await?;
@@ -231,6 +239,7 @@ impl Call {
         log_line(
             &Line {
                 method: self.method,
+                decision: self.context.decision(),
                 code: code_name(code),
                 source,
                 pool_id: self.context.pool(),
@@ -304,6 +313,8 @@ impl<'a> Outcome<'a> {
 /// The fields every call line has whatever its outcome.
 struct Line<'a> {
     method: &'static str,
+    /// An ext_authz Check's decision; empty for the RPC.
+    decision: &'static str,
     code: &'static str,
     source: Source,
     pool_id: &'a str,
@@ -318,6 +329,7 @@ fn log_line(line: &Line<'_>, outcome: &Outcome<'_>) {
             tracing::event!(
                 $level,
                 rpc.method = line.method,
+                decision = line.decision,
                 grpc.code = line.code,
                 reason = $reason,
                 source = line.source.as_str(),
@@ -366,8 +378,11 @@ fn log_line(line: &Line<'_>, outcome: &Outcome<'_>) {
 
 /// The method label of a request path, or `None` for other services.
 /// Anything under the service but the one method is `unknown`, so hostile
-/// paths cannot grow the label set.
+/// paths cannot grow the label set. Envoy's Check is `Check`.
 fn rpc_method(path: &str) -> Option<&'static str> {
+    if path.strip_prefix('/') == Some(CHECK_PATH) {
+        return Some(CHECK);
+    }
     let method = path
         .strip_prefix('/')?
         .strip_prefix(SERVICE_NAME)?

@@ -7,6 +7,7 @@ mod connections;
 mod deploy;
 mod docs;
 mod economy;
+mod envoy;
 mod errors;
 mod faults;
 mod fleet;

@@ -153,6 +153,7 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
     let expected_keys = [
         "aws_error_code",
         "aws_request_id",
+        "decision",
         "error",
         "grpc.code",
         "latency_us",

@@ -1,0 +1,317 @@
+//! Envoy's external authorization, `envoy.service.auth.v3.Authorization/Check`,
+//! on the same port as the RPC: a mesh (Envoy, or Istio with `action:
+//! CUSTOM`) asks about each HTTP request, and the facade answers through the
+//! very path `GetUserAuthFactors` takes (verification, the economy, the
+//! fleet, the quota, stale answers), then applies the route's policy from
+//! `context_extensions` (`requirement`).
+//!
+//! Cognito's verdict on the token is the caller's (denied 401); a policy not
+//! met is denied 403; trouble reaching Cognito is never dressed as either: it
+//! is a gRPC error, so the operator's `failure_mode_allow` and
+//! `status_on_error` decide.
+
+use std::{collections::HashMap, sync::Arc};
+
+use envoy_types::{
+    ext_authz::v3::{
+        CheckResponseExt as _, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+        pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
+    },
+    pb::google::rpc,
+};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+
+use super::{
+    call::{CallContext, Decision},
+    requirement::{Policy, Unmet},
+    service::{ExtAuthzConfig, FacadeService, deadline},
+};
+use crate::{
+    base::metric_names,
+    error::{Error, UpstreamErrorKind},
+    proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
+    token::{self, TokenError},
+    upstream::Answer,
+};
+
+/// The upstream request headers an allowed request gets (any the client
+/// sent are replaced or removed).
+pub(crate) const MFA_HEADER: &str = "x-cognito-mfa";
+pub(crate) const PREFERRED_MFA_HEADER: &str = "x-cognito-preferred-mfa";
+pub(crate) const AUTH_FACTORS_HEADER: &str = "x-cognito-auth-factors";
+
+/// The Authorization service over the facade's call path.
+#[derive(Debug, Clone)]
+pub(crate) struct ExtAuthz {
+    service: FacadeService,
+    config: Arc<ExtAuthzConfig>,
+}
+
+impl ExtAuthz {
+    pub(crate) fn new(service: FacadeService) -> Self {
+        let config = Arc::clone(service.ext_authz());
+        Self { service, config }
+    }
+
+    /// The decision and Envoy's answer for one request.
+    async fn decide(
+        &self,
+        request: &Request<CheckRequest>,
+        context: &Arc<CallContext>,
+    ) -> (Decision, Result<CheckResponse, Status>) {
+        let attributes = request.get_ref().attributes.as_ref();
+        let extensions = attributes.map(|a| &a.context_extensions);
+        let policy = match Policy::from_extensions(extensions.unwrap_or(&HashMap::new())) {
+            Ok(policy) => policy,
+            Err(wrong) => {
+                tracing::warn!(
+                    error = %wrong,
+                    "ext_authz: the route's context_extensions are wrong; denied 500"
+                );
+                let body =
+                    serde_json::json!({"error": "configuration", "detail": wrong.to_string()});
+                return (
+                    Decision::DeniedConfiguration,
+                    Ok(denied(HttpStatusCode::InternalServerError, &body, None)),
+                );
+            }
+        };
+        let headers = attributes
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|http| &http.headers);
+        let token = headers
+            .and_then(|headers| headers.get("authorization"))
+            .map_or(Err(TokenError::Missing), |value| bearer(value));
+        let outcome = match token {
+            Ok(token) => {
+                let deadline = deadline(request, context.arrived());
+                self.service.answer_for(token, deadline, context).await
+            }
+            Err(err) => Err(Error::Token(err)),
+        };
+        match outcome {
+            Ok(answer) => self.allowed_or_not(&answer, &policy),
+            Err(err) => refused(err, context),
+        }
+    }
+
+    fn allowed_or_not(
+        &self,
+        answer: &Answer,
+        policy: &Policy,
+    ) -> (Decision, Result<CheckResponse, Status>) {
+        let user = &answer.response;
+        match policy.check(user) {
+            Ok(()) => (Decision::Allowed, Ok(self.allowed(user))),
+            Err(unmet) => {
+                let body = unmet_body(&unmet);
+                (
+                    Decision::DeniedPolicy,
+                    Ok(denied(HttpStatusCode::Forbidden, &body, None)),
+                )
+            }
+        }
+    }
+
+    /// OK, with the user's factors for the upstream (replacing whatever the
+    /// client sent under those names).
+    fn allowed(&self, user: &GetUserAuthFactorsResponse) -> CheckResponse {
+        let mut ok = OkHttpResponseBuilder::new();
+        let mut set = |name: &str, value: String| {
+            if value.is_empty() {
+                ok.remove_header(name);
+            } else {
+                ok.add_header(
+                    name,
+                    value,
+                    Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                    false,
+                );
+            }
+        };
+        set(MFA_HEADER, mfa_names(&user.user_mfa_setting_list));
+        set(
+            PREFERRED_MFA_HEADER,
+            user.preferred_mfa_setting
+                .map(mfa_name)
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        set(
+            AUTH_FACTORS_HEADER,
+            factor_names(&user.configured_user_auth_factors),
+        );
+        if let Some(header) = &self.config.username_header {
+            set(header, user.username.clone());
+        }
+        if self.config.remove_authorization {
+            ok.remove_header("authorization");
+        }
+        let mut response = CheckResponse::with_status(Status::ok(""));
+        response.set_http_response(ok.build());
+        response
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header, checked as the
+/// RPC checks its own.
+fn bearer(value: &str) -> Result<token::AccessToken, TokenError> {
+    let mut metadata = MetadataMap::new();
+    let value = value
+        .parse()
+        .map_err(|_| TokenError::MalformedAuthorization)?;
+    metadata.insert("authorization", value);
+    token::extract("", &metadata)
+}
+
+/// A refusal: 401 for what Cognito (or the facade's own checks) said about
+/// the token; a gRPC error for everything else, so the mesh's
+/// failure mode decides.
+fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse, Status>) {
+    let challenge = match &err {
+        Error::Token(TokenError::Missing) => Some("Bearer"),
+        Error::Token(_) | Error::Refused(_) => Some(r#"Bearer error="invalid_token""#),
+        Error::Upstream(up) => match up.kind {
+            UpstreamErrorKind::NotAuthorized
+            | UpstreamErrorKind::InvalidParameter
+            | UpstreamErrorKind::ResourceNotFound
+            | UpstreamErrorKind::UserNotFound
+            | UpstreamErrorKind::UserNotConfirmed
+            | UpstreamErrorKind::PasswordResetRequired => Some(r#"Bearer error="invalid_token""#),
+            // Not the user's fault: the operator's, or Cognito's, or the
+            // way to it.
+            UpstreamErrorKind::OperationNotEnabled
+            | UpstreamErrorKind::TooManyRequests
+            | UpstreamErrorKind::Forbidden
+            | UpstreamErrorKind::InternalError
+            | UpstreamErrorKind::Unmodeled
+            | UpstreamErrorKind::Unavailable
+            | UpstreamErrorKind::Unreachable
+            | UpstreamErrorKind::Timeout
+            | UpstreamErrorKind::BadResponse
+            | UpstreamErrorKind::RequestConstruction
+            | UpstreamErrorKind::RateLimited => None,
+        },
+        Error::Overloaded | Error::RequestTooLarge => None,
+    };
+    let status = err.to_status();
+    let reason = err.status().1;
+    context.set_error(err);
+    match challenge {
+        Some(challenge) => {
+            let body = serde_json::json!({"error": "unauthenticated", "reason": reason});
+            (
+                Decision::DeniedUnauthenticated,
+                Ok(denied(HttpStatusCode::Unauthorized, &body, Some(challenge))),
+            )
+        }
+        None => (Decision::Error, Err(status)),
+    }
+}
+
+/// A denial with `code`, a JSON body and, for 401, `www-authenticate`.
+fn denied(
+    code: HttpStatusCode,
+    body: &serde_json::Value,
+    challenge: Option<&str>,
+) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied.set_http_status(code);
+    denied.add_header(
+        "content-type",
+        "application/json",
+        Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+        false,
+    );
+    if let Some(challenge) = challenge {
+        denied.add_header(
+            "www-authenticate",
+            challenge,
+            Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+            false,
+        );
+    }
+    denied.set_body(body.to_string());
+    let grpc_code = match code {
+        HttpStatusCode::Unauthorized => Code::Unauthenticated,
+        HttpStatusCode::Forbidden => Code::PermissionDenied,
+        _ => Code::Internal,
+    };
+    let mut response = CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc_code as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    response.set_http_response(denied.build());
+    response
+}
+
+/// The 403 body: which requirement failed.
+fn unmet_body(unmet: &Unmet) -> serde_json::Value {
+    match unmet {
+        Unmet::Mfa(any_of) => serde_json::json!({
+            "error": "mfa_required",
+            "requirement": "cognito-facade.require",
+            "any_of": any_of,
+        }),
+        Unmet::Factor(any_of) => serde_json::json!({
+            "error": "factor_required",
+            "requirement": "cognito-facade.require-factor",
+            "any_of": any_of,
+        }),
+    }
+}
+
+/// MFA methods by their Cognito names, comma-separated.
+fn mfa_names(list: &[i32]) -> String {
+    list.iter()
+        .map(|&m| mfa_name(m))
+        .filter(|name| !name.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An MFA method's Cognito name (`SOFTWARE_TOKEN_MFA`); empty if unknown.
+pub(crate) fn mfa_name(value: i32) -> &'static str {
+    MfaType::try_from(value)
+        .ok()
+        .and_then(|m| m.as_str_name().strip_prefix("MFA_TYPE_"))
+        .filter(|name| *name != "UNSPECIFIED")
+        .unwrap_or_default()
+}
+
+/// Sign-in factors by their Cognito names, comma-separated.
+fn factor_names(list: &[i32]) -> String {
+    list.iter()
+        .map(|&f| factor_name(f))
+        .filter(|name| !name.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A sign-in factor's Cognito name (`WEB_AUTHN`); empty if unknown.
+pub(crate) fn factor_name(value: i32) -> &'static str {
+    AuthFactorType::try_from(value)
+        .ok()
+        .and_then(|f| f.as_str_name().strip_prefix("AUTH_FACTOR_TYPE_"))
+        .filter(|name| *name != "UNSPECIFIED")
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let context = CallContext::of(request.extensions());
+        let (decision, answer) = self.decide(&request, &context).await;
+        context.set_decision(decision);
+        metrics::counter!(metric_names::EXT_AUTHZ_DECISIONS, "decision" => decision.as_str())
+            .increment(1);
+        answer.map(Response::new)
+    }
+}
