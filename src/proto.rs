@@ -7,6 +7,12 @@ use std::fmt;
 
 tonic::include_proto!("cognito.idp.v1");
 
+/// The encoded descriptor set of Envoy's ext_authz API
+/// (`envoy.service.auth.v3`, from `third_party/envoy-api/`), for server
+/// reflection.
+pub const ENVOY_EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_ext_authz_descriptor.bin"));
+
 /// The encoded descriptor set of `proto/`, with comments, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cognito_idp_v1_descriptor.bin"));

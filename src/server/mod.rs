@@ -196,6 +196,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         // google.rpc.ErrorInfo, RetryInfo, BadRequest: lets grpcurl decode
         // the error details instead of printing raw bytes.
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
 }
 
 /// Reports NOT_SERVING and keeps serving for `drain_delay`, then ends the

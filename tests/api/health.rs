@@ -12,6 +12,9 @@ use crate::helpers::{
     Reply, StandIn, TOKEN, spawn_app, spawn_app_with, spawn_call, test_config, until_received,
 };
 
+/// Envoy's ext_authz service, served beside the RPC.
+const AUTHZ_SERVICE: &str = "envoy.service.auth.v3.Authorization";
+
 fn health_request(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
         service: service.to_owned(),
@@ -22,7 +25,7 @@ fn health_request(service: &str) -> HealthCheckRequest {
 async fn check_reports_serving_for_the_server_and_the_service() {
     let app = spawn_app().await;
     let mut health = HealthClient::new(app.channel.clone());
-    for service in ["", SERVICE_NAME] {
+    for service in ["", SERVICE_NAME, AUTHZ_SERVICE] {
         let response = health
             .check(health_request(service))
             .await
@@ -74,8 +77,14 @@ async fn shutdown_flips_to_not_serving_drains_and_finishes_in_flight_calls() {
         ServingStatus::NotServing
     );
     // Still answering during the drain delay, so load balancers can see it.
-    let checked = health.check(health_request("")).await.unwrap().into_inner();
-    assert_eq!(checked.status(), ServingStatus::NotServing);
+    for service in ["", AUTHZ_SERVICE] {
+        let checked = health
+            .check(health_request(service))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(checked.status(), ServingStatus::NotServing, "{service:?}");
+    }
 
     let answered = in_flight
         .await

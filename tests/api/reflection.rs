@@ -65,6 +65,7 @@ fn assert_lists_our_services(reflected: Reflected) {
     };
     for expected in [
         "cognito.idp.v1.IdentityProviderService",
+        "envoy.service.auth.v3.Authorization",
         "grpc.health.v1.Health",
     ] {
         assert!(
@@ -145,4 +146,22 @@ async fn resolves_the_error_detail_types() {
             "{symbol}"
         );
     }
+}
+
+/// Envoy's ext_authz service is described too, so `grpcurl` can call Check.
+#[tokio::test]
+async fn describes_envoys_authorization_service() {
+    let app = spawn_app().await;
+    let request = |_| {
+        tonic_reflection::pb::v1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "envoy.service.auth.v3.Authorization".to_owned(),
+        )
+    };
+    let Reflected::Files(files) = reflect!(v1, app.channel, request) else {
+        panic!("the Authorization service did not resolve to a file")
+    };
+    let file = prost_types::FileDescriptorProto::decode(files[0].as_slice()).unwrap();
+    assert_eq!(file.name(), "envoy/service/auth/v3/external_auth.proto");
+    assert_eq!(file.service[0].name(), "Authorization");
+    assert_eq!(file.service[0].method[0].name(), "Check");
 }
