@@ -555,7 +555,7 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
     // Two replicas of the binary, each with its own stand-in, so each one's
     // Cognito calls (one per Check: no cache) say where Envoy sent requests.
     let (first_cognito, second_cognito) = (StandIn::start().await, StandIn::start().await);
-    let mut first = Running::against(&first_cognito, &["--drain-delay", "5s"], &[]);
+    let first = Running::against(&first_cognito, &["--drain-delay", "5s"], &[]);
     let second = Running::against(&second_cognito, &["--drain-delay", "5s"], &[]);
     let (echo, echo_addr) = Echo::start().await;
     let envoy = Envoy::start(&[first.addr, second.addr], echo_addr);
