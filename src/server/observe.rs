@@ -290,6 +290,13 @@ impl<'a> Outcome<'a> {
     }
 
     fn of<B>(code: Code, context: &'a CallContext, response: &http::Response<B>) -> Self {
+        // An ext_authz Check denied for the token's fault answers OK (the
+        // denial is in its message) and logs as the refusal it is.
+        if code == Code::Ok
+            && let Some(err) = context.error()
+        {
+            return Self::Error(err);
+        }
         if code == Code::Ok {
             return Self::Ok {
                 request_id: context.request_id(),

@@ -556,7 +556,8 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
     // Cognito calls (one per Check: no cache) say where Envoy sent requests.
     let (first_cognito, second_cognito) = (StandIn::start().await, StandIn::start().await);
     let first = Running::against(&first_cognito, &["--drain-delay", "5s"], &[]);
-    let second = Running::against(&second_cognito, &["--drain-delay", "5s"], &[]);
+    let mut second = Running::against(&second_cognito, &["--drain-delay", "5s"], &[]);
+    let metrics = second.wait_for_addr("serving metrics");
     let (echo, echo_addr) = Echo::start().await;
     let envoy = Envoy::start(&[first.addr, second.addr], echo_addr);
     envoy.until_healthy(2).await;
@@ -614,4 +615,25 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
     assert_eq!(second_cognito.received().len(), second_before + 20);
     assert_eq!(echo.seen().len(), 30);
     eprintln!("Envoy saw NOT_SERVING {seen_after:?} after SIGTERM");
+
+    // Checks are in the metrics and the call log line, with their decision.
+    let denied = get(envoy.listener, "/mfa", &[]).await;
+    assert_eq!(denied.status, 401);
+    let scraped = crate::helpers::scrape(metrics).await;
+    for series in [
+        r#"cognito_facade_ext_authz_decisions_total{decision="allowed"}"#,
+        r#"cognito_facade_ext_authz_decisions_total{decision="denied_unauthenticated"} 1"#,
+        r#"cognito_facade_rpc_requests_total{method="Check",code="OK",source="cognito"}"#,
+    ] {
+        assert!(
+            scraped.contains(series),
+            "{series} missing from:\n{scraped}"
+        );
+    }
+    let line = second.find_line(r#""decision":"denied_unauthenticated""#);
+    assert!(line.contains(r#""rpc.method":"Check""#), "{line}");
+    assert!(
+        line.contains(r#""reason":"MISSING_ACCESS_TOKEN""#),
+        "{line}"
+    );
 }
