@@ -58,6 +58,21 @@ fn bad_values_exit_2_with_a_clear_line() {
             "LOG_SENSITIVE_BODIES",
         ),
         (
+            &[
+                "--region",
+                "eu-west-1",
+                "--ext-authz-username-header",
+                "X-User",
+            ][..],
+            &[][..],
+            "--ext-authz-username-header",
+        ),
+        (
+            &["--region", "eu-west-1"][..],
+            &[("COGNITO_FACADE_EXT_AUTHZ_USERNAME_HEADER", "x-cognito-user")][..],
+            "--ext-authz-username-header",
+        ),
+        (
             &["--region", "eu-west-1", "--upstream-rate-limit", "0"][..],
             &[][..],
             "--upstream-rate-limit",

@@ -637,3 +637,22 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn the_operator_may_pass_the_username_upstream_and_drop_the_authorization_header() {
+    let (_app, envoy, _echo) = mesh(|config| {
+        config.service.ext_authz.username_header = Some("x-user".to_owned());
+        config.service.ext_authz.remove_authorization = true;
+    })
+    .await;
+    let through = get(
+        envoy.listener,
+        "/",
+        &[("authorization", &bearer(TOTP)), ("x-user", "mallory")],
+    )
+    .await;
+    assert_eq!(through.status, 200, "{through:?}");
+    let seen: Value = serde_json::from_str(&through.body).unwrap();
+    assert_eq!(seen["x-user"], "alice.example", "{seen}");
+    assert_eq!(seen["authorization"], Value::Null, "{seen}");
+}
