@@ -656,3 +656,33 @@ async fn the_operator_may_pass_the_username_upstream_and_drop_the_authorization_
     assert_eq!(seen["x-user"], "alice.example", "{seen}");
     assert_eq!(seen["authorization"], Value::Null, "{seen}");
 }
+
+/// The Envoy configuration in `docs/envoy.md` is one Envoy accepts.
+#[test]
+fn the_documented_envoy_config_is_one_envoy_accepts() {
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/envoy.md")).unwrap();
+    let yaml = guide
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block");
+    assert!(yaml.contains("envoy.filters.http.ext_authz"), "{yaml}");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("envoy-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _dir = tempdir::Dir(dir.clone());
+    let config = dir.join("envoy.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--use-dynamic-base-id", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
