@@ -1080,13 +1080,21 @@ def wrk(port, path, seconds):
             if text.endswith(suffix):
                 return float(text[:-len(suffix)]) * unit[suffix]
         return float(text)
-    result = {"rps": float(out.split("Requests/sec:")[1].split()[0]), "non_2xx": 0}
+    result = {"rps": float(out.split("Requests/sec:")[1].split()[0]), "non_2xx": 0,
+              "socket_errors": 0}
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] in ("50%", "99%"):
             result["p50_us" if parts[0] == "50%" else "p99_us"] = micros(parts[1])
         if "Non-2xx" in line:
             result["non_2xx"] = int(line.split()[-1])
+        if line.strip().startswith("Socket errors:"):
+            # "connect N, read N, write N, timeout N": timed-out requests
+            # are left out of wrk's latencies, so any error spoils the run.
+            result["socket_errors"] = sum(int(part.split()[-1]) for part in
+                                          line.split(":", 1)[1].split(","))
+    if "p50_us" not in result or "p99_us" not in result:
+        raise RuntimeError(f"wrk gave no latencies:\n{out}")
     return result
 
 
@@ -1110,8 +1118,9 @@ def envoy_cost(nginx_port, workdir, smoke):
         for _ in range(1 if smoke else 3):
             for name in ("plain", "authz"):
                 result = wrk(listen_port, f"/{name}", seconds)
-                if result["non_2xx"]:
-                    raise RuntimeError(f"Envoy {name}: {result['non_2xx']} answers not 2xx")
+                if result["non_2xx"] or result["socket_errors"]:
+                    raise RuntimeError(f"Envoy {name}: {result['non_2xx']} answers not 2xx, "
+                                       f"{result['socket_errors']} socket errors")
                 runs[name].append(result)
     finally:
         for proc in (envoy, facade):

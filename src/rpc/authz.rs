@@ -17,7 +17,7 @@ use envoy_types::{
         CheckResponseExt as _, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
         pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
     },
-    pb::google::rpc,
+    pb::{envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc},
 };
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
@@ -68,21 +68,18 @@ impl ExtAuthz {
                     error = %wrong,
                     "ext_authz: the route's context_extensions are wrong; denied 500"
                 );
-                let body =
-                    serde_json::json!({"error": "configuration", "detail": wrong.to_string()});
+                // The detail is the operator's: in the log, not to the client.
+                let body = serde_json::json!({"error": "configuration"});
                 return (
                     Decision::DeniedConfiguration,
                     Ok(denied(HttpStatusCode::InternalServerError, &body, None)),
                 );
             }
         };
-        let headers = attributes
+        let http = attributes
             .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref())
-            .map(|http| &http.headers);
-        let token = headers
-            .and_then(|headers| headers.get("authorization"))
-            .map_or(Err(TokenError::Missing), |value| bearer(value));
+            .and_then(|r| r.http.as_ref());
+        let token = http.map_or(Err(TokenError::Missing), authorization);
         let outcome = match token {
             Ok(token) => {
                 let deadline = deadline(request, context.arrived());
@@ -91,7 +88,12 @@ impl ExtAuthz {
             Err(err) => Err(Error::Token(err)),
         };
         match outcome {
-            Ok(answer) => self.allowed_or_not(&answer, &policy),
+            Ok(answer) => {
+                if let Some(id) = &answer.request_id {
+                    context.set_request_id(id.clone());
+                }
+                self.allowed_or_not(&answer, &policy)
+            }
             Err(err) => refused(err, context),
         }
     }
@@ -143,7 +145,12 @@ impl ExtAuthz {
             factor_names(&user.configured_user_auth_factors),
         );
         if let Some(header) = &self.config.username_header {
-            set(header, user.username.clone());
+            // Only a value that is a valid header value as it is; otherwise
+            // none (and never the client's).
+            let username = Some(user.username.as_str())
+                .filter(|name| name.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+                .unwrap_or_default();
+            set(header, username.to_owned());
         }
         if self.config.remove_authorization {
             ok.remove_header("authorization");
@@ -154,7 +161,30 @@ impl ExtAuthz {
     }
 }
 
-/// The token of an `authorization: Bearer <token>` header, checked as the
+/// The token of the request's `authorization: Bearer <token>` header, from
+/// `headers` or, with Envoy's `encode_raw_headers`, from `header_map`. More
+/// than one `authorization` header is malformed.
+fn authorization(http: &HttpRequest) -> Result<token::AccessToken, TokenError> {
+    if let Some(value) = http.headers.get("authorization") {
+        return bearer(value);
+    }
+    let mut values = http
+        .header_map
+        .iter()
+        .flat_map(|map| &map.headers)
+        .filter(|header| header.key.eq_ignore_ascii_case("authorization"))
+        .map(|header| match header.value.as_str() {
+            "" => std::str::from_utf8(&header.raw_value).ok(),
+            value => Some(value),
+        });
+    match (values.next(), values.next()) {
+        (None, _) => Err(TokenError::Missing),
+        (Some(Some(value)), None) => bearer(value),
+        _ => Err(TokenError::MalformedAuthorization),
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` value, checked as the
 /// RPC checks its own.
 fn bearer(value: &str) -> Result<token::AccessToken, TokenError> {
     let mut metadata = MetadataMap::new();
@@ -313,5 +343,49 @@ impl Authorization for ExtAuthz {
         metrics::counter!(metric_names::EXT_AUTHZ_DECISIONS, "decision" => decision.as_str())
             .increment(1);
         answer.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    fn raw(headers: &[(&str, &[u8])]) -> HttpRequest {
+        HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(key, value)| HeaderValue {
+                        key: (*key).to_owned(),
+                        raw_value: value.to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_headers_or_from_envoys_raw_header_map() {
+        let mut http = HttpRequest::default();
+        http.headers
+            .insert("authorization".to_owned(), "Bearer abc.def".to_owned());
+        assert_eq!(authorization(&http).unwrap().expose(), "abc.def");
+        let http = raw(&[("authorization", b"Bearer abc.def")]);
+        assert_eq!(authorization(&http).unwrap().expose(), "abc.def");
+        assert!(matches!(authorization(&raw(&[])), Err(TokenError::Missing)));
+        for wrong in [
+            raw(&[
+                ("authorization", b"Bearer a.b"),
+                ("authorization", b"Bearer c.d"),
+            ]),
+            raw(&[("authorization", b"Bearer \xff")]),
+            raw(&[("authorization", b"Basic dXNlcg==")]),
+        ] {
+            assert!(authorization(&wrong).is_err(), "{wrong:?}");
+        }
     }
 }

@@ -11,9 +11,9 @@
 //! - neither: a valid token suffices.
 //!
 //! Both keys together: both must hold. Any other key under
-//! `cognito-facade.`, or a value not listed, is a configuration error, never
-//! an allow. Keys outside `cognito-facade.` belong to others and are left
-//! alone.
+//! `cognito-facade.` (in any case, with `-` or `_`), or a value not listed,
+//! is a configuration error, never an allow. Other keys belong to others and
+//! are left alone.
 
 use std::collections::HashMap;
 
@@ -75,7 +75,10 @@ impl Policy {
             match key.as_str() {
                 REQUIRE => policy.mfa = Some(mfa(value)?),
                 REQUIRE_FACTOR => policy.factors = Some(factors(value)?),
-                other if other.starts_with(PREFIX) => {
+                // Ours in another spelling (`Cognito-Facade.require`,
+                // `cognito_facade.require`): a typo must not drop a
+                // requirement.
+                other if looks_like_ours(other) => {
                     return Err(Wrong::UnknownKey(quoted(other)));
                 }
                 _ => {}
@@ -156,8 +159,13 @@ fn list<T>(value: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
     items.filter(|items| !items.is_empty())
 }
 
-/// At most [`QUOTED`] characters of an operator's text, for the answer and
-/// the log.
+/// Whether `key` is under `cognito-facade.` in any case, with `-` or `_`.
+fn looks_like_ours(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('_', "-");
+    key.starts_with(PREFIX) || key.starts_with("cognito-facade")
+}
+
+/// At most [`QUOTED`] characters of an operator's text, for the log.
 fn quoted(text: &str) -> String {
     text.chars().take(QUOTED).collect()
 }
@@ -213,6 +221,9 @@ mod tests {
     fn anything_else_under_the_prefix_is_a_configuration_error() {
         for pairs in [
             &[("cognito-facade.requires", "mfa")][..],
+            &[("Cognito-Facade.require", "mfa")],
+            &[("cognito_facade.require", "mfa")],
+            &[("cognito-facade-require", "mfa")],
             &[(REQUIRE, "MFA")],
             &[(REQUIRE, "")],
             &[(REQUIRE, "SOFTWARE_TOKEN_MFA,")],

@@ -23,7 +23,11 @@ use std::{
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::{server::NamedService, transport::Server};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::{Health, HealthServer},
+    server::HealthReporter,
+};
 
 use self::listener::ConnectionLimits;
 use crate::{
@@ -59,6 +63,12 @@ const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 const WHOLE_SERVER: &str = "";
 
 /// The RPC service as served (and as health checks name it).
+/// The largest Check Envoy sends: its request headers (60 KiB by default,
+/// the path twice) with room to spare; the facade never asks for the body.
+/// A Check refused as too large would be an error, which `failure_mode_allow`
+/// could turn into an allow.
+const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
+
 type Rpc = IdentityProviderServiceServer<FacadeService>;
 type Authz = AuthorizationServer<ExtAuthz>;
 
@@ -134,9 +144,7 @@ pub(crate) async fn run(
     observer: ObserveLayer,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Duration, ServerError> {
-    let (mut health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<Rpc>().await;
-    health.set_serving::<Authz>().await;
+    let (mut health, health_service) = health().await;
     let routes = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -150,7 +158,8 @@ pub(crate) async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(
-            Authz::new(ExtAuthz::new(service.clone())).max_decoding_message_size(MAX_REQUEST_BYTES),
+            Authz::new(ExtAuthz::new(service.clone()))
+                .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES),
         )
         .add_service(Rpc::new(service).max_decoding_message_size(MAX_REQUEST_BYTES));
 
@@ -186,6 +195,14 @@ pub(crate) async fn run(
     }
     tracing::info!("stopped");
     Ok(grace_ends.saturating_duration_since(tokio::time::Instant::now()))
+}
+
+/// The health service, the RPC and ext_authz serving.
+async fn health() -> (HealthReporter, HealthServer<impl Health>) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<Rpc>().await;
+    health.set_serving::<Authz>().await;
+    (health, health_service)
 }
 
 /// The reflection service's builder, with every descriptor set served.

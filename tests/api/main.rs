@@ -17,6 +17,7 @@ mod helpers;
 mod hostile;
 mod jwt;
 mod layers;
+mod mesh;
 mod moto;
 mod observe;
 mod operations;

@@ -522,3 +522,31 @@ async fn in_a_fleet_a_replica_without_the_setting_serves_no_kept_answer() {
     assert_eq!(not_kept.0, Err(Code::Unavailable), "{not_kept:?}");
     assert_ne!(not_kept.1, "stale");
 }
+
+#[tokio::test]
+async fn the_upstream_rate_limit_refusing_a_call_lets_the_kept_answer_stand_in() {
+    let stand_in = StandIn::start().await;
+    let mut config = test_config(&stand_in.endpoint);
+    config.economy.stale_if_error = Some(Duration::from_secs(600));
+    // One call a second, and no wait for a turn: the second call within
+    // the second is refused before it reaches Cognito.
+    config.quota.limits = "1".parse().unwrap();
+    config.quota.queue_timeout = Duration::ZERO;
+    let app = spawn_app_with(stand_in, config).await;
+    let token = token_expiring_in(600, "limited");
+    assert_eq!(call(&app, &token).await.0, Ok(USERNAME.to_owned()));
+    let (result, source, age) = call(&app, &token).await;
+    assert_eq!(
+        (result, source.as_str()),
+        (Ok(USERNAME.to_owned()), "stale")
+    );
+    assert!(age.is_some());
+    assert_eq!(
+        app.stand_in.received().len(),
+        1,
+        "the refused call reached Cognito"
+    );
+    // A token never seen is refused as without the setting.
+    let (result, _, _) = call(&app, &token_expiring_in(600, "limited-never")).await;
+    assert_eq!(result, Err(Code::ResourceExhausted));
+}
