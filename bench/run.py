@@ -492,6 +492,26 @@ def start_replicas(services, upstream_port, flags):
                          port, metrics_port))
 
 
+def loads_side_by_side(services, callers, seconds, *extra):
+    """`callers` callers spread over `services` ((process, port, metrics
+    port) each), a load generator run of `seconds` each, side by side:
+    their results."""
+    results = [None] * len(services)
+    share, rest = divmod(callers, len(services))
+
+    def one(i, port):
+        results[i] = load("facade", f"http://127.0.0.1:{port}", share + (1 if i < rest else 0),
+                          seconds, *extra)
+
+    threads = [threading.Thread(target=one, args=(i, port))
+               for i, (_, port, _) in enumerate(services)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def fleet_run(upstream_port, flags, seconds):
     """FLEET_REPLICAS services with `flags`, loaded side by side by
     FLEET_CALLERS callers in all over FLEET_USERS tokens: calls answered and
@@ -500,20 +520,8 @@ def fleet_run(upstream_port, flags, seconds):
     try:
         start_replicas(services, upstream_port, flags)
         time.sleep(0.5)  # each connects to Redis in the background
-        results = [None] * FLEET_REPLICAS
-        share = FLEET_CALLERS // FLEET_REPLICAS
-
-        def one(i, port):
-            callers = share + (1 if i < FLEET_CALLERS % FLEET_REPLICAS else 0)
-            results[i] = load("facade", f"http://127.0.0.1:{port}", callers, seconds,
-                              "--tokens", str(FLEET_USERS))
-
-        threads = [threading.Thread(target=one, args=(i, port))
-                   for i, (_, port, _) in enumerate(services)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        results = loads_side_by_side(services, FLEET_CALLERS, seconds,
+                                     "--tokens", str(FLEET_USERS))
         calls = sum(metric_sum(m, "cognito_facade_rpc_requests_total", 'code="OK"')
                     for _, _, m in services)
         upstream = sum(metric_sum(m, "cognito_facade_upstream_requests_total")
@@ -856,24 +864,6 @@ OUTAGE_CALLERS = 48
 OUTAGE_VARIANTS = [("off", []), ("on, `--stale-if-error 10m`", ["--stale-if-error", "10m"])]
 
 
-def loads_side_by_side(services, seconds, *extra):
-    """OUTAGE_CALLERS callers spread over `services`, each a load
-    generator run of `seconds`: their results."""
-    results = [None] * len(services)
-    share = OUTAGE_CALLERS // len(services)
-
-    def one(i, port):
-        results[i] = load("facade", f"http://127.0.0.1:{port}", share, seconds, *extra)
-
-    threads = [threading.Thread(target=one, args=(i, port))
-               for i, (_, port, _) in enumerate(services)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 def outage(workdir, smoke):
     """The share of calls answered while Cognito refuses every connection,
     for OUTAGE_USERS users all seen before it went away: FLEET_REPLICAS
@@ -893,7 +883,7 @@ def outage(workdir, smoke):
             start_replicas(services, upstream_port,
                            [*fleet_flags(redis_port, fleet_key(workdir)), *flags])
             time.sleep(0.5)  # each connects to Redis in the background
-            seen = loads_side_by_side(services, 1, "--tokens-file", str(users))
+            seen = loads_side_by_side(services, OUTAGE_CALLERS, 1, "--tokens-file", str(users))
             if any(r["errors"] for r in seen):
                 raise RuntimeError(f"outage ({label}): calls failed before the outage")
             kept = len(subprocess.run(
@@ -901,7 +891,8 @@ def outage(workdir, smoke):
                 capture_output=True, text=True, check=True).stdout.split())
             cognito.kill()  # every connection to Cognito now refused
             cognito.wait(timeout=10)
-            during = loads_side_by_side(services, seconds, "--tokens-file", str(users))
+            during = loads_side_by_side(services, OUTAGE_CALLERS, seconds,
+                                        "--tokens-file", str(users))
             answered = sum(r["requests"] for r in during)
             failed = sum(r["errors"] for r in during)
             codes = {}

@@ -454,8 +454,14 @@ impl Fleet {
 
     /// `flight`'s stored result (sealed), if it is there.
     async fn result(&self, conn: &mut StoreConn, names: &Names, flight: &str) -> Option<Vec<u8>> {
+        self.get(conn, &names.result(flight)).await
+    }
+
+    /// The value at `key`, if it is there and Redis answers within the
+    /// call's budget.
+    pub(super) async fn get(&self, conn: &mut StoreConn, key: &str) -> Option<Vec<u8>> {
         let mut get = redis::cmd("GET");
-        get.arg(names.result(flight));
+        get.arg(key);
         let until = self.0.store.call_budget();
         self.0
             .store

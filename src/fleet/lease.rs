@@ -173,20 +173,7 @@ impl Lease {
         let fleet = &self.fleet;
         fleet.0.settings.stale_if_error?;
         let mut conn = fleet.0.store.for_call()?;
-        let mut get = redis::cmd("GET");
-        get.arg(&self.names.kept);
-        let until = fleet.0.store.call_budget();
-        let sealed = fleet
-            .0
-            .store
-            .op(
-                Op::Get,
-                Lane::Calls,
-                until,
-                get.query_async::<Option<Vec<u8>>>(&mut conn),
-            )
-            .await
-            .flatten()?;
+        let sealed = fleet.get(&mut conn, &self.names.kept).await?;
         let now = SystemTime::now();
         match fleet.open(&self.names.kept, &sealed, now)?.outcome {
             Some(Ok(answer)) if fleet.may_serve_kept(&answer, now) => Some(answer),

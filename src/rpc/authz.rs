@@ -23,13 +23,13 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
 use super::{
     call::{CallContext, Decision},
-    requirement::{Policy, Unmet},
+    requirement::{Policy, Unmet, factor_name, mfa_name},
     service::{ExtAuthzConfig, FacadeService, deadline},
 };
 use crate::{
     base::metric_names,
     error::{Error, UpstreamErrorKind},
-    proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
+    proto::GetUserAuthFactorsResponse,
     token::{self, TokenError},
     upstream::Answer,
 };
@@ -132,7 +132,10 @@ impl ExtAuthz {
                 );
             }
         };
-        set(MFA_HEADER, mfa_names(&user.user_mfa_setting_list));
+        set(
+            MFA_HEADER,
+            cognito_names(&user.user_mfa_setting_list, mfa_name),
+        );
         set(
             PREFERRED_MFA_HEADER,
             user.preferred_mfa_setting
@@ -142,7 +145,7 @@ impl ExtAuthz {
         );
         set(
             AUTH_FACTORS_HEADER,
-            factor_names(&user.configured_user_auth_factors),
+            cognito_names(&user.configured_user_auth_factors, factor_name),
         );
         if let Some(header) = &self.config.username_header {
             // Only a value that is a valid header value as it is; otherwise
@@ -295,40 +298,14 @@ fn unmet_body(unmet: &Unmet) -> serde_json::Value {
     }
 }
 
-/// MFA methods by their Cognito names, comma-separated.
-fn mfa_names(list: &[i32]) -> String {
+/// `list`'s values by their Cognito names (`name`), comma-separated;
+/// values this version does not know are left out.
+fn cognito_names(list: &[i32], name: fn(i32) -> &'static str) -> String {
     list.iter()
-        .map(|&m| mfa_name(m))
+        .map(|&value| name(value))
         .filter(|name| !name.is_empty())
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// An MFA method's Cognito name (`SOFTWARE_TOKEN_MFA`); empty if unknown.
-pub(crate) fn mfa_name(value: i32) -> &'static str {
-    MfaType::try_from(value)
-        .ok()
-        .and_then(|m| m.as_str_name().strip_prefix("MFA_TYPE_"))
-        .filter(|name| *name != "UNSPECIFIED")
-        .unwrap_or_default()
-}
-
-/// Sign-in factors by their Cognito names, comma-separated.
-fn factor_names(list: &[i32]) -> String {
-    list.iter()
-        .map(|&f| factor_name(f))
-        .filter(|name| !name.is_empty())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// A sign-in factor's Cognito name (`WEB_AUTHN`); empty if unknown.
-pub(crate) fn factor_name(value: i32) -> &'static str {
-    AuthFactorType::try_from(value)
-        .ok()
-        .and_then(|f| f.as_str_name().strip_prefix("AUTH_FACTOR_TYPE_"))
-        .filter(|name| *name != "UNSPECIFIED")
-        .unwrap_or_default()
 }
 
 #[tonic::async_trait]

@@ -92,10 +92,14 @@ impl Policy {
         let enabled = |m: &MfaType| user.user_mfa_setting_list.contains(&(*m as i32));
         match &self.mfa {
             Some(Mfa::Any) if !MFA_TYPES.iter().any(enabled) => {
-                return Err(Unmet::Mfa(MFA_TYPES.iter().map(mfa_name).collect()));
+                return Err(Unmet::Mfa(
+                    MFA_TYPES.iter().map(|m| mfa_name(*m as i32)).collect(),
+                ));
             }
             Some(Mfa::AnyOf(any_of)) if !any_of.iter().any(enabled) => {
-                return Err(Unmet::Mfa(any_of.iter().map(mfa_name).collect()));
+                return Err(Unmet::Mfa(
+                    any_of.iter().map(|m| mfa_name(*m as i32)).collect(),
+                ));
             }
             _ => {}
         }
@@ -104,7 +108,9 @@ impl Policy {
                 .iter()
                 .any(|f| user.configured_user_auth_factors.contains(&(*f as i32)))
         {
-            return Err(Unmet::Factor(any_of.iter().map(factor_name).collect()));
+            return Err(Unmet::Factor(
+                any_of.iter().map(|f| factor_name(*f as i32)).collect(),
+            ));
         }
         Ok(())
     }
@@ -116,12 +122,22 @@ const MFA_TYPES: [MfaType; 3] = [
     MfaType::EmailOtp,
 ];
 
-fn mfa_name(m: &MfaType) -> &'static str {
-    m.as_str_name().trim_start_matches("MFA_TYPE_")
+/// An MFA method's Cognito name (`SOFTWARE_TOKEN_MFA`); empty if unknown.
+pub(crate) fn mfa_name(value: i32) -> &'static str {
+    MfaType::try_from(value)
+        .ok()
+        .and_then(|m| m.as_str_name().strip_prefix("MFA_TYPE_"))
+        .filter(|name| *name != "UNSPECIFIED")
+        .unwrap_or_default()
 }
 
-fn factor_name(f: &AuthFactorType) -> &'static str {
-    f.as_str_name().trim_start_matches("AUTH_FACTOR_TYPE_")
+/// A sign-in factor's Cognito name (`WEB_AUTHN`); empty if unknown.
+pub(crate) fn factor_name(value: i32) -> &'static str {
+    AuthFactorType::try_from(value)
+        .ok()
+        .and_then(|f| f.as_str_name().strip_prefix("AUTH_FACTOR_TYPE_"))
+        .filter(|name| *name != "UNSPECIFIED")
+        .unwrap_or_default()
 }
 
 fn mfa(value: &str) -> Result<Mfa, Wrong> {

@@ -181,16 +181,7 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
     let (echo, echo_addr) = Echo::start().await;
     let envoy = Envoy::start(&[first.addr, second.addr], echo_addr);
     envoy.until_healthy(2).await;
-    for i in 0..10 {
-        let token = format!("both.{i}");
-        let answer = get(
-            envoy.listener,
-            "/mfa",
-            &[("authorization", &bearer(&token))],
-        )
-        .await;
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    all_pass(&envoy, "both", 10).await;
     assert!(!first_cognito.received().is_empty() && !second_cognito.received().is_empty());
 
     first.send_sigterm();
@@ -218,16 +209,7 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
         first_cognito.received().len(),
         second_cognito.received().len(),
     );
-    for i in 0..20 {
-        let token = format!("draining.{i}");
-        let answer = get(
-            envoy.listener,
-            "/mfa",
-            &[("authorization", &bearer(&token))],
-        )
-        .await;
-        assert_eq!(answer.status, 200, "{answer:?}");
-    }
+    all_pass(&envoy, "draining", 20).await;
     assert_eq!(
         first_cognito.received().len(),
         first_before,
@@ -319,4 +301,19 @@ async fn a_long_url_is_checked_like_any_other() {
     assert_eq!(allowed.status, 200, "{}", allowed.body);
     let denied = get(envoy.listener, &path, &[]).await;
     assert_eq!(denied.status, 401, "{}", denied.body);
+}
+
+/// `n` requests through `envoy`'s MFA route, each with a token of its own
+/// named after `prefix`, all passed.
+async fn all_pass(envoy: &Envoy, prefix: &str, n: usize) {
+    for i in 0..n {
+        let token = format!("{prefix}.{i}");
+        let answer = get(
+            envoy.listener,
+            "/mfa",
+            &[("authorization", &bearer(&token))],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+    }
 }
