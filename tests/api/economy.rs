@@ -120,12 +120,16 @@ async fn a_waiters_own_deadline_applies_to_it_alone() {
 #[tokio::test]
 async fn a_leader_out_of_time_leaves_the_call_running_for_the_others() {
     let app = spawn_app().await;
+    // A 1 s deadline: the server answers 50 ms before it (its margin is a
+    // twentieth of the deadline), enough to beat the caller's own timer on
+    // a loaded machine (at 250 ms the margin was 12.5 ms, and a fresh-clone
+    // CI run once saw the caller's CANCELLED first).
     app.stand_in.always(Reply::Delay(
-        Duration::from_millis(600),
+        Duration::from_millis(1600),
         Box::new(Reply::full_success()),
     ));
     let mut hurried = request(TOKEN);
-    hurried.set_timeout(Duration::from_millis(250));
+    hurried.set_timeout(Duration::from_secs(1));
     let mut client = app.client.clone();
     let leader = tokio::spawn(async move { client.get_user_auth_factors(hurried).await });
     until_received(&app.stand_in, 1).await;
