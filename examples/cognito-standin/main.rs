@@ -6,6 +6,9 @@
 //! - `revoked.`: NotAuthorizedException ("Access Token has been revoked")
 //! - `throttled.`: TooManyRequestsException ("Rate exceeded")
 //! - `unknown.`: UserNotFoundException ("User does not exist.")
+//! - `flaky.`: InternalErrorException (500) to the first 3 requests of each
+//!   token (the service's 3 attempts, so its call fails), then the user
+//! - `slow.`: the user, after 3 s
 //!
 //! Usage: `cargo run --example cognito-standin -- [ADDR] [DELAY]` (default
 //! `127.0.0.1:9229`, no delay; a DELAY such as `1s` holds every answer that
@@ -15,7 +18,7 @@
 #[allow(dead_code)]
 mod standin;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use standin::{Reply, StandIn};
 
@@ -48,6 +51,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stand_in.on_token_prefix(
         "unknown.",
         Reply::error(400, "UserNotFoundException", "User does not exist."),
+    );
+    stand_in.first_of_token_prefix(
+        "flaky.",
+        3,
+        Reply::error(500, "InternalErrorException", "Internal error"),
+    );
+    stand_in.on_token_prefix(
+        "slow.",
+        Reply::Delay(Duration::from_secs(3), Box::new(Reply::full_success())),
     );
     eprintln!("cognito-standin: listening on {}", stand_in.endpoint);
     tokio::signal::ctrl_c().await?;

@@ -5,7 +5,7 @@
 //! part of the release binary.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -92,6 +92,10 @@ pub(crate) struct Received {
 struct Shared {
     queue: VecDeque<Reply>,
     by_prefix: Vec<(String, Reply)>,
+    /// Prefix, how many requests of each token it answers, the reply.
+    first_by_prefix: Vec<(String, usize, Reply)>,
+    /// Requests seen per token, for `first_by_prefix`.
+    seen: HashMap<String, usize>,
     fallback: Reply,
     received: Vec<Received>,
     request_ids: u64,
@@ -123,6 +127,8 @@ impl StandIn {
         let shared = Arc::new(Mutex::new(Shared {
             queue: VecDeque::new(),
             by_prefix: Vec::new(),
+            first_by_prefix: Vec::new(),
+            seen: HashMap::new(),
             fallback: Reply::full_success(),
             received: Vec::new(),
             request_ids: 0,
@@ -140,6 +146,13 @@ impl StandIn {
     pub(crate) fn on_token_prefix(&self, prefix: &str, reply: Reply) {
         let mut shared = self.shared.lock().unwrap();
         shared.by_prefix.push((prefix.to_owned(), reply));
+    }
+
+    /// Answers the first `count` requests of each token that starts with
+    /// `prefix` with `reply` (after the queue); later ones as usual.
+    pub(crate) fn first_of_token_prefix(&self, prefix: &str, count: usize, reply: Reply) {
+        let mut shared = self.shared.lock().unwrap();
+        shared.first_by_prefix.push((prefix.to_owned(), count, reply));
     }
 
     /// Answers every request (after the queue) with `reply`.
@@ -212,6 +225,17 @@ async fn handle(
         shared.received.push(received.clone());
         shared.request_ids += 1;
         let token = received.body["AccessToken"].as_str().unwrap_or_default();
+        // Only the tokens a `first_of_token_prefix` names are counted.
+        let first = shared
+            .first_by_prefix
+            .iter()
+            .find(|(prefix, ..)| token.starts_with(prefix.as_str()))
+            .map(|(_, count, reply)| (*count, reply.clone()));
+        let first = first.and_then(|(count, reply)| {
+            let seen = shared.seen.entry(token.to_owned()).or_default();
+            *seen += 1;
+            (*seen <= count).then_some(reply)
+        });
         let by_prefix = shared
             .by_prefix
             .iter()
@@ -220,6 +244,7 @@ async fn handle(
         let reply = shared
             .queue
             .pop_front()
+            .or(first)
             .or(by_prefix)
             .unwrap_or_else(|| shared.fallback.clone());
         (reply, StandIn::request_id(shared.request_ids))

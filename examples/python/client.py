@@ -1,7 +1,9 @@
 """A Python client of cognito-facade: calls GetUserAuthFactors and prints the
-user's factors, or the error with its google.rpc details.
+user's factors, or the error with its google.rpc details, retrying what the
+README's error tables mark retryable.
 
     python client.py --addr 127.0.0.1:50051 --token "$ACCESS_TOKEN"
+    python client.py --addr facade.internal:443 --ca ca.pem --token "$ACCESS_TOKEN"
 
 The stubs come from proto/ at build time (see README.md); nothing generated
 is committed.
@@ -9,7 +11,9 @@ is committed.
 
 import argparse
 import os
+import random
 import sys
+import time
 
 import grpc
 from google.rpc import error_details_pb2
@@ -19,42 +23,101 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "gen
 from cognito.idp.v1 import identity_provider_pb2 as pb  # noqa: E402
 from cognito.idp.v1 import identity_provider_pb2_grpc as pb_grpc  # noqa: E402
 
-
-def print_error_details(error: grpc.RpcError) -> None:
-    """Reads the machine-readable details the service attaches to every error."""
-    print(f"error: {error.code().name}: {error.details()}")
-    status = rpc_status.from_call(error)
-    if status is None:
-        return
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            print(f"reason: {info.reason}")
-            for key, value in sorted(info.metadata.items()):
-                print(f"  {key}: {value}")
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            print(f"retry after: {retry.retry_delay.ToTimedelta().total_seconds()}s")
+# The ErrorInfo reasons the README's error tables mark retryable. An error
+# without ErrorInfo is retried only when it is UNAVAILABLE (the service
+# itself unreachable, or draining).
+RETRYABLE = {
+    "TOO_MANY_REQUESTS",
+    "COGNITO_INTERNAL_ERROR",
+    "UPSTREAM_UNAVAILABLE",
+    "UPSTREAM_UNREACHABLE",
+    "UPSTREAM_TIMEOUT",
+    "UPSTREAM_RATE_LIMITED",
+    "OVERLOADED",
+}
+FIRST_BACKOFF = 0.2  # seconds; doubled after each attempt, jittered
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--addr", default="127.0.0.1:50051")
-    parser.add_argument("--token", required=True)
-    args = parser.parse_args()
+class Failure:
+    """An error status and what its details say."""
 
-    with grpc.insecure_channel(args.addr) as channel:
-        stub = pb_grpc.IdentityProviderServiceStub(channel)
+    def __init__(self, error: grpc.RpcError):
+        self.error = error
+        self.info = None
+        self.retry_delay = None
+        status = rpc_status.from_call(error)
+        for detail in status.details if status else []:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                self.info = error_details_pb2.ErrorInfo()
+                detail.Unpack(self.info)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                self.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+
+    @property
+    def reason(self) -> str:
+        return self.info.reason if self.info else "-"
+
+    def retryable(self) -> bool:
+        if self.info is None:
+            return self.error.code() == grpc.StatusCode.UNAVAILABLE
+        return self.info.reason in RETRYABLE
+
+
+def metadata_value(metadata, key: str):
+    return next((value for name, value in metadata or () if name == key), None)
+
+
+def call(stub, token: str, timeout: float, attempts: int):
+    """Calls until an answer, an error not worth retrying, the last attempt,
+    or a wait that would pass the deadline. Returns (response, call, attempt)
+    or (Failure, error, attempt)."""
+    deadline = time.monotonic() + timeout
+    request = pb.GetUserAuthFactorsRequest()  # the token goes in metadata
+    metadata = [("authorization", f"Bearer {token}")]
+    for attempt in range(1, attempts + 1):
         try:
-            # The two lines a caller needs: build the request, send it.
-            request = pb.GetUserAuthFactorsRequest(access_token=args.token)
-            response = stub.GetUserAuthFactors(request, timeout=5)
+            remaining = deadline - time.monotonic()
+            response, rpc = stub.GetUserAuthFactors.with_call(request, metadata=metadata, timeout=remaining)
+            return response, rpc, attempt
         except grpc.RpcError as error:
-            print_error_details(error)
-            return 1
+            failure = Failure(error)
+            if attempt == attempts or not failure.retryable():
+                return failure, error, attempt
+            backoff = FIRST_BACKOFF * 2 ** (attempt - 1)
+            wait = failure.retry_delay if failure.retry_delay is not None else random.uniform(backoff / 2, backoff)
+            if time.monotonic() + wait >= deadline:
+                return failure, error, attempt
+            how = f"in {round(wait * 1000)}ms (RetryInfo)" if failure.retry_delay is not None else "after backoff"
+            print(f"retry {attempt} {how}: {error.code().name} {failure.reason}")
+            time.sleep(wait)
+    raise AssertionError("attempts must be at least 1")
 
+
+def print_failure(failure: Failure, attempt: int) -> None:
+    error = failure.error
+    print(f"error: {error.code().name}: {error.details()}")
+    source = metadata_value(error.trailing_metadata(), "x-cognito-facade-source")
+    if source:
+        print(f"source: {source}")
+    if failure.info:
+        print(f"reason: {failure.info.reason}")
+        print(f"domain: {failure.info.domain}")
+        for key, value in sorted(failure.info.metadata.items()):
+            print(f"metadata {key}: {value}")
+    if failure.retry_delay is not None:
+        print(f"retry delay: {round(failure.retry_delay * 1000)}ms")
+    print(f"retryable: {'yes' if failure.retryable() else 'no'}")
+    print(f"attempts: {attempt}")
+
+
+def print_answer(response, rpc, attempt: int) -> None:
+    headers = rpc.initial_metadata()
+    print(f"source: {metadata_value(headers, 'x-cognito-facade-source')}")
+    age = metadata_value(headers, "x-cognito-facade-age-seconds")
+    if age:
+        print(f"age: {age}s")
     print(f"username: {response.username}")
     if response.HasField("preferred_mfa_setting"):
         print(f"preferred MFA: {pb.MfaType.Name(response.preferred_mfa_setting)}")
@@ -62,6 +125,34 @@ def main() -> int:
         print(f"MFA: {pb.MfaType.Name(mfa)}")
     for factor in response.configured_user_auth_factors:
         print(f"factor: {pb.AuthFactorType.Name(factor)}")
+    print(f"attempts: {attempt}")
+
+
+def channel(args) -> grpc.Channel:
+    if args.ca or args.tls:
+        roots = open(args.ca, "rb").read() if args.ca else None  # None: the system's roots
+        return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(root_certificates=roots))
+    return grpc.insecure_channel(args.addr)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT of the service")
+    parser.add_argument("--token", required=True, help="the user's access token")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")
+    parser.add_argument("--ca", help="TLS, trusting this PEM CA bundle")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds, all attempts included")
+    parser.add_argument("--attempts", type=int, default=3, help="attempts at most, the first included")
+    args = parser.parse_args()
+    if args.attempts < 1 or args.timeout <= 0:
+        parser.error("--attempts must be at least 1 and --timeout positive")
+
+    with channel(args) as ch:
+        result, rpc, attempt = call(pb_grpc.IdentityProviderServiceStub(ch), args.token, args.timeout, args.attempts)
+    if isinstance(result, Failure):
+        print_failure(result, attempt)
+        return 1
+    print_answer(result, rpc, attempt)
     return 0
 
 
