@@ -1,12 +1,15 @@
 // A Node.js client of cognito-facade: calls GetUserAuthFactors and prints the
-// user's factors, or the error with its google.rpc details.
+// user's factors, or the error with its google.rpc details, retrying what the
+// README's error tables mark retryable.
 //
 //   node client.js --addr 127.0.0.1:50051 --token "$ACCESS_TOKEN"
+//   node client.js --addr facade.internal:443 --ca ca.pem --token "$ACCESS_TOKEN"
 //
 // The service definition is loaded from proto/ at run time by
 // @grpc/proto-loader (Node's standard way); nothing generated is committed.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -15,6 +18,20 @@ const protobuf = require('protobufjs');
 const googleProtoFiles = require('google-proto-files');
 
 const PROTO_ROOT = path.join(__dirname, '..', '..', 'proto');
+
+// The ErrorInfo reasons the README's error tables mark retryable. An error
+// without ErrorInfo is retried only when it is UNAVAILABLE (the service
+// itself unreachable, or draining).
+const RETRYABLE = new Set([
+  'TOO_MANY_REQUESTS',
+  'COGNITO_INTERNAL_ERROR',
+  'UPSTREAM_UNAVAILABLE',
+  'UPSTREAM_UNREACHABLE',
+  'UPSTREAM_TIMEOUT',
+  'UPSTREAM_RATE_LIMITED',
+  'OVERLOADED',
+]);
+const FIRST_BACKOFF_MS = 200; // doubled after each attempt, jittered
 
 function loadService() {
   const definition = protoLoader.loadSync('cognito/idp/v1/identity_provider.proto', {
@@ -38,57 +55,125 @@ function loadErrorTypes() {
     RetryInfo: root.lookupType('google.rpc.RetryInfo'),
   };
 }
+const ERROR_TYPES = loadErrorTypes();
 
-function printErrorDetails(error) {
-  console.log(`error: ${grpc.status[error.code]}: ${error.details}`);
-  const [raw] = error.metadata.get('grpc-status-details-bin');
-  if (!raw) return;
-  const types = loadErrorTypes();
-  const status = types.Status.decode(raw);
-  for (const detail of status.details) {
+// An error status and what its details say.
+function decodeFailure(error) {
+  const failure = { error, info: null, retryDelayMs: null };
+  const [raw] = error.metadata ? error.metadata.get('grpc-status-details-bin') : [];
+  for (const detail of raw ? ERROR_TYPES.Status.decode(raw).details : []) {
     if (detail.type_url.endsWith('/google.rpc.ErrorInfo')) {
-      const info = types.ErrorInfo.decode(detail.value);
-      console.log(`reason: ${info.reason}`);
-      for (const key of Object.keys(info.metadata).sort()) {
-        console.log(`  ${key}: ${info.metadata[key]}`);
-      }
+      failure.info = ERROR_TYPES.ErrorInfo.decode(detail.value);
     } else if (detail.type_url.endsWith('/google.rpc.RetryInfo')) {
-      const retry = types.RetryInfo.decode(detail.value);
-      const seconds = Number(retry.retryDelay.seconds) + retry.retryDelay.nanos / 1e9;
-      console.log(`retry after: ${seconds}s`);
+      const delay = ERROR_TYPES.RetryInfo.decode(detail.value).retryDelay;
+      failure.retryDelayMs = Number(delay.seconds) * 1000 + delay.nanos / 1e6;
+    }
+  }
+  failure.reason = failure.info ? failure.info.reason : '-';
+  failure.retryable = failure.info
+    ? RETRYABLE.has(failure.info.reason)
+    : error.code === grpc.status.UNAVAILABLE;
+  return failure;
+}
+
+// One attempt: resolves to { response, headers } or rejects with the error.
+function attemptOnce(client, token, deadline) {
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`); // the token goes in metadata
+  return new Promise((resolve, reject) => {
+    let headers = new grpc.Metadata();
+    const call = client.GetUserAuthFactors({}, metadata, { deadline }, (error, response) =>
+      error ? reject(error) : resolve({ response, headers }),
+    );
+    call.on('metadata', (received) => {
+      headers = received;
+    });
+  });
+}
+
+// Calls until an answer, an error not worth retrying, the last attempt, or a
+// wait that would pass the deadline.
+async function callWithRetries(client, token, timeoutMs, attempts) {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return { ...(await attemptOnce(client, token, new Date(deadline))), attempt };
+    } catch (error) {
+      const failure = decodeFailure(error);
+      if (attempt >= attempts || !failure.retryable) return { failure, attempt };
+      const backoff = FIRST_BACKOFF_MS * 2 ** (attempt - 1);
+      const fromRetryInfo = failure.retryDelayMs !== null;
+      const wait = fromRetryInfo ? failure.retryDelayMs : backoff / 2 + Math.random() * (backoff / 2);
+      if (Date.now() + wait >= deadline) return { failure, attempt };
+      const how = fromRetryInfo ? `in ${Math.round(wait)}ms (RetryInfo)` : 'after backoff';
+      console.log(`retry ${attempt} ${how}: ${grpc.status[error.code]} ${failure.reason}`);
+      await new Promise((done) => setTimeout(done, wait));
     }
   }
 }
 
-function main() {
+function printFailure({ error, info, retryDelayMs, retryable }, attempt) {
+  console.log(`error: ${grpc.status[error.code]}: ${error.details}`);
+  const [source] = error.metadata ? error.metadata.get('x-cognito-facade-source') : [];
+  if (source) console.log(`source: ${source}`);
+  if (info) {
+    console.log(`reason: ${info.reason}`);
+    console.log(`domain: ${info.domain}`);
+    for (const key of Object.keys(info.metadata).sort()) {
+      console.log(`metadata ${key}: ${info.metadata[key]}`);
+    }
+  }
+  if (retryDelayMs !== null) console.log(`retry delay: ${Math.round(retryDelayMs)}ms`);
+  console.log(`retryable: ${retryable ? 'yes' : 'no'}`);
+  console.log(`attempts: ${attempt}`);
+}
+
+function printAnswer(response, headers, attempt) {
+  console.log(`source: ${headers.get('x-cognito-facade-source')[0]}`);
+  const [age] = headers.get('x-cognito-facade-age-seconds');
+  if (age) console.log(`age: ${age}s`);
+  console.log(`username: ${response.username}`);
+  if (response._preferred_mfa_setting === 'preferred_mfa_setting') {
+    console.log(`preferred MFA: ${response.preferred_mfa_setting}`);
+  }
+  for (const mfa of response.user_mfa_setting_list) console.log(`MFA: ${mfa}`);
+  for (const factor of response.configured_user_auth_factors) console.log(`factor: ${factor}`);
+  console.log(`attempts: ${attempt}`);
+}
+
+function credentials({ ca, tls }) {
+  if (ca) return grpc.credentials.createSsl(fs.readFileSync(ca));
+  if (tls) return grpc.credentials.createSsl(); // the system's roots
+  return grpc.credentials.createInsecure();
+}
+
+async function main() {
   const { values } = parseArgs({
     options: {
       addr: { type: 'string', default: '127.0.0.1:50051' },
       token: { type: 'string' },
+      tls: { type: 'boolean', default: false },
+      ca: { type: 'string' },
+      timeout: { type: 'string', default: '5' }, // seconds, all attempts included
+      attempts: { type: 'string', default: '3' },
     },
   });
-  if (!values.token) {
-    console.error('usage: node client.js --addr HOST:PORT --token TOKEN');
+  const timeoutMs = Number(values.timeout) * 1000;
+  const attempts = Number(values.attempts);
+  if (!values.token || !(timeoutMs > 0) || !(attempts >= 1)) {
+    console.error('usage: node client.js --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]');
     process.exit(2);
   }
   const Service = loadService();
-  const client = new Service(values.addr, grpc.credentials.createInsecure());
-  const deadline = new Date(Date.now() + 5000);
-  // The two lines a caller needs: build the request, send it.
-  client.GetUserAuthFactors({ access_token: values.token }, { deadline }, (error, response) => {
-    client.close();
-    if (error) {
-      printErrorDetails(error);
-      process.exitCode = 1;
-      return;
-    }
-    console.log(`username: ${response.username}`);
-    if (response._preferred_mfa_setting === 'preferred_mfa_setting') {
-      console.log(`preferred MFA: ${response.preferred_mfa_setting}`);
-    }
-    for (const mfa of response.user_mfa_setting_list) console.log(`MFA: ${mfa}`);
-    for (const factor of response.configured_user_auth_factors) console.log(`factor: ${factor}`);
-  });
+  const client = new Service(values.addr, credentials(values));
+  const result = await callWithRetries(client, values.token, timeoutMs, attempts);
+  client.close();
+  if (result.failure) {
+    printFailure(result.failure, result.attempt);
+    process.exitCode = 1;
+    return;
+  }
+  printAnswer(result.response, result.headers, result.attempt);
 }
 
 main();
