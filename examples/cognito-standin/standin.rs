@@ -152,7 +152,9 @@ impl StandIn {
     /// `prefix` with `reply` (after the queue); later ones as usual.
     pub(crate) fn first_of_token_prefix(&self, prefix: &str, count: usize, reply: Reply) {
         let mut shared = self.shared.lock().unwrap();
-        shared.first_by_prefix.push((prefix.to_owned(), count, reply));
+        shared
+            .first_by_prefix
+            .push((prefix.to_owned(), count, reply));
     }
 
     /// Answers every request (after the queue) with `reply`.
