@@ -1,0 +1,242 @@
+// A Go client of cognito-facade: calls GetUserAuthFactors and prints the
+// user's factors, or the error with its google.rpc details, retrying what
+// the README's error tables mark retryable.
+//
+//	./build.sh && .build/client --addr 127.0.0.1:50051 --token "$ACCESS_TOKEN"
+//	.build/client --addr facade.internal:443 --ca ca.pem --token "$ACCESS_TOKEN"
+//
+// The stubs are generated from proto/ by build.sh (protoc-gen-go and
+// protoc-gen-go-grpc); nothing generated is committed.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	idpv1 "cognitofacade/gen/idpv1"
+)
+
+// retryable holds the ErrorInfo reasons the README's error tables mark
+// retryable. An error without ErrorInfo is retried only when it is
+// UNAVAILABLE (the service itself unreachable, or draining).
+var retryable = map[string]bool{
+	"TOO_MANY_REQUESTS":      true,
+	"COGNITO_INTERNAL_ERROR": true,
+	"UPSTREAM_UNAVAILABLE":   true,
+	"UPSTREAM_UNREACHABLE":   true,
+	"UPSTREAM_TIMEOUT":       true,
+	"UPSTREAM_RATE_LIMITED":  true,
+	"OVERLOADED":             true,
+}
+
+// firstBackoff is doubled after each attempt, and jittered.
+const firstBackoff = 200 * time.Millisecond
+
+// failure is an error status and what its details say.
+type failure struct {
+	status     *status.Status
+	trailer    metadata.MD
+	info       *errdetails.ErrorInfo
+	retryDelay *time.Duration
+}
+
+func newFailure(err error, trailer metadata.MD) *failure {
+	f := &failure{status: status.Convert(err), trailer: trailer}
+	for _, detail := range f.status.Details() {
+		switch d := detail.(type) {
+		case *errdetails.ErrorInfo:
+			f.info = d
+		case *errdetails.RetryInfo:
+			delay := d.GetRetryDelay().AsDuration()
+			f.retryDelay = &delay
+		}
+	}
+	return f
+}
+
+func (f *failure) reason() string {
+	if f.info == nil {
+		return "-"
+	}
+	return f.info.GetReason()
+}
+
+func (f *failure) retryable() bool {
+	if f.info == nil {
+		return f.status.Code() == codes.Unavailable
+	}
+	return retryable[f.info.GetReason()]
+}
+
+// codeName is a code's canonical name, as other gRPC libraries print it:
+// NotFound becomes NOT_FOUND.
+func codeName(code codes.Code) string {
+	if code == codes.Canceled {
+		return "CANCELLED"
+	}
+	var name strings.Builder
+	for i, c := range code.String() {
+		if i > 0 && c >= 'A' && c <= 'Z' {
+			name.WriteByte('_')
+		}
+		name.WriteRune(c)
+	}
+	return strings.ToUpper(name.String())
+}
+
+// answer is a success and the response metadata it came with.
+type answer struct {
+	response *idpv1.GetUserAuthFactorsResponse
+	header   metadata.MD
+}
+
+// call calls until an answer, an error not worth retrying, the last
+// attempt, or a wait that would pass the deadline.
+func call(client idpv1.IdentityProviderServiceClient, token string, timeout time.Duration, attempts int) (*answer, *failure, int) {
+	deadline := time.Now().Add(timeout)
+	// The token goes in metadata; the request's field stays empty.
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+	random := rand.New(rand.NewSource(time.Now().UnixNano()))
+	for attempt := 1; ; attempt++ {
+		attemptCtx, cancel := context.WithDeadline(ctx, deadline)
+		var header, trailer metadata.MD
+		response, err := client.GetUserAuthFactors(attemptCtx, &idpv1.GetUserAuthFactorsRequest{},
+			grpc.Header(&header), grpc.Trailer(&trailer))
+		cancel()
+		if err == nil {
+			return &answer{response, header}, nil, attempt
+		}
+		f := newFailure(err, trailer)
+		if attempt >= attempts || !f.retryable() {
+			return nil, f, attempt
+		}
+		backoff := firstBackoff << (attempt - 1)
+		wait := backoff/2 + time.Duration(random.Int63n(int64(backoff/2)+1))
+		how := "after backoff"
+		if f.retryDelay != nil {
+			wait = *f.retryDelay
+			how = fmt.Sprintf("in %dms (RetryInfo)", wait.Milliseconds())
+		}
+		if !time.Now().Add(wait).Before(deadline) {
+			return nil, f, attempt
+		}
+		fmt.Printf("retry %d %s: %s %s\n", attempt, how, codeName(f.status.Code()), f.reason())
+		time.Sleep(wait)
+	}
+}
+
+func first(md metadata.MD, key string) string {
+	if values := md.Get(key); len(values) > 0 {
+		return values[0]
+	}
+	return ""
+}
+
+func printFailure(f *failure, attempts int) {
+	fmt.Printf("error: %s: %s\n", codeName(f.status.Code()), f.status.Message())
+	if source := first(f.trailer, "x-cognito-facade-source"); source != "" {
+		fmt.Printf("source: %s\n", source)
+	}
+	if f.info != nil {
+		fmt.Printf("reason: %s\n", f.info.GetReason())
+		fmt.Printf("domain: %s\n", f.info.GetDomain())
+		keys := make([]string, 0, len(f.info.GetMetadata()))
+		for key := range f.info.GetMetadata() {
+			keys = append(keys, key)
+		}
+		sort.Strings(keys)
+		for _, key := range keys {
+			fmt.Printf("metadata %s: %s\n", key, f.info.GetMetadata()[key])
+		}
+	}
+	if f.retryDelay != nil {
+		fmt.Printf("retry delay: %dms\n", f.retryDelay.Milliseconds())
+	}
+	yes := map[bool]string{true: "yes", false: "no"}
+	fmt.Printf("retryable: %s\n", yes[f.retryable()])
+	fmt.Printf("attempts: %d\n", attempts)
+}
+
+func printAnswer(a *answer, attempts int) {
+	fmt.Printf("source: %s\n", first(a.header, "x-cognito-facade-source"))
+	if age := first(a.header, "x-cognito-facade-age-seconds"); age != "" {
+		fmt.Printf("age: %ss\n", age)
+	}
+	r := a.response
+	fmt.Printf("username: %s\n", r.GetUsername())
+	if r.PreferredMfaSetting != nil {
+		fmt.Printf("preferred MFA: %s\n", r.GetPreferredMfaSetting())
+	}
+	for _, mfa := range r.GetUserMfaSettingList() {
+		fmt.Printf("MFA: %s\n", mfa)
+	}
+	for _, factor := range r.GetConfiguredUserAuthFactors() {
+		fmt.Printf("factor: %s\n", factor)
+	}
+	fmt.Printf("attempts: %d\n", attempts)
+}
+
+// transport is TLS (trusting --ca, or the system's roots) or plaintext.
+func transport(useTLS bool, ca string) (grpc.DialOption, error) {
+	switch {
+	case ca != "":
+		creds, err := credentials.NewClientTLSFromFile(ca, "")
+		if err != nil {
+			return nil, err
+		}
+		return grpc.WithTransportCredentials(creds), nil
+	case useTLS:
+		return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})), nil
+	default:
+		return grpc.WithInsecure(), nil
+	}
+}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:50051", "HOST:PORT of the service")
+	token := flag.String("token", "", "the user's access token")
+	useTLS := flag.Bool("tls", false, "TLS, trusting the system's roots")
+	ca := flag.String("ca", "", "TLS, trusting this PEM CA bundle")
+	timeout := flag.Float64("timeout", 5, "seconds, every attempt included")
+	attempts := flag.Int("attempts", 3, "attempts at most, the first included")
+	flag.Parse()
+	if *token == "" || *timeout <= 0 || *attempts < 1 {
+		fmt.Fprintln(os.Stderr, "usage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]")
+		os.Exit(2)
+	}
+	creds, err := transport(*useTLS, *ca)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	// Dial does not wait for a connection: an unreachable service is an
+	// UNAVAILABLE status like any other, and can be retried.
+	conn, err := grpc.Dial(*addr, creds)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	defer conn.Close()
+	client := idpv1.NewIdentityProviderServiceClient(conn)
+	a, f, n := call(client, *token, time.Duration(*timeout*float64(time.Second)), *attempts)
+	if f != nil {
+		printFailure(f, n)
+		conn.Close()
+		os.Exit(1)
+	}
+	printAnswer(a, n)
+}
