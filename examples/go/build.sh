@@ -8,7 +8,8 @@
 # modules, `go get google.golang.org/grpc google.golang.org/genproto` instead.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-build="${BUILD:-$here/.build}"
+mkdir -p "${BUILD:-$here/.build}"
+build="$(cd "${BUILD:-$here/.build}" && pwd)"
 out="${OUT:-$build/client}"
 src="$build/gopath/src/cognitofacade"
 rm -rf "$src"

@@ -11,7 +11,8 @@
 # grpc-stub, and generate with protobuf-maven-plugin or the protobuf Gradle plugin.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-build="${BUILD:-$here/.build}"
+mkdir -p "${BUILD:-$here/.build}"
+build="$(cd "${BUILD:-$here/.build}" && pwd)"
 jars=/usr/share/java
 classpath=""
 for jar in grpc-api grpc-context grpc-core grpc-netty grpc-protobuf grpc-protobuf-lite \
