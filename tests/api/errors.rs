@@ -502,6 +502,62 @@ fn the_readme_documents_every_row() {
     assert_eq!(documented, produced);
 }
 
+/// The README's retry column, which the example clients follow, agrees with
+/// the service: every error that carries `RetryInfo` is marked retryable,
+/// and no definitive refusal of the token is (a retry must never turn a
+/// revoked token into an answer).
+#[test]
+fn the_readme_retry_column_agrees_with_the_service() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let retry: std::collections::HashMap<String, bool> = readme
+        .lines()
+        .filter_map(|line| {
+            // | outcome | `CODE` | `REASON` | notes | retry |
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let reason = cells.get(3)?.strip_prefix('`')?.strip_suffix('`')?;
+            let yes = match *cells.get(5)? {
+                "yes" => true,
+                "no" => false,
+                _ => return None,
+            };
+            Some((reason.to_owned(), yes))
+        })
+        .collect();
+    let marked = |reason: &str| {
+        *retry
+            .get(reason)
+            .unwrap_or_else(|| panic!("{reason} has no retry cell in the README"))
+    };
+    for &kind in UpstreamErrorKind::ALL {
+        let err = UpstreamError::new(kind);
+        let (_, reason) = Error::from(UpstreamError::new(kind)).status();
+        if err.retry_delay().is_some() {
+            assert!(
+                marked(reason),
+                "{reason} carries RetryInfo but is not retryable"
+            );
+        }
+        if kind.is_definitive() {
+            assert!(
+                !marked(reason),
+                "{reason} is definitive but marked retryable"
+            );
+        }
+    }
+    assert!(
+        marked(Error::Overloaded.status().1),
+        "OVERLOADED carries RetryInfo"
+    );
+    for &refusal in Refusal::ALL {
+        let (_, reason) = Error::from(refusal).status();
+        assert!(
+            !marked(reason),
+            "{reason} is the service's refusal of the token"
+        );
+    }
+}
+
 /// Sends `message` (any protobuf) to `path` and returns the status.
 async fn raw_call<M: prost::Message + Default + std::fmt::Debug + Send + Sync + 'static>(
     app: &TestApp,
