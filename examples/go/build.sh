@@ -5,7 +5,7 @@
 #     golang-google-grpc-dev golang-google-genproto-dev golang-google-protobuf-dev \
 #     golang-github-golang-protobuf-1-5-dev
 # Debian ships the libraries for GOPATH mode, in /usr/share/gocode; with Go
-# modules, `go get google.golang.org/grpc google.golang.org/genproto` instead.
+# modules, `go get google.golang.org/grpc google.golang.org/genproto/googleapis/rpc`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 mkdir -p "${BUILD:-$here/.build}"

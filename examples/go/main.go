@@ -43,26 +43,37 @@ var retryable = map[string]bool{
 	"OVERLOADED":             true,
 }
 
-// firstBackoff is doubled after each attempt, and jittered.
-const firstBackoff = 200 * time.Millisecond
+const (
+	// firstBackoff is doubled after each attempt up to maxBackoff, and
+	// jittered.
+	firstBackoff = 200 * time.Millisecond
+	maxBackoff   = 2 * time.Second
+	// minAttempt: no retry with less of the deadline left.
+	minAttempt = 100 * time.Millisecond
+)
 
 // failure is an error status and what its details say.
 type failure struct {
 	status     *status.Status
 	trailer    metadata.MD
 	info       *errdetails.ErrorInfo
-	retryDelay *time.Duration
+	retryDelay *time.Duration // RetryInfo's, when it gives a positive one
+	violations []*errdetails.BadRequest_FieldViolation
 }
 
 func newFailure(err error, trailer metadata.MD) *failure {
 	f := &failure{status: status.Convert(err), trailer: trailer}
+	// A detail that does not decode comes back as an error value: skipped.
 	for _, detail := range f.status.Details() {
 		switch d := detail.(type) {
 		case *errdetails.ErrorInfo:
 			f.info = d
 		case *errdetails.RetryInfo:
-			delay := d.GetRetryDelay().AsDuration()
-			f.retryDelay = &delay
+			if delay := d.GetRetryDelay().AsDuration(); delay > 0 {
+				f.retryDelay = &delay
+			}
+		case *errdetails.BadRequest:
+			f.violations = d.GetFieldViolations()
 		}
 	}
 	return f
@@ -124,14 +135,17 @@ func call(client idpv1.IdentityProviderServiceClient, token string, timeout time
 		if attempt >= attempts || !f.retryable() {
 			return nil, f, attempt
 		}
-		backoff := firstBackoff << (attempt - 1)
+		backoff := maxBackoff
+		if attempt <= 10 && firstBackoff<<(attempt-1) < maxBackoff {
+			backoff = firstBackoff << (attempt - 1)
+		}
 		wait := backoff/2 + time.Duration(random.Int63n(int64(backoff/2)+1))
 		how := "after backoff"
 		if f.retryDelay != nil {
 			wait = *f.retryDelay
 			how = fmt.Sprintf("in %dms (RetryInfo)", wait.Milliseconds())
 		}
-		if !time.Now().Add(wait).Before(deadline) {
+		if !time.Now().Add(wait + minAttempt).Before(deadline) {
 			return nil, f, attempt
 		}
 		fmt.Printf("retry %d %s: %s %s\n", attempt, how, codeName(f.status.Code()), f.reason())
@@ -163,6 +177,9 @@ func printFailure(f *failure, attempts int) {
 			fmt.Printf("metadata %s: %s\n", key, f.info.GetMetadata()[key])
 		}
 	}
+	for _, v := range f.violations {
+		fmt.Printf("violation %s: %s\n", v.GetField(), v.GetDescription())
+	}
 	if f.retryDelay != nil {
 		fmt.Printf("retry delay: %dms\n", f.retryDelay.Milliseconds())
 	}
@@ -172,7 +189,9 @@ func printFailure(f *failure, attempts int) {
 }
 
 func printAnswer(a *answer, attempts int) {
-	fmt.Printf("source: %s\n", first(a.header, "x-cognito-facade-source"))
+	if source := first(a.header, "x-cognito-facade-source"); source != "" {
+		fmt.Printf("source: %s\n", source)
+	}
 	if age := first(a.header, "x-cognito-facade-age-seconds"); age != "" {
 		fmt.Printf("age: %ss\n", age)
 	}
@@ -202,8 +221,14 @@ func transport(useTLS bool, ca string) (grpc.DialOption, error) {
 	case useTLS:
 		return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})), nil
 	default:
+		// grpc-go 1.34 and later: grpc.WithTransportCredentials(insecure.NewCredentials()).
 		return grpc.WithInsecure(), nil
 	}
+}
+
+func usage(why string) {
+	fmt.Fprintf(os.Stderr, "%s\nusage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]\n", why)
+	os.Exit(2)
 }
 
 func main() {
@@ -211,24 +236,25 @@ func main() {
 	token := flag.String("token", "", "the user's access token")
 	useTLS := flag.Bool("tls", false, "TLS, trusting the system's roots")
 	ca := flag.String("ca", "", "TLS, trusting this PEM CA bundle")
-	timeout := flag.Float64("timeout", 5, "seconds, every attempt included")
-	attempts := flag.Int("attempts", 3, "attempts at most, the first included")
+	timeout := flag.Float64("timeout", 5, "seconds, every attempt included (at most 3600)")
+	attempts := flag.Int("attempts", 3, "attempts at most, the first included (1 to 10)")
 	flag.Parse()
-	if *token == "" || *timeout <= 0 || *attempts < 1 {
-		fmt.Fprintln(os.Stderr, "usage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]")
-		os.Exit(2)
+	switch {
+	case *token == "" || strings.IndexFunc(*token, func(c rune) bool { return c < '!' || c > '~' }) >= 0:
+		usage("--token is required, in visible ASCII (it goes in metadata)")
+	case !(*timeout > 0 && *timeout <= 3600) || *attempts < 1 || *attempts > 10:
+		usage("--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds")
 	}
 	creds, err := transport(*useTLS, *ca)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		usage(err.Error())
 	}
 	// Dial does not wait for a connection: an unreachable service is an
-	// UNAVAILABLE status like any other, and can be retried.
+	// UNAVAILABLE status like any other, and can be retried. (grpc-go 1.63
+	// and later: grpc.NewClient.)
 	conn, err := grpc.Dial(*addr, creds)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		usage(err.Error())
 	}
 	defer conn.Close()
 	client := idpv1.NewIdentityProviderServiceClient(conn)

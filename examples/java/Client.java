@@ -17,6 +17,7 @@ import com.google.protobuf.Any;
 import com.google.protobuf.ByteString;
 import com.google.protobuf.CodedInputStream;
 import com.google.protobuf.WireFormat;
+import com.google.rpc.BadRequest;
 import com.google.rpc.RetryInfo;
 import io.grpc.ChannelCredentials;
 import io.grpc.Deadline;
@@ -32,6 +33,7 @@ import io.grpc.stub.MetadataUtils;
 import java.io.File;
 import java.io.IOException;
 import java.time.Duration;
+import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.TreeMap;
@@ -53,8 +55,12 @@ public final class Client {
           "UPSTREAM_TIMEOUT",
           "UPSTREAM_RATE_LIMITED",
           "OVERLOADED");
-  /** Doubled after each attempt, and jittered. */
+  /** Doubled after each attempt up to MAX_BACKOFF, and jittered. */
   static final Duration FIRST_BACKOFF = Duration.ofMillis(200);
+
+  static final Duration MAX_BACKOFF = Duration.ofSeconds(2);
+  /** No retry with less of the deadline left. */
+  static final Duration MIN_ATTEMPT = Duration.ofMillis(100);
 
   static final Metadata.Key<String> AUTHORIZATION = ascii("authorization");
   static final Metadata.Key<String> SOURCE = ascii("x-cognito-facade-source");
@@ -65,9 +71,9 @@ public final class Client {
   }
 
   /**
-   * google.rpc.ErrorInfo. Debian's proto-google-common-protos (1.16) predates it, so it is read
-   * here by its field numbers; with common-protos 1.18 or later, use {@code
-   * detail.unpack(com.google.rpc.ErrorInfo.class)} instead.
+   * google.rpc.ErrorInfo. With proto-google-common-protos 1.18 or later, use {@code
+   * detail.unpack(com.google.rpc.ErrorInfo.class)} instead: Debian's 1.16 predates ErrorInfo, so
+   * it is read here by its field numbers.
    */
   record ErrorInfo(String reason, String domain, Map<String, String> metadata) {
     static ErrorInfo parse(ByteString bytes) throws IOException {
@@ -106,19 +112,38 @@ public final class Client {
     final Status status;
     final Metadata trailers;
     ErrorInfo info;
+    /** RetryInfo's delay, when it gives a positive one. */
     Duration retryDelay;
 
-    Failure(StatusRuntimeException error) throws IOException {
+    List<BadRequest.FieldViolation> violations = List.of();
+
+    Failure(StatusRuntimeException error) {
       status = error.getStatus();
       trailers = error.getTrailers() != null ? error.getTrailers() : new Metadata();
-      com.google.rpc.Status rich = StatusProto.fromThrowable(error);
-      for (Any detail : rich != null ? rich.getDetailsList() : java.util.List.<Any>of()) {
-        if (detail.getTypeUrl().endsWith("/google.rpc.ErrorInfo")) {
-          info = ErrorInfo.parse(detail.getValue());
-        } else if (detail.is(RetryInfo.class)) {
-          com.google.protobuf.Duration delay = detail.unpack(RetryInfo.class).getRetryDelay();
-          retryDelay = Duration.ofSeconds(delay.getSeconds(), delay.getNanos());
+      com.google.rpc.Status rich;
+      try {
+        rich = StatusProto.fromThrowable(error);
+      } catch (RuntimeException e) { // details that do not decode count as none
+        rich = null;
+      }
+      for (Any detail : rich != null ? rich.getDetailsList() : List.<Any>of()) {
+        try {
+          read(detail);
+        } catch (IOException e) {
+          // A detail that does not decode is skipped.
         }
+      }
+    }
+
+    private void read(Any detail) throws IOException {
+      if (detail.getTypeUrl().endsWith("/google.rpc.ErrorInfo")) {
+        info = ErrorInfo.parse(detail.getValue());
+      } else if (detail.is(RetryInfo.class)) {
+        com.google.protobuf.Duration delay = detail.unpack(RetryInfo.class).getRetryDelay();
+        Duration wait = Duration.ofSeconds(delay.getSeconds(), delay.getNanos());
+        retryDelay = wait.toMillis() > 0 ? wait : null;
+      } else if (detail.is(BadRequest.class)) {
+        violations = detail.unpack(BadRequest.class).getFieldViolationsList();
       }
     }
 
@@ -143,7 +168,7 @@ public final class Client {
    * pass the deadline.
    */
   static Outcome call(ManagedChannel channel, String token, Duration timeout, int attempts)
-      throws IOException, InterruptedException {
+      throws InterruptedException {
     Deadline deadline = Deadline.after(timeout.toNanos(), TimeUnit.NANOSECONDS);
     Metadata bearer = new Metadata();
     bearer.put(AUTHORIZATION, "Bearer " + token); // the token goes in metadata
@@ -165,12 +190,13 @@ public final class Client {
         if (attempt >= attempts || !failure.retryable()) {
           return new Outcome(null, null, failure, attempt);
         }
-        long backoff = FIRST_BACKOFF.toMillis() << (attempt - 1);
+        long backoff =
+            Math.min(FIRST_BACKOFF.toMillis() << Math.min(attempt - 1, 10), MAX_BACKOFF.toMillis());
         Duration wait =
             failure.retryDelay != null
                 ? failure.retryDelay
                 : Duration.ofMillis(ThreadLocalRandom.current().nextLong(backoff / 2, backoff + 1));
-        if (wait.toNanos() >= deadline.timeRemaining(TimeUnit.NANOSECONDS)) {
+        if (wait.plus(MIN_ATTEMPT).toNanos() >= deadline.timeRemaining(TimeUnit.NANOSECONDS)) {
           return new Outcome(null, null, failure, attempt);
         }
         String how =
@@ -185,8 +211,8 @@ public final class Client {
   }
 
   static void printFailure(Failure failure, int attempts) {
-    System.out.printf(
-        "error: %s: %s%n", failure.status.getCode(), failure.status.getDescription());
+    String message = failure.status.getDescription();
+    System.out.printf("error: %s: %s%n", failure.status.getCode(), message != null ? message : "");
     String source = failure.trailers.get(SOURCE);
     if (source != null) {
       System.out.printf("source: %s%n", source);
@@ -196,6 +222,9 @@ public final class Client {
       System.out.printf("domain: %s%n", failure.info.domain());
       failure.info.metadata().forEach((k, v) -> System.out.printf("metadata %s: %s%n", k, v));
     }
+    for (BadRequest.FieldViolation v : failure.violations) {
+      System.out.printf("violation %s: %s%n", v.getField(), v.getDescription());
+    }
     if (failure.retryDelay != null) {
       System.out.printf("retry delay: %dms%n", failure.retryDelay.toMillis());
     }
@@ -204,7 +233,9 @@ public final class Client {
   }
 
   static void printAnswer(GetUserAuthFactorsResponse response, Metadata headers, int attempts) {
-    System.out.printf("source: %s%n", headers.get(SOURCE));
+    if (headers.get(SOURCE) != null) {
+      System.out.printf("source: %s%n", headers.get(SOURCE));
+    }
     if (headers.get(AGE) != null) {
       System.out.printf("age: %ss%n", headers.get(AGE));
     }
@@ -229,14 +260,15 @@ public final class Client {
     return tls ? TlsChannelCredentials.create() : InsecureChannelCredentials.create();
   }
 
-  static int usage() {
+  static int usage(String why) {
     System.err.println(
-        "usage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE]"
+        why
+            + "\nusage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE]"
             + " [--timeout SECONDS] [--attempts N]");
     return 2;
   }
 
-  static int run(String[] args) throws IOException, InterruptedException {
+  static int run(String[] args) throws InterruptedException {
     Map<String, String> flags =
         new TreeMap<>(Map.of("--addr", "127.0.0.1:50051", "--timeout", "5", "--attempts", "3"));
     Set<String> valued = Set.of("--addr", "--token", "--ca", "--timeout", "--attempts");
@@ -246,26 +278,36 @@ public final class Client {
       } else if (valued.contains(args[i]) && i + 1 < args.length) {
         flags.put(args[i], args[++i]);
       } else {
-        return usage();
+        return usage("unknown flag or missing value: " + args[i]);
       }
     }
-    Duration timeout;
+    String token = flags.get("--token");
+    if (token == null || !token.matches("[!-~]+")) {
+      return usage("--token is required, in visible ASCII (it goes in metadata)");
+    }
+    double seconds;
     int attempts;
     try {
-      timeout = Duration.ofNanos((long) (Double.parseDouble(flags.get("--timeout")) * 1e9));
+      seconds = Double.parseDouble(flags.get("--timeout"));
       attempts = Integer.parseInt(flags.get("--attempts"));
     } catch (NumberFormatException e) {
-      return usage();
+      seconds = attempts = 0;
     }
-    if (flags.get("--token") == null || timeout.isNegative() || timeout.isZero() || attempts < 1) {
-      return usage();
+    if (!(seconds > 0 && seconds <= 3600) || attempts < 1 || attempts > 10) {
+      return usage("--attempts must be 1 to 10, and --timeout over 0 and at most 3600 seconds");
     }
-    ChannelCredentials credentials = credentials(flags.containsKey("--tls"), flags.get("--ca"));
+    ChannelCredentials credentials;
+    try {
+      credentials = credentials(flags.containsKey("--tls"), flags.get("--ca"));
+    } catch (IOException e) {
+      return usage("cannot read --ca: " + e.getMessage());
+    }
     // The channel connects on first use: an unreachable service is an UNAVAILABLE status like
     // any other, and can be retried.
     ManagedChannel channel = Grpc.newChannelBuilder(flags.get("--addr"), credentials).build();
     try {
-      Outcome outcome = call(channel, flags.get("--token"), timeout, attempts);
+      Duration timeout = Duration.ofNanos((long) (seconds * 1e9));
+      Outcome outcome = call(channel, token, timeout, attempts);
       if (outcome.failure() != null) {
         printFailure(outcome.failure(), outcome.attempts());
         return 1;
@@ -277,7 +319,7 @@ public final class Client {
     }
   }
 
-  public static void main(String[] args) throws IOException, InterruptedException {
+  public static void main(String[] args) throws InterruptedException {
     System.exit(run(args));
   }
 }

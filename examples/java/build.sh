@@ -29,15 +29,16 @@ mkdir -p "$build/generated" "$build/classes" "$build/native"
 # so TLS goes through OpenSSL (netty-tcnative). Netty loads the library as
 # libnetty_tcnative.so, and the library checks the name it is loaded under:
 # a copy, not a link, under that name.
-cp /usr/lib/x86_64-linux-gnu/jni/libnetty-tcnative.so "$build/native/libnetty_tcnative.so"
+cp "$(dpkg -L libnetty-tcnative-jni | grep '/libnetty-tcnative\.so$')" "$build/native/libnetty_tcnative.so"
 protoc -I "$here/../../proto" \
   --java_out="$build/generated" \
   --plugin=protoc-gen-grpc-java=/usr/bin/grpc_java_plugin --grpc-java_out="$build/generated" \
   cognito/idp/v1/identity_provider.proto
 # The plugin marks its output @javax.annotation.Generated, which JDK 11+ lacks.
+find "$build/generated" -name '*.java' >"$build/sources"
+echo "$here/Client.java" >>"$build/sources"
 javac -nowarn -d "$build/classes" \
-  -cp "$classpath:$jars/geronimo-annotation-1.3-spec.jar" \
-  $(find "$build/generated" -name '*.java') "$here/Client.java"
+  -cp "$classpath:$jars/geronimo-annotation-1.3-spec.jar" @"$build/sources"
 cat > "$build/client" <<LAUNCHER
 #!/bin/sh
 exec java -Djava.library.path="$build/native" -cp "$build/classes:$classpath" Client "\$@"

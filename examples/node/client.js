@@ -32,6 +32,8 @@ const RETRYABLE = new Set([
   'OVERLOADED',
 ]);
 const FIRST_BACKOFF_MS = 200; // doubled after each attempt, jittered
+const MAX_BACKOFF_MS = 2000;
+const MIN_ATTEMPT_MS = 100; // no retry with less of the deadline left
 
 function loadService() {
   const definition = protoLoader.loadSync('cognito/idp/v1/identity_provider.proto', {
@@ -53,20 +55,38 @@ function loadErrorTypes() {
     Status: root.lookupType('google.rpc.Status'),
     ErrorInfo: root.lookupType('google.rpc.ErrorInfo'),
     RetryInfo: root.lookupType('google.rpc.RetryInfo'),
+    BadRequest: root.lookupType('google.rpc.BadRequest'),
   };
 }
 const ERROR_TYPES = loadErrorTypes();
 
+// The details of the `grpc-status-details-bin` trailer; none if it does not
+// decode.
+function statusDetails(error) {
+  const [raw] = error.metadata ? error.metadata.get('grpc-status-details-bin') : [];
+  try {
+    return raw ? ERROR_TYPES.Status.decode(raw).details : [];
+  } catch {
+    return [];
+  }
+}
+
 // An error status and what its details say.
 function decodeFailure(error) {
-  const failure = { error, info: null, retryDelayMs: null };
-  const [raw] = error.metadata ? error.metadata.get('grpc-status-details-bin') : [];
-  for (const detail of raw ? ERROR_TYPES.Status.decode(raw).details : []) {
-    if (detail.type_url.endsWith('/google.rpc.ErrorInfo')) {
-      failure.info = ERROR_TYPES.ErrorInfo.decode(detail.value);
-    } else if (detail.type_url.endsWith('/google.rpc.RetryInfo')) {
-      const delay = ERROR_TYPES.RetryInfo.decode(detail.value).retryDelay;
-      failure.retryDelayMs = Number(delay.seconds) * 1000 + delay.nanos / 1e6;
+  const failure = { error, info: null, retryDelayMs: null, violations: [] };
+  for (const detail of statusDetails(error)) {
+    try {
+      if (detail.type_url.endsWith('/google.rpc.ErrorInfo')) {
+        failure.info = ERROR_TYPES.ErrorInfo.decode(detail.value);
+      } else if (detail.type_url.endsWith('/google.rpc.RetryInfo')) {
+        const delay = ERROR_TYPES.RetryInfo.decode(detail.value).retryDelay;
+        const ms = delay ? Number(delay.seconds) * 1000 + Math.trunc(delay.nanos / 1e6) : 0;
+        if (ms > 0) failure.retryDelayMs = ms;
+      } else if (detail.type_url.endsWith('/google.rpc.BadRequest')) {
+        failure.violations = ERROR_TYPES.BadRequest.decode(detail.value).fieldViolations;
+      }
+    } catch {
+      // A detail that does not decode is skipped.
     }
   }
   failure.reason = failure.info ? failure.info.reason : '-';
@@ -77,9 +97,7 @@ function decodeFailure(error) {
 }
 
 // One attempt: resolves to { response, headers } or rejects with the error.
-function attemptOnce(client, token, deadline) {
-  const metadata = new grpc.Metadata();
-  metadata.set('authorization', `Bearer ${token}`); // the token goes in metadata
+function attemptOnce(client, metadata, deadline) {
   return new Promise((resolve, reject) => {
     let headers = new grpc.Metadata();
     const call = client.GetUserAuthFactors({}, metadata, { deadline }, (error, response) =>
@@ -95,16 +113,18 @@ function attemptOnce(client, token, deadline) {
 // wait that would pass the deadline.
 async function callWithRetries(client, token, timeoutMs, attempts) {
   const deadline = Date.now() + timeoutMs;
+  const metadata = new grpc.Metadata();
+  metadata.set('authorization', `Bearer ${token}`); // the token goes in metadata
   for (let attempt = 1; ; attempt += 1) {
     try {
-      return { ...(await attemptOnce(client, token, new Date(deadline))), attempt };
+      return { ...(await attemptOnce(client, metadata, new Date(deadline))), attempt };
     } catch (error) {
       const failure = decodeFailure(error);
       if (attempt >= attempts || !failure.retryable) return { failure, attempt };
-      const backoff = FIRST_BACKOFF_MS * 2 ** (attempt - 1);
+      const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** Math.min(attempt - 1, 10), MAX_BACKOFF_MS);
       const fromRetryInfo = failure.retryDelayMs !== null;
       const wait = fromRetryInfo ? failure.retryDelayMs : backoff / 2 + Math.random() * (backoff / 2);
-      if (Date.now() + wait >= deadline) return { failure, attempt };
+      if (Date.now() + wait + MIN_ATTEMPT_MS >= deadline) return { failure, attempt };
       const how = fromRetryInfo ? `in ${Math.round(wait)}ms (RetryInfo)` : 'after backoff';
       console.log(`retry ${attempt} ${how}: ${grpc.status[error.code]} ${failure.reason}`);
       await new Promise((done) => setTimeout(done, wait));
@@ -112,8 +132,8 @@ async function callWithRetries(client, token, timeoutMs, attempts) {
   }
 }
 
-function printFailure({ error, info, retryDelayMs, retryable }, attempt) {
-  console.log(`error: ${grpc.status[error.code]}: ${error.details}`);
+function printFailure({ error, info, retryDelayMs, retryable, violations }, attempt) {
+  console.log(`error: ${grpc.status[error.code]}: ${error.details || ''}`);
   const [source] = error.metadata ? error.metadata.get('x-cognito-facade-source') : [];
   if (source) console.log(`source: ${source}`);
   if (info) {
@@ -123,13 +143,15 @@ function printFailure({ error, info, retryDelayMs, retryable }, attempt) {
       console.log(`metadata ${key}: ${info.metadata[key]}`);
     }
   }
-  if (retryDelayMs !== null) console.log(`retry delay: ${Math.round(retryDelayMs)}ms`);
+  for (const { field, description } of violations) console.log(`violation ${field}: ${description}`);
+  if (retryDelayMs !== null) console.log(`retry delay: ${retryDelayMs}ms`);
   console.log(`retryable: ${retryable ? 'yes' : 'no'}`);
   console.log(`attempts: ${attempt}`);
 }
 
 function printAnswer(response, headers, attempt) {
-  console.log(`source: ${headers.get('x-cognito-facade-source')[0]}`);
+  const [source] = headers.get('x-cognito-facade-source');
+  if (source) console.log(`source: ${source}`);
   const [age] = headers.get('x-cognito-facade-age-seconds');
   if (age) console.log(`age: ${age}s`);
   console.log(`username: ${response.username}`);
@@ -147,25 +169,44 @@ function credentials({ ca, tls }) {
   return grpc.credentials.createInsecure();
 }
 
+function usage(why) {
+  console.error(`${why}\nusage: node client.js --addr HOST:PORT --token TOKEN [--tls | --ca FILE]`
+    + ' [--timeout SECONDS] [--attempts N]');
+  process.exit(2);
+}
+
 async function main() {
-  const { values } = parseArgs({
-    options: {
-      addr: { type: 'string', default: '127.0.0.1:50051' },
-      token: { type: 'string' },
-      tls: { type: 'boolean', default: false },
-      ca: { type: 'string' },
-      timeout: { type: 'string', default: '5' }, // seconds, all attempts included
-      attempts: { type: 'string', default: '3' },
-    },
-  });
+  let values;
+  try {
+    ({ values } = parseArgs({
+      strict: true,
+      options: {
+        addr: { type: 'string', default: '127.0.0.1:50051' },
+        token: { type: 'string' },
+        tls: { type: 'boolean', default: false },
+        ca: { type: 'string' },
+        timeout: { type: 'string', default: '5' }, // seconds, every attempt included
+        attempts: { type: 'string', default: '3' },
+      },
+    }));
+  } catch (error) {
+    usage(error.message);
+  }
   const timeoutMs = Number(values.timeout) * 1000;
   const attempts = Number(values.attempts);
-  if (!values.token || !(timeoutMs > 0) || !(attempts >= 1)) {
-    console.error('usage: node client.js --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]');
-    process.exit(2);
+  if (!values.token) usage('--token is required');
+  if (!/^[!-~]+$/.test(values.token)) usage('the token must be visible ASCII, to be sent as metadata');
+  if (!(timeoutMs > 0 && timeoutMs <= 3600 * 1000) || !(Number.isInteger(attempts) && attempts >= 1 && attempts <= 10)) {
+    usage('--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds');
   }
   const Service = loadService();
-  const client = new Service(values.addr, credentials(values));
+  let creds;
+  try {
+    creds = credentials(values);
+  } catch (error) {
+    usage(`cannot read --ca: ${error.message}`);
+  }
+  const client = new Service(values.addr, creds);
   const result = await callWithRetries(client, values.token, timeoutMs, attempts);
   client.close();
   if (result.failure) {

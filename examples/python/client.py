@@ -10,8 +10,10 @@ is committed.
 """
 
 import argparse
+import math
 import os
 import random
+import re
 import sys
 import time
 
@@ -36,6 +38,8 @@ RETRYABLE = {
     "OVERLOADED",
 }
 FIRST_BACKOFF = 0.2  # seconds; doubled after each attempt, jittered
+MAX_BACKOFF = 2.0  # seconds
+MIN_ATTEMPT = 0.1  # seconds: no retry with less of the deadline left
 
 
 class Failure:
@@ -44,8 +48,12 @@ class Failure:
     def __init__(self, error: grpc.RpcError):
         self.error = error
         self.info = None
-        self.retry_delay = None
-        status = rpc_status.from_call(error)
+        self.retry_delay = None  # seconds, when RetryInfo gives a positive one
+        self.violations = []
+        try:
+            status = rpc_status.from_call(error)
+        except ValueError:  # details that disagree with the status: ignored
+            status = None
         for detail in status.details if status else []:
             if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
                 self.info = error_details_pb2.ErrorInfo()
@@ -53,7 +61,12 @@ class Failure:
             elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                 retry = error_details_pb2.RetryInfo()
                 detail.Unpack(retry)
-                self.retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+                if retry.retry_delay.ToMilliseconds() > 0:
+                    self.retry_delay = retry.retry_delay.ToMilliseconds() / 1000
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                self.violations = [(v.field, v.description) for v in bad.field_violations]
 
     @property
     def reason(self) -> str:
@@ -85,11 +98,11 @@ def call(stub, token: str, timeout: float, attempts: int):
             failure = Failure(error)
             if attempt == attempts or not failure.retryable():
                 return failure, error, attempt
-            backoff = FIRST_BACKOFF * 2 ** (attempt - 1)
+            backoff = min(FIRST_BACKOFF * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
             wait = failure.retry_delay if failure.retry_delay is not None else random.uniform(backoff / 2, backoff)
-            if time.monotonic() + wait >= deadline:
+            if time.monotonic() + wait + MIN_ATTEMPT >= deadline:
                 return failure, error, attempt
-            how = f"in {round(wait * 1000)}ms (RetryInfo)" if failure.retry_delay is not None else "after backoff"
+            how = f"in {int(wait * 1000)}ms (RetryInfo)" if failure.retry_delay is not None else "after backoff"
             print(f"retry {attempt} {how}: {error.code().name} {failure.reason}")
             time.sleep(wait)
     raise AssertionError("attempts must be at least 1")
@@ -97,7 +110,7 @@ def call(stub, token: str, timeout: float, attempts: int):
 
 def print_failure(failure: Failure, attempt: int) -> None:
     error = failure.error
-    print(f"error: {error.code().name}: {error.details()}")
+    print(f"error: {error.code().name}: {error.details() or ''}")
     source = metadata_value(error.trailing_metadata(), "x-cognito-facade-source")
     if source:
         print(f"source: {source}")
@@ -106,15 +119,19 @@ def print_failure(failure: Failure, attempt: int) -> None:
         print(f"domain: {failure.info.domain}")
         for key, value in sorted(failure.info.metadata.items()):
             print(f"metadata {key}: {value}")
+    for field, description in failure.violations:
+        print(f"violation {field}: {description}")
     if failure.retry_delay is not None:
-        print(f"retry delay: {round(failure.retry_delay * 1000)}ms")
+        print(f"retry delay: {int(failure.retry_delay * 1000)}ms")
     print(f"retryable: {'yes' if failure.retryable() else 'no'}")
     print(f"attempts: {attempt}")
 
 
 def print_answer(response, rpc, attempt: int) -> None:
     headers = rpc.initial_metadata()
-    print(f"source: {metadata_value(headers, 'x-cognito-facade-source')}")
+    source = metadata_value(headers, "x-cognito-facade-source")
+    if source:
+        print(f"source: {source}")
     age = metadata_value(headers, "x-cognito-facade-age-seconds")
     if age:
         print(f"age: {age}s")
@@ -130,7 +147,10 @@ def print_answer(response, rpc, attempt: int) -> None:
 
 def channel(args) -> grpc.Channel:
     if args.ca or args.tls:
-        roots = open(args.ca, "rb").read() if args.ca else None  # None: the system's roots
+        roots = None  # the system's roots
+        if args.ca:
+            with open(args.ca, "rb") as pem:
+                roots = pem.read()
         return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(root_certificates=roots))
     return grpc.insecure_channel(args.addr)
 
@@ -141,13 +161,19 @@ def main() -> int:
     parser.add_argument("--token", required=True, help="the user's access token")
     parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")
     parser.add_argument("--ca", help="TLS, trusting this PEM CA bundle")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds, all attempts included")
-    parser.add_argument("--attempts", type=int, default=3, help="attempts at most, the first included")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds, every attempt included (at most 3600)")
+    parser.add_argument("--attempts", type=int, default=3, help="attempts at most, the first included (1 to 10)")
     args = parser.parse_args()
-    if args.attempts < 1 or args.timeout <= 0:
-        parser.error("--attempts must be at least 1 and --timeout positive")
+    if not 1 <= args.attempts <= 10 or not (math.isfinite(args.timeout) and 0 < args.timeout <= 3600):
+        parser.error("--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds")
+    if not re.fullmatch(r"[!-~]+", args.token):
+        parser.error("the token must be visible ASCII, to be sent as metadata")
 
-    with channel(args) as ch:
+    try:
+        ch = channel(args)
+    except OSError as error:
+        parser.error(f"cannot read --ca: {error}")
+    with ch:
         result, rpc, attempt = call(pb_grpc.IdentityProviderServiceStub(ch), args.token, args.timeout, args.attempts)
     if isinstance(result, Failure):
         print_failure(result, attempt)

@@ -19,10 +19,10 @@ use cognito_facade::proto::{
 use tokio::time::Instant;
 use tonic::{
     Code, Status,
-    metadata::MetadataMap,
+    metadata::{Ascii, MetadataMap, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
-use tonic_types::{ErrorInfo, StatusExt as _};
+use tonic_types::{ErrorInfo, FieldViolation, StatusExt as _};
 
 /// The `ErrorInfo` reasons the README's error tables mark retryable. An
 /// error without `ErrorInfo` is retried only when it is UNAVAILABLE (the
@@ -36,8 +36,12 @@ const RETRYABLE: &[&str] = &[
     "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
 ];
-/// The first backoff; doubled after each attempt, jittered.
+/// The first backoff; doubled after each attempt up to `MAX_BACKOFF`,
+/// jittered.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// No retry with less of the deadline left.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Flags.
 #[derive(Debug, Parser)]
@@ -45,8 +49,8 @@ struct Args {
     /// The service, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:50051")]
     addr: String,
-    /// The user's access token.
-    #[arg(long)]
+    /// The user's access token (visible ASCII: it goes in metadata).
+    #[arg(long, value_parser = visible_ascii)]
     token: String,
     /// TLS, trusting the system's roots.
     #[arg(long)]
@@ -54,18 +58,26 @@ struct Args {
     /// TLS, trusting this PEM CA bundle.
     #[arg(long)]
     ca: Option<std::path::PathBuf>,
-    /// Seconds, every attempt included.
-    #[arg(long, default_value_t = 5.0, value_parser = positive)]
-    timeout: f64,
-    /// Attempts at most, the first included.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Seconds, every attempt included (at most 3600).
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    timeout: Duration,
+    /// Attempts at most, the first included (1 to 10).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     attempts: u32,
 }
 
-fn positive(text: &str) -> Result<f64, String> {
+fn seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
-        Ok(seconds) if seconds > 0.0 && seconds.is_finite() => Ok(seconds),
-        _ => Err("a positive number of seconds".to_owned()),
+        Ok(seconds) if seconds > 0.0 && seconds <= 3600.0 => Ok(Duration::from_secs_f64(seconds)),
+        _ => Err("more than 0 and at most 3600 seconds".to_owned()),
+    }
+}
+
+fn visible_ascii(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(text.to_owned())
+    } else {
+        Err("visible ASCII, to be sent as metadata".to_owned())
     }
 }
 
@@ -73,19 +85,28 @@ fn positive(text: &str) -> Result<f64, String> {
 struct Failure {
     status: Status,
     info: Option<ErrorInfo>,
+    /// RetryInfo's delay, when it gives a positive one.
     retry_delay: Option<Duration>,
+    violations: Vec<FieldViolation>,
 }
 
 impl Failure {
     fn new(status: Status) -> Self {
+        // Details that do not decode count as none.
         let info = status.get_details_error_info();
         let retry_delay = status
             .get_details_retry_info()
-            .and_then(|retry| retry.retry_delay);
+            .and_then(|retry| retry.retry_delay)
+            .filter(|delay| !delay.is_zero());
+        let violations = status
+            .get_details_bad_request()
+            .map(|bad| bad.field_violations)
+            .unwrap_or_default();
         Self {
             status,
             info,
             retry_delay,
+            violations,
         }
     }
 
@@ -105,15 +126,14 @@ impl Failure {
 /// the local timer stops the wait if the answer never comes.
 async fn attempt(
     client: &mut IdentityProviderServiceClient<Channel>,
-    token: &str,
+    bearer: &MetadataValue<Ascii>,
     deadline: Instant,
 ) -> Result<tonic::Response<GetUserAuthFactorsResponse>, Status> {
     // The token goes in metadata; the request's field stays empty.
     let mut request = tonic::Request::new(GetUserAuthFactorsRequest::default());
-    let bearer = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| Status::invalid_argument("the token is not a valid metadata value"))?;
-    request.metadata_mut().insert("authorization", bearer);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
     tokio::time::timeout_at(deadline, client.get_user_auth_factors(request))
         .await
@@ -129,19 +149,22 @@ async fn call(
     Result<tonic::Response<GetUserAuthFactorsResponse>, Failure>,
     u32,
 ) {
-    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    let deadline = Instant::now() + args.timeout;
+    // Visible ASCII (checked with the flags), so always a valid value.
+    let bearer = MetadataValue::try_from(format!("Bearer {}", args.token))
+        .expect("a visible-ASCII token is a valid metadata value");
     let mut number = 1;
     loop {
-        let failure = match attempt(client, &args.token, deadline).await {
+        let failure = match attempt(client, &bearer, deadline).await {
             Ok(response) => return (Ok(response), number),
             Err(status) => Failure::new(status),
         };
         if number >= args.attempts || !failure.retryable() {
             return (Err(failure), number);
         }
-        let backoff = FIRST_BACKOFF * 2u32.pow(number - 1);
+        let backoff = (FIRST_BACKOFF * 2u32.pow((number - 1).min(10))).min(MAX_BACKOFF);
         let wait = failure.retry_delay.unwrap_or_else(|| jittered(backoff));
-        if Instant::now() + wait >= deadline {
+        if Instant::now() + wait + MIN_ATTEMPT >= deadline {
             return (Err(failure), number);
         }
         let how = match failure.retry_delay {
@@ -193,6 +216,9 @@ fn print_failure(failure: &Failure, attempts: u32) {
             println!("metadata {key}: {value}");
         }
     }
+    for violation in &failure.violations {
+        println!("violation {}: {}", violation.field, violation.description);
+    }
     if let Some(delay) = failure.retry_delay {
         println!("retry delay: {}ms", delay.as_millis());
     }
@@ -203,8 +229,9 @@ fn print_failure(failure: &Failure, attempts: u32) {
 
 fn print_answer(response: &tonic::Response<GetUserAuthFactorsResponse>, attempts: u32) {
     let headers = response.metadata();
-    let source = metadata(headers, "x-cognito-facade-source").unwrap_or("-");
-    println!("source: {source}");
+    if let Some(source) = metadata(headers, "x-cognito-facade-source") {
+        println!("source: {source}");
+    }
     if let Some(age) = metadata(headers, "x-cognito-facade-age-seconds") {
         println!("age: {age}s");
     }
@@ -239,17 +266,24 @@ fn channel(args: &Args) -> Result<Channel, Box<dyn std::error::Error>> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let args = Args::parse();
-    let mut client = IdentityProviderServiceClient::new(channel(&args)?);
+    let channel = match channel(&args) {
+        Ok(channel) => channel,
+        Err(error) => {
+            eprintln!("cannot set up the channel: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut client = IdentityProviderServiceClient::new(channel);
     match call(&mut client, &args).await {
         (Ok(response), attempts) => {
             print_answer(&response, attempts);
-            Ok(ExitCode::SUCCESS)
+            ExitCode::SUCCESS
         }
         (Err(failure), attempts) => {
             print_failure(&failure, attempts);
-            Ok(ExitCode::FAILURE)
+            ExitCode::FAILURE
         }
     }
 }

@@ -454,108 +454,102 @@ async fn the_call_timeout_bounds_a_slow_cognito() {
     );
 }
 
-/// The README's error tables name exactly the (code, reason) pairs the code
-/// produces.
-#[test]
-fn the_readme_documents_every_row() {
+/// Every error a row of the README's error tables stands for: Cognito's
+/// outcomes, the request's problems, the service's refusals, shedding.
+fn every_tabled_error() -> Vec<Error> {
+    let mut errors: Vec<Error> = UpstreamErrorKind::ALL
+        .iter()
+        .map(|&kind| Error::from(UpstreamError::new(kind)))
+        .collect();
+    errors.extend(
+        [
+            TokenError::Missing,
+            TokenError::Conflicting,
+            TokenError::MalformedAuthorization,
+            TokenError::InvalidCharacters {
+                origin: TokenSource::Field,
+            },
+        ]
+        .map(Error::from),
+    );
+    errors.extend(Refusal::ALL.iter().map(|&refusal| Error::from(refusal)));
+    errors.extend([Error::Overloaded, Error::RequestTooLarge]);
+    errors
+}
+
+/// The cells of the README's error tables' rows, for rows whose reason
+/// cell is a name: `| outcome | `CODE` | `REASON` | notes | retry |`.
+fn readme_error_rows() -> Vec<Vec<String>> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let section = readme
         .split("\n## ")
         .find(|s| s.starts_with("Errors\n"))
-        .expect("an Errors section");
-    let documented: BTreeSet<(String, String)> = section
+        .expect("an Errors section")
+        .to_owned();
+    let is_name = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+    section
         .lines()
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            // | outcome | `CODE` | `REASON` | notes |
-            let code = cells.get(2)?.trim_matches('`');
-            let reason = cells.get(3)?.trim_matches('`');
-            let is_name =
-                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c == '_');
-            (is_name(code) && is_name(reason)).then(|| (code.to_owned(), reason.to_owned()))
+        .map(|line| {
+            line.split('|')
+                .map(|cell| cell.trim().trim_matches('`').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|cells| cells.len() > 3 && is_name(&cells[2]) && is_name(&cells[3]))
+        .collect()
+}
+
+/// The README's error tables name exactly the (code, reason) pairs the code
+/// produces.
+#[test]
+fn the_readme_documents_every_row() {
+    let documented: BTreeSet<(String, String)> = readme_error_rows()
+        .into_iter()
+        .map(|cells| (cells[2].clone(), cells[3].clone()))
+        .collect();
+    let produced: BTreeSet<(String, String)> = every_tabled_error()
+        .iter()
+        .map(|err| {
+            let (code, reason) = err.status();
+            (code_name(code).to_owned(), reason.to_owned())
         })
         .collect();
-
-    let mut produced = BTreeSet::new();
-    for &kind in UpstreamErrorKind::ALL {
-        let (code, reason) = Error::from(UpstreamError::new(kind)).status();
-        produced.insert((code_name(code).to_owned(), reason.to_owned()));
-    }
-    for err in [
-        TokenError::Missing,
-        TokenError::Conflicting,
-        TokenError::MalformedAuthorization,
-        TokenError::InvalidCharacters {
-            origin: TokenSource::Field,
-        },
-    ] {
-        let (code, reason) = Error::from(err).status();
-        produced.insert((code_name(code).to_owned(), reason.to_owned()));
-    }
-    for &refusal in Refusal::ALL {
-        let (code, reason) = Error::from(refusal).status();
-        produced.insert((code_name(code).to_owned(), reason.to_owned()));
-    }
-    for err in [Error::Overloaded, Error::RequestTooLarge] {
-        let (code, reason) = err.status();
-        produced.insert((code_name(code).to_owned(), reason.to_owned()));
-    }
     assert_eq!(documented, produced);
 }
 
 /// The README's retry column, which the example clients follow, agrees with
-/// the service: every error that carries `RetryInfo` is marked retryable,
-/// and no definitive refusal of the token is (a retry must never turn a
-/// revoked token into an answer).
+/// the service: every row says `yes` or `no`; every error that carries
+/// `RetryInfo` is `yes`; no refusal of the token or the request is (a retry
+/// must never turn a revoked token into an answer, nor a bad request into a
+/// good one).
 #[test]
 fn the_readme_retry_column_agrees_with_the_service() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let retry: std::collections::HashMap<String, bool> = readme
-        .lines()
-        .filter_map(|line| {
-            // | outcome | `CODE` | `REASON` | notes | retry |
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            let reason = cells.get(3)?.strip_prefix('`')?.strip_suffix('`')?;
-            let yes = match *cells.get(5)? {
-                "yes" => true,
-                "no" => false,
-                _ => return None,
+    let retry: std::collections::HashMap<String, bool> = readme_error_rows()
+        .into_iter()
+        .map(|cells| {
+            let yes = match cells.get(5).map(String::as_str) {
+                Some("yes") => true,
+                Some("no") => false,
+                other => panic!("{}: a retry cell of {other:?}, not yes or no", cells[3]),
             };
-            Some((reason.to_owned(), yes))
+            (cells[3].clone(), yes)
         })
         .collect();
-    let marked = |reason: &str| {
-        *retry
-            .get(reason)
-            .unwrap_or_else(|| panic!("{reason} has no retry cell in the README"))
-    };
-    for &kind in UpstreamErrorKind::ALL {
-        let err = UpstreamError::new(kind);
-        let (_, reason) = Error::from(UpstreamError::new(kind)).status();
-        if err.retry_delay().is_some() {
-            assert!(
-                marked(reason),
-                "{reason} carries RetryInfo but is not retryable"
-            );
+    for err in every_tabled_error() {
+        let (_, reason) = err.status();
+        let marked = retry[reason];
+        let status = err.to_status();
+        if status.get_details_retry_info().is_some() {
+            assert!(marked, "{reason} carries RetryInfo but is not retryable");
         }
-        if kind.is_definitive() {
-            assert!(
-                !marked(reason),
-                "{reason} is definitive but marked retryable"
-            );
-        }
-    }
-    assert!(
-        marked(Error::Overloaded.status().1),
-        "OVERLOADED carries RetryInfo"
-    );
-    for &refusal in Refusal::ALL {
-        let (_, reason) = Error::from(refusal).status();
+        let refusal = match &err {
+            Error::Upstream(up) => up.kind.is_definitive(),
+            Error::Overloaded => false,
+            _ => true,
+        };
         assert!(
-            !marked(reason),
-            "{reason} is the service's refusal of the token"
+            !(refusal && marked),
+            "{reason} is a refusal but marked retryable"
         );
     }
 }
