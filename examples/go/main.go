@@ -39,6 +39,7 @@ var retryable = map[string]bool{
 	"UPSTREAM_UNAVAILABLE":   true,
 	"UPSTREAM_UNREACHABLE":   true,
 	"UPSTREAM_TIMEOUT":       true,
+	"UPSTREAM_BAD_RESPONSE":  true,
 	"UPSTREAM_RATE_LIMITED":  true,
 	"OVERLOADED":             true,
 }
@@ -57,7 +58,7 @@ type failure struct {
 	status     *status.Status
 	trailer    metadata.MD
 	info       *errdetails.ErrorInfo
-	retryDelay *time.Duration // RetryInfo's, when it gives a positive one
+	retryDelay *time.Duration // RetryInfo's, when it gives at least 1 ms
 	violations []*errdetails.BadRequest_FieldViolation
 }
 
@@ -69,7 +70,7 @@ func newFailure(err error, trailer metadata.MD) *failure {
 		case *errdetails.ErrorInfo:
 			f.info = d
 		case *errdetails.RetryInfo:
-			if delay := d.GetRetryDelay().AsDuration(); delay > 0 {
+			if delay := d.GetRetryDelay().AsDuration(); delay >= time.Millisecond {
 				f.retryDelay = &delay
 			}
 		case *errdetails.BadRequest:
@@ -242,6 +243,8 @@ func main() {
 	switch {
 	case *token == "" || strings.IndexFunc(*token, func(c rune) bool { return c < '!' || c > '~' }) >= 0:
 		usage("--token is required, in visible ASCII (it goes in metadata)")
+	case flag.NArg() > 0:
+		usage("unexpected argument: " + flag.Arg(0))
 	case !(*timeout > 0 && *timeout <= 3600) || *attempts < 1 || *attempts > 10:
 		usage("--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds")
 	}

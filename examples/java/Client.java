@@ -53,6 +53,7 @@ public final class Client {
           "UPSTREAM_UNAVAILABLE",
           "UPSTREAM_UNREACHABLE",
           "UPSTREAM_TIMEOUT",
+          "UPSTREAM_BAD_RESPONSE",
           "UPSTREAM_RATE_LIMITED",
           "OVERLOADED");
   /** Doubled after each attempt up to MAX_BACKOFF, and jittered. */
@@ -112,7 +113,7 @@ public final class Client {
     final Status status;
     final Metadata trailers;
     ErrorInfo info;
-    /** RetryInfo's delay, when it gives a positive one. */
+    /** RetryInfo's delay, when it gives at least 1 ms. */
     Duration retryDelay;
 
     List<BadRequest.FieldViolation> violations = List.of();
@@ -196,7 +197,8 @@ public final class Client {
             failure.retryDelay != null
                 ? failure.retryDelay
                 : Duration.ofMillis(ThreadLocalRandom.current().nextLong(backoff / 2, backoff + 1));
-        if (wait.plus(MIN_ATTEMPT).toNanos() >= deadline.timeRemaining(TimeUnit.NANOSECONDS)) {
+        Duration left = Duration.ofNanos(deadline.timeRemaining(TimeUnit.NANOSECONDS));
+        if (wait.compareTo(left.minus(MIN_ATTEMPT)) >= 0) {
           return new Outcome(null, null, failure, attempt);
         }
         String how =
@@ -214,7 +216,7 @@ public final class Client {
     String message = failure.status.getDescription();
     System.out.printf("error: %s: %s%n", failure.status.getCode(), message != null ? message : "");
     String source = failure.trailers.get(SOURCE);
-    if (source != null) {
+    if (source != null && !source.isEmpty()) {
       System.out.printf("source: %s%n", source);
     }
     if (failure.info != null) {
@@ -232,22 +234,30 @@ public final class Client {
     System.out.printf("attempts: %d%n", attempts);
   }
 
+  static String mfa(int number) {
+    MfaType known = MfaType.forNumber(number);
+    return known != null ? known.name() : Integer.toString(number);
+  }
+
   static void printAnswer(GetUserAuthFactorsResponse response, Metadata headers, int attempts) {
-    if (headers.get(SOURCE) != null) {
-      System.out.printf("source: %s%n", headers.get(SOURCE));
+    String source = headers.get(SOURCE);
+    if (source != null && !source.isEmpty()) {
+      System.out.printf("source: %s%n", source);
     }
     if (headers.get(AGE) != null) {
       System.out.printf("age: %ss%n", headers.get(AGE));
     }
     System.out.printf("username: %s%n", response.getUsername());
+    // The raw numbers, so a value newer than this client's proto prints as its number.
     if (response.hasPreferredMfaSetting()) {
-      System.out.printf("preferred MFA: %s%n", response.getPreferredMfaSetting());
+      System.out.printf("preferred MFA: %s%n", mfa(response.getPreferredMfaSettingValue()));
     }
-    for (MfaType mfa : response.getUserMfaSettingListList()) {
-      System.out.printf("MFA: %s%n", mfa);
+    for (int mfa : response.getUserMfaSettingListValueList()) {
+      System.out.printf("MFA: %s%n", mfa(mfa));
     }
-    for (AuthFactorType factor : response.getConfiguredUserAuthFactorsList()) {
-      System.out.printf("factor: %s%n", factor);
+    for (int factor : response.getConfiguredUserAuthFactorsValueList()) {
+      AuthFactorType known = AuthFactorType.forNumber(factor);
+      System.out.printf("factor: %s%n", known != null ? known : factor);
     }
     System.out.printf("attempts: %d%n", attempts);
   }
@@ -273,8 +283,11 @@ public final class Client {
         new TreeMap<>(Map.of("--addr", "127.0.0.1:50051", "--timeout", "5", "--attempts", "3"));
     Set<String> valued = Set.of("--addr", "--token", "--ca", "--timeout", "--attempts");
     for (int i = 0; i < args.length; i++) {
+      int equals = args[i].indexOf('=');
       if (args[i].equals("--tls")) {
         flags.put("--tls", "true");
+      } else if (equals > 0 && valued.contains(args[i].substring(0, equals))) {
+        flags.put(args[i].substring(0, equals), args[i].substring(equals + 1));
       } else if (valued.contains(args[i]) && i + 1 < args.length) {
         flags.put(args[i], args[++i]);
       } else {

@@ -28,6 +28,7 @@ const RETRYABLE = new Set([
   'UPSTREAM_UNAVAILABLE',
   'UPSTREAM_UNREACHABLE',
   'UPSTREAM_TIMEOUT',
+  'UPSTREAM_BAD_RESPONSE',
   'UPSTREAM_RATE_LIMITED',
   'OVERLOADED',
 ]);
@@ -112,19 +113,20 @@ function attemptOnce(client, metadata, deadline) {
 // Calls until an answer, an error not worth retrying, the last attempt, or a
 // wait that would pass the deadline.
 async function callWithRetries(client, token, timeoutMs, attempts) {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = new Date(Date.now() + timeoutMs); // for gRPC, which takes a Date
+  const deadlineMs = performance.now() + timeoutMs; // for the waits: a monotonic clock
   const metadata = new grpc.Metadata();
   metadata.set('authorization', `Bearer ${token}`); // the token goes in metadata
   for (let attempt = 1; ; attempt += 1) {
     try {
-      return { ...(await attemptOnce(client, metadata, new Date(deadline))), attempt };
+      return { ...(await attemptOnce(client, metadata, deadline)), attempt };
     } catch (error) {
       const failure = decodeFailure(error);
       if (attempt >= attempts || !failure.retryable) return { failure, attempt };
       const backoff = Math.min(FIRST_BACKOFF_MS * 2 ** Math.min(attempt - 1, 10), MAX_BACKOFF_MS);
       const fromRetryInfo = failure.retryDelayMs !== null;
       const wait = fromRetryInfo ? failure.retryDelayMs : backoff / 2 + Math.random() * (backoff / 2);
-      if (Date.now() + wait + MIN_ATTEMPT_MS >= deadline) return { failure, attempt };
+      if (performance.now() + wait + MIN_ATTEMPT_MS >= deadlineMs) return { failure, attempt };
       const how = fromRetryInfo ? `in ${Math.round(wait)}ms (RetryInfo)` : 'after backoff';
       console.log(`retry ${attempt} ${how}: ${grpc.status[error.code]} ${failure.reason}`);
       await new Promise((done) => setTimeout(done, wait));
@@ -165,7 +167,8 @@ function printAnswer(response, headers, attempt) {
 
 function credentials({ ca, tls }) {
   if (ca) return grpc.credentials.createSsl(fs.readFileSync(ca));
-  if (tls) return grpc.credentials.createSsl(); // the system's roots
+  // Node's bundled roots (plus NODE_EXTRA_CA_CERTS; --use-openssl-ca for the system's).
+  if (tls) return grpc.credentials.createSsl();
   return grpc.credentials.createInsecure();
 }
 

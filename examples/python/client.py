@@ -18,6 +18,7 @@ import sys
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -34,6 +35,7 @@ RETRYABLE = {
     "UPSTREAM_UNAVAILABLE",
     "UPSTREAM_UNREACHABLE",
     "UPSTREAM_TIMEOUT",
+    "UPSTREAM_BAD_RESPONSE",
     "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
 }
@@ -48,25 +50,31 @@ class Failure:
     def __init__(self, error: grpc.RpcError):
         self.error = error
         self.info = None
-        self.retry_delay = None  # seconds, when RetryInfo gives a positive one
+        self.retry_delay_ms = None  # when RetryInfo gives at least 1 ms
         self.violations = []
         try:
             status = rpc_status.from_call(error)
-        except ValueError:  # details that disagree with the status: ignored
+        except (ValueError, DecodeError):  # details that do not decode: none
             status = None
         for detail in status.details if status else []:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                self.info = error_details_pb2.ErrorInfo()
-                detail.Unpack(self.info)
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                if retry.retry_delay.ToMilliseconds() > 0:
-                    self.retry_delay = retry.retry_delay.ToMilliseconds() / 1000
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                self.violations = [(v.field, v.description) for v in bad.field_violations]
+            try:
+                self.read(detail)
+            except DecodeError:
+                pass  # a detail that does not decode is skipped
+
+    def read(self, detail) -> None:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            self.info = error_details_pb2.ErrorInfo()
+            detail.Unpack(self.info)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            if retry.retry_delay.ToMilliseconds() > 0:
+                self.retry_delay_ms = retry.retry_delay.ToMilliseconds()
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            self.violations = [(v.field, v.description) for v in bad.field_violations]
 
     @property
     def reason(self) -> str:
@@ -99,10 +107,12 @@ def call(stub, token: str, timeout: float, attempts: int):
             if attempt == attempts or not failure.retryable():
                 return failure, error, attempt
             backoff = min(FIRST_BACKOFF * 2 ** min(attempt - 1, 10), MAX_BACKOFF)
-            wait = failure.retry_delay if failure.retry_delay is not None else random.uniform(backoff / 2, backoff)
+            if failure.retry_delay_ms is not None:
+                wait, how = failure.retry_delay_ms / 1000, f"in {failure.retry_delay_ms}ms (RetryInfo)"
+            else:
+                wait, how = random.uniform(backoff / 2, backoff), "after backoff"
             if time.monotonic() + wait + MIN_ATTEMPT >= deadline:
                 return failure, error, attempt
-            how = f"in {int(wait * 1000)}ms (RetryInfo)" if failure.retry_delay is not None else "after backoff"
             print(f"retry {attempt} {how}: {error.code().name} {failure.reason}")
             time.sleep(wait)
     raise AssertionError("attempts must be at least 1")
@@ -121,10 +131,15 @@ def print_failure(failure: Failure, attempt: int) -> None:
             print(f"metadata {key}: {value}")
     for field, description in failure.violations:
         print(f"violation {field}: {description}")
-    if failure.retry_delay is not None:
-        print(f"retry delay: {int(failure.retry_delay * 1000)}ms")
+    if failure.retry_delay_ms is not None:
+        print(f"retry delay: {failure.retry_delay_ms}ms")
     print(f"retryable: {'yes' if failure.retryable() else 'no'}")
     print(f"attempts: {attempt}")
+
+
+def name(enum, value: int) -> str:
+    """An enum value's name, or its number if this client's proto predates it."""
+    return enum.Name(value) if value in enum.values() else str(value)
 
 
 def print_answer(response, rpc, attempt: int) -> None:
@@ -137,11 +152,11 @@ def print_answer(response, rpc, attempt: int) -> None:
         print(f"age: {age}s")
     print(f"username: {response.username}")
     if response.HasField("preferred_mfa_setting"):
-        print(f"preferred MFA: {pb.MfaType.Name(response.preferred_mfa_setting)}")
+        print(f"preferred MFA: {name(pb.MfaType, response.preferred_mfa_setting)}")
     for mfa in response.user_mfa_setting_list:
-        print(f"MFA: {pb.MfaType.Name(mfa)}")
+        print(f"MFA: {name(pb.MfaType, mfa)}")
     for factor in response.configured_user_auth_factors:
-        print(f"factor: {pb.AuthFactorType.Name(factor)}")
+        print(f"factor: {name(pb.AuthFactorType, factor)}")
     print(f"attempts: {attempt}")
 
 
@@ -156,7 +171,7 @@ def channel(args) -> grpc.Channel:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT of the service")
     parser.add_argument("--token", required=True, help="the user's access token")
     parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")

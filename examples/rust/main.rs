@@ -13,7 +13,7 @@ use std::{
 
 use clap::Parser;
 use cognito_facade::proto::{
-    GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
+    AuthFactorType, GetUserAuthFactorsRequest, GetUserAuthFactorsResponse, MfaType,
     identity_provider_service_client::IdentityProviderServiceClient,
 };
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ const RETRYABLE: &[&str] = &[
     "UPSTREAM_UNAVAILABLE",
     "UPSTREAM_UNREACHABLE",
     "UPSTREAM_TIMEOUT",
+    "UPSTREAM_BAD_RESPONSE",
     "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
 ];
@@ -85,7 +86,7 @@ fn visible_ascii(text: &str) -> Result<String, String> {
 struct Failure {
     status: Status,
     info: Option<ErrorInfo>,
-    /// RetryInfo's delay, when it gives a positive one.
+    /// RetryInfo's delay, when it gives at least 1 ms.
     retry_delay: Option<Duration>,
     violations: Vec<FieldViolation>,
 }
@@ -97,7 +98,7 @@ impl Failure {
         let retry_delay = status
             .get_details_retry_info()
             .and_then(|retry| retry.retry_delay)
-            .filter(|delay| !delay.is_zero());
+            .filter(|delay| delay.as_millis() > 0);
         let violations = status
             .get_details_bad_request()
             .map(|bad| bad.field_violations)
@@ -198,7 +199,9 @@ fn code_name(code: Code) -> String {
 }
 
 fn metadata<'a>(map: &'a MetadataMap, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(|value| value.to_str().ok())
+    map.get(key)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
 }
 
 fn print_failure(failure: &Failure, attempts: u32) {
@@ -237,15 +240,19 @@ fn print_answer(response: &tonic::Response<GetUserAuthFactorsResponse>, attempts
     }
     let factors = response.get_ref();
     println!("username: {}", factors.username);
-    if factors.preferred_mfa_setting.is_some() {
-        let preferred = factors.preferred_mfa_setting().as_str_name();
-        println!("preferred MFA: {preferred}");
+    // The raw numbers, so a value newer than this client's proto prints as
+    // its number rather than vanishing.
+    let mfa_name = |n: i32| MfaType::try_from(n).map_or(n.to_string(), |m| m.as_str_name().into());
+    if let Some(preferred) = factors.preferred_mfa_setting {
+        println!("preferred MFA: {}", mfa_name(preferred));
     }
-    for mfa in factors.user_mfa_setting_list() {
-        println!("MFA: {}", mfa.as_str_name());
+    for &mfa in &factors.user_mfa_setting_list {
+        println!("MFA: {}", mfa_name(mfa));
     }
-    for factor in factors.configured_user_auth_factors() {
-        println!("factor: {}", factor.as_str_name());
+    for &factor in &factors.configured_user_auth_factors {
+        let name =
+            AuthFactorType::try_from(factor).map_or(factor.to_string(), |f| f.as_str_name().into());
+        println!("factor: {name}");
     }
     println!("attempts: {attempts}");
 }

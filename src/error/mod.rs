@@ -217,6 +217,15 @@ impl UpstreamErrorKind {
         }
     }
 
+    /// Whether Cognito was unavailable rather than answering about the token
+    /// (its 5xx, no answer or a broken one, a timeout, throttling, the
+    /// fleet's rate limit): a later call may get another outcome. The same
+    /// outcomes a kept answer stands in for; the README's retry column marks
+    /// exactly these retryable for callers.
+    pub fn is_transient(self) -> bool {
+        self.kept_answer() == KeptAnswer::StandsIn
+    }
+
     /// Whether this is Cognito's definitive word on the token, one that no
     /// later call can change, so it may be remembered (`--refusal-ttl`): a
     /// revoked, expired or invalid token stays refused; a deleted user or

@@ -518,10 +518,11 @@ fn the_readme_documents_every_row() {
 }
 
 /// The README's retry column, which the example clients follow, agrees with
-/// the service: every row says `yes` or `no`; every error that carries
-/// `RetryInfo` is `yes`; no refusal of the token or the request is (a retry
-/// must never turn a revoked token into an answer, nor a bad request into a
-/// good one).
+/// the service: every row says `yes` or `no`; Cognito's outcomes are `yes`
+/// exactly when they are transient (Cognito unavailable, throttled, the
+/// rate limit), and shedding is `yes`; every refusal of the token or the
+/// request is `no` (a retry must never turn a revoked token into an answer,
+/// nor a bad request into a good one). Whatever carries `RetryInfo` is `yes`.
 #[test]
 fn the_readme_retry_column_agrees_with_the_service() {
     let retry: std::collections::HashMap<String, bool> = readme_error_rows()
@@ -537,20 +538,18 @@ fn the_readme_retry_column_agrees_with_the_service() {
         .collect();
     for err in every_tabled_error() {
         let (_, reason) = err.status();
-        let marked = retry[reason];
-        let status = err.to_status();
-        if status.get_details_retry_info().is_some() {
-            assert!(marked, "{reason} carries RetryInfo but is not retryable");
-        }
-        let refusal = match &err {
-            Error::Upstream(up) => up.kind.is_definitive(),
-            Error::Overloaded => false,
-            _ => true,
+        let transient = match &err {
+            Error::Upstream(up) => up.kind.is_transient(),
+            Error::Overloaded => true,
+            Error::Token(_) | Error::Refused(_) | Error::RequestTooLarge => false,
         };
-        assert!(
-            !(refusal && marked),
-            "{reason} is a refusal but marked retryable"
-        );
+        assert_eq!(retry[reason], transient, "the retry cell of {reason}");
+        if err.to_status().get_details_retry_info().is_some() {
+            assert!(
+                retry[reason],
+                "{reason} carries RetryInfo but is not retryable"
+            );
+        }
     }
 }
 
