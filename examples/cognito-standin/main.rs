@@ -36,14 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delay = humantime::parse_duration(&delay)?;
         stand_in.always(Reply::Delay(delay, Box::new(Reply::full_success())));
     }
-    stand_in.on_token_prefix(
-        "revoked.",
-        Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        ),
-    );
+    stand_in.on_token_prefix("revoked.", Reply::revoked());
     stand_in.on_token_prefix(
         "throttled.",
         Reply::error(400, "TooManyRequestsException", "Rate exceeded"),

@@ -66,6 +66,15 @@ impl Reply {
         }
     }
 
+    /// Cognito's refusal of a revoked token.
+    pub(crate) fn revoked() -> Self {
+        Self::error(
+            400,
+            "NotAuthorizedException",
+            "Access Token has been revoked",
+        )
+    }
+
     /// The usual success: a user with TOTP preferred and three factors.
     pub(crate) fn full_success() -> Self {
         Self::Success(json!({

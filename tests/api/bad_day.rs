@@ -251,14 +251,7 @@ async fn each_replica_reads_the_fleets_memory_by_its_own_settings() {
     assert_eq!(stand_in.received().len(), 2);
 
     let revoked = format!("{TOKEN}revoked");
-    stand_in.on_token_prefix(
-        &revoked,
-        Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        ),
-    );
+    stand_in.on_token_prefix(&revoked, Reply::revoked());
     let remembers = replica(&stand_in, &redis, &key, &["--refusal-ttl", "60s"]);
     let forgets = replica(&stand_in, &redis, &key, &["--refusal-ttl", "0s"]);
     let refused = |addr: SocketAddr| {

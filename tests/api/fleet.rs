@@ -167,11 +167,7 @@ async fn a_refusal_is_shared_over_the_fleet_too() {
     let stand_in = StandIn::start().await;
     stand_in.always(Reply::Delay(
         Duration::from_millis(400),
-        Box::new(Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        )),
+        Box::new(Reply::revoked()),
     ));
     let redis = Redis::start(&[]);
     let key = key_file(&redis.dir, 9);

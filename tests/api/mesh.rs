@@ -387,14 +387,7 @@ pub(crate) async fn mesh(
             "ConfiguredUserAuthFactors": ["PASSWORD"],
         })),
     );
-    stand_in.on_token_prefix(
-        "revoked.",
-        Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        ),
-    );
+    stand_in.on_token_prefix("revoked.", Reply::revoked());
     let mut config = test_config(&stand_in.endpoint);
     configure(&mut config);
     let app = spawn_app_with(stand_in, config).await;

@@ -366,11 +366,7 @@ async fn revoked_call(addr: SocketAddr) -> tonic::Status {
 fn revoked(stand_in: &StandIn) {
     stand_in.always(Reply::Delay(
         Duration::from_millis(20),
-        Box::new(Reply::error(
-            400,
-            "NotAuthorizedException",
-            "Access Token has been revoked",
-        )),
+        Box::new(Reply::revoked()),
     ));
 }
 

@@ -35,11 +35,7 @@ async fn logs_of_every_path(format: &str) -> String {
     req.metadata_mut()
         .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     client.get_user_auth_factors(req).await.unwrap();
-    stand_in.then([Reply::error(
-        400,
-        "NotAuthorizedException",
-        "Access Token has been revoked",
-    )]);
+    stand_in.then([Reply::revoked()]);
     // A token of its own: its refusal is remembered, and answered again
     // from memory.
     let revoked = format!("{TOKEN}0");
