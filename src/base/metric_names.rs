@@ -28,6 +28,9 @@ pub(crate) const CACHE_HITS: &str = "cognito_facade_cache_hits_total";
 pub(crate) const BUILD_INFO: &str = "cognito_facade_build_info";
 /// Tokens refused here without a call to Cognito, by `reason`.
 pub(crate) const TOKEN_REFUSALS: &str = "cognito_facade_token_refusals_total";
+/// Tokens let through with every claim checked but not their signature,
+/// because their pool's key set could not be had, by `pool`.
+pub(crate) const TOKENS_UNVERIFIED: &str = "cognito_facade_tokens_unverified_total";
 /// JWKS fetches by `pool` and `outcome` (`ok`, `unreachable`, `bad_status`,
 /// `bad_body`, `invalid`, `timeout`).
 pub(crate) const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";

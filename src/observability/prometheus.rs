@@ -17,9 +17,10 @@ use crate::base::metric_names::{
     EXT_AUTHZ_DECISIONS, FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS,
     FLEET_REPLICAS, FLEET_SKIPPED, FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES,
     JWKS_UNAVAILABLE, KEPT_ANSWERS, MAX_CONNECTIONS, REFUSALS_REMEMBERED, RPC_DURATION,
-    RPC_IN_FLIGHT, RPC_REQUESTS, SHED, STALE_ANSWERS, TOKEN_REFUSALS, TRACE_SPANS_DROPPED,
-    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE,
-    UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
+    RPC_IN_FLIGHT, RPC_REQUESTS, SHED, STALE_ANSWERS, TOKEN_REFUSALS, TOKENS_UNVERIFIED,
+    TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED,
+    UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS,
+    UPSTREAM_WAITED,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -83,6 +84,10 @@ fn describe() {
     metrics::describe_counter!(
         TOKEN_REFUSALS,
         "Tokens refused here without a call to Cognito, by reason"
+    );
+    metrics::describe_counter!(
+        TOKENS_UNVERIFIED,
+        "Tokens let through with every claim checked but not their signature (key set unavailable), by pool"
     );
     metrics::describe_counter!(JWKS_FETCHES, "JWKS fetches by pool and outcome");
     metrics::describe_counter!(

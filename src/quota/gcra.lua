@@ -1,5 +1,5 @@
 -- The upstream rate limiter (src/gcra.rs's algorithm) on Redis's clock, in
--- one hash per region and configured limit.
+-- one hash per region, shared by replicas whatever limit each applies.
 -- KEYS: 1 the hash. ARGV: 1 'take', 'throttle' or 'spent', 2 the wait bound
 -- (µs) of a take, or the number of turns a replica's own limiter gave
 -- (spent; it refuses nothing, and runs up at most one turn of debt past the
@@ -39,12 +39,15 @@ if not rate or rate ~= rate or not at or not (at <= now) then
 end
 local current = limit
 if rate then
-  local clamped = math.max(floor, math.min(limit, rate))
+  -- Only the floor is written back: a rate above this replica's own limit
+  -- may be another replica's (a rolling change of the limit shares the
+  -- hash), and this replica caps it at its own limit as it reads it.
+  local clamped = math.max(floor, rate)
   if clamped ~= rate then
     rate = clamped
     redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate))
   end
-  current = math.min(limit, rate + limit * (now - at) / recovery)
+  current = math.min(limit, math.min(limit, rate) + limit * (now - at) / recovery)
 end
 local function keep()
   local left = math.max(0, tat - now) / 1000

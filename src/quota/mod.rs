@@ -89,8 +89,9 @@ struct QuotaState {
 struct RegionQuota {
     limit: f64,
     /// The Redis hash of the fleet's limiter (with the fleet): one per
-    /// region, configured limit and queue timeout (the limiter's horizon),
-    /// so replicas configured differently never interleave their state.
+    /// region, whatever the limit and queue timeout. Each replica applies
+    /// its own limit to the shared state, so during a rolling change of the
+    /// limit the fleet spends at most the larger of the two, never both.
     key: Option<String>,
     local: Mutex<Gcra>,
     /// Turns this replica's own limiter gave that the fleet's has not heard
@@ -229,11 +230,10 @@ impl QuotaState {
         let label = || metrics::SharedString::from(Arc::clone(region));
         let quota = Arc::new(RegionQuota {
             limit,
-            key: self.store.as_ref().map(|store| {
-                let queue_ms = self.config.queue_timeout.as_millis();
-                let label = format!("upstream rate limit {region} {limit} {queue_ms}");
-                store.key_name(&label, "q")
-            }),
+            key: self
+                .store
+                .as_ref()
+                .map(|store| store.key_name(&format!("upstream rate limit {region}"), "q")),
             local: Mutex::new(Gcra::default()),
             unreported: AtomicU32::new(0),
             reporting: AtomicBool::new(false),

@@ -12,7 +12,7 @@ use std::{
 
 use tonic::codegen::http;
 
-use crate::{base::wire::Source, error::Error, token::pools::UserPoolId};
+use crate::{base::wire::Source, error::Error, token::pools::UserPoolId, verify::Verification};
 
 /// What is known about one call. Each fact is written at most once.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub(crate) struct CallContext {
     /// Set when the answer is a kept one: it then reads as [`Source::Stale`].
     stale: OnceLock<()>,
     pool: OnceLock<UserPoolId>,
+    /// How far the token was checked.
+    verification: OnceLock<Verification>,
     error: OnceLock<Error>,
     request_id: OnceLock<String>,
     /// An ext_authz Check's decision.
@@ -40,6 +42,7 @@ impl CallContext {
             source: OnceLock::new(),
             stale: OnceLock::new(),
             pool: OnceLock::new(),
+            verification: OnceLock::new(),
             error: OnceLock::new(),
             request_id: OnceLock::new(),
             decision: OnceLock::new(),
@@ -102,6 +105,19 @@ impl CallContext {
     /// Records the token's pool.
     pub(crate) fn set_pool(&self, pool: UserPoolId) {
         let _ = self.pool.set(pool);
+    }
+
+    /// How far the call's token was checked, as the line says it (`""` when
+    /// not asked or not known).
+    pub(crate) fn verification(&self) -> &'static str {
+        self.verification
+            .get()
+            .map_or("", |verification| verification.as_str())
+    }
+
+    /// Records how far the token was checked.
+    pub(crate) fn set_verification(&self, verification: Verification) {
+        let _ = self.verification.set(verification);
     }
 
     /// The documented error the call failed with, if it did.

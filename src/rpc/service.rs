@@ -148,6 +148,7 @@ impl FacadeService {
     ) -> Result<Answer, Error> {
         // Before single flight: a refused token never starts or joins one.
         let checked = self.gate.check(&token, deadline).await?;
+        context.set_verification(checked.verification);
         if let Some(pool) = &checked.pool {
             context.set_pool(pool.clone());
         }

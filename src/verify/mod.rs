@@ -91,6 +91,33 @@ pub(crate) struct Checked {
     /// Its `exp` (from the verified token, or, where not verified, from its
     /// unverified payload, which can only shorten a cache entry's life).
     pub expires_at: Option<SystemTime>,
+    /// How far it was checked: its signature too, or only its claims.
+    pub verification: Verification,
+}
+
+/// How far a token let through was checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Verification {
+    /// Opaque mode, or verification off (`--verify-tokens=false`): the
+    /// token's claims were read for its pool only.
+    #[default]
+    NotAsked,
+    /// Signature and claims.
+    Verified,
+    /// Its pool's key set could not be had: every claim was checked, its
+    /// signature was not (Cognito verifies it instead).
+    Unverified,
+}
+
+impl Verification {
+    /// As the call's log line says it (`verification`); `""` when not asked.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::NotAsked => "",
+            Self::Verified => "verified",
+            Self::Unverified => "unverified",
+        }
+    }
 }
 
 /// The check every call passes before single flight and Cognito.
@@ -177,13 +204,13 @@ impl TokenGate {
         deadline: Option<Instant>,
     ) -> Result<Checked, Refusal> {
         let text = token.expose();
-        let (kid, pool, expires_at) = self.read_unverified(text)?;
-        let unverified = Checked {
-            pool: Some(pool.clone()),
-            expires_at,
-        };
+        let (kid, pool, claims) = self.read_unverified(text)?;
         if !self.verify {
-            return Ok(unverified);
+            return Ok(Checked {
+                pool: Some(pool),
+                expires_at: claims.expires_at(),
+                verification: Verification::NotAsked,
+            });
         }
         // A token verified before, and not yet expired, is not verified
         // again: the RSA check alone costs ~18 µs of CPU, and clients reuse
@@ -197,13 +224,15 @@ impl TokenGate {
         let key = match self.keys.lookup(&pool, &kid, deadline).await {
             Lookup::Found(key) => key,
             Lookup::UnknownKid => return Err(Refusal::KeyUnknown),
-            // Fail open: Cognito verifies it instead.
-            Lookup::Unavailable => return Ok(unverified),
+            // Fail open, never wide: every check that needs no signature
+            // still applies, and Cognito verifies the signature instead.
+            Lookup::Unavailable => return self.unverified(pool, &claims),
         };
         let claims = self.verified_claims(text, &key)?;
         let checked = Checked {
             pool: Some(pool),
             expires_at: claims.expires_at(),
+            verification: Verification::Verified,
         };
         if let Some(expires) = memo_expiry(&checked) {
             self.memo.insert(memo_key, checked.clone(), expires);
@@ -211,12 +240,28 @@ impl TokenGate {
         Ok(checked)
     }
 
+    /// A token whose pool's key set cannot be had: let through only if its
+    /// claims pass every check that needs no signature (`exp` with the same
+    /// leeway as a verified one, then token use, scope and client), counted
+    /// and marked unverified. Never remembered as verified.
+    fn unverified(&self, pool: UserPoolId, claims: &Claims) -> Result<Checked, Refusal> {
+        let expires_at = claims.expires_at().ok_or(Refusal::Malformed)?;
+        if SystemTime::now() > expires_at + EXPIRY_LEEWAY {
+            return Err(Refusal::Expired);
+        }
+        self.claims_allowed(claims)?;
+        metrics::counter!(metric_names::TOKENS_UNVERIFIED, "pool" => pool.as_str().to_owned())
+            .increment(1);
+        Ok(Checked {
+            pool: Some(pool),
+            expires_at: Some(expires_at),
+            verification: Verification::Unverified,
+        })
+    }
+
     /// What the token says before its signature is checked: its key id, its
-    /// pool (a configured one, or the refusal) and its `exp`.
-    fn read_unverified(
-        &self,
-        text: &str,
-    ) -> Result<(Option<String>, UserPoolId, Option<SystemTime>), Refusal> {
+    /// pool (a configured one, or the refusal) and its claims.
+    fn read_unverified(&self, text: &str) -> Result<(Option<String>, UserPoolId, Claims), Refusal> {
         let parts = JwtParts::split(text).ok_or(Refusal::Malformed)?;
         let header: Header = parts.header()?;
         if header.alg != "RS256" {
@@ -233,7 +278,7 @@ impl TokenGate {
             .get(&payload.iss)
             .ok_or(Refusal::PoolNotAllowed)?
             .clone();
-        Ok((header.kid, pool, payload.expires_at()))
+        Ok((header.kid, pool, payload))
     }
 
     /// The claims of a token whose signature `key` verifies, if it is an
@@ -252,6 +297,13 @@ impl TokenGate {
                 _ => Refusal::Malformed,
             })?
             .claims;
+        self.claims_allowed(&claims)?;
+        Ok(claims)
+    }
+
+    /// Whether `claims` are an access token's, with the admin scope, for an
+    /// allowed client.
+    fn claims_allowed(&self, claims: &Claims) -> Result<(), Refusal> {
         if claims.token_use.as_deref() != Some("access") {
             return Err(Refusal::NotAccess);
         }
@@ -270,7 +322,7 @@ impl TokenGate {
         if !client_allowed {
             return Err(Refusal::ClientNotAllowed);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 
@@ -413,6 +465,7 @@ mod tests {
             } else {
                 now - delta
             }),
+            verification: Verification::Verified,
         }
     }
 

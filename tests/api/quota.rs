@@ -308,6 +308,63 @@ async fn with_redis_killed_under_load_the_fleet_stays_near_its_limit() {
     assert!((share - LIMIT / 3.0).abs() < 0.01, "{share}");
 }
 
+/// A rolling change of the limit (a replica at 100/s beside one at 40/s,
+/// on one Redis) spends at most the larger limit, never the two added up;
+/// once both have moved, at most the new one.
+#[tokio::test]
+async fn a_rolling_change_of_the_limit_spends_one_budget_not_both() {
+    let stand_in = StandIn::start().await;
+    let redis = Redis::start(&[]);
+    let key = key_file(&redis.dir, 24);
+    let old = replica(
+        &stand_in,
+        &redis,
+        &key,
+        &[
+            "--upstream-rate-limit",
+            "100",
+            "--upstream-queue-timeout",
+            "500ms",
+        ],
+    );
+    let new = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "40"]);
+    let mut replicas = vec![old, new];
+    until_they_know_the_fleets_size(&mut replicas).await;
+    let started = Instant::now();
+    let load = Load::start(&addrs(&replicas), 24, "rolling").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rate = rate_between(
+        &stand_in,
+        started + Duration::from_secs(1),
+        started + Duration::from_secs(5),
+    );
+    let tally = load.stop().await;
+    eprintln!("replicas at 100/s and 40/s: {rate:.1} calls/s at the stand-in, {tally:?}");
+    assert!(
+        (40.0..=115.0).contains(&rate),
+        "{rate:.1} calls/s: the two limits were spent side by side, {tally:?}"
+    );
+    assert!(tally.other.is_empty(), "{tally:?}");
+    // The old replica moves to the new limit: the fleet spends at most it.
+    drop(replicas.remove(0));
+    replicas.push(replica(
+        &stand_in,
+        &redis,
+        &key,
+        &["--upstream-rate-limit", "40"],
+    ));
+    let moved = Instant::now();
+    let load = Load::start(&addrs(&replicas), 24, "moved").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let rate = rate_between(&stand_in, moved + Duration::from_secs(1), Instant::now());
+    let tally = load.stop().await;
+    eprintln!("both at 40/s: {rate:.1} calls/s at the stand-in, {tally:?}");
+    assert!(
+        (0.7 * LIMIT..=1.15 * LIMIT).contains(&rate),
+        "{rate:.1} calls/s after the change, {tally:?}"
+    );
+}
+
 /// What a caller sees of a refusal: the message, ErrorInfo's reason and its
 /// metadata (sorted).
 type Refusal = (String, String, Vec<(String, String)>);

@@ -322,6 +322,122 @@ async fn random_kids_refresh_the_keys_at_most_once_per_interval() {
     );
 }
 
+/// With the key set unreachable, every check that needs no signature still
+/// applies: a token of an app client not served, an expired one, one
+/// without the admin scope and an ID token are refused here as when
+/// verified, without a Cognito call; one that passes them is let through,
+/// counted and logged as unverified.
+#[tokio::test]
+async fn without_keys_every_check_but_the_signature_still_refuses() {
+    let key = SigningKey::generate("k1");
+    let metrics = LocalMetrics::install();
+    let stand_in = StandIn::start().await;
+    stand_in.serve_jwks(Reply::Raw {
+        status: 503,
+        content_type: "text/html",
+        body: "<html>down</html>".to_owned(),
+    });
+    let mut config = pool_config(&stand_in);
+    config.tokens.client_ids = vec![crate::jwt::CLIENT_ID.to_owned()];
+    let app = spawn_app_with(stand_in, config).await;
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut claims = access_claims(POOL, 3600);
+        change(&mut claims);
+        key.sign(&claims)
+    };
+    let unauthenticated = Code::Unauthenticated;
+    let cases = [
+        (
+            "another app client",
+            with(&|c| c["client_id"] = json!("another-client")),
+            Code::PermissionDenied,
+            "CLIENT_NOT_ALLOWED",
+        ),
+        (
+            "no client at all",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("client_id");
+            }),
+            Code::PermissionDenied,
+            "CLIENT_NOT_ALLOWED",
+        ),
+        (
+            "an expired token",
+            key.sign(&access_claims(POOL, -120)),
+            unauthenticated,
+            "TOKEN_EXPIRED",
+        ),
+        (
+            "no admin scope",
+            with(&|c| c["scope"] = json!("openid email")),
+            unauthenticated,
+            "TOKEN_SCOPE_MISSING",
+        ),
+        (
+            "an ID token",
+            with(&|c| c["token_use"] = json!("id")),
+            unauthenticated,
+            "TOKEN_NOT_ACCESS",
+        ),
+        (
+            "no exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+            unauthenticated,
+            "TOKEN_MALFORMED",
+        ),
+    ];
+    for (what, token, code, reason) in &cases {
+        assert_eq!(
+            call(&app, token).await,
+            Err((*code, (*reason).to_owned())),
+            "{what}"
+        );
+    }
+    assert!(
+        app.stand_in.received().is_empty(),
+        "a refused token reached Cognito"
+    );
+    assert!(
+        !app.stand_in.jwks_requests().is_empty(),
+        "the keys were asked for"
+    );
+    // A token that passes every claim goes to Cognito, which verifies it.
+    assert_eq!(
+        call(&app, &key.sign(&access_claims(POOL, 3600)))
+            .await
+            .as_deref(),
+        Ok(USERNAME)
+    );
+    assert_eq!(app.stand_in.received().len(), 1);
+    let unverified = format!("cognito_facade_tokens_unverified_total{{pool=\"{POOL}\"}}");
+    assert_eq!(
+        crate::helpers::sample(&metrics.render(), &unverified),
+        Some(1.0)
+    );
+}
+
+/// The binary's line for a token let through unverified says so.
+#[tokio::test]
+async fn a_token_let_through_unverified_is_logged_so() {
+    let key = SigningKey::generate("k1");
+    let stand_in = StandIn::start().await;
+    stand_in.serve_jwks(Reply::Raw {
+        status: 503,
+        content_type: "text/html",
+        body: "<html>down</html>".to_owned(),
+    });
+    let mut running = crate::helpers::Running::against(&stand_in, &["--user-pool-id", POOL], &[]);
+    let mut client = running.client().await;
+    let answer = client
+        .get_user_auth_factors(request(&key.sign(&access_claims(POOL, 3600))))
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    let line = running.wait_for_line("call finished");
+    assert!(line.contains(r#""verification":"unverified""#), "{line}");
+}
+
 #[tokio::test]
 async fn without_keys_valid_tokens_are_still_answered_through_cognito() {
     let key = SigningKey::generate("k1");
