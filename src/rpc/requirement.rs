@@ -23,7 +23,6 @@ use crate::proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType};
 pub(crate) const REQUIRE: &str = "cognito-facade.require";
 /// The key that requires a sign-in factor.
 pub(crate) const REQUIRE_FACTOR: &str = "cognito-facade.require-factor";
-const PREFIX: &str = "cognito-facade.";
 /// The most of a wrong key or value quoted back.
 const QUOTED: usize = 64;
 
@@ -175,10 +174,18 @@ fn list<T>(value: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
     items.filter(|items| !items.is_empty())
 }
 
-/// Whether `key` is under `cognito-facade.` in any case, with `-` or `_`.
+/// Whether `key` names this facade at all: `cognito-facade` in any case,
+/// with any separator or none, anywhere in the key (a stray leading space,
+/// a `x-` prefix, a zero-width character). Only the exact keys are
+/// requirements; a key like this that is not one is a configuration error,
+/// never a requirement silently dropped.
 fn looks_like_ours(key: &str) -> bool {
-    let key = key.to_ascii_lowercase().replace('_', "-");
-    key.starts_with(PREFIX) || key.starts_with("cognito-facade")
+    let letters: String = key
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    letters.contains("cognitofacade")
 }
 
 /// At most [`QUOTED`] characters of an operator's text, for the log.
@@ -234,12 +241,24 @@ mod tests {
     }
 
     #[test]
+    fn other_keys_are_not_ours() {
+        let policy = policy(&[("envoy.route", "x"), ("facade", "y"), ("cognito", "z")]);
+        assert!(policy.is_ok_and(|p| p.mfa.is_none() && p.factors.is_none()));
+    }
+
+    #[test]
     fn anything_else_under_the_prefix_is_a_configuration_error() {
         for pairs in [
             &[("cognito-facade.requires", "mfa")][..],
             &[("Cognito-Facade.require", "mfa")],
             &[("cognito_facade.require", "mfa")],
             &[("cognito-facade-require", "mfa")],
+            &[(" cognito-facade.require", "mfa")],
+            &[("cognito-facade.require ", "mfa")],
+            &[("\u{200b}cognito-facade.require", "mfa")],
+            &[("x-cognito-facade.require", "mfa")],
+            &[("cognitofacade.require", "mfa")],
+            &[("COGNITO FACADE REQUIRE", "mfa")],
             &[(REQUIRE, "MFA")],
             &[(REQUIRE, "")],
             &[(REQUIRE, "SOFTWARE_TOKEN_MFA,")],
