@@ -164,6 +164,7 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
         "source",
         "span_id",
         "trace_id",
+        "verification",
     ];
     let keys: Vec<&str> = lines[0].keys().map(String::as_str).collect();
     assert_eq!(keys, expected_keys);
