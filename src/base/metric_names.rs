@@ -34,8 +34,9 @@ pub(crate) const TOKENS_UNVERIFIED: &str = "cognito_facade_tokens_unverified_tot
 /// JWKS fetches by `pool` and `outcome` (`ok`, `unreachable`, `bad_status`,
 /// `bad_body`, `invalid`, `timeout`).
 pub(crate) const JWKS_FETCHES: &str = "cognito_facade_jwks_fetches_total";
-/// Calls verified by Cognito alone because their pool's keys could not be
-/// had, by `pool`.
+/// Calls whose pool's keys could not be had, by `pool`: their claims are
+/// still checked here (those let through are [`TOKENS_UNVERIFIED`]), their
+/// signature by Cognito.
 pub(crate) const JWKS_UNAVAILABLE: &str = "cognito_facade_jwks_unavailable_total";
 /// Spans not exported, by `reason`: `queue_full` (the collector is slow or
 /// away, or the service is stopping) or `export_failed`.

@@ -92,7 +92,7 @@ fn describe() {
     metrics::describe_counter!(JWKS_FETCHES, "JWKS fetches by pool and outcome");
     metrics::describe_counter!(
         JWKS_UNAVAILABLE,
-        "Calls verified by Cognito alone because their pool's keys could not be had"
+        "Calls whose pool's keys could not be had: their claims checked here, their signature by Cognito"
     );
     metrics::describe_counter!(
         TRACE_SPANS_DROPPED,

@@ -47,7 +47,7 @@ if rate then
     rate = clamped
     redis.call('HSET', KEYS[1], 'rate', string.format('%.17g', rate))
   end
-  current = math.min(limit, math.min(limit, rate) + limit * (now - at) / recovery)
+  current = math.min(limit, rate + limit * (now - at) / recovery)
 end
 local function keep()
   local left = math.max(0, tat - now) / 1000

@@ -265,7 +265,8 @@ impl PoolKeys {
         pending
     }
 
-    /// Counts a call that falls through to Cognito for want of keys.
+    /// Counts a call whose pool's keys cannot be had: only its claims are
+    /// checked here, and its signature is left to Cognito.
     fn unavailable(&self, state: &mut State) -> Lookup {
         metrics::counter!(metric_names::JWKS_UNAVAILABLE, "pool" => self.pool.to_string())
             .increment(1);

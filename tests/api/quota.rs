@@ -114,6 +114,21 @@ async fn call_until_stopped(
     tally
 }
 
+/// 24 callers on `replicas` for `run`: the rate the stand-in saw from the
+/// first second on, and how the calls ended.
+pub(crate) async fn rate_under_load(
+    stand_in: &StandIn,
+    replicas: &[SocketAddr],
+    salt: &str,
+    run: Duration,
+) -> (f64, Tally) {
+    let started = Instant::now();
+    let load = Load::start(replicas, 24, salt).await;
+    tokio::time::sleep(run).await;
+    let rate = rate_between(stand_in, started + Duration::from_secs(1), started + run);
+    (rate, load.stop().await)
+}
+
 /// Cognito calls per second the stand-in saw between `from` and `to`.
 pub(crate) fn rate_between(stand_in: &StandIn, from: Instant, to: Instant) -> f64 {
     let seen = stand_in
@@ -178,15 +193,13 @@ async fn three_replicas_hold_the_fleet_to_its_limit_and_refuse_the_rest_clearly(
     let redis = Redis::start(&[]);
     let mut replicas =
         fleet_of_three(&stand_in, &redis, 21, &["--upstream-rate-limit", "40"]).await;
-    let started = Instant::now();
-    let load = Load::start(&addrs(&replicas), 24, "limit").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rate = rate_between(
+    let (rate, tally) = rate_under_load(
         &stand_in,
-        started + Duration::from_secs(1),
-        started + Duration::from_secs(5),
-    );
-    let tally = load.stop().await;
+        &addrs(&replicas),
+        "limit",
+        Duration::from_secs(5),
+    )
+    .await;
     eprintln!("fleet of 3 at a limit of {LIMIT}/s: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(
         (0.7 * LIMIT..=1.15 * LIMIT).contains(&rate),
@@ -330,15 +343,13 @@ async fn a_rolling_change_of_the_limit_spends_one_budget_not_both() {
     let new = replica(&stand_in, &redis, &key, &["--upstream-rate-limit", "40"]);
     let mut replicas = vec![old, new];
     until_they_know_the_fleets_size(&mut replicas).await;
-    let started = Instant::now();
-    let load = Load::start(&addrs(&replicas), 24, "rolling").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rate = rate_between(
+    let (rate, tally) = rate_under_load(
         &stand_in,
-        started + Duration::from_secs(1),
-        started + Duration::from_secs(5),
-    );
-    let tally = load.stop().await;
+        &addrs(&replicas),
+        "rolling",
+        Duration::from_secs(5),
+    )
+    .await;
     eprintln!("replicas at 100/s and 40/s: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(
         (40.0..=115.0).contains(&rate),
@@ -353,11 +364,13 @@ async fn a_rolling_change_of_the_limit_spends_one_budget_not_both() {
         &key,
         &["--upstream-rate-limit", "40"],
     ));
-    let moved = Instant::now();
-    let load = Load::start(&addrs(&replicas), 24, "moved").await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let rate = rate_between(&stand_in, moved + Duration::from_secs(1), Instant::now());
-    let tally = load.stop().await;
+    let (rate, tally) = rate_under_load(
+        &stand_in,
+        &addrs(&replicas),
+        "moved",
+        Duration::from_secs(4),
+    )
+    .await;
     eprintln!("both at 40/s: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(
         (0.7 * LIMIT..=1.15 * LIMIT).contains(&rate),

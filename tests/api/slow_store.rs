@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     fleet::{Redis, call, key_file, replica, replica_at},
     helpers::{Running, StandIn, TOKEN},
-    quota::{LIMIT, Load, addrs, metric, rate_between, until_they_know_the_fleets_size},
+    quota::{self, LIMIT, Load, addrs, metric, rate_between, until_they_know_the_fleets_size},
 };
 
 /// How long the proxy holds the next chunk.
@@ -105,15 +105,8 @@ async fn delayed(
 
 /// The fleet's rate at the stand-in under 24 callers, over seconds 1 to 5.
 async fn rate_under_load(stand_in: &StandIn, replicas: &[Running], salt: &str) -> f64 {
-    let started = Instant::now();
-    let load = Load::start(&addrs(replicas), 24, salt).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rate = rate_between(
-        stand_in,
-        started + Duration::from_secs(1),
-        started + Duration::from_secs(5),
-    );
-    let tally = load.stop().await;
+    let (rate, tally) =
+        quota::rate_under_load(stand_in, &addrs(replicas), salt, Duration::from_secs(5)).await;
     eprintln!("{salt}: {rate:.1} calls/s at the stand-in, {tally:?}");
     assert!(tally.other.is_empty(), "{tally:?}");
     rate

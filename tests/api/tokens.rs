@@ -43,6 +43,17 @@ async fn pool_app(keys: &[&SigningKey], tweak: impl FnOnce(&mut Config)) -> Test
     spawn_app_with(stand_in, config).await
 }
 
+/// A stand-in whose key set is unreachable: every JWKS fetch answers 503.
+async fn stand_in_without_keys() -> StandIn {
+    let stand_in = StandIn::start().await;
+    stand_in.serve_jwks(Reply::Raw {
+        status: 503,
+        content_type: "text/html",
+        body: "<html>down</html>".to_owned(),
+    });
+    stand_in
+}
+
 /// A call with `token`: the username, or the code and ErrorInfo reason.
 async fn call(app: &TestApp, token: &str) -> Result<String, (Code, String)> {
     app.client
@@ -331,12 +342,7 @@ async fn random_kids_refresh_the_keys_at_most_once_per_interval() {
 async fn without_keys_every_check_but_the_signature_still_refuses() {
     let key = SigningKey::generate("k1");
     let metrics = LocalMetrics::install();
-    let stand_in = StandIn::start().await;
-    stand_in.serve_jwks(Reply::Raw {
-        status: 503,
-        content_type: "text/html",
-        body: "<html>down</html>".to_owned(),
-    });
+    let stand_in = stand_in_without_keys().await;
     let mut config = pool_config(&stand_in);
     config.tokens.client_ids = vec![crate::jwt::CLIENT_ID.to_owned()];
     let app = spawn_app_with(stand_in, config).await;
@@ -422,12 +428,7 @@ async fn without_keys_every_check_but_the_signature_still_refuses() {
 #[tokio::test]
 async fn a_token_let_through_unverified_is_logged_so() {
     let key = SigningKey::generate("k1");
-    let stand_in = StandIn::start().await;
-    stand_in.serve_jwks(Reply::Raw {
-        status: 503,
-        content_type: "text/html",
-        body: "<html>down</html>".to_owned(),
-    });
+    let stand_in = stand_in_without_keys().await;
     let mut running = crate::helpers::Running::against(&stand_in, &["--user-pool-id", POOL], &[]);
     let mut client = running.client().await;
     let answer = client
@@ -442,12 +443,7 @@ async fn a_token_let_through_unverified_is_logged_so() {
 async fn without_keys_valid_tokens_are_still_answered_through_cognito() {
     let key = SigningKey::generate("k1");
     let metrics = LocalMetrics::install();
-    let stand_in = StandIn::start().await;
-    stand_in.serve_jwks(Reply::Raw {
-        status: 503,
-        content_type: "text/html",
-        body: "<html>down</html>".to_owned(),
-    });
+    let stand_in = stand_in_without_keys().await;
     let mut config = pool_config(&stand_in);
     config.tokens.jwks_refresh_interval = Duration::from_millis(100);
     let app = spawn_app_with(stand_in, config).await;
