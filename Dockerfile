@@ -9,6 +9,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 # Build settings for C dependencies (the allocator's memory behaviour).
 COPY .cargo ./.cargo
 COPY proto ./proto
+# build.rs compiles Envoy's ext_authz protos from here too.
+COPY third_party ./third_party
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
