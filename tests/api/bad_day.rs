@@ -103,7 +103,7 @@ async fn a_leader_that_gives_up_hands_its_flight_to_exactly_one_follower() {
     );
     assert_eq!(sources.iter().filter(|s| *s == "cognito").count(), 1);
     // Every follower left its channel.
-    until_no_channel(&redis, Duration::from_secs(3)).await;
+    until_no_channel(&redis, Duration::from_secs(10)).await;
 }
 
 #[tokio::test]
