@@ -154,6 +154,13 @@ impl<V: Clone> ExpiringMap<V> {
         lock(&self.entries).by_key.remove(key);
     }
 
+    /// Forgets `key`, and gives its value and expiry if it had not expired
+    /// by `now`.
+    pub(crate) fn take(&self, key: &TokenKey, now: Instant) -> Option<(V, Instant)> {
+        let (expires, value) = lock(&self.entries).by_key.remove(key)?;
+        (expires > now).then_some((value, expires))
+    }
+
     /// How many entries are held, expired ones not yet removed included.
     pub(crate) fn len(&self) -> usize {
         lock(&self.entries).by_key.len()

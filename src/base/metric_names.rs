@@ -93,5 +93,14 @@ pub(crate) const REFUSALS_REMEMBERED: &str = "cognito_facade_refusals_remembered
 pub(crate) const STALE_ANSWERS: &str = "cognito_facade_stale_answers_total";
 /// Answers this replica keeps for `--stale-if-error`.
 pub(crate) const KEPT_ANSWERS: &str = "cognito_facade_kept_answers";
+/// Tokens this replica knows are revoked (Cognito's definitive refusal,
+/// here or told by the fleet): nothing is cached or kept for them until
+/// their `exp`. Bounded by `--cache-max-entries`.
+pub(crate) const REVOKED_TOKENS: &str = "cognito_facade_revoked_tokens";
+/// Revocations this replica heard while Redis was away, not yet written to
+/// the fleet (at most 1,024).
+pub(crate) const FLEET_REVOCATIONS_PENDING: &str = "cognito_facade_fleet_revocations_pending";
+/// Pending revocations dropped, the oldest first, past 1,024.
+pub(crate) const FLEET_REVOCATIONS_DROPPED: &str = "cognito_facade_fleet_revocations_dropped_total";
 /// Envoy's ext_authz Checks, by `decision`.
 pub(crate) const EXT_AUTHZ_DECISIONS: &str = "cognito_facade_ext_authz_decisions_total";

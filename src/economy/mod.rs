@@ -26,7 +26,7 @@ use crate::{
     base::metric_names,
     base::telemetry::Every,
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
-    token::AccessToken,
+    token::{AccessToken, LONGEST_LIFETIME},
     upstream::Answer,
 };
 
@@ -95,6 +95,12 @@ pub(crate) struct Economy {
     refusals: ExpiringMap<Error>,
     /// Answers kept for `--stale-if-error`, with when Cognito gave them.
     kept: ExpiringMap<(Answer, SystemTime)>,
+    /// Tokens Cognito refused definitively (here, or as the fleet told),
+    /// until their `exp`: nothing is cached or kept for them again.
+    revoked: ExpiringMap<()>,
+    /// The tokens this replica holds copies for, by the key of their fleet
+    /// tag (what a revocation notice names): the token's key here.
+    by_tag: ExpiringMap<TokenKey>,
     /// Since when Cognito has been unavailable (none since its last
     /// answer), and at most one warning per [`STALE_WARN_INTERVAL`].
     unavailable_since: Mutex<Option<Instant>>,
@@ -127,6 +133,8 @@ pub(crate) enum Ticket {
 pub(crate) struct Leader {
     economy: Arc<Economy>,
     key: Option<TokenKey>,
+    /// The token's fleet tag, with a fleet: a revocation notice names it.
+    tag: Option<String>,
     /// The token's `exp`: no cached answer outlives it.
     token_expires: Option<SystemTime>,
     sender: watch::Sender<Option<Outcome>>,
@@ -153,6 +161,8 @@ impl Economy {
             } else {
                 0
             }),
+            revoked: ExpiringMap::new(copies_held(&config)),
+            by_tag: ExpiringMap::new(copies_held(&config)),
             unavailable_since: Mutex::new(None),
             stale_warning: Every::new(STALE_WARN_INTERVAL),
         })
@@ -217,9 +227,26 @@ impl Economy {
         metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
     }
 
-    pub(crate) fn forget_kept(&self, key: &TokenKey) {
-        self.kept.remove(key);
+    /// The token under `key` is revoked until `until`: its copies here go,
+    /// and none is made again while the mark lasts.
+    fn revoke(&self, key: TokenKey, until: Instant) {
+        if copies_held(&self.config) == 0 {
+            return;
+        }
+        self.cache.remove(&key);
+        self.kept.remove(&key);
+        self.revoked.insert(key, (), until);
         metrics::gauge!(metric_names::KEPT_ANSWERS).set(self.kept.len() as f64);
+        metrics::gauge!(metric_names::REVOKED_TOKENS).set(self.revoked.len() as f64);
+    }
+
+    /// Another replica told the fleet that Cognito refused the token whose
+    /// fleet tag is `tag` definitively: this replica's copies go. A tag it
+    /// holds nothing for is nothing to it.
+    pub(crate) fn heard_revoked(&self, tag: &str) {
+        if let Some((key, until)) = self.by_tag.take(&self.keyer.key(tag), Instant::now()) {
+            self.revoke(key, until);
+        }
     }
 
     /// `outcome`, or, when it says Cognito is unavailable and an answer is
@@ -293,6 +320,7 @@ impl Economy {
         Leader {
             economy: Arc::clone(self),
             key,
+            tag: None,
             token_expires,
             sender,
             span: FlightSpan::default(),
@@ -307,10 +335,22 @@ impl Leader {
         self.key
     }
 
-    /// This replica's own kept answer for the token, for the flight to
-    /// drop when the fleet says a definitive refusal replaced it.
+    /// Names the token by its fleet tag: told that another replica saw it
+    /// revoked, this replica drops its copies.
+    pub(crate) fn share_as(&mut self, tag: &str) {
+        self.tag = Some(tag.to_owned());
+    }
+
+    /// This replica's own copies of the token's answer, for the flight to
+    /// drop when the fleet says the token was revoked.
     pub(crate) fn kept_copy(&self) -> KeptCopy {
-        KeptCopy(self.key.map(|key| (Arc::clone(&self.economy), key)))
+        let until = Instant::now() + self.revoked_for();
+        KeptCopy(self.key.map(|key| (Arc::clone(&self.economy), key, until)))
+    }
+
+    /// How long a revocation of the token lasts: until its `exp`.
+    fn revoked_for(&self) -> Duration {
+        self.lifetime(LONGEST_LIFETIME, None)
     }
 
     /// The token's `exp`, as the ticket was given it.
@@ -373,10 +413,8 @@ impl Leader {
             Ok(answer) => self.remember_answer(key, answer),
             Err(refusal @ Error::Upstream(up)) => {
                 let economy = &self.economy;
-                if up.kind.kept_answer() == KeptAnswer::Goes
-                    && economy.config.stale_if_error.is_some()
-                {
-                    economy.forget_kept(&key);
+                if refusal.revokes() {
+                    economy.revoke(key, Instant::now() + self.revoked_for());
                 }
                 if up.kind.is_definitive()
                     && let Some(ttl) = economy.config.refusal_ttl
@@ -399,6 +437,21 @@ impl Leader {
     /// A fresh answer goes into the cache and is kept for `--stale-if-error`.
     fn remember_answer(&self, key: TokenKey, answer: &Answer) {
         let economy = &self.economy;
+        // Cognito itself answered: an outage, if there was one, ends.
+        if answer.given_at.is_none() {
+            *lock(&economy.unavailable_since) = None;
+        }
+        // A revoked token's answer (one given before the revocation, landing
+        // after it) is served to its callers but never copied.
+        if economy.revoked.get(&key, Instant::now()).is_some() {
+            return;
+        }
+        if let Some(tag) = &self.tag
+            && copies_held(&economy.config) > 0
+        {
+            let until = Instant::now() + self.revoked_for();
+            economy.by_tag.insert(economy.keyer.key(tag), key, until);
+        }
         if let Some(ttl) = economy.config.cache_ttl {
             let lifetime = self.lifetime(ttl, answer.fresh_until);
             if !lifetime.is_zero() {
@@ -414,10 +467,6 @@ impl Leader {
             let until = given.checked_add(fresh.saturating_add(grace));
             let lifetime = self.lifetime(Duration::MAX, until.or(Some(given)));
             economy.keep(key, answer, given, lifetime);
-        }
-        // Cognito itself answered: an outage, if there was one, ends.
-        if answer.given_at.is_none() {
-            *lock(&economy.unavailable_since) = None;
         }
     }
 
@@ -444,17 +493,29 @@ impl Drop for Leader {
     }
 }
 
-/// A replica's own kept answer for one token (`--stale-if-error`). See
+/// A replica's own copies of one token's answer (cached, and kept for
+/// `--stale-if-error`), and until when a revocation of it lasts. See
 /// [`Leader::kept_copy`].
 #[derive(Clone)]
-pub(crate) struct KeptCopy(Option<(Arc<Economy>, TokenKey)>);
+pub(crate) struct KeptCopy(Option<(Arc<Economy>, TokenKey, Instant)>);
 
 impl KeptCopy {
-    /// Forgets it: a definitive refusal replaced the fleet's copy.
+    /// Forgets them, for as long as the token lives: the fleet says it was
+    /// revoked.
     pub(crate) fn forget(&self) {
-        if let Some((economy, key)) = &self.0 {
-            economy.forget_kept(key);
+        if let Some((economy, key, until)) = &self.0 {
+            economy.revoke(*key, *until);
         }
+    }
+}
+
+/// How many tokens' copies this replica may hold (0 when it keeps none):
+/// the bound on its revocation marks too.
+fn copies_held(config: &EconomyConfig) -> usize {
+    if config.cache_ttl.is_some() || config.stale_if_error.is_some() {
+        config.cache_max_entries
+    } else {
+        0
     }
 }
 

@@ -376,6 +376,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is Cognito's definitive word on the token (a refusal
+    /// that replaces its kept answer): every copy of the token's answer,
+    /// on every replica and in the fleet, goes.
+    pub(crate) fn revokes(&self) -> bool {
+        matches!(self, Self::Upstream(up) if up.kind.kept_answer() == KeptAnswer::Goes)
+    }
+
     /// The gRPC code and `ErrorInfo.reason` of this error.
     pub fn status(&self) -> (Code, &'static str) {
         match self {

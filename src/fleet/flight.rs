@@ -161,17 +161,26 @@ impl Joining {
 }
 
 impl Fleet {
-    /// Joins the fleet's flight for `token` (whose `exp` is `expires_at`):
+    /// Joins the fleet's flight for the token `names` names (whose `exp` is
+    /// `expires_at`):
     /// the fleet's memory, another replica's flight to follow, or the lease
     /// to lead one. A follower waits at most its own lease bound in all;
     /// its caller's own deadline is kept by the caller. Also says whether a
-    /// definitive refusal replaced the token's kept answer
-    /// (`--stale-if-error`): then this replica forgets its own copy too.
-    pub(crate) async fn join(&self, token: &str, expires_at: Option<SystemTime>) -> (Joined, bool) {
+    /// definitive refusal revoked the token: then this replica forgets its
+    /// own copies too. Nothing is served from the fleet before the
+    /// revocations this replica heard while Redis was away are written.
+    pub(crate) async fn join(
+        &self,
+        names: &Names,
+        expires_at: Option<SystemTime>,
+    ) -> (Joined, bool) {
         let Some(mut conn) = self.0.store.for_call() else {
             return (Joined::Alone, false);
         };
-        let names = Names::of(&self.0.store, token);
+        if !self.revocations_written().await {
+            return (Joined::Alone, false);
+        }
+        let names = names.clone();
         if !self.0.settings.coalesce {
             return self.remembered_only(&mut conn, names, expires_at).await;
         }
@@ -324,7 +333,7 @@ impl Fleet {
         };
         let replaced = matches!(found.as_slice(), [_, _, Some(_)]);
         let memory = match found.as_slice() {
-            [Some(answer), ..] if settings.cache_ttl.is_some() => {
+            [Some(answer), _, None] if settings.cache_ttl.is_some() => {
                 self.memory(&names, answer, false)
             }
             [_, Some(refusal), ..] if settings.refusal_ttl.is_some() => {

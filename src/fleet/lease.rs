@@ -8,10 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{
     Fleet, Names,
     codec::{self, shareable},
+    revocations::revoked_until,
     scripts::{Finish, FinishScript},
 };
 use crate::{
-    error::{Error, KeptAnswer},
+    error::Error,
     store::{BACKGROUND_BUDGET, Lane, Op},
     upstream::Answer,
 };
@@ -41,8 +42,9 @@ struct Left {
     memory: Option<(bool, Vec<u8>, Duration)>,
     /// The kept answer and its TTL.
     kept: Option<(Vec<u8>, Duration)>,
-    /// Whether the outcome replaces the token's kept answer.
-    replaces_kept: bool,
+    /// Until when the outcome revokes the token's copies (a definitive
+    /// refusal), if it does.
+    revokes: Option<SystemTime>,
 }
 
 impl Lease {
@@ -86,10 +88,13 @@ impl Lease {
             result,
             memory,
             kept: self.kept_value(outcome, now),
-            // Whatever this replica's own setting: another's kept answer
-            // must not outlive Cognito's refusal.
-            replaces_kept: matches!(outcome, Err(Error::Upstream(up))
-                if up.kind.kept_answer() == KeptAnswer::Goes),
+            // Whatever this replica's own settings: another's copies must
+            // not outlive Cognito's refusal.
+            revokes: outcome
+                .as_ref()
+                .err()
+                .is_some_and(Error::revokes)
+                .then(|| revoked_until(exp, now)),
         }
     }
 
@@ -141,23 +146,37 @@ impl Lease {
         let kept = left
             .kept
             .and_then(|(plain, ttl)| Some((keys.seal(&names.kept, &plain)?, ttl)));
+        let revokes = left
+            .revokes
+            .and_then(|until| until.duration_since(SystemTime::now()).ok());
         let finish = Finish {
             flight: self.flight.as_deref(),
             result,
             result_ttl: FLIGHT_RESULT_TTL,
             memory,
             kept,
-            replaces_kept: left.replaces_kept,
+            revokes,
         };
-        let Ok(mut conn) = store.connection(Lane::Background) else {
-            return;
+        let channel = &self.fleet.0.revocations.channel;
+        let call = self
+            .fleet
+            .0
+            .finish
+            .call(names, &finish, store.mode(), channel);
+        let published = match store.connection(Lane::Background) {
+            Ok(mut conn) => {
+                let until = Instant::now() + BACKGROUND_BUDGET;
+                store
+                    .op(Op::Finish, Lane::Background, until, call.run(&mut conn))
+                    .await
+                    .and_then(FinishScript::reply)
+            }
+            Err(_) => None,
         };
-        let call = self.fleet.0.finish.call(names, &finish, store.mode());
-        let until = Instant::now() + BACKGROUND_BUDGET;
-        let published = store
-            .op(Op::Finish, Lane::Background, until, call.run(&mut conn))
-            .await
-            .and_then(FinishScript::reply);
+        // A revocation not written waits for Redis to answer again.
+        if let (None, Some(until)) = (published, left.revokes) {
+            self.fleet.queue(self.names.clone(), until);
+        }
         if published == Some(false) {
             tracing::debug!(
                 "a flight's notice was refused; its followers find the result themselves"

@@ -12,11 +12,13 @@
 //! call goes on as a replica alone would, and no value in Redis makes it
 //! wait past its own bound.
 //!
-//! Files, lowest first: `codec`, `scripts`, `waiters`, `lease`, `flight`.
+//! Files, lowest first: `codec`, `scripts`, `waiters`, `revocations` (a
+//! definitive refusal reaching every replica's copies), `lease`, `flight`.
 
 mod codec;
 mod flight;
 mod lease;
+mod revocations;
 mod scripts;
 mod waiters;
 
@@ -35,6 +37,7 @@ use crate::{
 
 pub(crate) use self::lease::Lease;
 use self::{
+    revocations::Revocations,
     scripts::{FinishScript, JoinScript},
     waiters::Waiters,
 };
@@ -101,6 +104,7 @@ struct FleetState {
     waiters: Arc<Waiters>,
     join: JoinScript,
     finish: FinishScript,
+    revocations: Revocations,
 }
 
 /// The Redis names of one token's keys (all in the token's slot).
@@ -118,8 +122,9 @@ pub(crate) struct Names {
     channel: String,
     /// The answer kept for `--stale-if-error`.
     kept: String,
-    /// The mark of a kept answer a definitive refusal replaced: every
-    /// replica forgets its own copy.
+    /// The token's revocation mark (a definitive refusal): no copy of an
+    /// answer is served or written while it lasts, and every replica
+    /// forgets its own.
     replaced: String,
 }
 
@@ -138,6 +143,15 @@ impl Names {
         }
     }
 
+    /// The token's tag, as a revocation notice names it (what is between
+    /// the braces of every one of its names).
+    pub(crate) fn tag(&self) -> &str {
+        self.answer
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .map_or("", |(tag, _)| tag)
+    }
+
     /// The name of a flight's result, which it is also sealed under: a
     /// result is found, and opens, only for its own flight.
     fn result(&self, flight: &str) -> String {
@@ -147,25 +161,37 @@ impl Names {
 
 impl Fleet {
     /// Starts the store (in the background) and the fleet on it.
+    /// Starts the store (in the background) and the fleet on it, and
+    /// subscribes the fleet-wide revocation channel once connected.
     pub(crate) fn start(config: &FleetConfig, settings: FleetSettings) -> Self {
-        let waiters = Arc::new(Waiters::default());
-        let deliver = {
-            let waiters = Arc::downgrade(&waiters);
-            let mode = config.mode;
-            move |push| {
-                if let Some(waiters) = waiters.upgrade() {
-                    waiters.deliver(mode, push);
+        let mode = config.mode;
+        let state = Arc::new_cyclic(|fleet: &std::sync::Weak<FleetState>| {
+            let fleet = fleet.clone();
+            let deliver = move |push: redis::PushInfo| {
+                if let Some(fleet) = fleet.upgrade()
+                    && !fleet.revocations.deliver(&push)
+                {
+                    fleet.waiters.deliver(mode, push);
                 }
+            };
+            let store = Store::start(config, deliver);
+            let channel = store.key_name("revocations", "v");
+            FleetState {
+                store,
+                settings,
+                waiters: Arc::new(Waiters::default()),
+                join: JoinScript::new(),
+                finish: FinishScript::new(),
+                revocations: Revocations::new(channel),
             }
-        };
-        let store = Store::start(config, deliver);
-        Self(Arc::new(FleetState {
-            store,
-            settings,
-            waiters,
-            join: JoinScript::new(),
-            finish: FinishScript::new(),
-        }))
+        });
+        tokio::spawn(revocations::listen(Arc::downgrade(&state)));
+        Self(state)
+    }
+
+    /// The Redis names of `token`'s keys, and its tag.
+    pub(crate) fn names(&self, token: &str) -> Names {
+        Names::of(&self.0.store, token)
     }
 
     /// The store under the fleet (the rate limit shares it).

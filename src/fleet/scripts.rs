@@ -129,9 +129,9 @@ pub(super) struct Finish<'a> {
     pub(super) memory: Option<(&'a str, Vec<u8>, Duration)>,
     /// The sealed kept answer, and for how long (`--stale-if-error`).
     pub(super) kept: Option<(Vec<u8>, Duration)>,
-    /// Whether the outcome replaces the token's kept answer (a definitive
-    /// refusal).
-    pub(super) replaces_kept: bool,
+    /// Whether the outcome revokes the token's copies (a definitive
+    /// refusal), and until when the revocation is remembered.
+    pub(super) revokes: Option<Duration>,
 }
 
 pub(super) struct FinishScript(LuaScript);
@@ -141,11 +141,14 @@ impl FinishScript {
         Self(LuaScript::new(include_str!("finish.lua")))
     }
 
+    /// The call; a revocation is told on `revocations`, the fleet-wide
+    /// channel.
     pub(super) fn call<'a>(
         &'a self,
         names: &Names,
         finish: &Finish<'_>,
         mode: RedisMode,
+        revocations: &str,
     ) -> ScriptCall<'a> {
         let publish = match mode {
             RedisMode::Standalone => "PUBLISH",
@@ -165,6 +168,7 @@ impl FinishScript {
             .key(memory_key)
             .key(&names.kept)
             .key(&names.replaced)
+            .key(&names.answer)
             .arg(finish.flight.unwrap_or_default())
             .arg(finish.result.as_deref().unwrap_or_default())
             .arg(millis(finish.result_ttl))
@@ -174,7 +178,10 @@ impl FinishScript {
             .arg(publish)
             .arg(kept)
             .arg(kept_ttl)
-            .arg(if finish.replaces_kept { "1" } else { "0" });
+            .arg(if finish.revokes.is_some() { "1" } else { "0" })
+            .arg(millis(finish.revokes.unwrap_or_default()))
+            .arg(revocations)
+            .arg(names.tag());
         call
     }
 

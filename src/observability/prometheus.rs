@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use crate::base::metric_names::{
     ACCEPT_ERRORS, BUILD_INFO, CACHE_HITS, COALESCED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
     EXT_AUTHZ_DECISIONS, FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS,
-    FLEET_REPLICAS, FLEET_SKIPPED, FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES,
-    JWKS_UNAVAILABLE, KEPT_ANSWERS, MAX_CONNECTIONS, REFUSALS_REMEMBERED, RPC_DURATION,
-    RPC_IN_FLIGHT, RPC_REQUESTS, SHED, STALE_ANSWERS, TOKEN_REFUSALS, TOKENS_UNVERIFIED,
-    TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED,
-    UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS,
-    UPSTREAM_WAITED,
+    FLEET_REPLICAS, FLEET_REVOCATIONS_DROPPED, FLEET_REVOCATIONS_PENDING, FLEET_SKIPPED,
+    FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, KEPT_ANSWERS,
+    MAX_CONNECTIONS, REFUSALS_REMEMBERED, REVOKED_TOKENS, RPC_DURATION, RPC_IN_FLIGHT,
+    RPC_REQUESTS, SHED, STALE_ANSWERS, TOKEN_REFUSALS, TOKENS_UNVERIFIED, TRACE_SPANS_DROPPED,
+    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE,
+    UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -180,6 +180,18 @@ fn describe_quota() {
     metrics::describe_gauge!(
         KEPT_ANSWERS,
         "Answers this replica keeps for --stale-if-error"
+    );
+    metrics::describe_gauge!(
+        REVOKED_TOKENS,
+        "Tokens this replica knows Cognito refused definitively: nothing is cached or kept for them until their exp"
+    );
+    metrics::describe_gauge!(
+        FLEET_REVOCATIONS_PENDING,
+        "Revocations heard while Redis was away, not yet written to the fleet"
+    );
+    metrics::describe_counter!(
+        FLEET_REVOCATIONS_DROPPED,
+        "Pending revocations dropped (the oldest) past the queue's bound"
     );
     metrics::describe_counter!(
         EXT_AUTHZ_DECISIONS,

@@ -18,7 +18,7 @@ use crate::{
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
     economy::{Economy, EconomyConfig, Flight, KeptCopy, Leader, Ticket, Wait},
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
-    fleet::{Fleet, Joined, Lease},
+    fleet::{Fleet, Joined, Lease, Names},
     observability::traces::{self, Tracing},
     proto::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
@@ -110,12 +110,22 @@ impl FacadeService {
         keyer: TokenKeyer,
         fleet: Option<Fleet>,
     ) -> Self {
+        let economy = Economy::new(economy, keyer);
+        if let Some(fleet) = &fleet {
+            // Weak: the fleet's listener does not keep the economy alive.
+            let heard = Arc::downgrade(&economy);
+            fleet.hear_revocations(move |tag| {
+                if let Some(economy) = heard.upgrade() {
+                    economy.heard_revoked(tag);
+                }
+            });
+        }
         Self {
             cognito,
             gate,
             tracing,
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-            economy: Economy::new(economy, keyer),
+            economy,
             fleet,
             ext_authz: Arc::new(config.ext_authz.clone()),
         }
@@ -235,20 +245,23 @@ impl FacadeService {
     /// none.
     fn lead(
         &self,
-        leader: Leader,
+        mut leader: Leader,
         call: Call,
         context: &Arc<CallContext>,
     ) -> Result<Flight, Error> {
+        // The token's names in the fleet: a revocation told by another
+        // replica names its tag.
+        let names = self.fleet.as_ref().map(|fleet| {
+            let names = fleet.names(call.token.expose());
+            leader.share_as(names.tag());
+            (fleet.clone(), names)
+        });
         // Redis away or its breaker open: the flight is a replica's alone,
         // at the cost of one check (and none of the fleet path's state).
-        let fleet = self
-            .fleet
-            .as_ref()
-            .filter(|fleet| fleet.usable_now())
-            .cloned();
-        let permit = match fleet {
-            Some(_) => None,
-            None => match self.permit() {
+        let usable = names.as_ref().is_some_and(|(fleet, _)| fleet.usable_now());
+        let permit = match usable {
+            true => None,
+            false => match self.permit() {
                 Ok(permit) => Some(permit),
                 Err(err) => {
                     leader.abandon(Err(err.clone()));
@@ -264,16 +277,21 @@ impl FacadeService {
         // lease); if this caller gives up first, the call finishes in the
         // background for the others.
         Ok(leader.run(async move {
-            match (fleet, permit) {
-                (Some(fleet), _) => {
+            match (names, usable) {
+                (Some((fleet, names)), true) => {
                     upstream
-                        .call_in(&fleet, expires_at, &context, || service.permit())
+                        .call_in(&fleet, &names, expires_at, &context, || service.permit())
                         .await
                 }
-                (None, permit) => {
+                (names, _) => {
                     context.set_source(Source::Cognito);
                     let result = upstream.call().await;
                     drop(permit);
+                    // A revocation heard without the fleet is written once
+                    // Redis answers.
+                    if let Some((fleet, names)) = names {
+                        fleet.made_alone(&names, expires_at, &result);
+                    }
                     result
                 }
             }
@@ -386,13 +404,14 @@ impl Upstream {
     async fn call_in(
         self,
         fleet: &Fleet,
+        names: &Names,
         expires_at: Option<SystemTime>,
         context: &CallContext,
         permit: impl FnOnce() -> Result<OwnedSemaphorePermit, Error>,
     ) -> Result<Answer, Error> {
         // Boxed: the fleet's join is a large state machine that a flight
         // without the fleet should not carry.
-        let (joined, replaced) = Box::pin(fleet.join(self.token.expose(), expires_at)).await;
+        let (joined, replaced) = Box::pin(fleet.join(names, expires_at)).await;
         if replaced {
             self.kept_copy.forget();
         }
@@ -422,7 +441,10 @@ impl Upstream {
                 lease.finish(&outcome);
                 outcome
             }
-            None => outcome,
+            None => {
+                fleet.made_alone(names, expires_at, &outcome);
+                outcome
+            }
         }
     }
 }

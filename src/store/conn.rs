@@ -54,6 +54,15 @@ impl StoreConn {
         }
     }
 
+    /// SUBSCRIBE in either mode: a cluster carries a plain PUBLISH to
+    /// every node, so one subscription hears the whole fleet.
+    pub(crate) async fn subscribe_broadcast(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Self::Standalone(conn) => conn.subscribe(channel).await,
+            Self::Cluster(conn) => conn.subscribe(channel).await,
+        }
+    }
+
     pub(crate) async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             Self::Standalone(conn) => conn.unsubscribe(channel).await,

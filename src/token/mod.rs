@@ -19,6 +19,11 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// The request field that carries the token.
 pub(crate) const TOKEN_FIELD: &str = "access_token";
 
+/// The longest a Cognito access token lives (its app client's validity is
+/// at most a day): what a token's revocation is remembered for when its
+/// `exp` is not known.
+pub(crate) const LONGEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The metadata key that carries the token when the field is empty.
 pub(crate) const AUTHORIZATION_KEY: &str = "authorization";
 

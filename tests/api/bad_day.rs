@@ -30,7 +30,8 @@ use crate::{
 async fn until_no_channel(redis: &Redis, bound: Duration) {
     let deadline = Instant::now() + bound;
     loop {
-        let channels = redis.cli(&["PUBSUB", "CHANNELS"]);
+        // Flights' channels; not the fleet-wide one every replica keeps.
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "cf:*:c"]);
         if channels.trim().is_empty() {
             return;
         }
@@ -218,7 +219,10 @@ async fn followers_that_leave_while_the_breaker_is_open_leave_no_channel() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let subscribed = redis.cli(&["PUBSUB", "NUMSUB"]);
     assert!(
-        !redis.cli(&["PUBSUB", "CHANNELS"]).trim().is_empty(),
+        !redis
+            .cli(&["PUBSUB", "CHANNELS", "cf:*:c"])
+            .trim()
+            .is_empty(),
         "{subscribed}"
     );
     // Frozen: other tokens' lookups time out, the breaker opens, and the

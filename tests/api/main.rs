@@ -23,6 +23,7 @@ mod observe;
 mod operations;
 mod quota;
 mod reflection;
+mod revocation;
 mod rpc;
 mod secrets;
 mod servers;
