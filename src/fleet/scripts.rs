@@ -209,6 +209,110 @@ pub(super) fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::test_server::TestServer;
+
+    /// The join script's reply, on `store`.
+    async fn join(store: &crate::store::Store, names: &Names, flight: &str) -> JoinReply {
+        let script = JoinScript::new();
+        let call = script.call(
+            names,
+            flight,
+            Duration::from_secs(5),
+            (true, true),
+            None,
+            true,
+        );
+        let mut conn = store.connected().unwrap();
+        JoinScript::reply(call.run(&mut conn).await.unwrap()).unwrap()
+    }
+
+    /// The finish script's reply, on `store`.
+    async fn finish(store: &crate::store::Store, names: &Names, finish: &Finish<'_>) -> bool {
+        let script = FinishScript::new();
+        let call = script.call(names, finish, RedisMode::Standalone, "revocations");
+        let mut conn = store.connected().unwrap();
+        FinishScript::reply(call.run(&mut conn).await.unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_join_sent_again_leads_its_own_flight_and_a_revocation_stops_every_copy() {
+        let server = TestServer::start();
+        let store = server.store(|_| {}).await;
+        let names = Names::of(&store, "a token");
+        // The same join twice (a retry after a lost reply): the second
+        // finds its own id in the lease and leads, never follows itself.
+        let flight = new_flight_id();
+        assert_eq!(
+            join(&store, &names, &flight).await,
+            JoinReply::Lead { replaced: false }
+        );
+        assert_eq!(
+            join(&store, &names, &flight).await,
+            JoinReply::Lead { replaced: false }
+        );
+        // Another caller follows it.
+        assert!(matches!(
+            join(&store, &names, &new_flight_id()).await,
+            JoinReply::Follow {
+                replaced: false,
+                ..
+            }
+        ));
+        let answer = |flight| Finish {
+            flight,
+            result: None,
+            result_ttl: Duration::from_secs(2),
+            memory: Some((
+                names.answer.as_str(),
+                b"answer".to_vec(),
+                Duration::from_secs(60),
+            )),
+            kept: Some((b"kept".to_vec(), Duration::from_secs(60))),
+            revokes: None,
+        };
+        assert!(finish(&store, &names, &answer(Some(&flight))).await);
+        assert_eq!(
+            join(&store, &names, &new_flight_id()).await,
+            JoinReply::Answer(b"answer".to_vec())
+        );
+        // A revocation: both copies go, the mark lasts its time.
+        let revocation = Finish {
+            flight: None,
+            result: None,
+            result_ttl: Duration::from_secs(2),
+            memory: None,
+            kept: None,
+            revokes: Some(Duration::from_secs(600)),
+        };
+        assert!(finish(&store, &names, &revocation).await);
+        let exists = |key: String| {
+            let server = &server;
+            async move { server.command(&["EXISTS", &key]).await }
+        };
+        assert_eq!(exists(names.answer.clone()).await, Value::Int(0));
+        assert_eq!(exists(names.kept.clone()).await, Value::Int(0));
+        let ttl = server.command(&["PTTL", &names.replaced]).await;
+        assert!(matches!(ttl, Value::Int(ms) if ms > 590_000), "{ttl:?}");
+        // An answer given before it, landing after: never copied.
+        assert!(finish(&store, &names, &answer(None)).await);
+        assert_eq!(exists(names.answer.clone()).await, Value::Int(0));
+        assert_eq!(exists(names.kept.clone()).await, Value::Int(0));
+        // A remembered answer is not served while the mark lasts, even one
+        // written by hand.
+        server.command(&["SET", &names.answer, "answer"]).await;
+        assert_eq!(
+            join(&store, &names, &new_flight_id()).await,
+            JoinReply::Lead { replaced: true }
+        );
+        // A shorter revocation never shortens the mark.
+        let shorter = Finish {
+            revokes: Some(Duration::from_secs(5)),
+            ..revocation
+        };
+        assert!(finish(&store, &names, &shorter).await);
+        let ttl = server.command(&["PTTL", &names.replaced]).await;
+        assert!(matches!(ttl, Value::Int(ms) if ms > 580_000), "{ttl:?}");
+    }
 
     #[test]
     fn replies_read_back_and_strange_leases_match_nothing() {
