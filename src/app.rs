@@ -114,6 +114,8 @@ pub struct Application {
     gate: TokenGate,
     tracing: Tracing,
     service: FacadeService,
+    /// The fleet, if configured: its flights are finished at shutdown.
+    fleet: Option<Fleet>,
 }
 
 /// The `/metrics` listener and the recorder it renders.
@@ -170,7 +172,7 @@ impl Application {
             &config.service,
             config.economy,
             keyer,
-            fleet,
+            fleet.clone(),
         );
         Ok(Self {
             config,
@@ -180,6 +182,7 @@ impl Application {
             gate,
             tracing,
             service,
+            fleet,
         })
     }
 
@@ -194,8 +197,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then runs the shutdown sequence
-    /// ([`server::run`]), flushes pending spans within what is left of the
-    /// shutdown grace, and stops the metrics listener. The pools' keys are
+    /// ([`server::run`]), finishes the fleet's flights this replica leads
+    /// and flushes pending spans within what is left of the shutdown grace,
+    /// and stops the metrics listener. The pools' keys are
     /// fetched in the background meanwhile: serving never waits for them.
     pub async fn run_until_stopped(
         self,
@@ -223,8 +227,15 @@ impl Application {
             shutdown,
         )
         .await;
-        if let Ok(grace_left) = &result {
-            self.tracing.shutdown(*grace_left).await;
+        if let Ok(grace_left) = result {
+            // The flights this replica leads are finished (or their leases
+            // released) before the process goes, for other replicas'
+            // followers.
+            let grace_left = match &self.fleet {
+                Some(fleet) => fleet.drain(grace_left).await,
+                None => grace_left,
+            };
+            self.tracing.shutdown(grace_left).await;
         }
         let _ = stop_metrics.send(());
         result.map(drop)

@@ -411,11 +411,15 @@ impl Fleet {
     }
 
     fn lease(&self, names: Names, flight: Option<String>, expires_at: Option<SystemTime>) -> Lease {
+        if let Some(flight) = &flight {
+            self.leads(&names, flight);
+        }
         Lease {
             fleet: self.clone(),
             names,
             flight,
             expires_at,
+            finished: false,
         }
     }
 

@@ -12,10 +12,16 @@ use super::{
     scripts::{Finish, FinishScript},
 };
 use crate::{
+    base::expiring::lock,
     error::Error,
     store::{BACKGROUND_BUDGET, Lane, Op},
     upstream::Answer,
 };
+
+/// The least time given at shutdown to release the leases of calls still
+/// in flight, even once the grace is spent: a follower elsewhere otherwise
+/// waits out the lease.
+const ABANDON_BUDGET: Duration = Duration::from_millis(200);
 
 /// How long a flight's result stays readable for its own followers (those
 /// that subscribed as it landed, or whose notice was lost).
@@ -31,6 +37,9 @@ pub(crate) struct Lease {
     pub(super) flight: Option<String>,
     /// The token's `exp`: nothing shared outlives it.
     pub(super) expires_at: Option<SystemTime>,
+    /// Set once [`Lease::finish`] has the outcome: dropped before, the
+    /// lease is released for a follower to lead at once.
+    pub(super) finished: bool,
 }
 
 /// What a flight leaves in Redis, before it is sealed.
@@ -57,9 +66,11 @@ impl Lease {
     /// leader's own trouble reaching Cognito is not shared: its followers
     /// are told to join again. Not under the calls' breaker: followers on
     /// other replicas wait for this.
-    pub(crate) fn finish(self, outcome: &Result<Answer, Error>) {
+    pub(crate) fn finish(mut self, outcome: &Result<Answer, Error>) {
+        self.finished = true;
         let left = self.left(outcome, SystemTime::now());
-        tokio::spawn(async move { self.store(left).await });
+        let finishing = self.fleet.0.finishing.clone();
+        finishing.spawn(async move { self.store(left).await });
     }
 
     /// The plaintexts `outcome` leaves at `now`.
@@ -173,6 +184,9 @@ impl Lease {
             }
             Err(_) => None,
         };
+        if let Some(flight) = &self.flight {
+            lock(&self.fleet.0.leading).remove(flight);
+        }
         // A revocation not written waits for Redis to answer again.
         if let (None, Some(until)) = (published, left.revokes) {
             self.fleet.queue(self.names.clone(), until);
@@ -201,7 +215,91 @@ impl Lease {
     }
 }
 
+impl Drop for Lease {
+    /// Unfinished (its call cancelled, or its task dropped), a flight tells
+    /// its followers that its leader gave up, and its lease goes: one of
+    /// them leads at once.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        lock(&self.fleet.0.leading).remove(&flight);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (fleet, names) = (self.fleet.clone(), self.names.clone());
+        let until = Instant::now() + BACKGROUND_BUDGET;
+        let finishing = fleet.0.finishing.clone();
+        finishing.spawn_on(
+            async move { fleet.abandon(&names, &flight, until).await },
+            &runtime,
+        );
+    }
+}
+
 impl Fleet {
+    /// Registers a flight this replica now leads.
+    pub(super) fn leads(&self, names: &Names, flight: &str) {
+        lock(&self.0.leading).insert(flight.to_owned(), names.clone());
+    }
+
+    /// Ends `flight` with no outcome, by `until`: its followers join again
+    /// (one leads), and its lease goes if it is still the flight's.
+    async fn abandon(&self, names: &Names, flight: &str, until: Instant) {
+        let now = SystemTime::now();
+        let plain = codec::encode(None, now, now + FLIGHT_RESULT_TTL);
+        let store = self.store();
+        let finish = Finish {
+            flight: Some(flight),
+            result: store.keys().seal(&names.result(flight), &plain),
+            result_ttl: FLIGHT_RESULT_TTL,
+            memory: None,
+            kept: None,
+            revokes: None,
+        };
+        let Some(mut conn) = store.connected() else {
+            return;
+        };
+        let channel = &self.0.revocations.channel;
+        let call = self.0.finish.call(names, &finish, store.mode(), channel);
+        store
+            .op(Op::Finish, Lane::Background, until, call.run(&mut conn))
+            .await;
+    }
+
+    /// At shutdown, within `grace`: the flights this replica finished are
+    /// stored and published, those it still leads are abandoned (their
+    /// leases released, at least [`ABANDON_BUDGET`] given even past the
+    /// grace), and the revocations waiting for Redis get one more try.
+    /// What is left of `grace`.
+    pub(crate) async fn drain(&self, grace: Duration) -> Duration {
+        let ends = Instant::now() + grace;
+        self.0.finishing.close();
+        let _ = tokio::time::timeout_at(ends.into(), self.0.finishing.wait()).await;
+        let leading: Vec<(String, Names)> = lock(&self.0.leading).drain().collect();
+        if !leading.is_empty() {
+            let until = ends.max(Instant::now() + ABANDON_BUDGET);
+            for (flight, names) in &leading {
+                self.abandon(names, flight, until).await;
+            }
+            tracing::info!(
+                flights = leading.len(),
+                "released the fleet's leases of calls still in flight"
+            );
+        }
+        if Instant::now() < ends {
+            self.write_pending(
+                Lane::Background,
+                ends.min(Instant::now() + BACKGROUND_BUDGET),
+            )
+            .await;
+        }
+        ends.saturating_duration_since(Instant::now())
+    }
+
     /// Whether this reader's own settings let a kept answer from the fleet
     /// stand in: `--stale-if-error` on, and its grace not over.
     pub(super) fn may_serve_kept(&self, answer: &Answer, now: SystemTime) -> bool {
@@ -233,4 +331,70 @@ fn memory_ttl(
         None => ttl,
     };
     Some(ttl.min(left)).filter(|ttl| !ttl.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use redis::Value;
+
+    use super::super::{Fleet, FleetSettings, Joined};
+    use crate::store::test_server::TestServer;
+
+    fn settings() -> FleetSettings {
+        FleetSettings {
+            lease: Duration::from_secs(30),
+            coalesce: true,
+            cache_ttl: None,
+            refusal_ttl: None,
+            stale_if_error: None,
+        }
+    }
+
+    async fn lead(fleet: &Fleet, token: &str) -> super::Lease {
+        match fleet.join(&fleet.names(token), None).await.0 {
+            Joined::Lead(lease) => lease,
+            Joined::Alone => panic!("alone"),
+            Joined::Shared(..) => panic!("shared"),
+        }
+    }
+
+    /// Waits (bounded) until `key` is gone from the server.
+    async fn until_gone(server: &TestServer, key: &str) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server.command(&["EXISTS", key]).await != Value::Int(0) {
+            assert!(Instant::now() < deadline, "{key} is still there");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_dropped_unfinished_or_left_at_shutdown_is_released() {
+        let server = TestServer::start();
+        let fleet = Fleet::start(&server.config(), settings());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fleet.store().connected().is_none() {
+            assert!(Instant::now() < deadline, "the fleet did not connect");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Dropped unfinished (its task cancelled): released well before its
+        // 30 s, so the next caller leads at once.
+        let lease = lead(&fleet, "dropped").await;
+        let key = fleet.names("dropped").lease;
+        assert_ne!(server.command(&["EXISTS", &key]).await, Value::Int(0));
+        drop(lease);
+        until_gone(&server, &key).await;
+        drop(lead(&fleet, "dropped").await);
+        // Still held at shutdown (its call outlives the grace): released by
+        // the drain, within the grace.
+        let held = lead(&fleet, "held").await;
+        let key = fleet.names("held").lease;
+        let started = Instant::now();
+        let left = fleet.drain(Duration::from_secs(1)).await;
+        assert!(left > Duration::ZERO, "{:?}", started.elapsed());
+        assert_eq!(server.command(&["EXISTS", &key]).await, Value::Int(0));
+        // Its drop then does nothing more.
+        drop(held);
+    }
 }

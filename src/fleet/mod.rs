@@ -105,6 +105,11 @@ struct FleetState {
     join: JoinScript,
     finish: FinishScript,
     revocations: Revocations,
+    /// The flights this replica leads and has not finished, by flight id:
+    /// released at shutdown if their calls outlive it.
+    leading: std::sync::Mutex<std::collections::HashMap<String, Names>>,
+    /// The tasks that finish flights: awaited at shutdown.
+    finishing: tokio_util::task::TaskTracker,
 }
 
 /// The Redis names of one token's keys (all in the token's slot).
@@ -183,6 +188,8 @@ impl Fleet {
                 join: JoinScript::new(),
                 finish: FinishScript::new(),
                 revocations: Revocations::new(channel),
+                leading: std::sync::Mutex::default(),
+                finishing: tokio_util::task::TaskTracker::new(),
             }
         });
         tokio::spawn(revocations::listen(Arc::downgrade(&state)));

@@ -148,7 +148,7 @@ impl Fleet {
 
     /// Writes the pending revocations, oldest first, by `until`; whether
     /// none is left.
-    async fn write_pending(&self, lane: Lane, until: Instant) -> bool {
+    pub(super) async fn write_pending(&self, lane: Lane, until: Instant) -> bool {
         let revocations = &self.0.revocations;
         loop {
             let Some((names, exp)) = lock(&revocations.pending).pop_front() else {

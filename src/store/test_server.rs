@@ -59,19 +59,23 @@ impl TestServer {
     where
         P: Fn(redis::PushInfo) + Clone + Send + Sync + 'static,
     {
-        let key_file = self.dir.join("fleet.key");
-        std::fs::write(&key_file, [7u8; 32]).unwrap();
-        let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
-        std::fs::set_permissions(&key_file, owner_only).unwrap();
-        let key = FleetKey::from_file("fleet-key-file", &key_file).unwrap();
-        let url = format!("redis://127.0.0.1:{}", self.port);
-        let store = Store::start(&FleetConfig::new(&url, key), deliver);
+        let store = Store::start(&self.config(), deliver);
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.connected().is_none() {
             assert!(Instant::now() < deadline, "the store did not connect");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         store
+    }
+
+    /// A fleet on this server, with a key of its own.
+    pub(crate) fn config(&self) -> FleetConfig {
+        let key_file = self.dir.join("fleet.key");
+        std::fs::write(&key_file, [7u8; 32]).unwrap();
+        let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&key_file, owner_only).unwrap();
+        let key = FleetKey::from_file("fleet-key-file", &key_file).unwrap();
+        FleetConfig::new(&format!("redis://127.0.0.1:{}", self.port), key)
     }
 
     /// `redis-cli`-free: one command on a fresh connection.

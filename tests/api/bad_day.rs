@@ -41,7 +41,7 @@ async fn until_no_channel(redis: &Redis, bound: Duration) {
 }
 
 /// Waits (bounded) until the stand-in has seen `n` calls.
-async fn until_called(stand_in: &StandIn, n: usize) {
+pub(crate) async fn until_called(stand_in: &StandIn, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while stand_in.received().len() < n {
         assert!(Instant::now() < deadline, "the stand-in was not called");
@@ -498,7 +498,10 @@ async fn a_leader_whose_breaker_opened_meanwhile_still_shares_its_answer() {
     }
     let opened = "cognito_facade_fleet_breaker_open_seconds_total";
     let opened = crate::quota::metric(&mut leader, opened).await;
-    assert!(opened.unwrap_or(0.0) > 0.0, "the leader's breaker never opened");
+    assert!(
+        opened.unwrap_or(0.0) > 0.0,
+        "the leader's breaker never opened"
+    );
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ mod servers;
 mod shutdown;
 mod slow_store;
 mod stale;
+mod stopping;
 #[path = "../support/store_server.rs"]
 mod store_server;
 mod tokens;
