@@ -2,6 +2,7 @@
 
 mod bad_day;
 mod binary;
+mod bodies;
 mod cluster;
 mod connections;
 mod deploy;
@@ -35,3 +36,5 @@ mod stopping;
 mod store_server;
 mod tokens;
 mod tracing;
+#[path = "../../bench/unfinished.rs"]
+mod unfinished;
