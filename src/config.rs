@@ -345,7 +345,15 @@ impl Config {
                 return Err(ConfigError::ZeroLimit { flag });
             }
         }
-        validate_bodies(&server.bodies)?;
+        let bodies = &server.bodies;
+        if bodies.per_connection < MIN_CONNECTION_REQUEST_BYTES
+            || bodies.per_connection > bodies.in_flight
+        {
+            return Err(ConfigError::BadRequestBytes {
+                per_connection: bodies.per_connection,
+                in_flight: bodies.in_flight,
+            });
+        }
         validate_quota(&self.quota, up)?;
         if up.attempt_timeout > up.call_timeout {
             return Err(ConfigError::AttemptLongerThanCall {
@@ -378,19 +386,8 @@ impl Config {
     }
 }
 
-/// A connection's share must hold the largest message and fit the budget.
-fn validate_bodies(bodies: &BodyLimits) -> Result<(), ConfigError> {
-    if bodies.per_connection < MIN_CONNECTION_REQUEST_BYTES
-        || bodies.per_connection > bodies.in_flight
-    {
-        return Err(ConfigError::BadRequestBytes {
-            per_connection: bodies.per_connection,
-            in_flight: bodies.in_flight,
-        });
-    }
-    Ok(())
-}
-
+/// Each URL parses as `redis://` or `rediss://` with a host (a password in
+/// it is never echoed back), and the budget is not zero.
 /// With a limit, an attempt's wait for its turn fits in its own timeout.
 fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), ConfigError> {
     if !quota.limits.is_empty() && quota.queue_timeout >= up.attempt_timeout {
@@ -402,8 +399,6 @@ fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), Config
     Ok(())
 }
 
-/// Each URL parses as `redis://` or `rediss://` with a host (a password in
-/// it is never echoed back), and the budget is not zero.
 fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
     if fleet.urls.is_empty() {
         return Err(ConfigError::BadRedisUrl(String::new()));

@@ -7,13 +7,10 @@
 //!   A body reads a DATA frame only once it holds room for one more frame
 //!   in both; otherwise it waits, and the frame stays unread in HTTP/2's
 //!   flow control, which stops the client sending: nothing is buffered past
-//!   the budgets but what the connection window (256 KiB) lets in. The room
+//!   the budgets but what the connection window (1 MiB) lets in. The room
 //!   is given back as soon as the body has been read whole, or is dropped.
 //!   One connection can hold at most its share, so a flood on a few
 //!   connections leaves the rest of the budget to everyone else.
-//! - **Health has a reserve of its own** ([`HEALTH_RESERVE_BYTES`]) in
-//!   place of the budget, so a flood that holds the whole budget does not
-//!   also fail the probes of kubelet and the load balancers.
 //! - **A body read timeout** (`--request-body-timeout`): a body not read
 //!   whole that long after its request arrived (waiting for room
 //!   included) fails the call with `DEADLINE_EXCEEDED` and
@@ -74,13 +71,6 @@ pub(crate) const STREAM_BYTES: u32 = 16 * 1024;
 pub const MIN_CONNECTION_REQUEST_BYTES: usize =
     super::MAX_CHECK_REQUEST_BYTES + 5 + (MAX_FRAME_BYTES + STREAM_BYTES) as usize;
 
-/// The room health's bodies draw on in place of the budget: 512 health
-/// calls being read at once (a health request is a few bytes).
-const HEALTH_RESERVE_BYTES: usize = 16 * MIB;
-
-/// The path prefix of the gRPC health service.
-const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
-
 /// How much of the request bodies the server holds, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
@@ -118,7 +108,6 @@ impl ConnectionShare {
 #[derive(Debug, Clone)]
 pub(crate) struct BodyLayer {
     in_flight: Arc<Semaphore>,
-    health_reserve: Arc<Semaphore>,
     read_timeout: Duration,
 }
 
@@ -128,7 +117,6 @@ impl BodyLayer {
     pub(crate) fn new(limits: &BodyLimits) -> Self {
         Self {
             in_flight: Arc::new(Semaphore::new(limits.in_flight.min(Semaphore::MAX_PERMITS))),
-            health_reserve: Arc::new(Semaphore::new(HEALTH_RESERVE_BYTES)),
             read_timeout: limits.read_timeout,
         }
     }
@@ -170,12 +158,7 @@ where
             .get::<super::listener::ConnInfo>()
             .map(|info| info.share.0.clone());
         let context = request.extensions().get::<Arc<CallContext>>().cloned();
-        let budget = if request.uri().path().starts_with(HEALTH_PATH) {
-            &self.layer.health_reserve
-        } else {
-            &self.layer.in_flight
-        };
-        let rooms = [share, Some(budget.clone())];
+        let rooms = [share, Some(self.layer.in_flight.clone())];
         let read_timeout = self.layer.read_timeout;
         let request = request.map(|inner| {
             let mut body = Budgeted::new(inner, rooms, read_timeout);
@@ -268,15 +251,9 @@ impl Budgeted {
             self.hold(taken, first);
             self.room_left -= STREAM_BYTES as usize;
         }
-        // Room for a whole frame more, if it can be had at once. Never waited
-        // for here: bodies holding room while waiting for more would wait on
-        // each other (a frame that does not fit waits below, alone). After
-        // the last frame, what is left is the end, which takes no room.
+        // The last frame came: what is left is the end, which takes no room.
         if !self.inner.is_end_stream() && self.room_left < MAX_FRAME_BYTES as usize {
-            let more = MAX_FRAME_BYTES - u32::try_from(self.room_left).unwrap_or(0);
-            if let Some(taken) = try_acquire(&self.rooms, more) {
-                self.hold(taken, more);
-            }
+            ready!(self.poll_room(cx, MAX_FRAME_BYTES as usize - self.room_left))?;
         }
         let frame = match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
             Some(Ok(frame)) if frame.is_data() => frame,

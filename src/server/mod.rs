@@ -75,8 +75,8 @@ const WHOLE_SERVER: &str = "";
 /// hyper's default (1 MiB): still far more than a round trip's worth of
 /// the small messages this service takes.
 const CONNECTION_WINDOW: u32 = 256 * 1024;
-/// The window of each stream: about HTTP/2's own default (65,535 bytes),
-/// room for the largest RPC message (64 KiB).
+/// The window of each stream: HTTP/2's own default, room for the largest
+/// RPC message (64 KiB).
 const STREAM_WINDOW: u32 = 64 * 1024;
 
 /// The largest Check Envoy sends: its request headers (60 KiB by default,
