@@ -78,7 +78,7 @@ impl FromStr for Bytes {
             .ok()
             .and_then(|n| n.checked_mul(unit))
             .map(Self)
-            .ok_or_else(|| format!("expected a number of bytes (e.g. 40MiB), got {text:?}"))
+            .ok_or_else(|| format!("expected a number of bytes (e.g. 48MiB), got {text:?}"))
     }
 }
 

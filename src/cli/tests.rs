@@ -112,7 +112,7 @@ fn refuses_bad_values() {
         ),
         (
             &["--max-connection-request-bytes", "1MiB"][..],
-            "must be at least 1081349",
+            "must be at least 1064965",
         ),
         (
             &[
@@ -152,7 +152,7 @@ fn request_byte_budgets_take_units() {
     assert_eq!(bodies.read_timeout, Duration::from_secs(3));
     let defaults = parse(&[]).unwrap().server.bodies;
     assert_eq!(defaults, cognito_facade::config::BodyLimits::default());
-    assert_eq!(Bytes(40 << 20).to_string(), "40MiB");
+    assert_eq!(Bytes(48 << 20).to_string(), "48MiB");
     assert_eq!(Bytes(1_100_000).to_string(), "1100000");
 }
 

@@ -40,10 +40,9 @@ const MIB: usize = 1024 * 1024;
 
 /// Default budget for request bytes in flight across all connections:
 /// with 16 connections each at its share (32 MiB) it leaves room for every
-/// other caller, and at its full use (measured: 85 MiB over the idle RSS
-/// with 32 connections flooding, BENCHMARKS.md) the process still fits the
+/// other caller, and at its full use, it and HTTP/2's buffers still fit the
 /// 128 Mi memory limit of `deploy/kubernetes/deployment.yaml`.
-pub const DEFAULT_REQUEST_BYTES_IN_FLIGHT: usize = 40 * MIB;
+pub const DEFAULT_REQUEST_BYTES_IN_FLIGHT: usize = 48 * MIB;
 
 /// Default share of one connection: room for the largest message (a 1 MiB
 /// Check) and its frames, twice over.
@@ -60,16 +59,10 @@ pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// reads one more.
 pub(crate) const MAX_FRAME_BYTES: u32 = 16 * 1024;
 
-/// What a body still arriving costs the server besides its bytes, charged
-/// to its room from its first frame to its end: its decoder's buffer
-/// (tonic's 8 KiB), its HTTP/2 stream and its task. Without it, thousands
-/// of bodies each holding a few bytes would cost far more than the budget.
-pub(crate) const STREAM_BYTES: u32 = 16 * 1024;
-
 /// The least share a connection may have: the largest message the server
-/// decodes, its 5-byte prefix, one frame of room and a stream's cost.
+/// decodes, its 5-byte prefix and one frame of room.
 pub const MIN_CONNECTION_REQUEST_BYTES: usize =
-    super::MAX_CHECK_REQUEST_BYTES + 5 + (MAX_FRAME_BYTES + STREAM_BYTES) as usize;
+    super::MAX_CHECK_REQUEST_BYTES + 5 + MAX_FRAME_BYTES as usize;
 
 /// How much of the request bodies the server holds, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,12 +237,10 @@ impl Budgeted {
         // A new body's first room is had at once or not at all: a stream
         // waiting for it would hold its memory all the same.
         if self.held[1].is_none() && !self.inner.is_end_stream() {
-            let first = MAX_FRAME_BYTES + STREAM_BYTES;
-            let Some(taken) = try_acquire(&self.rooms, first) else {
+            let Some(taken) = try_acquire(&self.rooms, MAX_FRAME_BYTES) else {
                 return Poll::Ready(Some(Err(self.fail(Error::RequestBytesExhausted))));
             };
-            self.hold(taken, first);
-            self.room_left -= STREAM_BYTES as usize;
+            self.hold(taken, MAX_FRAME_BYTES);
         }
         // The last frame came: what is left is the end, which takes no room.
         if !self.inner.is_end_stream() && self.room_left < MAX_FRAME_BYTES as usize {

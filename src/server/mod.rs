@@ -68,16 +68,12 @@ const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// The gRPC health checking protocol's name for the whole server.
 const WHOLE_SERVER: &str = "";
 
-/// The HTTP/2 flow-control window the server gives each connection: what a
-/// client may send that the server has not read yet, all its streams
-/// together. A body waiting for room (`bodies`) leaves its frames unread,
-/// and this is all that can pile up behind it, so it is a quarter of
-/// hyper's default (1 MiB): still far more than a round trip's worth of
-/// the small messages this service takes.
-const CONNECTION_WINDOW: u32 = 256 * 1024;
-/// The window of each stream: HTTP/2's own default, room for the largest
-/// RPC message (64 KiB).
-const STREAM_WINDOW: u32 = 64 * 1024;
+/// The HTTP/2 flow-control windows the server gives a client, for the
+/// connection and for each stream: what a client may send that the server
+/// has not read yet (hyper's defaults, named here because the request
+/// budget counts on them: a body waiting for room leaves its frames
+/// unread, and this is all that can pile up behind it).
+const FLOW_CONTROL_WINDOW: u32 = 1024 * 1024;
 
 /// The largest Check Envoy sends: its request headers (60 KiB by default,
 /// the path twice) with room to spare; the facade never asks for the body.
@@ -170,8 +166,8 @@ pub(crate) async fn run(
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_frame_size(MAX_FRAME_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(FLOW_CONTROL_WINDOW)
+        .initial_stream_window_size(FLOW_CONTROL_WINDOW)
         .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(observer)
