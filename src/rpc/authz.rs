@@ -226,10 +226,7 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
             | UpstreamErrorKind::RequestConstruction
             | UpstreamErrorKind::RateLimited => None,
         },
-        Error::Overloaded
-        | Error::RequestTooLarge
-        | Error::RequestBytesExhausted
-        | Error::RequestBodyTimeout => None,
+        Error::Overloaded | Error::RequestTooLarge => None,
     };
     let status = err.to_status();
     let reason = err.status().1;

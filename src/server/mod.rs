@@ -3,15 +3,12 @@
 //! accepting, grace, exit).
 //!
 //! Layer 7, above `rpc`. `tls` reads the PEM files and builds the
-//! acceptor; `bodies` keeps the request bytes in flight within their
-//! budgets and times out bodies that never finish; `listener` keeps the
-//! connection cap and the handshake deadline; `policy` answers HTTP 415 and
-//! the size refusal; `observe` gives each call its one clock, metrics, span
-//! and log line.
+//! acceptor; `listener` keeps the connection cap and the handshake
+//! deadline; `policy` answers HTTP 415 and the size refusal; `observe`
+//! gives each call its one clock, metrics, span and log line.
 //!
-//! Files, lowest first: `tls`, `bodies`, `listener`, `policy`, `observe`.
+//! Files, lowest first: `tls`, `listener`, `policy`, `observe`.
 
-pub(crate) mod bodies;
 pub(crate) mod listener;
 pub(crate) mod observe;
 pub(crate) mod policy;
@@ -32,10 +29,7 @@ use tonic_health::{
     server::HealthReporter,
 };
 
-use self::{
-    bodies::{BodyLayer, BodyLimits, MAX_FRAME_BYTES},
-    listener::ConnectionLimits,
-};
+use self::listener::ConnectionLimits;
 use crate::{
     base::wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
@@ -68,18 +62,12 @@ const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// The gRPC health checking protocol's name for the whole server.
 const WHOLE_SERVER: &str = "";
 
-/// The HTTP/2 flow-control windows the server gives a client, for the
-/// connection and for each stream: what a client may send that the server
-/// has not read yet (hyper's defaults, named here because the request
-/// budget counts on them: a body waiting for room leaves its frames
-/// unread, and this is all that can pile up behind it).
-const FLOW_CONTROL_WINDOW: u32 = 1024 * 1024;
-
+/// The RPC service as served (and as health checks name it).
 /// The largest Check Envoy sends: its request headers (60 KiB by default,
 /// the path twice) with room to spare; the facade never asks for the body.
 /// A Check refused as too large would be an error, which `failure_mode_allow`
 /// could turn into an allow.
-pub(crate) const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
+const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 
 type Rpc = IdentityProviderServiceServer<FacadeService>;
 type Authz = AuthorizationServer<ExtAuthz>;
@@ -108,8 +96,6 @@ pub struct ServerConfig {
     /// default in from the file-descriptor limit
     /// ([`listener::default_max_connections`]); `None` here is no cap.
     pub max_connections: Option<usize>,
-    /// The request bytes in flight and the body read timeout.
-    pub bodies: BodyLimits,
 }
 
 impl Default for ServerConfig {
@@ -125,7 +111,6 @@ impl Default for ServerConfig {
             tls: None,
             handshake_timeout: listener::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: None,
-            bodies: BodyLimits::default(),
         }
     }
 }
@@ -165,14 +150,10 @@ pub(crate) async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .initial_connection_window_size(FLOW_CONTROL_WINDOW)
-        .initial_stream_window_size(FLOW_CONTROL_WINDOW)
         .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(observer)
         .layer(PolicyLayer)
-        .layer(BodyLayer::new(&config.bodies))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -188,7 +169,6 @@ pub(crate) async fn run(
         // The application fills the default in from the descriptor limit.
         max_connections: config.max_connections.unwrap_or(usize::MAX),
         handshake_timeout: config.handshake_timeout,
-        request_bytes_per_connection: config.bodies.per_connection,
     };
     let acceptor = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
     let incoming = listener::incoming(listener, limits, acceptor);

@@ -2,7 +2,6 @@
 
 mod bad_day;
 mod binary;
-mod bodies;
 mod cluster;
 mod connections;
 mod deploy;
@@ -36,5 +35,3 @@ mod stopping;
 mod store_server;
 mod tokens;
 mod tracing;
-#[path = "../../bench/unfinished.rs"]
-mod unfinished;
