@@ -119,11 +119,18 @@ pub(super) fn encode(
 }
 
 /// A stored value, or `None` if it is stale at `now` or malformed.
+///
+/// Replicas' clocks differ. A stamp of when a value was stored (or given
+/// by Cognito) that is after `now` came from a clock ahead of this one: it
+/// opens, as of `now`, so that no age counted from it (the cache's TTL, a
+/// kept answer's grace) runs longer here than this replica would have let
+/// it. The time it goes stale is absolute (a token's `exp` at the latest)
+/// and is obeyed as it is.
 pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
     let (&kind, rest) = plain.split_first()?;
     let (stored_at, rest) = rest.split_at_checked(8)?;
     let (stale_at, rest) = rest.split_at_checked(8)?;
-    let stored_at = from_unix_millis(stored_at)?;
+    let stored_at = from_unix_millis(stored_at)?.min(now);
     let stale_at = from_unix_millis(stale_at)?;
     if now >= stale_at {
         return None;
@@ -244,6 +251,43 @@ mod tests {
                 .is_none()
         );
         assert!(decode(&[9, 1, 2], now).is_none());
+    }
+
+    /// Replicas 30 s apart (§6 of issue 40): a value from a writer ahead
+    /// opens here, aged from now, not from its future; one past its time
+    /// here (a token's `exp`, on this clock) does not, whoever wrote it.
+    #[test]
+    fn a_writers_clock_30_s_off_neither_hides_nor_stretches_a_value() {
+        let now = SystemTime::now();
+        let skew = Duration::from_secs(30);
+        let exp = now + Duration::from_secs(20);
+        let Ok(fresh) = answer() else { unreachable!() };
+        let kept = |given| {
+            Ok(Answer {
+                kept_since: Some(given),
+                request_id: None,
+                ..fresh.clone()
+            })
+        };
+        // Ahead: given "in the future", kept until the token's exp.
+        let ahead = now + skew;
+        let stored = decode(&encode(Some(&kept(ahead)), ahead, exp), now).expect("it opens");
+        assert_eq!(unix_millis(stored.stored_at), unix_millis(now));
+        let Some(Ok(back)) = stored.outcome else {
+            panic!("an answer");
+        };
+        assert_eq!(back.kept_since.map(unix_millis), Some(unix_millis(now)));
+        // An answer cached "in the future" ages from now.
+        let cached = decode(&encode(Some(&answer()), ahead, ahead + skew), now).unwrap();
+        assert_eq!(unix_millis(cached.stored_at), unix_millis(now));
+        // Behind or ahead, never past the token's exp on this clock.
+        let behind = now - skew;
+        for writer in [ahead, behind] {
+            let value = encode(Some(&kept(writer)), writer, exp);
+            assert!(decode(&value, exp).is_none());
+            assert!(decode(&value, exp + skew).is_none());
+            assert!(decode(&value, exp - Duration::from_millis(1)).is_some());
+        }
     }
 
     #[test]

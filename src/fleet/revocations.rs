@@ -226,9 +226,25 @@ async fn retry(fleet: Weak<FleetState>) {
     }
 }
 
-/// Subscribes the fleet-wide channel once the store is connected (the
-/// connection subscribes it again by itself after each reconnection).
+/// Subscribes the fleet-wide channel once the store is connected, and
+/// again on each new connection put in place (after a READONLY); a
+/// connection subscribes it again by itself after each reconnection.
 pub(super) async fn listen(fleet: Weak<FleetState>) {
+    let Some(mut connections) = fleet.upgrade().map(|state| state.store.connections()) else {
+        return;
+    };
+    loop {
+        connections.mark_unchanged();
+        subscribe_once(&fleet).await;
+        if connections.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Subscribes the fleet-wide channel on the connection in place, retrying
+/// with a growing pause until it is done or the fleet is gone.
+async fn subscribe_once(fleet: &Weak<FleetState>) {
     let warned = Every::new(WARN_INTERVAL);
     let mut pause = RETRY_MIN;
     loop {

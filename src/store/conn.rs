@@ -25,6 +25,10 @@ pub(crate) const BACKGROUND_BUDGET: Duration = Duration::from_millis(500);
 /// First and longest pause between two attempts to connect at start.
 const CONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const CONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest pause between two looks for a master after a READONLY: a
+/// failover takes a few seconds, and the new master is to be found within
+/// 5 s of it.
+const MASTER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Least time between two warnings about an unreachable store.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -99,32 +103,45 @@ impl ConnectionLike for StoreConn {
     }
 }
 
+/// What a connection must lead to before it is put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wanted {
+    /// Any server (at start).
+    Any,
+    /// A master (`ROLE`), after the last one answered READONLY.
+    Master,
+}
+
 /// Connects, retrying with a growing pause until it works or the store is
-/// gone; the connection then reconnects by itself. Pushes go to `deliver`.
-pub(super) async fn connect<P>(store: Weak<StoreState>, config: FleetConfig, deliver: P)
-where
-    P: Fn(PushInfo) + Clone + Send + Sync + 'static,
-{
+/// gone; the connection then reconnects by itself. Pushes go to the
+/// store's `deliver`.
+pub(super) async fn connect(store: Weak<StoreState>, wanted: Wanted) {
     let warned = Every::new(WARN_INTERVAL);
     let mut backoff = CONNECT_BACKOFF_MIN;
+    // Looking for a new master is a failover's few seconds, not an outage.
+    let most = match wanted {
+        Wanted::Any => CONNECT_BACKOFF_MAX,
+        Wanted::Master => MASTER_BACKOFF_MAX,
+    };
     loop {
         let Some(inner) = store.upgrade() else {
             return;
         };
         let push = {
-            let deliver = deliver.clone();
+            let deliver = inner.deliver.clone();
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                 deliver(push);
                 Ok(())
             }
         };
-        match open(&config, push).await {
+        let opened = match open(&inner.config, push).await {
+            Ok(conn) if wanted == Wanted::Master => is_master(conn).await,
+            other => other,
+        };
+        match opened {
             Ok(conn) => {
-                *inner
-                    .conn
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
-                tracing::info!(mode = ?config.mode, "connected to the fleet store");
+                inner.install(conn);
+                tracing::info!(mode = ?inner.config.mode, "connected to the fleet store");
                 return;
             }
             Err(err) => {
@@ -135,7 +152,23 @@ where
         }
         drop(inner);
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(CONNECT_BACKOFF_MAX);
+        backoff = (backoff * 2).min(most);
+    }
+}
+
+/// `conn` if its server is a master (`ROLE`), else why not (the error
+/// names READONLY, as the server did).
+async fn is_master(mut conn: StoreConn) -> redis::RedisResult<StoreConn> {
+    let role: Vec<Value> =
+        tokio::time::timeout(BACKGROUND_BUDGET, redis::cmd("ROLE").query_async(&mut conn))
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "ROLE timed out")))??;
+    match role.first() {
+        Some(Value::BulkString(role)) if role.as_slice() == b"master" => Ok(conn),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "READONLY: the server at --redis-url is still a replica",
+        ))),
     }
 }
 

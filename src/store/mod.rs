@@ -26,7 +26,10 @@ pub(crate) mod test_server;
 
 use std::{
     fmt,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -49,6 +52,7 @@ pub(crate) use self::{
     script::{LuaScript, ScriptCall},
     seal::{Domain, Keyring, hex},
 };
+use crate::base::telemetry::Every;
 
 /// The fleet store, shared by the fleet and the rate limit.
 #[derive(Clone)]
@@ -62,7 +66,15 @@ impl fmt::Debug for Store {
     }
 }
 
+/// Where pushed messages go.
+type Deliver = Arc<dyn Fn(PushInfo) + Send + Sync>;
+
+/// Least time between two warnings that the store is out of memory.
+const OOM_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 struct StoreState {
+    config: FleetConfig,
+    deliver: Deliver,
     mode: RedisMode,
     /// A call's budget for one operation (`--redis-timeout`).
     timeout: Duration,
@@ -70,9 +82,28 @@ struct StoreState {
     /// This replica's random id (in the fleet's replica set).
     replica: String,
     conn: RwLock<Option<StoreConn>>,
+    /// Bumped each time a connection is put in place, so what lives on a
+    /// connection (the revocation channel) follows a new one.
+    connections: watch::Sender<u64>,
+    /// The server answered READONLY: the connection was dropped and a
+    /// master is being looked for (standalone).
+    read_only: AtomicBool,
+    oom_warned: Every,
     calls: Breaker,
     background: Breaker,
     metrics: OpMetrics,
+}
+
+impl StoreState {
+    /// Puts `conn` in place.
+    fn install(&self, conn: StoreConn) {
+        *self
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+        self.read_only.store(false, Ordering::Release);
+        self.connections.send_modify(|n| *n += 1);
+    }
 }
 
 impl Store {
@@ -85,20 +116,21 @@ impl Store {
         let mut id = [0u8; 16];
         let _ = SystemRandom::new().fill(&mut id);
         let inner = Arc::new(StoreState {
+            config: config.clone(),
+            deliver: Arc::new(deliver),
             mode: config.mode,
             timeout: config.timeout,
             keys: Keyring::new(config),
             replica: hex(&id),
             conn: RwLock::new(None),
+            connections: watch::Sender::new(0),
+            read_only: AtomicBool::new(false),
+            oom_warned: Every::new(OOM_WARN_INTERVAL),
             calls: Breaker::new(Lane::Calls),
             background: Breaker::new(Lane::Background),
             metrics: OpMetrics::default(),
         });
-        tokio::spawn(conn::connect(
-            Arc::downgrade(&inner),
-            config.clone(),
-            deliver,
-        ));
+        tokio::spawn(conn::connect(Arc::downgrade(&inner), conn::Wanted::Any));
         Self(inner)
     }
 
@@ -134,6 +166,9 @@ impl Store {
 
     /// The connection for `lane`, or why there is none. Nothing counted.
     pub(crate) fn connection(&self, lane: Lane) -> Result<StoreConn, Skip> {
+        if self.0.read_only.load(Ordering::Acquire) {
+            return Err(Skip::ReadOnly);
+        }
         if !self.breaker(lane).closed() {
             return Err(Skip::BreakerOpen);
         }
@@ -178,10 +213,29 @@ impl Store {
                 breaker.success();
                 (Outcome::Ok, Some(value))
             }
-            Ok(Err(err)) => {
-                breaker.failure(op.label(), &err);
-                (Outcome::Error, None)
-            }
+            Ok(Err(err)) => match err.code() {
+                Some("READONLY") if self.0.mode == RedisMode::Standalone => {
+                    self.lost_the_master();
+                    (Outcome::ReadOnly, None)
+                }
+                // Writes refused, reads served: each call goes on alone at
+                // once, and the breaker (which would open, close and open
+                // again) is left out of it.
+                Some("OOM") => {
+                    if let Some(suppressed) = self.0.oom_warned.ready() {
+                        tracing::warn!(
+                            op = op.label(),
+                            suppressed,
+                            "the fleet store is out of memory (OOM: maxmemory with noeviction): its writes are refused, so flights and the rate limit run per replica until it has room"
+                        );
+                    }
+                    (Outcome::OutOfMemory, None)
+                }
+                _ => {
+                    breaker.failure(op.label(), &err);
+                    (Outcome::Error, None)
+                }
+            },
             Err(_) => {
                 breaker.failure(op.label(), &"timed out");
                 (Outcome::Timeout, None)
@@ -219,5 +273,29 @@ impl Store {
     /// A call's budget for one operation.
     pub(crate) fn timeout(&self) -> Duration {
         self.0.timeout
+    }
+
+    /// Tells of each connection put in place.
+    pub(crate) fn connections(&self) -> watch::Receiver<u64> {
+        self.0.connections.subscribe()
+    }
+
+    /// The server answered READONLY: it is a replica now (after a
+    /// failover, the address may lead to the new master on a fresh
+    /// connection). Drops the connection, once, and looks for a master;
+    /// meanwhile every call skips the store (`readonly`).
+    fn lost_the_master(&self) {
+        if self.0.read_only.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            "the fleet store answered READONLY (a replica, after a failover?): serving without it until --redis-url leads to a master"
+        );
+        *self
+            .0
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        tokio::spawn(conn::connect(Arc::downgrade(&self.0), conn::Wanted::Master));
     }
 }

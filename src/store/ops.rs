@@ -62,16 +62,28 @@ pub(crate) enum Outcome {
     Ok,
     Error,
     Timeout,
+    /// `-READONLY`: the server is a replica (after a failover).
+    ReadOnly,
+    /// `-OOM`: the server is at `maxmemory` and evicts nothing.
+    OutOfMemory,
 }
 
 impl Outcome {
-    const ALL: [Self; 3] = [Self::Ok, Self::Error, Self::Timeout];
+    const ALL: [Self; 5] = [
+        Self::Ok,
+        Self::Error,
+        Self::Timeout,
+        Self::ReadOnly,
+        Self::OutOfMemory,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
             Self::Error => "error",
             Self::Timeout => "timeout",
+            Self::ReadOnly => "readonly",
+            Self::OutOfMemory => "oom",
         }
     }
 }
@@ -82,12 +94,14 @@ impl Outcome {
 pub(crate) enum Skip {
     BreakerOpen,
     NotConnected,
+    /// The server answered READONLY; a master is being looked for.
+    ReadOnly,
 }
 
 /// The store's metric handles.
 #[derive(Debug, Default)]
 pub(crate) struct OpMetrics {
-    skipped: [OnceLock<Counter>; 2],
+    skipped: [OnceLock<Counter>; 3],
     ops: [[OnceLock<Counter>; Outcome::ALL.len()]; Op::ALL.len()],
 }
 
@@ -96,6 +110,7 @@ impl OpMetrics {
         let (index, reason) = match skip {
             Skip::BreakerOpen => (0, "breaker_open"),
             Skip::NotConnected => (1, "not_connected"),
+            Skip::ReadOnly => (2, "readonly"),
         };
         self.skipped[index]
             .get_or_init(|| metrics::counter!(FLEET_SKIPPED, "reason" => reason))

@@ -31,6 +31,7 @@ mod shutdown;
 mod slow_store;
 mod stale;
 mod stopping;
+mod store_faults;
 #[path = "../support/store_server.rs"]
 mod store_server;
 mod tokens;

@@ -120,6 +120,32 @@ async fn a_token_answered_before_the_outage_is_answered_stale_during_it() {
     );
 }
 
+/// Held today, kept as a test: Cognito throttling (`TooManyRequestsException`
+/// after the SDK's retries: the account's quota is spent) is ridden
+/// through with the kept answer, marked stale with its age, as documented.
+#[tokio::test]
+async fn throttling_by_cognito_is_ridden_through_with_the_kept_answer() {
+    let app = app_with_grace(Some(Duration::from_secs(600))).await;
+    let token = token_expiring_in(600, "throttled");
+    assert_eq!(call(&app, &token).await.0, Ok(USERNAME.to_owned()));
+    app.stand_in.always(Reply::error(
+        400,
+        "TooManyRequestsException",
+        "Rate exceeded",
+    ));
+    let before = app.stand_in.received().len();
+    let (result, source, age) = call(&app, &token).await;
+    assert_eq!(result, Ok(USERNAME.to_owned()));
+    assert_eq!(source, "stale");
+    assert!(age.is_some_and(|age| age < 5), "{age:?}");
+    // Cognito was asked (with the SDK's retries) before the kept answer
+    // stood in.
+    assert!(app.stand_in.received().len() > before);
+    // A token never seen gets the throttling itself, retryable.
+    let (result, _, _) = call(&app, &token_expiring_in(600, "unseen")).await;
+    assert_eq!(result, Err(Code::ResourceExhausted));
+}
+
 #[tokio::test]
 async fn a_definitive_refusal_between_outages_is_returned_and_replaces_the_kept_answer() {
     let app = app_with_grace(Some(Duration::from_secs(600))).await;
