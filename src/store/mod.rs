@@ -61,7 +61,7 @@ pub(crate) struct Store(Arc<StoreState>);
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
-            .field("mode", &self.0.mode)
+            .field("mode", &self.0.config.mode)
             .finish_non_exhaustive()
     }
 }
@@ -73,11 +73,10 @@ type Deliver = Arc<dyn Fn(PushInfo) + Send + Sync>;
 const OOM_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 struct StoreState {
+    /// Its settings: the mode, a call's budget for one operation
+    /// (`--redis-timeout`), the URLs to connect (again) to.
     config: FleetConfig,
     deliver: Deliver,
-    mode: RedisMode,
-    /// A call's budget for one operation (`--redis-timeout`).
-    timeout: Duration,
     keys: Keyring,
     /// This replica's random id (in the fleet's replica set).
     replica: String,
@@ -95,12 +94,17 @@ struct StoreState {
 }
 
 impl StoreState {
-    /// Puts `conn` in place.
-    fn install(&self, conn: StoreConn) {
+    /// Puts `conn` in place (or, `None`, leaves none).
+    fn set_conn(&self, conn: Option<StoreConn>) {
         *self
             .conn
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(conn);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+    }
+
+    /// Puts `conn` in place and tells of it.
+    fn install(&self, conn: StoreConn) {
+        self.set_conn(Some(conn));
         self.read_only.store(false, Ordering::Release);
         self.connections.send_modify(|n| *n += 1);
     }
@@ -118,8 +122,6 @@ impl Store {
         let inner = Arc::new(StoreState {
             config: config.clone(),
             deliver: Arc::new(deliver),
-            mode: config.mode,
-            timeout: config.timeout,
             keys: Keyring::new(config),
             replica: hex(&id),
             conn: RwLock::new(None),
@@ -135,7 +137,7 @@ impl Store {
     }
 
     pub(crate) fn mode(&self) -> RedisMode {
-        self.0.mode
+        self.0.config.mode
     }
 
     pub(crate) fn keys(&self) -> &Keyring {
@@ -194,7 +196,7 @@ impl Store {
 
     /// A budget of `--redis-timeout` from now.
     pub(crate) fn call_budget(&self) -> Instant {
-        Instant::now() + self.0.timeout
+        Instant::now() + self.0.config.timeout
     }
 
     /// One operation on `lane`, over by `until`, counted, under that lane's
@@ -214,7 +216,7 @@ impl Store {
                 (Outcome::Ok, Some(value))
             }
             Ok(Err(err)) => match err.code() {
-                Some("READONLY") if self.0.mode == RedisMode::Standalone => {
+                Some("READONLY") if self.0.config.mode == RedisMode::Standalone => {
                     self.lost_the_master();
                     (Outcome::ReadOnly, None)
                 }
@@ -272,7 +274,7 @@ impl Store {
 
     /// A call's budget for one operation.
     pub(crate) fn timeout(&self) -> Duration {
-        self.0.timeout
+        self.0.config.timeout
     }
 
     /// Tells of each connection put in place.
@@ -291,11 +293,7 @@ impl Store {
         tracing::warn!(
             "the fleet store answered READONLY (a replica, after a failover?): serving without it until --redis-url leads to a master"
         );
-        *self
-            .0
-            .conn
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        self.0.set_conn(None);
         tokio::spawn(conn::connect(Arc::downgrade(&self.0), conn::Wanted::Master));
     }
 }
