@@ -15,6 +15,10 @@
 //!   verification figures: `valid.txt` (distinct valid tokens), `refused.txt`
 //!   (forged ones) and `mix.txt` (85% valid tokens of 200 users, 10% expired,
 //!   5% forged or of another pool).
+//! - `hold`: opens `--connections` HTTP/2 connections, each with
+//!   `--concurrency` Checks whose message announces 1 MB and which never
+//!   end (`bench/unfinished.rs`), waits until the service takes no more,
+//!   prints what it did to them, and holds them for `--seconds`.
 
 use std::{
     collections::BTreeMap,
@@ -24,6 +28,9 @@ use std::{
 };
 
 use clap::{Parser, ValueEnum};
+
+#[path = "unfinished.rs"]
+mod unfinished;
 use cognito_facade::{
     app,
     config::UpstreamConfig,
@@ -43,6 +50,7 @@ enum Mode {
     Startup,
     Mint,
     Follow,
+    Hold,
 }
 
 #[derive(Debug, Parser)]
@@ -138,6 +146,9 @@ async fn generate() -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.mode == Mode::Follow {
         return follow(&args).await;
+    }
+    if args.mode == Mode::Hold {
+        return hold(&args).await;
     }
     let channels = connect(&args).await?;
     let cognito = match args.mode {
@@ -336,7 +347,7 @@ async fn run(
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))
                         }
-                        Mode::Startup | Mode::Mint | Mode::Follow => {
+                        Mode::Startup | Mode::Mint | Mode::Follow | Mode::Hold => {
                             unreachable!("handled in main")
                         }
                     };
@@ -570,4 +581,47 @@ fn code_of(status: &tonic::Status) -> String {
         return "GoAway".to_owned();
     }
     format!("{:?}", status.code())
+}
+
+/// `hold`: unfinished Checks held open on the service (the memory probe).
+async fn hold(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let addr = args
+        .target
+        .trim_start_matches("http://")
+        .parse::<std::net::SocketAddr>()?;
+    let check = "/envoy.service.auth.v3.Authorization/Check";
+    let announced = 1_000_000;
+    let holding = unfinished::Holding::open(
+        addr,
+        check,
+        args.connections,
+        args.concurrency,
+        announced,
+        announced as usize,
+    )
+    .await
+    .map_err(|err| err.to_string())?;
+    // Until, for half a second, nothing more was sent or stopped.
+    let mut last = (usize::MAX, usize::MAX);
+    for _ in 0..40 {
+        let now = (holding.held.sent_bytes.load(Relaxed), holding.still_held());
+        if now == last {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let held = &holding.held;
+    println!(
+        "{{\"mode\":\"Hold\",\"opened\":{},\"held\":{},\"answered\":{},\"reset\":{},\"sent_bytes\":{}}}",
+        held.opened.load(Relaxed),
+        holding.still_held(),
+        held.answered.load(Relaxed),
+        held.reset.load(Relaxed),
+        held.sent_bytes.load(Relaxed)
+    );
+    tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+    holding.close();
+    Ok(())
 }

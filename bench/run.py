@@ -1142,6 +1142,56 @@ def envoy_report(figures, smoke):
             "the throughput cost includes the facade's own CPU per Check."]
 
 
+def unfinished_bodies(nginx_port, smoke):
+    """The memory probe: the service's RSS while N connections each hold
+    1,000 Checks that announce 1 MB and never end (`loadgen --mode hold`),
+    and a well-behaved caller's latency meanwhile, N by N."""
+    figures = []
+    for connections in ([1, 4] if smoke else [1, 4, 16, 32]):
+        port = free_port()
+        service = start_service(port, nginx_port)
+        try:
+            target = f"http://127.0.0.1:{port}"
+            load("facade", target, 1, 0.2)
+            idle = rss_kb(service.pid)
+            with PeakRss(service.pid) as peak:
+                hold = subprocess.Popen([str(LOADGEN), "--mode", "hold", "--target", target,
+                                         "--connections", str(connections),
+                                         "--concurrency", "1000", "--seconds", "3"],
+                                        stdout=subprocess.PIPE, text=True)
+                held = json.loads(hold.stdout.readline())
+                good = load("facade", target, 1, 1 if smoke else 2)
+                if hold.wait() != 0:
+                    raise RuntimeError("the hold load generator failed")
+            figures.append({"connections": connections, "idle_kb": idle, "peak_kb": peak.peak,
+                            "held": held, "good": good})
+            print(json.dumps(figures[-1]), flush=True)
+        finally:
+            service.terminate()
+            service.wait(timeout=10)
+    return figures
+
+
+def unfinished_report(figures, smoke):
+    lines = ["", "## Unfinished request bodies", "",
+             "Each connection opens 1,000 Checks whose message announces 1 MB, sends what "
+             "flow control lets it and never ends them (`loadgen --mode hold`, the `h2` "
+             "crate); a well-behaved caller makes calls on a connection of its own meanwhile. "
+             "Defaults: `--max-request-bytes-in-flight 40MiB`, "
+             "`--max-connection-request-bytes 2MiB`.", "",
+             "| connections | calls held | refused | idle RSS | peak RSS | added | "
+             "good caller p50 | p99 | its errors |", "|---|---|---|---|---|---|---|---|---|"]
+    for f in figures:
+        held, good = f["held"], f["good"]
+        lines.append(f"| {f['connections']} | {held['held']:,} | {held['answered']:,} | "
+                     f"{f['idle_kb'] / 1024:.1f} MiB | {f['peak_kb'] / 1024:.1f} MiB | "
+                     f"{(f['peak_kb'] - f['idle_kb']) / 1024:+.1f} MiB | "
+                     f"{good['p50_us']:,} µs | {good['p99_us']:,} µs | {good['errors']} |")
+    lines += ["", "Before the budgets (the review of issue 40, on main): one connection took the "
+              "RSS from 15.8 to 95 MiB, four to 360 MiB, held for as long as they stayed open."]
+    return lines
+
+
 def svg_plot(rows, path):
     """Throughput and p99 against concurrency, as a dependency-free SVG."""
     levels = [r["concurrency"] for r in rows]
@@ -1262,6 +1312,7 @@ def main():
         quota_figures = quota(cognito_like_port, workdir, smoke)
         outage_figures = outage(workdir, smoke)
         envoy_figures = envoy_cost(nginx_port, workdir, smoke)
+        bodies_figures = unfinished_bodies(nginx_port, smoke)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
@@ -1282,7 +1333,8 @@ def main():
               "sdk_one_kb": sdk_one["peak_rss_kb"], "sdk_peak_kb": sdk_held["peak_rss_kb"]}
     write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke,
                  fleet_report(fleet_figures, smoke) + quota_report(quota_figures, smoke)
-                 + outage_report(outage_figures, smoke) + envoy_report(envoy_figures, smoke))
+                 + outage_report(outage_figures, smoke) + envoy_report(envoy_figures, smoke)
+                 + unfinished_report(bodies_figures, smoke))
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 

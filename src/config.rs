@@ -20,6 +20,10 @@ pub use crate::{
     rpc::service::{DEFAULT_MAX_CONCURRENT_REQUESTS, ExtAuthzConfig, ServiceConfig},
     server::{
         ServerConfig,
+        bodies::{
+            BodyLimits, DEFAULT_CONNECTION_REQUEST_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT,
+            DEFAULT_REQUEST_BYTES_IN_FLIGHT, MIN_CONNECTION_REQUEST_BYTES,
+        },
         listener::DEFAULT_HANDSHAKE_TIMEOUT,
         tls::{TlsConfig, TlsError},
     },
@@ -89,6 +93,12 @@ pub const ENV_KEEPALIVE_TIMEOUT: &str = "COGNITO_FACADE_KEEPALIVE_TIMEOUT";
 pub const ENV_HANDSHAKE_TIMEOUT: &str = "COGNITO_FACADE_HANDSHAKE_TIMEOUT";
 /// Env var for `--max-connections`.
 pub const ENV_MAX_CONNECTIONS: &str = "COGNITO_FACADE_MAX_CONNECTIONS";
+/// Env var for `--max-request-bytes-in-flight`.
+pub const ENV_MAX_REQUEST_BYTES_IN_FLIGHT: &str = "COGNITO_FACADE_MAX_REQUEST_BYTES_IN_FLIGHT";
+/// Env var for `--max-connection-request-bytes`.
+pub const ENV_MAX_CONNECTION_REQUEST_BYTES: &str = "COGNITO_FACADE_MAX_CONNECTION_REQUEST_BYTES";
+/// Env var for `--request-body-timeout`.
+pub const ENV_REQUEST_BODY_TIMEOUT: &str = "COGNITO_FACADE_REQUEST_BODY_TIMEOUT";
 /// Env var for `--redis-url`.
 pub const ENV_REDIS_URL: &str = "COGNITO_FACADE_REDIS_URL";
 /// Env var for `--redis-mode`.
@@ -206,6 +216,17 @@ pub enum ConfigError {
         /// The attempt timeout.
         attempt: Duration,
     },
+    /// A connection's share of the request bytes too small for the
+    /// largest message, or larger than the whole budget.
+    #[error(
+        "--max-connection-request-bytes ({per_connection}) must be at least {MIN_CONNECTION_REQUEST_BYTES} (the largest message, a frame and a stream's cost) and at most --max-request-bytes-in-flight ({in_flight})"
+    )]
+    BadRequestBytes {
+        /// The connection's share.
+        per_connection: usize,
+        /// The whole budget.
+        in_flight: usize,
+    },
     /// An endpoint that is not an absolute http(s) URL.
     #[error(
         "--cognito-endpoint / {ENV_COGNITO_ENDPOINT} must be an http:// or https:// URL, got {0:?}"
@@ -274,6 +295,7 @@ impl Config {
             ("keepalive-interval", server.keepalive_interval, true),
             ("keepalive-timeout", server.keepalive_timeout, true),
             ("handshake-timeout", server.handshake_timeout, true),
+            ("request-body-timeout", server.bodies.read_timeout, true),
             (
                 "jwks-refresh-interval",
                 self.tokens.jwks_refresh_interval,
@@ -323,6 +345,7 @@ impl Config {
                 return Err(ConfigError::ZeroLimit { flag });
             }
         }
+        validate_bodies(&server.bodies)?;
         validate_quota(&self.quota, up)?;
         if up.attempt_timeout > up.call_timeout {
             return Err(ConfigError::AttemptLongerThanCall {
@@ -355,8 +378,19 @@ impl Config {
     }
 }
 
-/// Each URL parses as `redis://` or `rediss://` with a host (a password in
-/// it is never echoed back), and the budget is not zero.
+/// A connection's share must hold the largest message and fit the budget.
+fn validate_bodies(bodies: &BodyLimits) -> Result<(), ConfigError> {
+    if bodies.per_connection < MIN_CONNECTION_REQUEST_BYTES
+        || bodies.per_connection > bodies.in_flight
+    {
+        return Err(ConfigError::BadRequestBytes {
+            per_connection: bodies.per_connection,
+            in_flight: bodies.in_flight,
+        });
+    }
+    Ok(())
+}
+
 /// With a limit, an attempt's wait for its turn fits in its own timeout.
 fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), ConfigError> {
     if !quota.limits.is_empty() && quota.queue_timeout >= up.attempt_timeout {
@@ -368,6 +402,8 @@ fn validate_quota(quota: &QuotaConfig, up: &UpstreamConfig) -> Result<(), Config
     Ok(())
 }
 
+/// Each URL parses as `redis://` or `rediss://` with a host (a password in
+/// it is never echoed back), and the budget is not zero.
 fn validate_fleet(fleet: &FleetConfig) -> Result<(), ConfigError> {
     if fleet.urls.is_empty() {
         return Err(ConfigError::BadRedisUrl(String::new()));

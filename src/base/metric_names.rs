@@ -51,6 +51,16 @@ pub(crate) const CONNECTIONS_REFUSED: &str = "cognito_facade_connections_refused
 /// Connections closed because TLS, the HTTP/2 preface and SETTINGS did not
 /// arrive within `--handshake-timeout`.
 pub(crate) const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
+/// Request body bytes held now, across all connections: what was read of
+/// the bodies still arriving, and the room each holds for its next frame
+/// (bounded by `--max-request-bytes-in-flight`).
+pub(crate) const REQUEST_BODY_BYTES: &str = "cognito_facade_request_body_bytes";
+/// Request bodies refused (`REQUEST_BYTES_EXHAUSTED`) because a frame
+/// found no room in their connection's share or the budget.
+pub(crate) const REQUEST_BODY_REFUSALS: &str = "cognito_facade_request_body_refusals_total";
+/// Calls failed because their body did not arrive whole within
+/// `--request-body-timeout`.
+pub(crate) const REQUEST_BODY_TIMEOUTS: &str = "cognito_facade_request_body_timeouts_total";
 /// `accept` failures that made the listener back off, by `error` (`EMFILE`,
 /// `ENFILE`, `ENOMEM`, `ENOBUFS`, `other`).
 pub(crate) const ACCEPT_ERRORS: &str = "cognito_facade_accept_errors_total";

@@ -57,6 +57,42 @@ impl FromStr for RegionEndpoint {
     }
 }
 
+/// A size in bytes: a number, or one with `KiB`, `MiB` or `GiB` after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bytes(pub(crate) usize);
+
+impl FromStr for Bytes {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = match &text[digits.len()..] {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => return Err(format!("unknown unit {other:?}: use KiB, MiB or GiB")),
+        };
+        digits
+            .parse::<usize>()
+            .ok()
+            .and_then(|n| n.checked_mul(unit))
+            .map(Self)
+            .ok_or_else(|| format!("expected a number of bytes (e.g. 40MiB), got {text:?}"))
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, size) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= size && self.0.is_multiple_of(size) {
+                return write!(f, "{}{unit}", self.0 / size);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A duration flag's default, as clap shows it.
 fn shown(duration: Duration) -> humantime::Duration {
     duration.into()
@@ -208,6 +244,21 @@ pub(crate) struct Cli {
     /// limit less one per --max-concurrent-requests and 64 more (at most half of it).
     #[arg(long, env = ENV_MAX_CONNECTIONS, value_name = "N")]
     max_connections: Option<usize>,
+
+    /// Most request body bytes held at once across all connections while the bodies arrive (a
+    /// number of bytes, or with KiB, MiB or GiB); a body that finds no room is refused.
+    #[arg(long, env = ENV_MAX_REQUEST_BYTES_IN_FLIGHT, default_value_t = Bytes(DEFAULT_REQUEST_BYTES_IN_FLIGHT), value_name = "BYTES")]
+    max_request_bytes_in_flight: Bytes,
+
+    /// Most request body bytes one connection's calls hold at once (its share of
+    /// --max-request-bytes-in-flight); past it, that connection's bodies are refused.
+    #[arg(long, env = ENV_MAX_CONNECTION_REQUEST_BYTES, default_value_t = Bytes(DEFAULT_CONNECTION_REQUEST_BYTES), value_name = "BYTES")]
+    max_connection_request_bytes: Bytes,
+
+    /// Time a request's body gets to arrive whole, from the request's arrival; then the call gets
+    /// DEADLINE_EXCEEDED (REQUEST_BODY_TIMEOUT) and its stream is reset.
+    #[arg(long, env = ENV_REQUEST_BODY_TIMEOUT, default_value_t = shown(DEFAULT_REQUEST_BODY_TIMEOUT), value_name = "DURATION")]
+    request_body_timeout: humantime::Duration,
 
     /// Envoy ext_authz: pass the username to the upstream in this request header (off by default:
     /// the username then never leaves the facade).
@@ -411,6 +462,11 @@ impl Cli {
                 tls,
                 handshake_timeout: self.handshake_timeout.into(),
                 max_connections: self.max_connections,
+                bodies: BodyLimits {
+                    in_flight: self.max_request_bytes_in_flight.0,
+                    per_connection: self.max_connection_request_bytes.0,
+                    read_timeout: self.request_body_timeout.into(),
+                },
             },
             service: ServiceConfig {
                 max_concurrent_requests: self.max_concurrent_requests,

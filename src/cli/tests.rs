@@ -98,6 +98,31 @@ fn refuses_bad_values() {
         (&["--handshake-timeout", "0s"][..], "--handshake-timeout"),
         (&["--max-connections", "0"][..], "--max-connections"),
         (&["--max-connections", "many"][..], "--max-connections"),
+        (
+            &["--request-body-timeout", "0s"][..],
+            "--request-body-timeout",
+        ),
+        (
+            &["--max-request-bytes-in-flight", "48MB"][..],
+            "unknown unit \"MB\"",
+        ),
+        (
+            &["--max-request-bytes-in-flight", "lots"][..],
+            "--max-request-bytes-in-flight",
+        ),
+        (
+            &["--max-connection-request-bytes", "1MiB"][..],
+            "must be at least 1069061",
+        ),
+        (
+            &[
+                "--max-connection-request-bytes",
+                "4MiB",
+                "--max-request-bytes-in-flight",
+                "3MiB",
+            ][..],
+            "at most --max-request-bytes-in-flight",
+        ),
         (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
         (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
         (
@@ -108,6 +133,27 @@ fn refuses_bad_values() {
         let err = parse(args).unwrap_err();
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn request_byte_budgets_take_units() {
+    let config = parse(&[
+        "--max-request-bytes-in-flight",
+        "1GiB",
+        "--max-connection-request-bytes",
+        "1100000",
+        "--request-body-timeout",
+        "3s",
+    ])
+    .unwrap();
+    let bodies = config.server.bodies;
+    assert_eq!(bodies.in_flight, 1 << 30);
+    assert_eq!(bodies.per_connection, 1_100_000);
+    assert_eq!(bodies.read_timeout, Duration::from_secs(3));
+    let defaults = parse(&[]).unwrap().server.bodies;
+    assert_eq!(defaults, cognito_facade::config::BodyLimits::default());
+    assert_eq!(Bytes(40 << 20).to_string(), "40MiB");
+    assert_eq!(Bytes(1_100_000).to_string(), "1100000");
 }
 
 #[test]

@@ -373,6 +373,15 @@ pub enum Error {
         crate::base::wire::MAX_REQUEST_BYTES
     )]
     RequestTooLarge,
+    /// No room for a new request body in its connection's share
+    /// (`--max-connection-request-bytes`) or the budget
+    /// (`--max-request-bytes-in-flight`).
+    #[error("too many request bytes in flight; retry later")]
+    RequestBytesExhausted,
+    /// The request's body did not arrive whole within
+    /// `--request-body-timeout`.
+    #[error("the request's body did not arrive whole in time")]
+    RequestBodyTimeout,
 }
 
 impl Error {
@@ -391,6 +400,8 @@ impl Error {
             Self::Upstream(err) => err.kind.status(),
             Self::Overloaded => (Code::ResourceExhausted, "OVERLOADED"),
             Self::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
+            Self::RequestBytesExhausted => (Code::ResourceExhausted, "REQUEST_BYTES_EXHAUSTED"),
+            Self::RequestBodyTimeout => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
         }
     }
 }
@@ -460,12 +471,14 @@ impl Error {
                 (message, details)
             }
             Error::Refused(refusal) => (refusal.to_string(), ErrorDetails::new()),
-            Error::Overloaded => {
+            Error::Overloaded | Error::RequestBytesExhausted => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
                 (self.to_string(), details)
             }
-            Error::RequestTooLarge => (self.to_string(), ErrorDetails::new()),
+            Error::RequestTooLarge | Error::RequestBodyTimeout => {
+                (self.to_string(), ErrorDetails::new())
+            }
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);
         Status::with_error_details(code, message, details)

@@ -42,6 +42,10 @@ use self::{
     waiters::Waiters,
 };
 
+/// The label of the fleet-wide channel revocations are told on, which the
+/// store subscribes on each connection before using it.
+const REVOCATIONS: &str = "revocations";
+
 /// How a leader's call joins the fleet.
 #[derive(Debug)]
 pub(crate) enum Joined {
@@ -165,9 +169,9 @@ impl Names {
 }
 
 impl Fleet {
-    /// Starts the store (in the background) and the fleet on it.
-    /// Starts the store (in the background) and the fleet on it, and
-    /// subscribes the fleet-wide revocation channel once connected.
+    /// Starts the store (in the background) and the fleet on it; each
+    /// connection subscribes the fleet-wide revocation channel before the
+    /// fleet uses it.
     pub(crate) fn start(config: &FleetConfig, settings: FleetSettings) -> Self {
         let mode = config.mode;
         let state = Arc::new_cyclic(|fleet: &std::sync::Weak<FleetState>| {
@@ -179,8 +183,8 @@ impl Fleet {
                     fleet.waiters.deliver(mode, push);
                 }
             };
-            let store = Store::start(config, deliver);
-            let channel = store.key_name("revocations", "v");
+            let store = Store::start(config, REVOCATIONS, deliver);
+            let channel = store.broadcast().to_owned();
             FleetState {
                 store,
                 settings,
@@ -192,7 +196,6 @@ impl Fleet {
                 finishing: tokio_util::task::TaskTracker::new(),
             }
         });
-        tokio::spawn(revocations::listen(Arc::downgrade(&state)));
         Self(state)
     }
 

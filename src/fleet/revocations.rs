@@ -23,7 +23,7 @@ use super::{
     scripts::{Finish, FinishScript},
 };
 use crate::{
-    base::{expiring::lock, metric_names, telemetry::Every},
+    base::{expiring::lock, metric_names},
     error::Error,
     store::{BACKGROUND_BUDGET, Lane, Op},
     token::LONGEST_LIFETIME,
@@ -31,11 +31,9 @@ use crate::{
 
 /// Most revocations waiting for Redis; past it the oldest goes (counted).
 pub(super) const PENDING_MAX: usize = 1024;
-/// Pauses between tries to write pending revocations, or to subscribe.
+/// Pauses between tries to write pending revocations.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
-/// At most one warning a minute about a channel that cannot be subscribed.
-const WARN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Told of a revoked token's tag.
 type Heard = Box<dyn Fn(&str) + Send + Sync>;
@@ -222,58 +220,6 @@ async fn retry(fleet: Weak<FleetState>) {
                 return;
             }
         }
-        pause = (pause * 2).min(RETRY_MAX);
-    }
-}
-
-/// Subscribes the fleet-wide channel once the store is connected, and
-/// again on each new connection put in place (after a READONLY); a
-/// connection subscribes it again by itself after each reconnection.
-pub(super) async fn listen(fleet: Weak<FleetState>) {
-    let Some(mut connections) = fleet.upgrade().map(|state| state.store.connections()) else {
-        return;
-    };
-    loop {
-        connections.mark_unchanged();
-        subscribe_once(&fleet).await;
-        if connections.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Subscribes the fleet-wide channel on the connection in place, retrying
-/// with a growing pause until it is done or the fleet is gone.
-async fn subscribe_once(fleet: &Weak<FleetState>) {
-    let warned = Every::new(WARN_INTERVAL);
-    let mut pause = RETRY_MIN;
-    loop {
-        let Some(state) = fleet.upgrade() else {
-            return;
-        };
-        if let Some(mut conn) = state.store.connected() {
-            let channel = &state.revocations.channel;
-            let subscribed = state
-                .store
-                .op(
-                    Op::Subscribe,
-                    Lane::Background,
-                    Instant::now() + BACKGROUND_BUDGET,
-                    conn.subscribe_broadcast(channel),
-                )
-                .await;
-            if subscribed.is_some() {
-                return;
-            }
-            if let Some(suppressed) = warned.ready() {
-                tracing::warn!(
-                    suppressed,
-                    "cannot subscribe the fleet's revocation channel yet: a replica hears of revocations only at its next call for the token"
-                );
-            }
-        }
-        drop(state);
-        tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
     }
 }

@@ -17,10 +17,11 @@ use crate::base::metric_names::{
     EXT_AUTHZ_DECISIONS, FLEET_BREAKER_OPEN_SECONDS, FLEET_LEASE_TAKEOVERS, FLEET_REDIS_OPS,
     FLEET_REPLICAS, FLEET_REVOCATIONS_DROPPED, FLEET_REVOCATIONS_PENDING, FLEET_SKIPPED,
     FLEET_UNOPENED, HANDSHAKE_TIMEOUTS, JWKS_FETCHES, JWKS_UNAVAILABLE, KEPT_ANSWERS,
-    MAX_CONNECTIONS, REFUSALS_REMEMBERED, REVOKED_TOKENS, RPC_DURATION, RPC_IN_FLIGHT,
-    RPC_REQUESTS, SHED, STALE_ANSWERS, TOKEN_REFUSALS, TOKENS_UNVERIFIED, TRACE_SPANS_DROPPED,
-    UNKNOWN_ENUM_VALUES, UPSTREAM_DURATION, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE,
-    UPSTREAM_REQUESTS, UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
+    MAX_CONNECTIONS, REFUSALS_REMEMBERED, REQUEST_BODY_BYTES, REQUEST_BODY_REFUSALS,
+    REQUEST_BODY_TIMEOUTS, REVOKED_TOKENS, RPC_DURATION, RPC_IN_FLIGHT, RPC_REQUESTS, SHED,
+    STALE_ANSWERS, TOKEN_REFUSALS, TOKENS_UNVERIFIED, TRACE_SPANS_DROPPED, UNKNOWN_ENUM_VALUES,
+    UPSTREAM_DURATION, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_REQUESTS,
+    UPSTREAM_THROTTLES, UPSTREAM_WAIT_SECONDS, UPSTREAM_WAITED,
 };
 
 /// Default `/metrics` listener: every interface, the conventional exporter port.
@@ -115,6 +116,18 @@ fn describe_connections_and_fleet() {
     metrics::describe_counter!(
         HANDSHAKE_TIMEOUTS,
         "Connections closed for not finishing TLS and the HTTP/2 preface and SETTINGS in time"
+    );
+    metrics::describe_gauge!(
+        REQUEST_BODY_BYTES,
+        "Request body bytes held now: read of the bodies still arriving, and room for their next frame"
+    );
+    metrics::describe_counter!(
+        REQUEST_BODY_REFUSALS,
+        "Request bodies refused because a frame found no room in their connection's share or the budget"
+    );
+    metrics::describe_counter!(
+        REQUEST_BODY_TIMEOUTS,
+        "Calls failed because their body did not arrive whole within --request-body-timeout"
     );
     metrics::describe_counter!(
         ACCEPT_ERRORS,

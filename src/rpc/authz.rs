@@ -226,7 +226,10 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
             | UpstreamErrorKind::RequestConstruction
             | UpstreamErrorKind::RateLimited => None,
         },
-        Error::Overloaded | Error::RequestTooLarge => None,
+        Error::Overloaded
+        | Error::RequestTooLarge
+        | Error::RequestBytesExhausted
+        | Error::RequestBodyTimeout => None,
     };
     let status = err.to_status();
     let reason = err.status().1;

@@ -23,6 +23,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::bodies::ConnectionShare;
 use crate::{
     base::metric_names::{
         ACCEPT_ERRORS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS,
@@ -74,6 +75,8 @@ pub(crate) struct ConnectionLimits {
     pub max_connections: usize,
     /// Time from `accept` to the end of the client's first SETTINGS frame.
     pub handshake_timeout: Duration,
+    /// Each connection's share of the request bytes in flight.
+    pub request_bytes_per_connection: usize,
 }
 
 /// The process's file-descriptor limit (`RLIMIT_NOFILE`) at start; `None`
@@ -150,6 +153,7 @@ pub(crate) fn incoming(
         slots: Arc::new(Semaphore::new(max_connections)),
         max_connections,
         handshake_timeout: limits.handshake_timeout,
+        request_bytes_per_connection: limits.request_bytes_per_connection,
         tls,
         tx,
         refusals_warned: Every::new(WARN_INTERVAL),
@@ -164,6 +168,7 @@ struct Admission {
     slots: Arc<Semaphore>,
     max_connections: usize,
     handshake_timeout: Duration,
+    request_bytes_per_connection: usize,
     tls: Option<TlsAcceptor>,
     tx: mpsc::Sender<Conn>,
     refusals_warned: Every,
@@ -228,7 +233,10 @@ impl Admission {
         };
         let slot = Slot::new(permit);
         let _ = stream.set_nodelay(true);
-        let info = stream.connect_info();
+        let info = ConnInfo {
+            tcp: stream.connect_info(),
+            share: ConnectionShare::new(self.request_bytes_per_connection),
+        };
         let handshake = Handshake {
             timeout: self.handshake_timeout,
             tls: self.tls.clone(),
@@ -248,7 +256,7 @@ struct Handshake {
 impl Handshake {
     /// Finishes TLS and reads the client's opening within the deadline, then
     /// hands the connection over; closes it otherwise.
-    async fn run(self, stream: TcpStream, info: TcpConnectInfo, slot: Slot) {
+    async fn run(self, stream: TcpStream, info: ConnInfo, slot: Slot) {
         let opened = tokio::time::timeout(self.timeout, open(stream, self.tls)).await;
         match opened {
             Ok(Ok((io, opening))) => {
@@ -362,7 +370,7 @@ enum Transport {
 pub(crate) struct Conn {
     opening: Bytes,
     io: Transport,
-    info: TcpConnectInfo,
+    info: ConnInfo,
     /// Whether hyper has read from it.
     served: bool,
     _slot: Slot,
@@ -388,10 +396,20 @@ impl Drop for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// What each request of a connection finds in its extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The peer's and our addresses.
+    #[expect(dead_code, reason = "read by nothing yet; the caller's identity will")]
+    pub(crate) tcp: TcpConnectInfo,
+    /// The connection's share of the request bytes in flight.
+    pub(crate) share: ConnectionShare,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
+impl Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
         self.info.clone()
     }
 }

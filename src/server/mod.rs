@@ -3,12 +3,15 @@
 //! accepting, grace, exit).
 //!
 //! Layer 7, above `rpc`. `tls` reads the PEM files and builds the
-//! acceptor; `listener` keeps the connection cap and the handshake
-//! deadline; `policy` answers HTTP 415 and the size refusal; `observe`
-//! gives each call its one clock, metrics, span and log line.
+//! acceptor; `bodies` keeps the request bytes in flight within their
+//! budgets and times out bodies that never finish; `listener` keeps the
+//! connection cap and the handshake deadline; `policy` answers HTTP 415 and
+//! the size refusal; `observe` gives each call its one clock, metrics, span
+//! and log line.
 //!
-//! Files, lowest first: `tls`, `listener`, `policy`, `observe`.
+//! Files, lowest first: `tls`, `bodies`, `listener`, `policy`, `observe`.
 
+pub(crate) mod bodies;
 pub(crate) mod listener;
 pub(crate) mod observe;
 pub(crate) mod policy;
@@ -22,14 +25,17 @@ use std::{
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{codegen::http, server::NamedService, transport::Server};
 use tonic_health::{
     ServingStatus,
     pb::health_server::{Health, HealthServer},
     server::HealthReporter,
 };
 
-use self::listener::ConnectionLimits;
+use self::{
+    bodies::{BodyLayer, BodyLimits, ConnectionShare, MAX_FRAME_BYTES},
+    listener::ConnectionLimits,
+};
 use crate::{
     base::wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
     proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
@@ -62,15 +68,28 @@ const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 /// The gRPC health checking protocol's name for the whole server.
 const WHOLE_SERVER: &str = "";
 
-/// The RPC service as served (and as health checks name it).
+/// The HTTP/2 flow-control window the server gives each connection: what a
+/// client may send that the server has not read yet, all its streams
+/// together. A body waiting for room (`bodies`) leaves its frames unread,
+/// and this is all that can pile up behind it, so it is a quarter of
+/// hyper's default (1 MiB): still far more than a round trip's worth of
+/// the small messages this service takes.
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// The window of each stream: about HTTP/2's own default (65,535 bytes),
+/// room for the largest RPC message (64 KiB).
+const STREAM_WINDOW: u32 = 64 * 1024;
+
 /// The largest Check Envoy sends: its request headers (60 KiB by default,
 /// the path twice) with room to spare; the facade never asks for the body.
 /// A Check refused as too large would be an error, which `failure_mode_allow`
 /// could turn into an allow.
-const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 
 type Rpc = IdentityProviderServiceServer<FacadeService>;
 type Authz = AuthorizationServer<ExtAuthz>;
+
+/// Envoy's ext_authz service, as its paths name it.
+pub(crate) const AUTHZ_SERVICE: &str = <Authz as tonic::server::NamedService>::NAME;
 
 /// The server's settings.
 #[derive(Debug, Clone)]
@@ -96,6 +115,8 @@ pub struct ServerConfig {
     /// default in from the file-descriptor limit
     /// ([`listener::default_max_connections`]); `None` here is no cap.
     pub max_connections: Option<usize>,
+    /// The request bytes in flight and the body read timeout.
+    pub bodies: BodyLimits,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +132,7 @@ impl Default for ServerConfig {
             tls: None,
             handshake_timeout: listener::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: None,
+            bodies: BodyLimits::default(),
         }
     }
 }
@@ -150,13 +172,25 @@ pub(crate) async fn run(
         .http2_keepalive_timeout(Some(config.keepalive_timeout))
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .max_connection_age(config.max_connection_age)
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(observer)
         .layer(PolicyLayer)
+        .layer(BodyLayer::new(&config.bodies, connection_share))
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            reflection()
+                .build_v1()?
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            reflection()
+                .build_v1alpha()?
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(
             Authz::new(ExtAuthz::new(service.clone()))
                 .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES),
@@ -165,13 +199,8 @@ pub(crate) async fn run(
 
     let (stop_accepting, stop_signal) = tokio::sync::oneshot::channel::<()>();
     let local_addr = listener.local_addr().map_err(ServerError::Listener)?;
-    let limits = ConnectionLimits {
-        // The application fills the default in from the descriptor limit.
-        max_connections: config.max_connections.unwrap_or(usize::MAX),
-        handshake_timeout: config.handshake_timeout,
-    };
     let acceptor = config.tls.as_ref().map(TlsConfig::acceptor).transpose()?;
-    let incoming = listener::incoming(listener, limits, acceptor);
+    let incoming = listener::incoming(listener, connection_limits(config), acceptor);
     let server = routes.serve_with_incoming_shutdown(incoming, async {
         // A dropped sender also stops the server.
         let _ = stop_signal.await;
@@ -206,6 +235,23 @@ async fn health() -> (HealthReporter, HealthServer<impl Health>) {
 }
 
 /// The reflection service's builder, with every descriptor set served.
+/// What the listener holds each connection to.
+fn connection_limits(config: &ServerConfig) -> ConnectionLimits {
+    ConnectionLimits {
+        // The application fills the default in from the descriptor limit.
+        max_connections: config.max_connections.unwrap_or(usize::MAX),
+        handshake_timeout: config.handshake_timeout,
+        request_bytes_per_connection: config.bodies.per_connection,
+    }
+}
+
+/// A request's connection share, from the listener's connect info.
+fn connection_share(extensions: &http::Extensions) -> Option<&ConnectionShare> {
+    extensions
+        .get::<listener::ConnInfo>()
+        .map(|info| &info.share)
+}
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

@@ -2,7 +2,10 @@
 //! themselves), its pub/sub commands, and the loop that connects at start
 //! without ever holding start-up back.
 
-use std::{sync::Weak, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
 
 use redis::{
     ProtocolVersion, PushInfo, Value,
@@ -13,7 +16,9 @@ use redis::{
 
 use super::{
     StoreState,
+    breaker::Lane,
     config::{FleetConfig, RedisMode},
+    ops::Op,
 };
 use crate::base::telemetry::Every;
 
@@ -138,6 +143,10 @@ pub(super) async fn connect(store: Weak<StoreState>, wanted: Wanted) {
             Ok(conn) if wanted == Wanted::Master => is_master(conn).await,
             other => other,
         };
+        let opened = match opened {
+            Ok(conn) => subscribed(&inner, conn).await,
+            Err(err) => Err(err),
+        };
         match opened {
             Ok(conn) => {
                 inner.install(conn);
@@ -153,6 +162,24 @@ pub(super) async fn connect(store: Weak<StoreState>, wanted: Wanted) {
         drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(most);
+    }
+}
+
+/// `conn`, once it has subscribed the fleet-wide channel (counted as a
+/// `subscribe`), else why not.
+async fn subscribed(inner: &Arc<StoreState>, mut conn: StoreConn) -> redis::RedisResult<StoreConn> {
+    let until = Instant::now() + BACKGROUND_BUDGET;
+    let subscribe = conn.subscribe_broadcast(&inner.broadcast);
+    let store = super::Store(inner.clone());
+    match store
+        .op(Op::Subscribe, Lane::Background, until, subscribe)
+        .await
+    {
+        Some(()) => Ok(conn),
+        None => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "cannot subscribe the fleet's revocation channel",
+        ))),
     }
 }
 

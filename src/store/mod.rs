@@ -81,9 +81,11 @@ struct StoreState {
     /// This replica's random id (in the fleet's replica set).
     replica: String,
     conn: RwLock<Option<StoreConn>>,
-    /// Bumped each time a connection is put in place, so what lives on a
-    /// connection (the revocation channel) follows a new one.
-    connections: watch::Sender<u64>,
+    /// The fleet-wide channel each connection subscribes before it is put
+    /// in place, so a replica hears every notice from the moment it uses
+    /// the store (the connection subscribes it again by itself after each
+    /// reconnection).
+    broadcast: String,
     /// The server answered READONLY: the connection was dropped and a
     /// master is being looked for (standalone).
     read_only: AtomicBool,
@@ -106,26 +108,26 @@ impl StoreState {
     fn install(&self, conn: StoreConn) {
         self.set_conn(Some(conn));
         self.read_only.store(false, Ordering::Release);
-        self.connections.send_modify(|n| *n += 1);
     }
 }
 
 impl Store {
     /// Starts connecting in the background (start-up never waits for
     /// Redis) and returns at once; pushed messages go to `deliver`.
-    pub(crate) fn start<P>(config: &FleetConfig, deliver: P) -> Self
+    pub(crate) fn start<P>(config: &FleetConfig, broadcast: &str, deliver: P) -> Self
     where
         P: Fn(PushInfo) + Clone + Send + Sync + 'static,
     {
         let mut id = [0u8; 16];
         let _ = SystemRandom::new().fill(&mut id);
+        let keys = Keyring::new(config);
         let inner = Arc::new(StoreState {
             config: config.clone(),
             deliver: Arc::new(deliver),
-            keys: Keyring::new(config),
+            broadcast: key_name(&keys, broadcast, "v"),
+            keys,
             replica: hex(&id),
             conn: RwLock::new(None),
-            connections: watch::Sender::new(0),
             read_only: AtomicBool::new(false),
             oom_warned: Every::new(OOM_WARN_INTERVAL),
             calls: Breaker::new(Lane::Calls),
@@ -152,8 +154,12 @@ impl Store {
     /// The name of a key of the fleet's own (not a token's) for `label`, in
     /// a slot of its own: `cf:{tag}:suffix`.
     pub(crate) fn key_name(&self, label: &str, suffix: &str) -> String {
-        let tag = self.0.keys.tag(Domain::Label, label.as_bytes());
-        format!("cf:{{{tag}}}:{suffix}")
+        key_name(&self.0.keys, label, suffix)
+    }
+
+    /// The fleet-wide channel every connection subscribes.
+    pub(crate) fn broadcast(&self) -> &str {
+        &self.0.broadcast
     }
 
     /// The connection for a call, unless the store is away or the calls'
@@ -277,11 +283,6 @@ impl Store {
         self.0.config.timeout
     }
 
-    /// Tells of each connection put in place.
-    pub(crate) fn connections(&self) -> watch::Receiver<u64> {
-        self.0.connections.subscribe()
-    }
-
     /// The server answered READONLY: it is a replica now (after a
     /// failover, the address may lead to the new master on a fresh
     /// connection). Drops the connection, once, and looks for a master;
@@ -296,4 +297,11 @@ impl Store {
         self.0.set_conn(None);
         tokio::spawn(conn::connect(Arc::downgrade(&self.0), conn::Wanted::Master));
     }
+}
+
+/// The name of a fleet-wide key or channel: `label`'s tag under the fleet's
+/// key, with `suffix` after it (`cf:{TAG}:SUFFIX`).
+fn key_name(keys: &Keyring, label: &str, suffix: &str) -> String {
+    let tag = keys.tag(Domain::Label, label.as_bytes());
+    format!("cf:{{{tag}}}:{suffix}")
 }

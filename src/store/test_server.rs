@@ -59,7 +59,7 @@ impl TestServer {
     where
         P: Fn(redis::PushInfo) + Clone + Send + Sync + 'static,
     {
-        let store = Store::start(&self.config(), deliver);
+        let store = Store::start(&self.config(), "revocations", deliver);
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.connected().is_none() {
             assert!(Instant::now() < deadline, "the store did not connect");

@@ -473,7 +473,12 @@ fn every_tabled_error() -> Vec<Error> {
         .map(Error::from),
     );
     errors.extend(Refusal::ALL.iter().map(|&refusal| Error::from(refusal)));
-    errors.extend([Error::Overloaded, Error::RequestTooLarge]);
+    errors.extend([
+        Error::Overloaded,
+        Error::RequestTooLarge,
+        Error::RequestBytesExhausted,
+        Error::RequestBodyTimeout,
+    ]);
     errors
 }
 
@@ -540,8 +545,11 @@ fn the_readme_retry_column_agrees_with_the_service() {
         let (_, reason) = err.status();
         let transient = match &err {
             Error::Upstream(up) => up.kind.is_transient(),
-            Error::Overloaded => true,
-            Error::Token(_) | Error::Refused(_) | Error::RequestTooLarge => false,
+            Error::Overloaded | Error::RequestBytesExhausted => true,
+            Error::Token(_)
+            | Error::Refused(_)
+            | Error::RequestTooLarge
+            | Error::RequestBodyTimeout => false,
         };
         assert_eq!(retry[reason], transient, "the retry cell of {reason}");
         if err.to_status().get_details_retry_info().is_some() {

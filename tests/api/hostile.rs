@@ -244,7 +244,12 @@ fn hpack_length(block: &mut Vec<u8>, mut len: usize) {
 
 #[tokio::test]
 async fn streams_over_the_limit_are_refused_and_the_rest_keep_working() {
-    let app = spawn_app().await;
+    // Room for every stream's body, so the stream limit is what refuses.
+    let stand_in = crate::helpers::StandIn::start().await;
+    let mut config = crate::helpers::test_config(&stand_in.endpoint);
+    config.server.bodies.per_connection = 64 << 20;
+    config.server.bodies.in_flight = 64 << 20;
+    let app = crate::helpers::spawn_app_with(stand_in, config).await;
     let mut raw = RawH2::connect(&app).await;
     // Let the server's SETTINGS (with its stream limit) be acknowledged.
     raw.resets(Duration::from_millis(200), |_| false).await;

@@ -2,6 +2,7 @@
 
 mod bad_day;
 mod binary;
+mod bodies;
 mod cluster;
 mod connections;
 mod deploy;
@@ -36,3 +37,5 @@ mod store_faults;
 mod store_server;
 mod tokens;
 mod tracing;
+#[path = "../../bench/unfinished.rs"]
+mod unfinished;

@@ -50,6 +50,14 @@ impl Redis {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             cli_flags: Vec::new(),
         };
+        // A server that exits at once most likely lost its port to another
+        // test between `free_port` and its bind: another port, a few times.
+        for _ in 0..4 {
+            if redis.try_run() {
+                return redis;
+            }
+            redis.port = free_port();
+        }
         redis.run();
         redis
     }
