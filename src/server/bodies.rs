@@ -35,7 +35,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body, codegen::http};
@@ -224,10 +224,17 @@ where
         let share = (self.layer.find_share)(request.extensions()).map(|share| share.0.clone());
         let room = Room::new([share, Some(budget.clone())]);
         let limit = message_limit(path);
-        let read_timeout = self.layer.read_timeout;
+        let deadline = tokio::time::Instant::now() + self.layer.read_timeout;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let read = tokio::time::timeout(read_timeout, read_whole(body, room, limit)).await;
+            let read = read_whole(body, room, limit);
+            tokio::pin!(read);
+            // A body already here (nearly every one) is read without a
+            // timer; one still arriving is read under its deadline.
+            let read = match poll_once(read.as_mut()).await {
+                Poll::Ready(read) => Ok(read),
+                Poll::Pending => tokio::time::timeout_at(deadline, read).await,
+            };
             match read {
                 Ok(Ok(body)) => inner.call(http::Request::from_parts(parts, body)).await,
                 Ok(Err(Read::Refused)) => {
@@ -242,6 +249,11 @@ where
             }
         })
     }
+}
+
+/// `future` polled once: its output, if it has one already.
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// The largest message the method at `path` decodes, where this service
@@ -320,6 +332,9 @@ async fn read_whole(mut body: Body, mut room: Room, limit: Option<usize>) -> Res
         if limit.is_some_and(|limit| announced(read).is_some_and(|len| len > limit)) {
             break;
         }
+        if !body.is_end_stream() {
+            room.publish();
+        }
     }
     let data = first.unwrap_or_else(|| Bytes::from(rest));
     Ok(Body::new(Whole {
@@ -340,6 +355,8 @@ struct Room {
     rooms: [Option<Arc<Semaphore>>; 2],
     held: [Option<OwnedSemaphorePermit>; 2],
     bytes: usize,
+    /// How much of it the gauge shows.
+    published: usize,
 }
 
 impl Room {
@@ -348,6 +365,7 @@ impl Room {
             rooms,
             held: [None, None],
             bytes: 0,
+            published: 0,
         }
     }
 
@@ -372,16 +390,26 @@ impl Room {
                 (Some(_), None) => {}
             }
         }
-        metrics::gauge!(REQUEST_BODY_BYTES).increment(bytes as f64);
         self.bytes += bytes;
         Ok(())
+    }
+
+    /// Shows the room held in the gauge, once the body has to wait for more
+    /// of itself: a body read whole at once never moves it (a gauge update
+    /// costs a registry lookup).
+    fn publish(&mut self) {
+        if self.bytes > self.published {
+            let more = self.bytes - self.published;
+            metrics::gauge!(REQUEST_BODY_BYTES).increment(more as f64);
+            self.published = self.bytes;
+        }
     }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
-        if self.bytes > 0 {
-            metrics::gauge!(REQUEST_BODY_BYTES).decrement(self.bytes as f64);
+        if self.published > 0 {
+            metrics::gauge!(REQUEST_BODY_BYTES).decrement(self.published as f64);
         }
     }
 }
