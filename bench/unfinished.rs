@@ -31,6 +31,9 @@ pub(crate) struct Held {
     /// answer): a streamed answer's headers come first, and its call stays
     /// open until then.
     pub(crate) ended: AtomicUsize,
+    /// The `grpc-status` in the trailers of each streamed answer that ended
+    /// with them.
+    pub(crate) trailer_codes: std::sync::Mutex<Vec<String>>,
     /// The `grpc-status` of each answer (empty when it had none).
     pub(crate) codes: std::sync::Mutex<Vec<String>>,
 }
@@ -97,7 +100,11 @@ impl Holding {
                         while let Some(Ok(data)) = body.data().await {
                             let _ = body.flow_control().release_capacity(data.len());
                         }
-                        let _ = body.trailers().await;
+                        if let Ok(Some(trailers)) = body.trailers().await {
+                            let code = trailers.get("grpc-status");
+                            let code = code.and_then(|c| c.to_str().ok()).unwrap_or_default();
+                            held.trailer_codes.lock().unwrap().push(code.to_owned());
+                        }
                     };
                     tokio::select! {
                         () = drained => {}

@@ -55,7 +55,8 @@ public final class Client {
           "UPSTREAM_TIMEOUT",
           "UPSTREAM_BAD_RESPONSE",
           "UPSTREAM_RATE_LIMITED",
-          "OVERLOADED");
+          "OVERLOADED",
+          "REQUEST_BYTES_EXHAUSTED");
   /** Doubled after each attempt up to MAX_BACKOFF, and jittered. */
   static final Duration FIRST_BACKOFF = Duration.ofMillis(200);
 

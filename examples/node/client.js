@@ -31,6 +31,7 @@ const RETRYABLE = new Set([
   'UPSTREAM_BAD_RESPONSE',
   'UPSTREAM_RATE_LIMITED',
   'OVERLOADED',
+  'REQUEST_BYTES_EXHAUSTED',
 ]);
 const FIRST_BACKOFF_MS = 200; // doubled after each attempt, jittered
 const MAX_BACKOFF_MS = 2000;

@@ -38,6 +38,7 @@ RETRYABLE = {
     "UPSTREAM_BAD_RESPONSE",
     "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
+    "REQUEST_BYTES_EXHAUSTED",
 }
 FIRST_BACKOFF = 0.2  # seconds; doubled after each attempt, jittered
 MAX_BACKOFF = 2.0  # seconds

@@ -36,6 +36,7 @@ const RETRYABLE: &[&str] = &[
     "UPSTREAM_BAD_RESPONSE",
     "UPSTREAM_RATE_LIMITED",
     "OVERLOADED",
+    "REQUEST_BYTES_EXHAUSTED",
 ];
 /// The first backoff; doubled after each attempt up to `MAX_BACKOFF`,
 /// jittered.

@@ -51,9 +51,9 @@ pub(crate) const CONNECTIONS_REFUSED: &str = "cognito_facade_connections_refused
 /// Connections closed because TLS, the HTTP/2 preface and SETTINGS did not
 /// arrive within `--handshake-timeout`.
 pub(crate) const HANDSHAKE_TIMEOUTS: &str = "cognito_facade_handshake_timeouts_total";
-/// Request body bytes held now, across all connections: what was read of
-/// the bodies still arriving, and the room each holds for its next frame
-/// (bounded by `--max-request-bytes-in-flight`).
+/// Request body bytes held now by bodies still arriving, across all
+/// connections: what was read of them and each one's stream cost (a body
+/// read whole at once is not shown).
 pub(crate) const REQUEST_BODY_BYTES: &str = "cognito_facade_request_body_bytes";
 /// Request bodies refused (`REQUEST_BYTES_EXHAUSTED`) because a frame
 /// found no room in their connection's share or the budget.

@@ -21,16 +21,19 @@
 //!   place of the budget, so a flood that holds the whole budget does not
 //!   also fail the probes of kubelet and the load balancers.
 //! - **Reflection** (a bidirectional stream) passes through, its messages
-//!   bounded by its decoder's limit, at most [`REFLECTION_STREAMS`] at once.
+//!   bounded by its decoder's limit, at most [`REFLECTION_STREAMS`] at once,
+//!   each ended at the read timeout with `DEADLINE_EXCEEDED`.
 //! - **A body read timeout** (`--request-body-timeout`): a body not arrived
-//!   whole that long after its request (a reflection stream not ended)
-//!   fails the call with `DEADLINE_EXCEEDED` and `REQUEST_BODY_TIMEOUT`, and
-//!   the stream is reset.
+//!   whole that long after its request fails the call with
+//!   `DEADLINE_EXCEEDED` and `REQUEST_BODY_TIMEOUT`, and the stream is
+//!   reset. Only the bytes are charged, and only from a stream's first
+//!   frame: the state of streams not yet sending (a few KiB each, at most
+//!   1,024 per connection) is bounded by the stream limit alone.
 
 use std::{
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -52,9 +55,9 @@ const MIB: usize = 1024 * 1024;
 
 /// Default budget for request bytes in flight across all connections:
 /// with 16 connections each at its share (32 MiB) it leaves room for every
-/// other caller, and at its full use the process still fits the 128 Mi
-/// memory limit of `deploy/kubernetes/deployment.yaml` (BENCHMARKS.md, the
-/// memory probe).
+/// other caller (BENCHMARKS.md, the memory probe: 16 flooding connections
+/// add 86 MiB to the RSS, most of it the streams' state this does not
+/// count).
 pub const DEFAULT_REQUEST_BYTES_IN_FLIGHT: usize = 40 * MIB;
 
 /// Default share of one connection: room for the largest message (a 1 MiB
@@ -181,12 +184,11 @@ pub(crate) struct Bodies<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, ResB> Service<http::Request<Body>> for Bodies<S>
+impl<S> Service<http::Request<Body>> for Bodies<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -213,8 +215,11 @@ where
                 ))));
             };
             let deadline = tokio::time::Instant::now() + self.layer.read_timeout;
-            let request = request.map(|body| Body::new(Streamed::new(body, slot, deadline)));
-            return Box::pin(inner.call(request));
+            let answer = inner.call(request);
+            return Box::pin(async move {
+                let response = answer.await?;
+                Ok(response.map(|body| Body::new(Streamed::new(body, slot, deadline))))
+            });
         }
         let budget = if path.starts_with(HEALTH_PATH) {
             &self.layer.health_reserve
@@ -257,13 +262,19 @@ async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
 }
 
 /// The largest message the method at `path` decodes, where this service
-/// sets one (health's and unknown paths' are left to tonic).
+/// sets one (unknown paths' are left to tonic).
 fn message_limit(path: &str) -> Option<usize> {
     let service = path.strip_prefix('/')?.split('/').next()?;
     if service == crate::base::wire::SERVICE_NAME {
         Some(crate::base::wire::MAX_REQUEST_BYTES)
     } else if service == super::AUTHZ_SERVICE {
         Some(super::MAX_CHECK_REQUEST_BYTES)
+    } else if HEALTH_PATH
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix('/'))
+        == Some(service)
+    {
+        Some(super::MAX_HEALTH_REQUEST_BYTES)
     } else {
         None
     }
@@ -444,11 +455,13 @@ impl http_body::Body for Whole {
     }
 }
 
-/// A reflection stream's body: passed through, holding its slot until it
-/// ends or is dropped, and failed with `REQUEST_BODY_TIMEOUT` past its
-/// deadline.
+/// A reflection stream's answer: passed through, holding its slot until it
+/// ends or is dropped, and ended with `DEADLINE_EXCEEDED`
+/// (`REQUEST_BODY_TIMEOUT`) at its deadline, its request dropped with it.
+/// Kept on the answer, which hyper polls while the client reads, since the
+/// reflection service stops reading its request while an answer waits.
 struct Streamed {
-    inner: Body,
+    inner: Option<Body>,
     slot: Option<OwnedSemaphorePermit>,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
@@ -456,10 +469,16 @@ struct Streamed {
 impl Streamed {
     fn new(inner: Body, slot: OwnedSemaphorePermit, deadline: tokio::time::Instant) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             slot: Some(slot),
             timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
+    }
+
+    /// Ends the stream: the answer and the slot go.
+    fn end(&mut self) {
+        self.inner = None;
+        self.slot = None;
     }
 }
 
@@ -472,28 +491,32 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
-        if this.slot.is_none() {
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
+        };
+        if this.timer.as_mut().poll(cx).is_ready() {
+            this.end();
+            metrics::counter!(REQUEST_BODY_TIMEOUTS).increment(1);
+            let status = Error::RequestBodyTimeout.to_status();
+            // A trailers-only answer's headers are the status's trailers.
+            let mut trailers = status.into_http::<()>().into_parts().0.headers;
+            trailers.remove(http::header::CONTENT_TYPE);
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            if frame.is_none() {
-                this.slot = None;
-            }
-            return Poll::Ready(frame);
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        if frame.is_none() {
+            this.end();
         }
-        if this.timer.as_mut().poll(cx).is_pending() {
-            return Poll::Pending;
-        }
-        this.slot = None;
-        metrics::counter!(REQUEST_BODY_TIMEOUTS).increment(1);
-        Poll::Ready(Some(Err(Error::RequestBodyTimeout.to_status())))
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.slot.is_none() || self.inner.is_end_stream()
+        self.inner.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |inner| inner.size_hint())
     }
 }

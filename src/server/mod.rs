@@ -70,10 +70,10 @@ const WHOLE_SERVER: &str = "";
 
 /// The HTTP/2 flow-control window the server gives each connection: what a
 /// client may send that the server has not read yet, all its streams
-/// together. A body waiting for room (`bodies`) leaves its frames unread,
-/// and this is all that can pile up behind it, so it is a quarter of
-/// hyper's default (1 MiB): still far more than a round trip's worth of
-/// the small messages this service takes.
+/// together. `bodies` reads each body as it arrives and refuses what finds
+/// no room, so unread frames are only those not yet reached; this bounds
+/// them per connection at a quarter of hyper's default (1 MiB), still far
+/// more than a round trip's worth of the small messages this service takes.
 const CONNECTION_WINDOW: u32 = 256 * 1024;
 /// The window of each stream: about HTTP/2's own default (65,535 bytes),
 /// room for the largest RPC message (64 KiB).
@@ -87,6 +87,10 @@ pub(crate) const MAX_CHECK_REQUEST_BYTES: usize = 1024 * 1024;
 
 type Rpc = IdentityProviderServiceServer<FacadeService>;
 type Authz = AuthorizationServer<ExtAuthz>;
+
+/// The largest health request: a service's name, with room to spare (the
+/// 16 MiB reserve health draws on holds thousands of them).
+pub(crate) const MAX_HEALTH_REQUEST_BYTES: usize = 4 * 1024;
 
 /// Envoy's ext_authz service, as its paths name it.
 pub(crate) const AUTHZ_SERVICE: &str = <Authz as tonic::server::NamedService>::NAME;
@@ -231,10 +235,10 @@ async fn health() -> (HealthReporter, HealthServer<impl Health>) {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<Rpc>().await;
     health.set_serving::<Authz>().await;
+    let health_service = health_service.max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
     (health, health_service)
 }
 
-/// The reflection service's builder, with every descriptor set served.
 /// What the listener holds each connection to.
 fn connection_limits(config: &ServerConfig) -> ConnectionLimits {
     ConnectionLimits {
@@ -252,6 +256,7 @@ fn connection_share(extensions: &http::Extensions) -> Option<&ConnectionShare> {
         .map(|info| &info.share)
 }
 
+/// The reflection service's builder, with every descriptor set served.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)

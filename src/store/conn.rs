@@ -2,10 +2,7 @@
 //! themselves), its pub/sub commands, and the loop that connects at start
 //! without ever holding start-up back.
 
-use std::{
-    sync::{Arc, Weak},
-    time::{Duration, Instant},
-};
+use std::{sync::Weak, time::Duration};
 
 use redis::{
     ProtocolVersion, PushInfo, Value,
@@ -16,9 +13,8 @@ use redis::{
 
 use super::{
     StoreState,
-    breaker::Lane,
     config::{FleetConfig, RedisMode},
-    ops::Op,
+    ops::{Op, Outcome},
 };
 use crate::base::telemetry::Every;
 
@@ -166,21 +162,33 @@ pub(super) async fn connect(store: Weak<StoreState>, wanted: Wanted) {
 }
 
 /// `conn`, once it has subscribed the fleet-wide channel (counted as a
-/// `subscribe`), else why not.
-async fn subscribed(inner: &Arc<StoreState>, mut conn: StoreConn) -> redis::RedisResult<StoreConn> {
-    let until = Instant::now() + BACKGROUND_BUDGET;
+/// `subscribe`), else why not. A server that refuses the command itself
+/// (an ACL without the channel, a proxy without pub/sub) leaves the store
+/// of use all the same: `conn`, with a warning, since this replica then
+/// hears of a revocation only at its next call for the token.
+async fn subscribed(inner: &StoreState, mut conn: StoreConn) -> redis::RedisResult<StoreConn> {
     let subscribe = conn.subscribe_broadcast(&inner.broadcast);
-    let store = super::Store(inner.clone());
-    match store
-        .op(Op::Subscribe, Lane::Background, until, subscribe)
-        .await
-    {
-        Some(()) => Ok(conn),
-        None => Err(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "cannot subscribe the fleet's revocation channel",
-        ))),
-    }
+    let subscribed = tokio::time::timeout(BACKGROUND_BUDGET, subscribe).await;
+    let (outcome, result) = match subscribed {
+        Ok(Ok(())) => (Outcome::Ok, Ok(())),
+        Ok(Err(err)) if err.code().is_some() => {
+            tracing::warn!(
+                error = %err,
+                "the fleet store refused to subscribe the revocation channel: this replica hears of a revocation only at its next call for the token"
+            );
+            (Outcome::Error, Ok(()))
+        }
+        Ok(Err(err)) => (Outcome::Error, Err(err)),
+        Err(_) => (
+            Outcome::Timeout,
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "SUBSCRIBE timed out",
+            ))),
+        ),
+    };
+    inner.metrics.op(Op::Subscribe, outcome);
+    result.map(|()| conn)
 }
 
 /// `conn` if its server is a master (`ROLE`), else why not (the error

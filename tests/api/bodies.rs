@@ -261,7 +261,7 @@ async fn a_new_body_finds_no_room_while_the_budget_is_held_and_room_comes_back()
             "--max-connection-request-bytes",
             "1045KiB",
             "--request-body-timeout",
-            "1s",
+            "4s",
         ],
         &[],
     );
@@ -353,6 +353,8 @@ async fn reflection_streams_are_bounded_in_number_and_time() {
     }
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(1), "ended after {took:?}");
+    let ended = held.held.trailer_codes.lock().unwrap().clone();
+    assert_eq!(ended, ["4"; 32], "DEADLINE_EXCEEDED, each");
     let (codes, again) = reflection_streams(service.addr, 32).await;
     assert_eq!(refused(&codes), 0, "{codes:?}");
     for holding in [held, more, again] {
