@@ -435,6 +435,15 @@ impl Cli {
     }
 
     /// The validated configuration (TLS files read and checked).
+    /// The request bytes in flight and the body read timeout.
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            in_flight: self.max_request_bytes_in_flight.0,
+            per_connection: self.max_connection_request_bytes.0,
+            read_timeout: self.request_body_timeout.into(),
+        }
+    }
+
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let fleet = self.fleet_config()?;
         if fleet.is_none() && self.fleet_size_hint.is_some() {
@@ -462,11 +471,7 @@ impl Cli {
                 tls,
                 handshake_timeout: self.handshake_timeout.into(),
                 max_connections: self.max_connections,
-                bodies: BodyLimits {
-                    in_flight: self.max_request_bytes_in_flight.0,
-                    per_connection: self.max_connection_request_bytes.0,
-                    read_timeout: self.request_body_timeout.into(),
-                },
+                bodies: self.body_limits(),
             },
             service: ServiceConfig {
                 max_concurrent_requests: self.max_concurrent_requests,

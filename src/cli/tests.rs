@@ -102,6 +102,21 @@ fn refuses_bad_values() {
             &["--request-body-timeout", "0s"][..],
             "--request-body-timeout",
         ),
+        (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
+        (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
+        (
+            &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
+            "/nonexistent.pem",
+        ),
+    ] {
+        let err = parse(args).unwrap_err();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn refuses_bad_request_byte_budgets() {
+    for (args, needle) in [
         (
             &["--max-request-bytes-in-flight", "48MB"][..],
             "unknown unit \"MB\"",
@@ -122,12 +137,6 @@ fn refuses_bad_values() {
                 "3MiB",
             ][..],
             "at most --max-request-bytes-in-flight",
-        ),
-        (&["--tls-cert", "/nonexistent.pem"][..], "--tls-key"),
-        (&["--tls-client-ca", "/ca.pem"][..], "--tls-cert"),
-        (
-            &["--tls-cert", "/nonexistent.pem", "--tls-key", "/k.pem"][..],
-            "/nonexistent.pem",
         ),
     ] {
         let err = parse(args).unwrap_err();

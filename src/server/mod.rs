@@ -171,16 +171,7 @@ pub(crate) async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Duration, ServerError> {
     let (mut health, health_service) = health().await;
-    let routes = Server::builder()
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
-        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .max_connection_age(config.max_connection_age)
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
+    let routes = http2(config)
         .layer(observer)
         .layer(PolicyLayer)
         .layer(BodyLayer::new(&config.bodies, connection_share))
@@ -237,6 +228,21 @@ async fn health() -> (HealthReporter, HealthServer<impl Health>) {
     health.set_serving::<Authz>().await;
     let health_service = health_service.max_decoding_message_size(MAX_HEALTH_REQUEST_BYTES);
     (health, health_service)
+}
+
+/// The HTTP/2 server's settings: keepalive, header, stream, frame and
+/// window limits, and the connection's age.
+fn http2(config: &ServerConfig) -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .max_connection_age(config.max_connection_age)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
 }
 
 /// What the listener holds each connection to.
