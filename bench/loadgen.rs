@@ -614,8 +614,9 @@ async fn hold(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let held = &holding.held;
     println!(
-        "{{\"mode\":\"Hold\",\"opened\":{},\"held\":{},\"answered\":{},\"reset\":{},\"sent_bytes\":{}}}",
+        "{{\"mode\":\"Hold\",\"opened\":{},\"unopened\":{},\"held\":{},\"answered\":{},\"reset\":{},\"sent_bytes\":{}}}",
         held.opened.load(Relaxed),
+        held.unopened.load(Relaxed),
         holding.still_held(),
         held.answered.load(Relaxed),
         held.reset.load(Relaxed),

@@ -1178,12 +1178,15 @@ def unfinished_report(figures, smoke):
              "flow control lets it and never ends them (`loadgen --mode hold`, the `h2` "
              "crate); a well-behaved caller makes calls on a connection of its own meanwhile. "
              "Defaults: `--max-request-bytes-in-flight 40MiB`, "
-             "`--max-connection-request-bytes 2MiB`.", "",
-             "| connections | calls held | refused | idle RSS | peak RSS | added | "
-             "good caller p50 | p99 | its errors |", "|---|---|---|---|---|---|---|---|---|"]
+             "`--max-connection-request-bytes 2MiB`, 256 streams a connection (the calls "
+             "the stream limit has no room for wait in the client: left unopened).", "",
+             "| connections | calls held | refused | left unopened | idle RSS | peak RSS | added | "
+             "good caller p50 | p99 | its errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     for f in figures:
         held, good = f["held"], f["good"]
-        lines.append(f"| {f['connections']} | {held['held']:,} | {held['answered']:,} | "
+        refused = held["answered"] + held["reset"]
+        lines.append(f"| {f['connections']} | {held['held']:,} | {refused:,} | "
+                     f"{held['unopened']:,} | "
                      f"{f['idle_kb'] / 1024:.1f} MiB | {f['peak_kb'] / 1024:.1f} MiB | "
                      f"{(f['peak_kb'] - f['idle_kb']) / 1024:+.1f} MiB | "
                      f"{good['p50_us']:,} µs | {good['p99_us']:,} µs | {good['errors']} |")

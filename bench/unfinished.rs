@@ -16,11 +16,18 @@ use std::{
 use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::{net::TcpStream, task::JoinSet};
 
+/// How long a call waits for room under the server's stream limit before
+/// it is left unopened.
+const OPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What the server did to the held calls so far.
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     /// Calls opened (their headers sent).
     pub(crate) opened: AtomicUsize,
+    /// Calls left unopened: the server's stream limit
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`) had no room for them.
+    pub(crate) unopened: AtomicUsize,
     /// Body bytes the server's flow control let this client send.
     pub(crate) sent_bytes: AtomicUsize,
     /// Calls the server answered (with a status) before the body ended.
@@ -67,8 +74,17 @@ impl Holding {
             tasks.spawn(async move {
                 let _ = connection.await;
             });
-            for _ in 0..calls {
-                sender = sender.ready().await?;
+            for n in 0..calls {
+                // Calls the server's stream limit has no room for would wait
+                // in this client until a held one ends: left unopened.
+                let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
+                match tokio::time::timeout(OPEN_WAIT, ready).await {
+                    Ok(ready) => ready?,
+                    Err(_) => {
+                        held.unopened.fetch_add(calls - n, Ordering::Relaxed);
+                        break;
+                    }
+                }
                 let request = tonic::codegen::http::Request::post(format!("http://{addr}{path}"))
                     .header("content-type", "application/grpc")
                     .header("te", "trailers")
@@ -81,9 +97,13 @@ impl Holding {
                     let pump = pump(stream, announced, offered, &held.sent_bytes);
                     tokio::pin!(response, pump);
                     // The pump ends only when the server stops the stream.
+                    let mut pumped = false;
                     let answer = tokio::select! {
                         answer = &mut response => answer,
-                        () = &mut pump => response.await,
+                        () = &mut pump => {
+                            pumped = true;
+                            response.await
+                        }
                     };
                     let Ok(answer) = answer else {
                         held.reset.fetch_add(1, Ordering::Relaxed);
@@ -108,7 +128,7 @@ impl Holding {
                     };
                     tokio::select! {
                         () = drained => {}
-                        () = &mut pump => {}
+                        () = &mut pump, if !pumped => {}
                     }
                     held.ended.fetch_add(1, Ordering::Relaxed);
                 });

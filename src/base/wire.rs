@@ -31,8 +31,11 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub(crate) const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Most concurrent streams (calls) per HTTP/2 connection; a client that
-/// opens more gets REFUSED_STREAM for the excess and retries them.
-pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// opens more gets REFUSED_STREAM for the excess and retries them. Each open
+/// stream holds a few KiB of state before its body's first byte (its HTTP/2
+/// and hyper state, its task, the service's future), which this bounds per
+/// connection: Go's HTTP/2 server allows 250, hyper's 200, nginx's 128.
+pub(crate) const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Response metadata that carries Cognito's request id.
 pub(crate) const REQUEST_ID_METADATA: &str = "x-amzn-requestid";

@@ -28,7 +28,7 @@
 //!   `DEADLINE_EXCEEDED` and `REQUEST_BODY_TIMEOUT`, and the stream is
 //!   reset. Only the bytes are charged, and only from a stream's first
 //!   frame: the state of streams not yet sending (a few KiB each, at most
-//!   1,024 per connection) is bounded by the stream limit alone.
+//!   256 per connection) is bounded by the stream limit alone.
 
 use std::{
     pin::Pin,
@@ -56,8 +56,8 @@ const MIB: usize = 1024 * 1024;
 /// Default budget for request bytes in flight across all connections:
 /// with 16 connections each at its share (32 MiB) it leaves room for every
 /// other caller (BENCHMARKS.md, the memory probe: 16 flooding connections
-/// add 86 MiB to the RSS, most of it the streams' state this does not
-/// count).
+/// add 48 MiB to the RSS, 32 add 63 MiB, the rest of it the streams' state
+/// this does not count).
 pub const DEFAULT_REQUEST_BYTES_IN_FLIGHT: usize = 40 * MIB;
 
 /// Default share of one connection: room for the largest message (a 1 MiB

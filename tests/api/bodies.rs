@@ -161,18 +161,21 @@ async fn sixteen_thousand_unfinished_bodies_hold_memory_within_the_budget() {
     let sent_mib = holding.held.sent_bytes.load(Ordering::Relaxed) as f64 / 1048576.0;
     let still_held = holding.still_held();
     let holding_opened = holding.held.opened.load(Ordering::Relaxed);
+    let unopened = holding.held.unopened.load(Ordering::Relaxed);
     let page = scrape(metrics).await;
     holding.close();
 
     let p99 = p99(&mut seen.latencies);
     eprintln!(
-        "idle {idle:.1} MiB, peak {:.1} MiB, {sent_mib:.1} MiB let in, {still_held} calls held, \
-         good caller p99 {p99:?} over {} calls",
+        "idle {idle:.1} MiB, peak {:.1} MiB, {sent_mib:.1} MiB let in, {holding_opened} calls \
+         opened, {still_held} held, good caller p99 {p99:?} over {} calls",
         seen.peak_rss_mib,
         seen.latencies.len()
     );
-    let opened = holding_opened;
-    assert_eq!(opened, 16_000, "every hostile call was opened");
+    // What the stream limit (256 a connection) does not let open waits in
+    // the client; the server resets what the budgets refuse, so more open.
+    assert_eq!(holding_opened + unopened, 16_000);
+    assert!(holding_opened >= 16 * 256, "{holding_opened} opened");
     assert!(
         seen.peak_rss_mib <= idle + RSS_BOUND_MIB,
         "RSS went from {idle:.1} to {:.1} MiB",

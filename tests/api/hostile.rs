@@ -253,7 +253,7 @@ async fn streams_over_the_limit_are_refused_and_the_rest_keep_working() {
     let mut raw = RawH2::connect(&app).await;
     // Let the server's SETTINGS (with its stream limit) be acknowledged.
     raw.resets(Duration::from_millis(200), |_| false).await;
-    let limit = 1024;
+    let limit = 256;
     let over = 8;
     // Every stream is left open (headers, no body), so each counts.
     for n in 0..(limit + over) {
