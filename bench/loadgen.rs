@@ -37,7 +37,7 @@ use cognito_facade::{
     proto::{
         GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
     },
-    test_support::{Cognito, extract},
+    test_support::{Caller, Cognito, extract},
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -342,7 +342,7 @@ async fn run(
                             cognito
                                 .as_ref()
                                 .expect("an SDK client")
-                                .get_user_auth_factors(&token, None, None)
+                                .get_user_auth_factors(&token, None, None, &Caller::anonymous())
                                 .await
                                 .map(drop)
                                 .map_err(|err| format!("{:?}", err.kind))

@@ -218,7 +218,11 @@ impl Application {
                 }
             });
         }
-        let observer = ObserveLayer::new(self.tracing.clone());
+        let observer = ObserveLayer::new(
+            self.tracing.clone(),
+            Arc::clone(self.service.callers()),
+            self.config.service.callers.trust_forwarded_client_cert,
+        );
         let result = server::run(
             self.listener,
             &self.config.server,

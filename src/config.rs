@@ -10,6 +10,7 @@ use crate::token::pools::is_region;
 // Every component's settings and defaults, so a user of the library (the
 // binary among them) finds them all here.
 pub use crate::{
+    base::caller::{CallerConfig, CallerWeights},
     base::telemetry::{DEFAULT_FILTER, LogFormat},
     economy::{DEFAULT_CACHE_MAX_ENTRIES, DEFAULT_REFUSAL_TTL, EconomyConfig},
     observability::{
@@ -124,6 +125,10 @@ pub const ENV_REFUSAL_TTL: &str = "COGNITO_FACADE_REFUSAL_TTL";
 /// Env var for `--upstream-rate-limit` (comma-separated `RATE` or
 /// `REGION=RATE` entries).
 pub const ENV_UPSTREAM_RATE_LIMIT: &str = "COGNITO_FACADE_UPSTREAM_RATE_LIMIT";
+/// Env var of `--caller-weight`.
+pub const ENV_CALLER_WEIGHT: &str = "COGNITO_FACADE_CALLER_WEIGHT";
+/// Env var of `--trust-forwarded-client-cert`.
+pub const ENV_TRUST_FORWARDED_CLIENT_CERT: &str = "COGNITO_FACADE_TRUST_FORWARDED_CLIENT_CERT";
 /// Env var for `--upstream-queue-timeout`.
 pub const ENV_UPSTREAM_QUEUE_TIMEOUT: &str = "COGNITO_FACADE_UPSTREAM_QUEUE_TIMEOUT";
 /// Env var for `--cache-max-entries`.

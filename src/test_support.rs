@@ -8,6 +8,7 @@
 
 pub use crate::{
     base::{
+        caller::Caller,
         metric_names::RPC_IN_FLIGHT,
         wire::{MAX_REQUEST_BYTES, SERVICE_NAME},
     },

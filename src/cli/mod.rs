@@ -270,6 +270,18 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_EXT_AUTHZ_REMOVE_AUTHORIZATION, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     ext_authz_remove_authorization: bool,
 
+    /// Weights of named callers in the fair share of the upstream rate limit and of
+    /// --max-concurrent-requests: comma-separated `IDENTITY=WEIGHT` entries (1 to 1000); every
+    /// other caller has weight 1. Each named identity also gets its own `caller` label.
+    #[arg(long, env = ENV_CALLER_WEIGHT, value_name = "WEIGHTS")]
+    caller_weight: Option<CallerWeights>,
+
+    /// Read the caller from `x-forwarded-client-cert` when no client certificate names one.
+    /// Only safe behind a proxy that sets the header itself and strips it from outside callers
+    /// (Envoy's `forward_client_cert_details: SANITIZE_SET`).
+    #[arg(long, env = ENV_TRUST_FORWARDED_CLIENT_CERT, default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    trust_forwarded_client_cert: bool,
+
     /// The fleet store, Redis or Valkey: `redis://[USER:PASSWORD@]HOST:PORT` or `rediss://` (TLS);
     /// in cluster mode a comma-separated list of seed nodes. Without it, each replica alone.
     #[arg(long, env = ENV_REDIS_URL, value_name = "URL")]
@@ -478,6 +490,10 @@ impl Cli {
                 ext_authz: ExtAuthzConfig {
                     username_header: self.ext_authz_username_header.clone().map(|h| h.0),
                     remove_authorization: self.ext_authz_remove_authorization,
+                },
+                callers: CallerConfig {
+                    weights: self.caller_weight.clone().unwrap_or_default(),
+                    trust_forwarded_client_cert: self.trust_forwarded_client_cert,
                 },
             },
             upstream: self.upstream_config(),

@@ -382,6 +382,10 @@ pub enum Error {
     /// `--request-body-timeout`.
     #[error("the request's body did not arrive whole in time")]
     RequestBodyTimeout,
+    /// `--trust-forwarded-client-cert` is on and the call's
+    /// `x-forwarded-client-cert` cannot be read.
+    #[error("x-forwarded-client-cert names no caller as Envoy writes it: {0}")]
+    MalformedForwardedClientCert(&'static str),
 }
 
 impl Error {
@@ -402,6 +406,9 @@ impl Error {
             Self::RequestTooLarge => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
             Self::RequestBytesExhausted => (Code::ResourceExhausted, "REQUEST_BYTES_EXHAUSTED"),
             Self::RequestBodyTimeout => (Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT"),
+            Self::MalformedForwardedClientCert(_) => {
+                (Code::InvalidArgument, "MALFORMED_FORWARDED_CLIENT_CERT")
+            }
         }
     }
 }
@@ -478,6 +485,11 @@ impl Error {
             }
             Error::RequestTooLarge | Error::RequestBodyTimeout => {
                 (self.to_string(), ErrorDetails::new())
+            }
+            Error::MalformedForwardedClientCert(_) => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation("x-forwarded-client-cert", self.to_string());
+                (self.to_string(), details)
             }
         };
         details.set_error_info(reason, ERROR_DOMAIN, metadata);

@@ -310,13 +310,20 @@ impl Tracing {
 
 /// Ends the server span in `cx` with the call's outcome: the gRPC code, the
 /// ErrorInfo reason of a failure, and where the answer came from.
-pub(crate) fn end_server_span(cx: &Context, code: tonic::Code, reason: &str, source: &'static str) {
+pub(crate) fn end_server_span(
+    cx: &Context,
+    code: tonic::Code,
+    reason: &str,
+    source: &'static str,
+    caller: &str,
+) {
     let span = cx.span();
     if !span.is_recording() {
         return;
     }
     span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
     span.set_attribute(KeyValue::new("cognito_facade.source", source));
+    span.set_attribute(KeyValue::new("cognito_facade.caller", caller.to_owned()));
     if !reason.is_empty() {
         span.set_attribute(KeyValue::new("error.type", reason.to_owned()));
     }

@@ -8,8 +8,14 @@
 //! and as `gcra.lua`; the announcements (`announce.lua`) and the gate are
 //! here.
 //!
-//! Files, lowest first: `limits`, `gcra`.
+//! When the turns are fewer than the callers want, they go round robin
+//! among the callers with calls waiting (`fair`): each waits in its own
+//! flow, and a dispatcher per region takes the turns from the limiter one
+//! at a time and gives each to the flow whose turn it is.
+//!
+//! Files, lowest first: `limits`, `gcra`, `fair`.
 
+mod fair;
 pub(crate) mod gcra;
 mod limits;
 
@@ -25,12 +31,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Gauge};
 use redis::Value;
 
-use self::gcra::{Gcra, Params, ScriptOp, Turn};
+use self::{
+    fair::FairQueue,
+    gcra::{Gcra, Params, ScriptOp, Turn},
+};
 
 use crate::{
+    base::caller::Caller,
     base::expiring::lock,
     base::metric_names::{
         FLEET_REPLICAS, UPSTREAM_LIMITED, UPSTREAM_RATE_EFFECTIVE, UPSTREAM_THROTTLES,
@@ -100,9 +110,8 @@ struct RegionQuota {
     reporting: AtomicBool,
     /// The last throttled token (64 bits of its keyed MAC) and when.
     last_throttled: Mutex<Option<(u64, Instant)>>,
-    limited: Counter,
-    waited: Counter,
-    wait_seconds: Histogram,
+    /// The calls waiting for turns, by caller.
+    fair: Mutex<FairQueue>,
     throttles: Counter,
     fleet_rate: Gauge,
     replica_rate: Gauge,
@@ -148,7 +157,7 @@ impl Quota {
 }
 
 impl AttemptPacer for Quota {
-    fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture {
+    fn turn(&self, region: &Arc<str>, deadline: Instant, caller: &Caller) -> TurnFuture {
         let Some(quota) = self.0.region(region) else {
             return Box::pin(std::future::ready(Ok(())));
         };
@@ -158,20 +167,42 @@ impl AttemptPacer for Quota {
             .min(self.0.config.queue_timeout);
         let inner = Arc::clone(&self.0);
         let region = Arc::clone(region);
+        let caller = caller.clone();
         Box::pin(async move {
-            match inner.take(&quota, max_wait).await {
-                Turn::Go(wait) if wait.is_zero() => Ok(()),
-                Turn::Go(wait) => {
-                    quota.waited.increment(1);
-                    quota.wait_seconds.record(wait.as_secs_f64());
+            let label = || metrics::SharedString::from(Arc::clone(&region));
+            let who = || caller.label().to_owned();
+            // Nobody waiting: a turn now, if the limiter has one.
+            let mut next_turn = None;
+            if lock(&quota.fair).is_empty() {
+                match inner.take(&quota, Duration::ZERO).await {
+                    Turn::Go(_) => return Ok(()),
+                    Turn::Refused(after) => next_turn = Some(after),
+                }
+            }
+            let started = Instant::now();
+            let waiting = inner.wait_in_flow(&quota, &caller, max_wait, next_turn);
+            let turn = match waiting {
+                Ok(turn) => tokio::time::timeout(max_wait, turn)
+                    .await
+                    .map_err(|_| Duration::from_millis(10))
+                    .and_then(|turn| turn.map_err(|_| Duration::from_millis(10))),
+                Err(estimate) => Err(estimate - max_wait),
+            };
+            match turn {
+                Ok(()) => {
+                    let waited = started.elapsed();
+                    metrics::counter!(UPSTREAM_WAITED, "region" => label(), "caller" => who())
+                        .increment(1);
+                    metrics::histogram!(UPSTREAM_WAIT_SECONDS, "region" => label(), "caller" => who())
+                        .record(waited.as_secs_f64());
                     inner.warn_limiting(&region, "waiting for their turn");
-                    tokio::time::sleep(wait).await;
                     Ok(())
                 }
-                Turn::Refused(retry_after) => {
-                    quota.limited.increment(1);
+                Err(retry_after) => {
+                    metrics::counter!(UPSTREAM_LIMITED, "region" => label(), "caller" => who())
+                        .increment(1);
                     inner.warn_limiting(&region, "refused");
-                    Err(retry_after)
+                    Err(retry_after.max(Duration::from_millis(10)))
                 }
             }
         })
@@ -238,9 +269,7 @@ impl QuotaState {
             unreported: AtomicU32::new(0),
             reporting: AtomicBool::new(false),
             last_throttled: Mutex::new(None),
-            limited: metrics::counter!(UPSTREAM_LIMITED, "region" => label()),
-            waited: metrics::counter!(UPSTREAM_WAITED, "region" => label()),
-            wait_seconds: metrics::histogram!(UPSTREAM_WAIT_SECONDS, "region" => label()),
+            fair: Mutex::new(FairQueue::default()),
             throttles: metrics::counter!(UPSTREAM_THROTTLES, "region" => label()),
             fleet_rate: metrics::gauge!(UPSTREAM_RATE_EFFECTIVE, "region" => label(), "scope" => "fleet"),
             replica_rate: metrics::gauge!(UPSTREAM_RATE_EFFECTIVE, "region" => label(), "scope" => "replica"),
@@ -288,6 +317,37 @@ impl QuotaState {
             self.report(quota);
         }
         turn
+    }
+
+    /// Puts a call of `caller` in its flow's queue (starting the region's
+    /// dispatcher if none runs): the receiver hears when its turn comes.
+    /// A call whose turn would come later than `max_wait` (by its place in
+    /// the round robin, at this replica's share of the rate, the limiter's
+    /// next turn `next_turn` from now) is not queued: `Err` gives when.
+    fn wait_in_flow(
+        self: &Arc<Self>,
+        quota: &Arc<RegionQuota>,
+        caller: &Caller,
+        max_wait: Duration,
+        next_turn: Option<Duration>,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, Duration> {
+        let interval = Duration::from_secs_f64(1.0 / self.share(quota).limit);
+        let mut fair = lock(&quota.fair);
+        let next = next_turn.unwrap_or_else(|| {
+            fair.next_turn.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            })
+        });
+        let estimate = fair.estimate(caller.flow(), next, interval);
+        if estimate > max_wait {
+            return Err(estimate);
+        }
+        let turn = fair.enqueue(caller.flow());
+        if !fair.dispatching {
+            fair.dispatching = true;
+            tokio::spawn(dispatch(Arc::clone(self), Arc::clone(quota)));
+        }
+        Ok(turn)
     }
 
     /// Tells the fleet's limiter, in the background, of a turn this
@@ -394,6 +454,32 @@ impl AnnounceScript {
                 _ => None,
             },
             _ => None,
+        }
+    }
+}
+
+/// Gives `quota`'s turns to the calls waiting in their flows, one at a
+/// time as the limiter (the fleet's or this replica's) has them, until no
+/// call waits.
+async fn dispatch(inner: Arc<QuotaState>, quota: Arc<RegionQuota>) {
+    loop {
+        match inner.take(&quota, inner.config.queue_timeout).await {
+            Turn::Go(wait) => {
+                lock(&quota.fair).next_turn = Some(Instant::now() + wait);
+                tokio::time::sleep(wait).await;
+                // A turn nobody waits for any more (their callers gave up)
+                // is lost: at most one a dispatcher.
+                lock(&quota.fair).grant();
+            }
+            Turn::Refused(after) => {
+                let most = inner.config.queue_timeout.max(Duration::from_millis(1));
+                tokio::time::sleep(after.clamp(Duration::from_millis(1), most)).await;
+            }
+        }
+        let mut fair = lock(&quota.fair);
+        if fair.is_empty() {
+            fair.dispatching = false;
+            return;
         }
     }
 }

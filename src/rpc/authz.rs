@@ -60,6 +60,15 @@ impl ExtAuthz {
         context: &Arc<CallContext>,
     ) -> (Decision, Result<CheckResponse, Status>) {
         let attributes = request.get_ref().attributes.as_ref();
+        // Envoy's source principal (the downstream's certificate, as Envoy
+        // verified it) names the caller, when it is set.
+        let principal = attributes
+            .and_then(|a| a.source.as_ref())
+            .map(|source| source.principal.as_str())
+            .filter(|principal| !principal.is_empty());
+        if let Some(principal) = principal {
+            context.set_principal(self.service.callers().caller(Some(principal)));
+        }
         let extensions = attributes.map(|a| &a.context_extensions);
         let policy = match Policy::from_extensions(extensions.unwrap_or(&HashMap::new())) {
             Ok(policy) => policy,
@@ -229,7 +238,8 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
         Error::Overloaded
         | Error::RequestTooLarge
         | Error::RequestBytesExhausted
-        | Error::RequestBodyTimeout => None,
+        | Error::RequestBodyTimeout
+        | Error::MalformedForwardedClientCert(_) => None,
     };
     let status = err.to_status();
     let reason = err.status().1;

@@ -12,7 +12,10 @@ use std::{
 
 use tonic::codegen::http;
 
-use crate::{base::wire::Source, error::Error, token::pools::UserPoolId, verify::Verification};
+use crate::{
+    base::caller::Caller, base::wire::Source, error::Error, token::pools::UserPoolId,
+    verify::Verification,
+};
 
 /// What is known about one call. Each fact is written at most once.
 #[derive(Debug)]
@@ -31,11 +34,16 @@ pub(crate) struct CallContext {
     request_id: OnceLock<String>,
     /// An ext_authz Check's decision.
     decision: OnceLock<Decision>,
+    /// The caller its connection or a trusted `x-forwarded-client-cert`
+    /// names.
+    connected: Caller,
+    /// The caller an ext_authz Check's source principal names, if it does.
+    principal: OnceLock<Caller>,
 }
 
 impl CallContext {
-    /// A call arriving now, in `trace`.
-    pub(crate) fn arriving(trace: opentelemetry::Context) -> Arc<Self> {
+    /// A call of `caller` arriving now, in `trace`.
+    pub(crate) fn arriving(trace: opentelemetry::Context, caller: Caller) -> Arc<Self> {
         Arc::new(Self {
             arrived: Instant::now(),
             trace,
@@ -46,7 +54,20 @@ impl CallContext {
             error: OnceLock::new(),
             request_id: OnceLock::new(),
             decision: OnceLock::new(),
+            connected: caller,
+            principal: OnceLock::new(),
         })
+    }
+
+    /// Who is calling: an ext_authz Check's source principal, else the
+    /// caller its connection or forwarded header names.
+    pub(crate) fn caller(&self) -> &Caller {
+        self.principal.get().unwrap_or(&self.connected)
+    }
+
+    /// The caller a Check's source principal names.
+    pub(crate) fn set_principal(&self, caller: Caller) {
+        let _ = self.principal.set(caller);
     }
 
     /// The context of `extensions`' call, or a new one arriving now for a
@@ -55,7 +76,7 @@ impl CallContext {
         extensions
             .get::<Arc<Self>>()
             .cloned()
-            .unwrap_or_else(|| Self::arriving(opentelemetry::Context::new()))
+            .unwrap_or_else(|| Self::arriving(opentelemetry::Context::new(), Caller::anonymous()))
     }
 
     /// When the call arrived: its one clock starts here.
@@ -147,7 +168,7 @@ mod tests {
 
     #[test]
     fn facts_are_written_once_and_default_to_a_local_answer() {
-        let context = CallContext::arriving(opentelemetry::Context::new());
+        let context = CallContext::arriving(opentelemetry::Context::new(), Caller::anonymous());
         assert_eq!(context.source(), Source::Local);
         assert_eq!(context.pool(), "");
         assert!(context.error().is_none());

@@ -31,6 +31,8 @@ use crate::{
     verify::{TokenGate, unverified_expiry},
 };
 
+use crate::base::caller::{Caller, CallerConfig, Callers};
+
 /// Default bound on concurrent upstream calls. Each costs a few KiB; a
 /// thousand in flight stays far below Cognito's per-pool request quotas'
 /// usual concurrency and this process's memory budget.
@@ -43,6 +45,9 @@ pub struct ServiceConfig {
     pub max_concurrent_requests: usize,
     /// Envoy's ext_authz (`envoy.service.auth.v3.Authorization`).
     pub ext_authz: ExtAuthzConfig,
+    /// How callers are told apart (`--caller-weight`,
+    /// `--trust-forwarded-client-cert`).
+    pub callers: CallerConfig,
 }
 
 impl Default for ServiceConfig {
@@ -51,6 +56,7 @@ impl Default for ServiceConfig {
         Self {
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             ext_authz: ExtAuthzConfig::default(),
+            callers: CallerConfig::default(),
         }
     }
 }
@@ -97,6 +103,8 @@ pub(crate) struct FacadeService {
     fleet: Option<Fleet>,
     /// Envoy's ext_authz settings.
     ext_authz: Arc<ExtAuthzConfig>,
+    /// What each identity counts as.
+    callers: Arc<Callers>,
 }
 
 impl FacadeService {
@@ -128,7 +136,13 @@ impl FacadeService {
             economy,
             fleet,
             ext_authz: Arc::new(config.ext_authz.clone()),
+            callers: Arc::new(Callers::new(&config.callers.weights)),
         }
+    }
+
+    /// What each identity counts as.
+    pub(crate) fn callers(&self) -> &Arc<Callers> {
+        &self.callers
     }
 
     /// The ext_authz settings.
@@ -319,6 +333,7 @@ impl FacadeService {
             region,
             trace,
             kept_copy: leader.kept_copy(),
+            caller: context.caller().clone(),
         }
     }
 
@@ -376,6 +391,8 @@ struct Upstream {
     /// This replica's own kept answer for the token, dropped if the fleet
     /// says a definitive refusal replaced it.
     kept_copy: KeptCopy,
+    /// The leading call's caller, whose turn the call takes.
+    caller: Caller,
 }
 
 impl Upstream {
@@ -386,7 +403,7 @@ impl Upstream {
         let pool_region = self.pool.as_ref().map(UserPoolId::region);
         let result = self
             .cognito
-            .get_user_auth_factors(&self.token, pool_region, self.deadline)
+            .get_user_auth_factors(&self.token, pool_region, self.deadline, &self.caller)
             .with_context(self.trace.clone())
             .await;
         let (request_id, failure) = match &result {

@@ -23,7 +23,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::bodies::ConnectionShare;
+use super::{bodies::ConnectionShare, tls::peer_identity};
 use crate::{
     base::metric_names::{
         ACCEPT_ERRORS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS,
@@ -236,6 +236,7 @@ impl Admission {
         let info = ConnInfo {
             tcp: stream.connect_info(),
             share: ConnectionShare::new(self.request_bytes_per_connection),
+            peer: None,
         };
         let handshake = Handshake {
             timeout: self.handshake_timeout,
@@ -260,6 +261,12 @@ impl Handshake {
         let opened = tokio::time::timeout(self.timeout, open(stream, self.tls)).await;
         match opened {
             Ok(Ok((io, opening))) => {
+                let mut info = info;
+                if let Transport::Tls(tls) = &io {
+                    let certs = tls.get_ref().1.peer_certificates();
+                    let identity = certs.and_then(|certs| peer_identity(certs.first()?));
+                    info.peer = identity.map(Arc::from);
+                }
                 let conn = Conn {
                     opening,
                     io,
@@ -400,8 +407,10 @@ impl Drop for Conn {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     /// The peer's and our addresses.
-    #[expect(dead_code, reason = "read by nothing yet; the caller's identity will")]
+    #[expect(dead_code, reason = "kept for what tonic's own connect info gives")]
     pub(crate) tcp: TcpConnectInfo,
+    /// The caller its verified client certificate names (mTLS).
+    pub(crate) peer: Option<Arc<str>>,
     /// The connection's share of the request bytes in flight.
     pub(crate) share: ConnectionShare,
 }

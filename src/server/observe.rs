@@ -23,12 +23,14 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, Level};
 
 use crate::{
+    base::caller::{Caller, Callers, MalformedXfcc, forwarded_identity},
     base::metric_names,
     base::wire::Source,
     base::wire::{METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA},
     error::{Error, ErrorChain, code_name},
     observability::traces::{self, Tracing},
     rpc::call::CallContext,
+    server::listener::ConnInfo,
 };
 
 /// The method label of calls to methods the service does not have.
@@ -38,21 +40,58 @@ const UNKNOWN_METHOD: &str = "unknown";
 const UNKNOWN_METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/unknown";
 
 /// The layer; see the module docs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct ObserveLayer {
     tracing: Tracing,
     metrics: Arc<RpcMetrics>,
+    callers: Arc<Callers>,
+    trust_forwarded: bool,
 }
 
 impl ObserveLayer {
     /// The observer, reading trace context and starting server spans with
-    /// `tracing`.
-    pub(crate) fn new(tracing: Tracing) -> Self {
+    /// `tracing`, and telling `callers` apart (from a trusted
+    /// `x-forwarded-client-cert` too with `trust_forwarded`).
+    pub(crate) fn new(tracing: Tracing, callers: Arc<Callers>, trust_forwarded: bool) -> Self {
         Self {
             tracing,
-            metrics: Arc::default(),
+            metrics: Arc::new(RpcMetrics::new(callers.named())),
+            callers,
+            trust_forwarded,
         }
     }
+}
+
+/// The metadata Envoy and Istio's sidecars name the client certificate in.
+const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+
+/// Who is calling, as the connection or a trusted forwarded header names
+/// it: the client certificate's identity (mTLS), else with
+/// `trust_forwarded` the `x-forwarded-client-cert`'s, else nobody.
+fn connected_caller<B>(
+    request: &http::Request<B>,
+    callers: &Callers,
+    trust_forwarded: bool,
+) -> Result<Caller, Error> {
+    let peer = request
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|info| info.peer.as_deref());
+    if let Some(peer) = peer {
+        return Ok(callers.caller(Some(peer)));
+    }
+    if !trust_forwarded {
+        return Ok(Caller::anonymous());
+    }
+    let Some(header) = request.headers().get(FORWARDED_CLIENT_CERT) else {
+        return Ok(Caller::anonymous());
+    };
+    let header = header
+        .to_str()
+        .map_err(|_| Error::MalformedForwardedClientCert("it is not visible ASCII"))?;
+    let identity = forwarded_identity(header)
+        .map_err(|MalformedXfcc(why)| Error::MalformedForwardedClientCert(why))?;
+    Ok(callers.caller(Some(&identity)))
 }
 
 /// Envoy's ext_authz service and its one method, observed like the RPC.
@@ -73,14 +112,20 @@ const CODES: usize = 17;
 /// tests, each server records into the recorder of the thread that first
 /// uses a handle, as before. A series still appears in `/metrics` only once
 /// a call has used it.
-#[derive(Default)]
 struct RpcMetrics {
     in_flight: OnceLock<Gauge>,
-    /// By method, code and source (index in [`Source::ALL`]).
-    requests: [[[OnceLock<Counter>; Source::ALL.len()]; CODES]; METHODS.len()],
+    /// By caller (its label's slot, [`Caller::label_slot`]), then method,
+    /// code and source (index in [`Source::ALL`]); a caller's set made on
+    /// its first call.
+    requests: Box<[OnceLock<Box<Requests>>]>,
+    /// How many callers `--caller-weight` names.
+    named: usize,
     /// By method.
     duration: [OnceLock<Histogram>; METHODS.len()],
 }
+
+/// One caller's request counters, by method, code and source.
+type Requests = [[[OnceLock<Counter>; Source::ALL.len()]; CODES]; METHODS.len()];
 
 impl std::fmt::Debug for RpcMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,12 +134,29 @@ impl std::fmt::Debug for RpcMetrics {
 }
 
 impl RpcMetrics {
+    /// The handles for `named` named callers (and `anonymous` and `other`).
+    fn new(named: usize) -> Self {
+        Self {
+            in_flight: OnceLock::new(),
+            requests: (0..named + 2).map(|_| OnceLock::new()).collect(),
+            named,
+            duration: Default::default(),
+        }
+    }
+
     fn in_flight(&self) -> &Gauge {
         self.in_flight
             .get_or_init(|| metrics::gauge!(metric_names::RPC_IN_FLIGHT))
     }
 
-    fn record(&self, method: &'static str, code: Code, source: Source, elapsed: Duration) {
+    fn record(
+        &self,
+        method: &'static str,
+        code: Code,
+        source: Source,
+        elapsed: Duration,
+        caller: &Caller,
+    ) {
         let m = METHODS
             .iter()
             .position(|&known| known == method)
@@ -104,13 +166,16 @@ impl RpcMetrics {
             .iter()
             .position(|&known| known == source)
             .unwrap_or_default();
-        self.requests[m][c][s]
+        let slot = caller.label_slot(self.named).min(self.requests.len() - 1);
+        let requests = self.requests[slot].get_or_init(Box::default);
+        requests[m][c][s]
             .get_or_init(|| {
                 metrics::counter!(
                     metric_names::RPC_REQUESTS,
                     "method" => METHODS[m],
                     "code" => code_name(code),
-                    "source" => source.as_str()
+                    "source" => source.as_str(),
+                    "caller" => caller.label().to_owned()
                 )
             })
             .increment(1);
@@ -128,6 +193,8 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             tracing: self.tracing.clone(),
             metrics: Arc::clone(&self.metrics),
+            callers: Arc::clone(&self.callers),
+            trust_forwarded: self.trust_forwarded,
         }
     }
 }
@@ -138,6 +205,8 @@ pub(crate) struct Observed<S> {
     inner: S,
     tracing: Tracing,
     metrics: Arc<RpcMetrics>,
+    callers: Arc<Callers>,
+    trust_forwarded: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -147,7 +216,7 @@ where
     S: Service<http::Request<B>, Response = http::Response<ResB>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ResB: Send + 'static,
+    ResB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -168,12 +237,24 @@ where
             CHECK => (AUTHZ_SERVICE, CHECK_PATH),
             _ => (SERVICE_NAME, UNKNOWN_METHOD_PATH),
         };
+        let caller = connected_caller(&request, &self.callers, self.trust_forwarded);
         let trace = self.tracing.server_span(parent, name, service, method);
+        let (caller, refused) = match caller {
+            Ok(caller) => (caller, None),
+            Err(err) => (Caller::anonymous(), Some(err)),
+        };
         let call = Call::start(
             method,
-            CallContext::arriving(trace),
+            CallContext::arriving(trace, caller),
             Arc::clone(&self.metrics),
         );
+        if let Some(err) = refused {
+            // Refused before the RPC: the line and metrics still say so.
+            let mut response = err.to_status().into_http();
+            call.context.set_error(err);
+            call.finish(&mut response);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         request.extensions_mut().insert(Arc::clone(&call.context));
         let answer = self.inner.call(request);
         // Only at `debug`: a span per call at `info` cost ~8 µs of CPU
@@ -231,14 +312,18 @@ impl Call {
 
     /// The metrics and the line, from one `elapsed`.
     fn record(&self, code: Code, source: Source, elapsed: Duration, outcome: &Outcome<'_>) {
-        self.metrics.record(self.method, code, source, elapsed);
+        let caller = self.context.caller();
+        self.metrics
+            .record(self.method, code, source, elapsed, caller);
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let trace = self.context.trace();
-        traces::end_server_span(trace, code, outcome.reason(), source.as_str());
+        let logged = caller.logged();
+        traces::end_server_span(trace, code, outcome.reason(), source.as_str(), logged);
         let (trace_id, span_id) = traces::ids(trace);
         log_line(
             &Line {
                 method: self.method,
+                caller: logged,
                 decision: self.context.decision(),
                 code: code_name(code),
                 source,
@@ -321,6 +406,8 @@ impl<'a> Outcome<'a> {
 /// The fields every call line has whatever its outcome.
 struct Line<'a> {
     method: &'static str,
+    /// Who called (`anonymous`, or `other` for an identity unfit to log).
+    caller: &'a str,
     /// An ext_authz Check's decision; empty for the RPC.
     decision: &'static str,
     code: &'static str,
@@ -339,6 +426,7 @@ fn log_line(line: &Line<'_>, outcome: &Outcome<'_>) {
             tracing::event!(
                 $level,
                 rpc.method = line.method,
+                caller = line.caller,
                 decision = line.decision,
                 grpc.code = line.code,
                 reason = $reason,

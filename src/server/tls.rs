@@ -120,3 +120,31 @@ impl TlsConfig {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
+
+/// The caller a verified client certificate (`der`) names: its first URI
+/// SAN (a SPIFFE ID), else its first DNS SAN, else its subject's CN.
+pub(crate) fn peer_identity(der: &[u8]) -> Option<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| san.value.general_names.as_slice())
+        .unwrap_or_default();
+    let uri = names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    let dns = || {
+        names.iter().find_map(|name| match name {
+            GeneralName::DNSName(dns) => Some(*dns),
+            _ => None,
+        })
+    };
+    if let Some(name) = uri.or_else(dns) {
+        return Some(name.to_owned());
+    }
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}

@@ -52,6 +52,7 @@ use std::{
 
 use self::convert::{to_proto, upstream_error};
 use crate::{
+    base::caller::Caller,
     base::expiring::{RandomError, TokenKeyer},
     base::metric_names,
     error::{UpstreamError, UpstreamErrorKind},
@@ -143,7 +144,9 @@ pub trait AttemptPacer: fmt::Debug + Send + Sync + 'static {
     /// Waits for an attempt's turn in `region`; a turn that would come after
     /// the wait bound or too close to `deadline` (the caller's, or the end of
     /// the call timeout) is refused at once with the limiter's retry-after.
-    fn turn(&self, region: &Arc<str>, deadline: Instant) -> TurnFuture;
+    /// The call is `caller`'s: while turns are short, they go round robin
+    /// among the callers waiting.
+    fn turn(&self, region: &Arc<str>, deadline: Instant, caller: &Caller) -> TurnFuture;
 
     /// Cognito answered an attempt in `region` with
     /// `TooManyRequestsException`; `caller` (64 bits of a keyed MAC of the
@@ -156,8 +159,10 @@ pub trait AttemptPacer: fmt::Debug + Send + Sync + 'static {
 pub(crate) type TurnFuture = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send>>;
 
 /// What the pacer needs to know of the call an attempt belongs to.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PacedCall {
+    /// Who is calling (the flight's leader's caller).
+    who: Caller,
     /// The caller's deadline or the end of the call timeout, the sooner.
     deadline: Instant,
     /// 64 bits of a keyed MAC of the token (the crate's one, under a key of
@@ -214,10 +219,13 @@ impl HttpConnector for PacedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         // Outside a paced call (it cannot happen), an attempt gets the
         // default call timeout to find its turn in.
-        let deadline = PACED_CALL
-            .try_with(|call| call.deadline)
-            .unwrap_or_else(|_| Instant::now() + DEFAULT_CALL_TIMEOUT);
-        let turn = self.pacer.turn(&self.region, deadline);
+        let turn = PACED_CALL
+            .try_with(|call| self.pacer.turn(&self.region, call.deadline, &call.who))
+            .unwrap_or_else(|_| {
+                let deadline = Instant::now() + DEFAULT_CALL_TIMEOUT;
+                self.pacer
+                    .turn(&self.region, deadline, &Caller::anonymous())
+            });
         let inner = self.inner.clone();
         HttpConnectorFuture::new(async move {
             turn.await
@@ -349,6 +357,7 @@ impl Cognito {
         token: &AccessToken,
         pool_region: Option<&str>,
         deadline: Option<Instant>,
+        caller: &Caller,
     ) -> Result<Answer, UpstreamError> {
         // Validated configuration builds a client for every pool's region and
         // a default one whenever there are no pools.
@@ -363,6 +372,7 @@ impl Cognito {
         let output = if let Some(callers) = &self.paced {
             let timeout = Instant::now() + self.call_timeout;
             let call = PacedCall {
+                who: caller.clone(),
                 deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
                 caller: callers.key(token.expose()).short(),
             };

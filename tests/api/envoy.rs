@@ -226,7 +226,7 @@ async fn envoys_health_check_sees_a_draining_replica_at_once_and_sends_it_nothin
     for series in [
         r#"cognito_facade_ext_authz_decisions_total{decision="allowed"}"#,
         r#"cognito_facade_ext_authz_decisions_total{decision="denied_unauthenticated"} 1"#,
-        r#"cognito_facade_rpc_requests_total{method="Check",code="OK",source="cognito"}"#,
+        r#"cognito_facade_rpc_requests_total{method="Check",code="OK",source="cognito",caller="anonymous"}"#,
     ] {
         assert!(
             scraped.contains(series),

@@ -478,6 +478,7 @@ fn every_tabled_error() -> Vec<Error> {
         Error::RequestTooLarge,
         Error::RequestBytesExhausted,
         Error::RequestBodyTimeout,
+        Error::MalformedForwardedClientCert("it is empty"),
     ]);
     errors
 }
@@ -549,7 +550,8 @@ fn the_readme_retry_column_agrees_with_the_service() {
             Error::Token(_)
             | Error::Refused(_)
             | Error::RequestTooLarge
-            | Error::RequestBodyTimeout => false,
+            | Error::RequestBodyTimeout
+            | Error::MalformedForwardedClientCert(_) => false,
         };
         assert_eq!(retry[reason], transient, "the retry cell of {reason}");
         if err.to_status().get_details_retry_info().is_some() {

@@ -3,6 +3,7 @@
 mod bad_day;
 mod binary;
 mod bodies;
+mod callers;
 mod cluster;
 mod connections;
 mod deploy;

@@ -153,6 +153,7 @@ async fn every_call_gets_one_line_with_the_same_fields_and_the_metrics_agree() {
     let expected_keys = [
         "aws_error_code",
         "aws_request_id",
+        "caller",
         "decision",
         "error",
         "grpc.code",
@@ -258,7 +259,7 @@ async fn each_answer_says_where_it_came_from() {
     let page = scrape(metrics_addr).await;
     for source in ["cognito", "coalesced", "cache"] {
         let series = format!(
-            "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"OK\",source=\"{source}\"}}"
+            "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"OK\",source=\"{source}\",caller=\"anonymous\"}}"
         );
         assert_eq!(sample(&page, &series), Some(1.0), "{source}: {page}");
     }

@@ -59,7 +59,7 @@ async fn the_metrics_page_counts_calls_by_final_code_and_outcome() {
         sample(
             &page,
             &format!(
-                "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"{code}\",source=\"{source}\"}}"
+                "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"{code}\",source=\"{source}\",caller=\"anonymous\"}}"
             ),
         )
     };

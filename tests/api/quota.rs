@@ -209,7 +209,9 @@ async fn three_replicas_hold_the_fleet_to_its_limit_and_refuse_the_rest_clearly(
     assert!(tally.ok > 0, "{tally:?}");
     assert_eq!(tally.throttled, 0, "{tally:?}");
     assert!(tally.other.is_empty(), "{tally:?}");
-    let limited = format!("cognito_facade_upstream_rate_limited_total{{region=\"{REGION}\"}}");
+    let limited = format!(
+        "cognito_facade_upstream_rate_limited_total{{region=\"{REGION}\",caller=\"anonymous\"}}"
+    );
     let mut refused = 0.0;
     for replica in &mut replicas {
         refused += metric(replica, &limited).await.unwrap_or(0.0);

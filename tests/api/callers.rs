@@ -1,0 +1,404 @@
+//! Know the caller: the identity from mTLS (a real handshake, certificates
+//! made at test time), a trusted `x-forwarded-client-cert` or Envoy's
+//! principal; a fair share of the upstream rate limit, alone and on a fleet;
+//! the `caller` field and label.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use cognito_facade::proto::{
+    GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
+};
+use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair, SanType};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+use tonic_types::StatusExt as _;
+
+use crate::{
+    fleet::{key_file, replica},
+    helpers::{Reply, Running, StandIn, sample, scrape},
+    quota::until_they_know_the_fleets_size,
+    servers::Redis,
+};
+
+/// The metadata the sidecar sets.
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// A quiet caller's and a flooding one's SPIFFE IDs.
+const QUIET: &str = "spiffe://cluster.local/ns/payments/sa/api";
+const FLOOD: &str = "spiffe://cluster.local/ns/batch/sa/reindex";
+
+/// A call with a token of its own and, if given, the forwarded header.
+fn call(n: usize, xfcc: Option<&str>) -> tonic::Request<GetUserAuthFactorsRequest> {
+    let mut request = tonic::Request::new(GetUserAuthFactorsRequest {
+        access_token: format!("caller.token.{n}"),
+    });
+    if let Some(xfcc) = xfcc {
+        request.metadata_mut().insert(XFCC, xfcc.parse().unwrap());
+    }
+    request
+}
+
+async fn client(addr: SocketAddr) -> IdentityProviderServiceClient<Channel> {
+    crate::fleet::client(addr).await
+}
+
+/// The `caller` field of every call line.
+fn callers_logged(running: &mut Running) -> Vec<String> {
+    running
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| {
+            line["fields"]["message"] == "call finished"
+                || line["fields"]["message"] == "call failed"
+        })
+        .map(|line| {
+            line["fields"]["caller"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_forwarded_client_cert_names_the_caller_only_when_trusted_and_a_bad_one_is_refused() {
+    let stand_in = StandIn::start().await;
+    let mut trusting = Running::against(
+        &stand_in,
+        &[
+            "--trust-forwarded-client-cert",
+            "true",
+            "--caller-weight",
+            &format!("{QUIET}=2"),
+        ],
+        &[],
+    );
+    let metrics = trusting.wait_for_addr("serving metrics");
+    let mut grpc = client(trusting.addr).await;
+    let envoy = format!(
+        "By=spiffe://cluster.local/ns/facade/sa/facade;Hash=1f;Subject=\"CN=api,O=Pay\";URI={QUIET}"
+    );
+    grpc.get_user_auth_factors(call(1, Some(&envoy)))
+        .await
+        .unwrap();
+    grpc.get_user_auth_factors(call(2, Some(&format!("URI={FLOOD}"))))
+        .await
+        .unwrap();
+    grpc.get_user_auth_factors(call(3, Some("Subject=\"CN=batch\"")))
+        .await
+        .unwrap();
+    grpc.get_user_auth_factors(call(4, None)).await.unwrap();
+    let before = stand_in.received().len();
+    for malformed in ["Subject=\"CN=open", "Hash=1f", "URI=a,", "Nonsense=1;URI=a"] {
+        let status = grpc
+            .get_user_auth_factors(call(5, Some(malformed)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{malformed}: {status:?}"
+        );
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "MALFORMED_FORWARDED_CLIENT_CERT");
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations[0].field, XFCC);
+    }
+    assert_eq!(stand_in.received().len(), before, "Cognito was called");
+    let page = scrape(metrics).await;
+    for (caller, calls) in [(QUIET, 1.0), ("other", 2.0), ("anonymous", 1.0)] {
+        let series = format!(
+            "cognito_facade_rpc_requests_total{{method=\"GetUserAuthFactors\",code=\"OK\",source=\"cognito\",caller=\"{caller}\"}}"
+        );
+        assert_eq!(sample(&page, &series), Some(calls), "{series}: {page}");
+    }
+    // No identity a caller sends becomes a label value unless named.
+    assert!(!page.contains(FLOOD), "{page}");
+    assert_eq!(trusting.terminate().await, Some(0));
+    let logged = callers_logged(&mut trusting);
+    assert_eq!(
+        &logged[..4],
+        [QUIET, FLOOD, "batch", "anonymous"],
+        "{logged:?}"
+    );
+    assert!(
+        logged[4..].iter().all(|caller| caller == "anonymous"),
+        "{logged:?}"
+    );
+
+    // Off by default: the header is ignored, a malformed one too.
+    let mut ignoring = Running::against(&stand_in, &[], &[]);
+    let mut grpc = client(ignoring.addr).await;
+    grpc.get_user_auth_factors(call(6, Some(&format!("URI={FLOOD}"))))
+        .await
+        .unwrap();
+    grpc.get_user_auth_factors(call(7, Some("Subject=\"CN=open")))
+        .await
+        .unwrap();
+    assert_eq!(ignoring.terminate().await, Some(0));
+    assert_eq!(callers_logged(&mut ignoring), ["anonymous", "anonymous"]);
+}
+
+/// A CA and client certificates made now, in `dir`.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        Self {
+            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// A leaf with `sans` and subject CN `cn`: its PEM and key.
+    fn leaf(&self, sans: Vec<SanType>, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A mutual-TLS channel to `addr` with the client certificate `client`.
+async fn mtls(addr: SocketAddr, pki: &Pki, client: &(String, String)) -> Channel {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pki.ca.pem()))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(&client.0, &client.1));
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_the_caller_by_uri_then_dns_then_cn() {
+    let pki = Pki::new();
+    let dir = std::env::temp_dir().join(format!("cognito-facade-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = pki.leaf(
+        vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ],
+        "facade",
+    );
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca) = (
+        write("server.pem", &server.0),
+        write("server.key", &server.1),
+        write("ca.pem", &pki.ca.pem()),
+    );
+    let stand_in = StandIn::start().await;
+    // The certificate wins over a forwarded header, trusted or not.
+    let mut running = Running::against(
+        &stand_in,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+            "--trust-forwarded-client-cert",
+            "true",
+        ],
+        &[],
+    );
+    let clients = [
+        pki.leaf(
+            vec![
+                SanType::DnsName("api.payments.svc".try_into().unwrap()),
+                SanType::URI(QUIET.try_into().unwrap()),
+            ],
+            "api",
+        ),
+        pki.leaf(
+            vec![SanType::DnsName("api.payments.svc".try_into().unwrap())],
+            "api",
+        ),
+        pki.leaf(vec![], "batch-reindex"),
+    ];
+    for (n, identity) in clients.iter().enumerate() {
+        let channel = mtls(running.addr, &pki, identity).await;
+        IdentityProviderServiceClient::new(channel)
+            .get_user_auth_factors(call(n, Some(&format!("URI={FLOOD}"))))
+            .await
+            .unwrap();
+    }
+    assert_eq!(running.terminate().await, Some(0));
+    assert_eq!(
+        callers_logged(&mut running),
+        [QUIET, "api.payments.svc", "batch-reindex"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// What one caller saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: AtomicUsize,
+    limited: AtomicUsize,
+    other: AtomicUsize,
+    /// The retry delays of the refusals.
+    retries: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Seen {
+    fn record(&self, result: &Result<tonic::Response<impl Sized>, tonic::Status>) {
+        match result {
+            Ok(_) => self.ok.fetch_add(1, Ordering::Relaxed),
+            Err(status)
+                if status.code() == Code::ResourceExhausted
+                    && status.get_details_error_info().unwrap().reason
+                        == "UPSTREAM_RATE_LIMITED" =>
+            {
+                if let Some(retry) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+                    self.retries.lock().unwrap().push(retry);
+                }
+                self.limited.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(_) => self.other.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// For `window`: `flooders` tasks calling back to back as FLOOD on
+/// `flood_at`, and QUIET calling 4 times a second on `quiet_at`, every
+/// call with a token of its own. What each saw.
+async fn flood_beside_quiet(
+    flood_at: &[SocketAddr],
+    quiet_at: SocketAddr,
+    flooders: usize,
+    window: Duration,
+) -> (Arc<Seen>, Arc<Seen>) {
+    let (flood, quiet) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
+    let until = Instant::now() + window;
+    let serial = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..flooders {
+        let mut grpc = client(flood_at[n % flood_at.len()]).await;
+        let (seen, serial) = (Arc::clone(&flood), Arc::clone(&serial));
+        tasks.spawn(async move {
+            let xfcc = format!("URI={FLOOD}");
+            while Instant::now() < until {
+                let n = serial.fetch_add(1, Ordering::Relaxed);
+                seen.record(&grpc.get_user_auth_factors(call(n, Some(&xfcc))).await);
+            }
+        });
+    }
+    // The flood fills the queues first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut grpc = client(quiet_at).await;
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    let xfcc = format!("Hash=9;URI={QUIET}");
+    while Instant::now() < until {
+        ticks.tick().await;
+        let n = 1_000_000 + serial.fetch_add(1, Ordering::Relaxed);
+        quiet.record(&grpc.get_user_auth_factors(call(n, Some(&xfcc))).await);
+    }
+    while tasks.join_next().await.is_some() {}
+    (flood, quiet)
+}
+
+/// At `--upstream-rate-limit 20`, one caller flooding with distinct tokens
+/// and another at 4 a second (a fifth of the limit): the quiet caller is
+/// never refused; the flood is, at once, and Cognito sees the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn beside_a_flooding_caller_a_quiet_one_is_never_refused() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::full_success());
+    let mut running = Running::against(
+        &stand_in,
+        &[
+            "--upstream-rate-limit",
+            "20",
+            "--trust-forwarded-client-cert",
+            "true",
+        ],
+        &[],
+    );
+    let metrics = running.wait_for_addr("serving metrics");
+    let started = Instant::now();
+    let (flood, quiet) =
+        flood_beside_quiet(&[running.addr], running.addr, 16, Duration::from_secs(4)).await;
+    let rate = stand_in.received().len() as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        quiet.limited.load(Ordering::Relaxed),
+        0,
+        "quiet {quiet:?}, flood {flood:?}"
+    );
+    assert_eq!(quiet.other.load(Ordering::Relaxed), 0, "{quiet:?}");
+    assert!(quiet.ok.load(Ordering::Relaxed) >= 12, "{quiet:?}");
+    assert!(flood.limited.load(Ordering::Relaxed) > 100, "{flood:?}");
+    assert!(rate <= 20.0 * 1.2, "{rate:.1} calls/s reached Cognito");
+    let page = scrape(metrics).await;
+    let refused =
+        "cognito_facade_upstream_rate_limited_total{region=\"eu-west-1\",caller=\"other\"}";
+    assert_eq!(
+        sample(&page, refused),
+        Some(flood.limited.load(Ordering::Relaxed) as f64),
+        "{page}"
+    );
+    assert_eq!(running.terminate().await, Some(0));
+}
+
+/// The same over two replicas sharing the limit on Redis: the flood on
+/// both, the quiet caller on one.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_fleet_a_quiet_caller_beside_a_flood_is_never_refused() {
+    let redis = Redis::start(&[]);
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::full_success());
+    let key = key_file(&redis.dir, 35);
+    let args = [
+        "--upstream-rate-limit",
+        "20",
+        "--trust-forwarded-client-cert",
+        "true",
+    ];
+    let mut replicas: Vec<Running> = (0..2)
+        .map(|_| replica(&stand_in, &redis, &key, &args))
+        .collect();
+    until_they_know_the_fleets_size(&mut replicas).await;
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+    let started = Instant::now();
+    let (flood, quiet) = flood_beside_quiet(&addrs, addrs[1], 16, Duration::from_secs(4)).await;
+    let rate = stand_in.received().len() as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(
+        quiet.limited.load(Ordering::Relaxed),
+        0,
+        "quiet {quiet:?}, flood {flood:?}"
+    );
+    assert_eq!(quiet.other.load(Ordering::Relaxed), 0, "{quiet:?}");
+    assert!(flood.limited.load(Ordering::Relaxed) > 100, "{flood:?}");
+    assert!(
+        rate <= 20.0 * 1.2,
+        "{rate:.1} calls/s reached Cognito over the fleet"
+    );
+    for replica in &mut replicas {
+        assert_eq!(replica.terminate().await, Some(0));
+    }
+}
