@@ -6,9 +6,13 @@
 //! Envoy's external authorization (`authz`) answers through the same
 //! service, by the route's policy (`requirement`).
 //!
-//! Files, lowest first: `call`, `requirement`, `service`, `authz`.
+//! The calls to Cognito in flight are shared fairly among the callers
+//! (`slots`).
+//!
+//! Files, lowest first: `call`, `requirement`, `slots`, `service`, `authz`.
 
 pub(crate) mod authz;
 pub(crate) mod call;
 pub(crate) mod requirement;
 pub(crate) mod service;
+pub(crate) mod slots;

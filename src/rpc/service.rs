@@ -8,7 +8,6 @@ use std::{
 };
 
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
@@ -32,6 +31,7 @@ use crate::{
 };
 
 use crate::base::caller::{Caller, CallerConfig, Callers};
+use crate::rpc::slots::{Slot, Slots};
 
 /// Default bound on concurrent upstream calls. Each costs a few KiB; a
 /// thousand in flight stays far below Cognito's per-pool request quotas'
@@ -95,8 +95,8 @@ pub(crate) struct FacadeService {
     gate: TokenGate,
     /// Spans of the calls to Cognito.
     tracing: Tracing,
-    /// One permit per upstream call in flight; none left means shed.
-    limiter: Arc<Semaphore>,
+    /// One slot per upstream call in flight, shared fairly among callers.
+    limiter: Arc<Slots>,
     /// Single flight and cache.
     economy: Arc<Economy>,
     /// The fleet's single flight and cache on Redis, if configured.
@@ -132,7 +132,7 @@ impl FacadeService {
             cognito,
             gate,
             tracing,
-            limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            limiter: Arc::new(Slots::new(config.max_concurrent_requests)),
             economy,
             fleet,
             ext_authz: Arc::new(config.ext_authz.clone()),
@@ -275,7 +275,7 @@ impl FacadeService {
         let usable = names.as_ref().is_some_and(|(fleet, _)| fleet.usable_now());
         let permit = match usable {
             true => None,
-            false => match self.permit() {
+            false => match self.permit(context.caller()) {
                 Ok(permit) => Some(permit),
                 Err(err) => {
                     leader.abandon(Err(err.clone()));
@@ -294,13 +294,17 @@ impl FacadeService {
             match (names, usable) {
                 (Some((fleet, names)), true) => {
                     upstream
-                        .call_in(&fleet, &names, expires_at, &context, || service.permit())
+                        .call_in(&fleet, &names, expires_at, &context, |caller| {
+                            service.permit(caller)
+                        })
                         .await
                 }
                 (names, _) => {
                     context.set_source(Source::Cognito);
-                    let result = upstream.call().await;
-                    drop(permit);
+                    let result = match permit {
+                        Some(slot) => slot.hold(upstream.call()).await,
+                        None => upstream.call().await,
+                    };
                     // A revocation heard without the fleet is written once
                     // Redis answers.
                     if let Some((fleet, names)) = names {
@@ -340,8 +344,8 @@ impl FacadeService {
     /// A permit for one call to Cognito; refused at once, never queued: a
     /// caller that waited here would only add to the load that caused the
     /// refusal.
-    fn permit(&self) -> Result<OwnedSemaphorePermit, Error> {
-        Arc::clone(&self.limiter).try_acquire_owned().map_err(|_| {
+    fn permit(&self, caller: &Caller) -> Result<Slot, Error> {
+        self.limiter.take(caller).ok_or_else(|| {
             metrics::counter!(metric_names::SHED).increment(1);
             Error::Overloaded
         })
@@ -424,7 +428,7 @@ impl Upstream {
         names: &Names,
         expires_at: Option<SystemTime>,
         context: &CallContext,
-        permit: impl FnOnce() -> Result<OwnedSemaphorePermit, Error>,
+        permit: impl FnOnce(&Caller) -> Result<Slot, Error>,
     ) -> Result<Answer, Error> {
         // Boxed: the fleet's join is a large state machine that a flight
         // without the fleet should not carry.
@@ -444,12 +448,8 @@ impl Upstream {
             Joined::Alone => None,
         };
         context.set_source(Source::Cognito);
-        let outcome = match permit() {
-            Ok(permit) => {
-                let outcome = self.call().await;
-                drop(permit);
-                outcome
-            }
+        let outcome = match permit(context.caller()) {
+            Ok(slot) => slot.hold(self.call()).await,
             Err(shed) => Err(shed),
         };
         match lease {

@@ -402,3 +402,79 @@ async fn on_a_fleet_a_quiet_caller_beside_a_flood_is_never_refused() {
         assert_eq!(replica.terminate().await, Some(0));
     }
 }
+
+/// At `--max-concurrent-requests 4`, with Cognito slow: a caller holding
+/// every slot is shed beyond them at once; a quiet caller within its share
+/// still gets a slot, and the flood's newest call gives its up
+/// (`OVERLOADED`).
+#[tokio::test(flavor = "multi_thread")]
+async fn when_every_slot_is_taken_the_caller_most_over_its_share_is_shed_first() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(1500),
+        Box::new(Reply::full_success()),
+    ));
+    let mut running = Running::against(
+        &stand_in,
+        &[
+            "--max-concurrent-requests",
+            "4",
+            "--trust-forwarded-client-cert",
+            "true",
+        ],
+        &[],
+    );
+    let flood_xfcc = format!("URI={FLOOD}");
+    let mut flooding = tokio::task::JoinSet::new();
+    for n in 0..4 {
+        let mut grpc = client(running.addr).await;
+        let xfcc = flood_xfcc.clone();
+        flooding.spawn(async move { grpc.get_user_auth_factors(call(n, Some(&xfcc))).await });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stand_in.received().len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood's calls never reached Cognito"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut grpc = client(running.addr).await;
+    // The flood holds its share and more: its next call is shed at once.
+    let started = Instant::now();
+    let status = grpc
+        .get_user_auth_factors(call(10, Some(&flood_xfcc)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "OVERLOADED"
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // The quiet caller is within its share (2 of 4): answered.
+    let quiet = format!("URI={QUIET}");
+    grpc.get_user_auth_factors(call(11, Some(&quiet)))
+        .await
+        .unwrap();
+    let mut shed = 0;
+    let mut answered = 0;
+    while let Some(result) = flooding.join_next().await {
+        match result.unwrap() {
+            Ok(_) => answered += 1,
+            Err(status) => {
+                assert_eq!(
+                    status.get_details_error_info().unwrap().reason,
+                    "OVERLOADED"
+                );
+                shed += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (answered, shed),
+        (3, 1),
+        "one of the flood's calls gave its slot up"
+    );
+    assert_eq!(running.terminate().await, Some(0));
+}
