@@ -31,11 +31,14 @@ pub(crate) struct Slots {
 #[derive(Debug, Default)]
 struct Held {
     used: usize,
-    /// By caller: its weight, and a shedding handle for each call (oldest
-    /// first), by the call's serial.
-    callers: HashMap<Flow, (u32, Vec<(u64, oneshot::Sender<()>)>)>,
+    /// By caller: its weight, and its calls (oldest first).
+    callers: HashMap<Flow, (u32, Vec<Holding>)>,
     serial: u64,
 }
+
+/// One call's slot, as the slots know it: its serial, and the handle that
+/// sheds it.
+type Holding = (u64, oneshot::Sender<()>);
 
 /// A slot held; dropped, it is given back.
 #[derive(Debug)]
