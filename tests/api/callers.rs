@@ -478,3 +478,79 @@ async fn when_every_slot_is_taken_the_caller_most_over_its_share_is_shed_first()
     );
     assert_eq!(running.terminate().await, Some(0));
 }
+
+/// A GET of `path` with `token` through Envoy's TLS listener at `addr`,
+/// with the client certificate `client`: the response's status line.
+async fn get_over_mtls(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: &(String, String),
+    path: &str,
+    token: &str,
+) -> String {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(client.0.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Behind the real Envoy with downstream mTLS, a Check's source principal
+/// (the client certificate's SPIFFE ID, as Envoy verified it) names the
+/// caller: in the call's line and its `caller` label.
+#[tokio::test]
+async fn a_check_behind_envoy_with_mtls_names_the_source_principal() {
+    let pki = Pki::new();
+    let server = pki.leaf(
+        vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ],
+        "ingress",
+    );
+    let client_cert = pki.leaf(vec![SanType::URI(QUIET.try_into().unwrap())], "api");
+    let stand_in = StandIn::start().await;
+    let mut facade = Running::against(&stand_in, &["--caller-weight", &format!("{QUIET}=2")], &[]);
+    let metrics = facade.wait_for_addr("serving metrics");
+    let (_echo, echo_addr) = crate::mesh::Echo::start().await;
+    let tls = crate::mesh::DownstreamTls {
+        cert: server.0.clone(),
+        key: server.1.clone(),
+        ca: pki.ca.pem(),
+    };
+    let envoy = crate::mesh::Envoy::start_with(&[facade.addr], echo_addr, Some(&tls));
+    envoy.until_healthy(1).await;
+    let status = get_over_mtls(envoy.listener, &pki, &client_cert, "/", "principal.token").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let page = scrape(metrics).await;
+    let series = format!(
+        "cognito_facade_rpc_requests_total{{method=\"Check\",code=\"OK\",source=\"cognito\",caller=\"{QUIET}\"}}"
+    );
+    assert_eq!(sample(&page, &series), Some(1.0), "{page}");
+    let line = facade.find_line(r#""rpc.method":"Check""#);
+    assert!(line.contains(&format!(r#""caller":"{QUIET}""#)), "{line}");
+    drop(envoy);
+    assert_eq!(facade.terminate().await, Some(0));
+}

@@ -86,6 +86,16 @@ impl Envoy {
     /// Envoy with ext_authz against the facades at `facades` (one cluster,
     /// gRPC health checked every 500 ms) and the echo upstream at `echo`.
     pub(crate) fn start(facades: &[SocketAddr], echo: SocketAddr) -> Self {
+        Self::start_with(facades, echo, None)
+    }
+
+    /// The same, its ingress listener on TLS with `tls`'s certificate,
+    /// asking each client for one that chains to `tls`'s CA.
+    pub(crate) fn start_with(
+        facades: &[SocketAddr],
+        echo: SocketAddr,
+        tls: Option<&DownstreamTls>,
+    ) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "envoy-{}-{}",
             std::process::id(),
@@ -93,7 +103,7 @@ impl Envoy {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("envoy.yaml");
-        std::fs::write(&config, bootstrap(facades, echo)).unwrap();
+        std::fs::write(&config, bootstrap(facades, echo, tls)).unwrap();
         let admin_path = dir.join("admin-address");
         let child = Command::new(envoy_binary())
             .arg("-c")
@@ -164,9 +174,17 @@ impl Envoy {
     }
 }
 
-/// Envoy's bootstrap: the ingress listener (port 0), ext_authz per route,
-/// the facade cluster and the echo cluster.
-fn bootstrap(facades: &[SocketAddr], echo: SocketAddr) -> String {
+/// The PEM of the ingress listener's certificate, its key and the CA its
+/// clients' certificates chain to.
+pub(crate) struct DownstreamTls {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    pub(crate) ca: String,
+}
+
+/// Envoy's bootstrap: the ingress listener (port 0, on mutual TLS with
+/// `tls`), ext_authz per route, the facade cluster and the echo cluster.
+fn bootstrap(facades: &[SocketAddr], echo: SocketAddr, tls: Option<&DownstreamTls>) -> String {
     let endpoint = |addr: &SocketAddr| {
         json!({"endpoint": {"address": {"socket_address": {
             "address": addr.ip().to_string(), "port_value": addr.port()}}}})
@@ -205,14 +223,24 @@ fn bootstrap(facades: &[SocketAddr], echo: SocketAddr) -> String {
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
     });
+    let mut chain = json!({"filters": [{
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": manager}]});
+    if let Some(tls) = tls {
+        chain["transport_socket"] = json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": true,
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"inline_string": tls.cert},
+                                      "private_key": {"inline_string": tls.key}}],
+                "validation_context": {"trusted_ca": {"inline_string": tls.ca}}}}});
+    }
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
             "listeners": [{"name": "ingress",
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": manager}]}]}],
+                "filter_chains": [chain]}],
             "clusters": [
                 {"name": "facade", "type": "STATIC", "connect_timeout": "0.25s",
                  "lb_policy": "ROUND_ROBIN",

@@ -198,6 +198,7 @@ async fn a_callers_trace_continues_through_the_facade(protocol: &str) {
     assert_eq!(attr(server, "rpc.method"), "GetUserAuthFactors");
     assert_eq!(attr(server, "rpc.grpc.status_code"), 0);
     assert_eq!(attr(server, "cognito_facade.source"), "cognito");
+    assert_eq!(attr(server, "cognito_facade.caller"), "anonymous");
     assert_eq!(attr(upstream, "rpc.system"), "aws-api");
     assert_eq!(attr(upstream, "rpc.service"), "CognitoIdentityProvider");
     assert_eq!(attr(upstream, "rpc.method"), "GetUserAuthFactors");
