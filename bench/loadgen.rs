@@ -96,6 +96,10 @@ struct Args {
     /// side by side send different ones.
     #[arg(long, default_value = "")]
     token_prefix: String,
+    /// `facade`: send this `x-forwarded-client-cert` with every call (a
+    /// caller's identity, to a service that trusts the header).
+    #[arg(long)]
+    xfcc: Option<String>,
     /// `mint`: the user pool the tokens belong to.
     #[arg(long, default_value = "us-east-1_BenchPool")]
     pool: String,
@@ -260,6 +264,7 @@ async fn run(
             let pool = args.tokens;
             let obey_retry_info = args.obey_retry_info;
             let prefix = args.token_prefix.clone();
+            let xfcc = args.xfcc.clone();
             let pace = args
                 .rate
                 .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate.max(0.001)));
@@ -319,7 +324,12 @@ async fn run(
                                 }
                                 None => format!("bench.{prefix}{worker}.{seq}"),
                             };
-                            let request = GetUserAuthFactorsRequest { access_token };
+                            let mut request =
+                                tonic::Request::new(GetUserAuthFactorsRequest { access_token });
+                            if let Some(xfcc) = xfcc.as_deref() {
+                                let value = xfcc.parse().expect("a valid header value");
+                                request.metadata_mut().insert("x-forwarded-client-cert", value);
+                            }
                             match client.get_user_auth_factors(request).await {
                                 Ok(_) => Ok(()),
                                 Err(status) => {

@@ -33,6 +33,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import callers  # noqa: E402  (bench/callers.py: the callers scenario)
+
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
 SERVICE = RELEASE / "cognito-facade"
@@ -1316,6 +1318,7 @@ def main():
         outage_figures = outage(workdir, smoke)
         envoy_figures = envoy_cost(nginx_port, workdir, smoke)
         bodies_figures = unfinished_bodies(nginx_port, smoke)
+        callers_figures = callers.fairness(sys.modules[__name__], nginx_port, smoke)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
@@ -1337,7 +1340,8 @@ def main():
     write_report(report, plot, rows, serving_ms, memory, savings, verified, traced, lean, smoke,
                  fleet_report(fleet_figures, smoke) + quota_report(quota_figures, smoke)
                  + outage_report(outage_figures, smoke) + envoy_report(envoy_figures, smoke)
-                 + unfinished_report(bodies_figures, smoke))
+                 + unfinished_report(bodies_figures, smoke)
+                 + callers.report(callers_figures, smoke))
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 
