@@ -56,8 +56,12 @@ impl Slot {
         mut self,
         call: impl Future<Output = Result<T, crate::error::Error>>,
     ) -> Result<T, crate::error::Error> {
+        // Pinned where it is: moved into `select!`, the call (a large
+        // future) would be held twice in this one's state.
+        tokio::pin!(call);
         tokio::select! {
-            outcome = call => outcome,
+            biased;
+            outcome = &mut call => outcome,
             Ok(()) = &mut self.shed => {
                 metrics::counter!(crate::base::metric_names::SHED).increment(1);
                 Err(crate::error::Error::Overloaded)
