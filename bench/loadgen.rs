@@ -328,7 +328,9 @@ async fn run(
                                 tonic::Request::new(GetUserAuthFactorsRequest { access_token });
                             if let Some(xfcc) = xfcc.as_deref() {
                                 let value = xfcc.parse().expect("a valid header value");
-                                request.metadata_mut().insert("x-forwarded-client-cert", value);
+                                request
+                                    .metadata_mut()
+                                    .insert("x-forwarded-client-cert", value);
                             }
                             match client.get_user_auth_factors(request).await {
                                 Ok(_) => Ok(()),
