@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import instructions  # noqa: E402  (bench/instructions.py: valgrind's count)
 import run  # noqa: E402  (the benchmark's own helpers)
 
 
@@ -86,41 +86,6 @@ def memory_run(variant, slow_port, inflight, seconds):
     return {"idle_mib": idle / 1024, "peak_mib": peak.peak / 1024}
 
 
-def ensure_valgrind():
-    if shutil.which("valgrind"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True, env=env)
-
-
-def instructions(variant, nginx_port, calls, body):
-    """User-space instructions the service executes for `calls` calls, one
-    at a time over one HTTP/2 connection (h2load; no two calls in flight, so
-    single flight has nothing to share), counted by valgrind's cachegrind
-    over the whole process: start-up, the calls, shutdown."""
-    port = run.free_port()
-    args = run.service_args(port, nginx_port, *variant["flags"], binary=variant["binary"])
-    proc = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no",
-                             "--cachegrind-out-file=/dev/null", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **variant["env"]))
-    try:
-        run.wait_port(port, timeout=120)
-        out = run.sh("h2load", "-n", str(calls), "-c", "1", "-m", "1",
-                     "-H", "content-type: application/grpc", "-H", "te: trailers",
-                     "-d", str(body),
-                     f"http://127.0.0.1:{port}/cognito.idp.v1.IdentityProviderService/GetUserAuthFactors")
-    finally:
-        proc.terminate()
-        err = proc.communicate(timeout=120)[1]
-    if f"{calls} succeeded" not in out or "grpc-status" in out:
-        raise RuntimeError(f"{variant['name']}: h2load: {out}")
-    refs = [line for line in err.splitlines() if "I   refs:" in line or "I refs:" in line]
-    if not refs:
-        raise RuntimeError(f"{variant['name']}: no instruction count from valgrind: {err[-500:]}")
-    return int(refs[-1].rsplit(":", 1)[1].replace(",", ""))
-
-
 def table(title, variants, runs, keys):
     """Medians by variant; for every variant after the first, the median of
     its round-by-round differences from the first variant and their range.
@@ -167,7 +132,7 @@ def main():
     run.ensure_nginx()
     if args.instructions:
         run.ensure_h2load()
-        ensure_valgrind()
+        instructions.ensure_valgrind()
     workdir = run.ROOT / "target" / "bench"
     (workdir / "ab-jwks").mkdir(parents=True, exist_ok=True)
     procs = []
@@ -189,10 +154,10 @@ def main():
             # Alternate the order so neither variant always runs first.
             order = variants if round_ % 2 == 0 else list(reversed(variants))
             if args.instructions:
-                many, few = args.instructions, args.instructions // 5
+                many = args.instructions
                 for v in order:
-                    per_call = ((instructions(v, nginx_port, many, body)
-                                 - instructions(v, nginx_port, few, body)) / (many - few))
+                    per_call = instructions.per_call(run, v["binary"], v["flags"], v["env"],
+                                                     nginx_port, many, body)
                     counted[v["name"]].append({"instructions": per_call})
                     print(json.dumps({"round": round_, "variant": v["name"],
                                       "instructions_per_call": per_call}), flush=True)

@@ -4,12 +4,15 @@
     python3 bench/run.py             # full run, writes BENCHMARKS.md and bench/throughput.svg
     python3 bench/run.py --smoke     # seconds-long run for CI, writes under target/
     python3 bench/run.py --fleet-baseline OLD_BINARY   # the fleet's figures before and after
+    python3 bench/run.py --callers-baseline OLD_BINARY # callers' uncontended cost, against it
 
 With --fleet-baseline, the fleet's own figures (a fleet hit's p50, a
 follower's lag, CPU per call on a miss and with Redis dead) are measured for
 that build of the service too, interleaved with this one, round by round,
 and reported side by side (build it from an older commit first, e.g. with
 `git worktree add` and `cargo build --release` in its own target directory).
+With --callers-baseline, the uncontended path's instructions per call are
+counted for that build too (bench/callers.py).
 
 Starts nginx (Debian's nginx-light, installed if missing) as a fast Cognito
 stand-in answering a fixed awsJson1.1 body, the release service against it,
@@ -1235,6 +1238,9 @@ def main():
     parser.add_argument("--fleet-baseline", metavar="BINARY", type=Path,
                         help="another build of the service whose fleet figures are measured "
                              "beside this one's")
+    parser.add_argument("--callers-baseline", metavar="BINARY", type=Path,
+                        help="a build from before callers were told apart, whose instructions "
+                             "per call are counted beside this one's")
     args = parser.parse_args()
     smoke = args.smoke
     levels = [1, 16] if smoke else [1, 16, 64, 256, 1024]
@@ -1319,6 +1325,8 @@ def main():
         envoy_figures = envoy_cost(nginx_port, workdir, smoke)
         bodies_figures = unfinished_bodies(nginx_port, smoke)
         callers_figures = callers.fairness(sys.modules[__name__], nginx_port, smoke)
+        uncontended = callers.uncontended(sys.modules[__name__], nginx_port, smoke,
+                                          args.callers_baseline)
 
         verified = verification(nginx_port, tokens_dir, 0.5 if smoke else 5, 1 if smoke else 3,
                                 0.02 if smoke else 0.4)
@@ -1341,7 +1349,8 @@ def main():
                  fleet_report(fleet_figures, smoke) + quota_report(quota_figures, smoke)
                  + outage_report(outage_figures, smoke) + envoy_report(envoy_figures, smoke)
                  + unfinished_report(bodies_figures, smoke)
-                 + callers.report(callers_figures, smoke))
+                 + callers.report(callers_figures, smoke)
+                 + callers.uncontended_report(uncontended, smoke))
     print(f"wrote {report.relative_to(ROOT)} and {plot.relative_to(ROOT)}")
 
 

@@ -5,19 +5,20 @@
 //! `crate::quota::gcra`'s, on Redis's clock when the fleet shares it.
 //!
 //! Layer 5, above `store` and `upstream`. `gcra` is the algorithm, in Rust
-//! and as `gcra.lua`; the announcements (`announce.lua`) and the gate are
-//! here.
+//! and as `gcra.lua`; `scripts` reads the replies of it and of the
+//! announcements (`announce.lua`); the gate is here.
 //!
 //! When the turns are fewer than the callers want, they go round robin
 //! among the callers with calls waiting (`fair`): each waits in its own
 //! flow, and a dispatcher per region takes the turns from the limiter one
 //! at a time and gives each to the flow whose turn it is.
 //!
-//! Files, lowest first: `limits`, `gcra`, `fair`.
+//! Files, lowest first: `limits`, `gcra`, `scripts`, `fair`.
 
 mod fair;
 pub(crate) mod gcra;
 mod limits;
+mod scripts;
 
 pub use self::limits::{DEFAULT_UPSTREAM_QUEUE_TIMEOUT, QuotaConfig, RateLimits};
 
@@ -32,11 +33,11 @@ use std::{
 };
 
 use metrics::{Counter, Gauge};
-use redis::Value;
 
 use self::{
     fair::FairQueue,
     gcra::{Gcra, Params, ScriptOp, Turn},
+    scripts::{AnnounceScript, LimiterReply, LimiterScript},
 };
 
 use crate::{
@@ -408,56 +409,6 @@ impl QuotaState {
     }
 }
 
-/// The limiter's script (`src/gcra.lua`): KEYS and ARGV as
-/// [`Params::script_args`] orders them.
-struct LimiterScript(LuaScript);
-
-impl LimiterScript {
-    /// What the script answered; `None` if the reply is not one it gives.
-    fn reply(reply: Value) -> Option<LimiterReply> {
-        let Value::Array(items) = reply else {
-            return None;
-        };
-        let [Value::Int(code), Value::Int(micros), Value::Int(milli_rate)] = items.as_slice()
-        else {
-            return None;
-        };
-        let after = gcra::from_micros(*micros as f64);
-        let rate = *milli_rate as f64 / 1000.0;
-        match code {
-            0 => Some(LimiterReply::Turn(Turn::Refused(after), rate)),
-            1 => Some(LimiterReply::Turn(Turn::Go(after), rate)),
-            2 | 3 => Some(LimiterReply::Rate(rate)),
-            _ => None,
-        }
-    }
-}
-
-/// The limiter script's reply, with the fleet's rate per second.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum LimiterReply {
-    /// A take's answer.
-    Turn(Turn, f64),
-    /// A throttle's or spent turns' acknowledgement.
-    Rate(f64),
-}
-
-/// The announcement script (`src/announce.lua`).
-struct AnnounceScript(LuaScript);
-
-impl AnnounceScript {
-    /// The fleet's size, if the reply is the script's.
-    fn reply(reply: Value) -> Option<u32> {
-        match reply {
-            Value::Array(items) => match items.as_slice() {
-                [Value::Int(size)] => Some(u32::try_from(*size).unwrap_or(1).max(1)),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-}
-
 /// Gives `quota`'s turns to the calls waiting in their flows, one at a
 /// time as the limiter (the fleet's or this replica's) has them, until no
 /// call waits.
@@ -577,36 +528,5 @@ mod tests {
         ] {
             assert!(bad.parse::<RateLimits>().is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn the_replies_of_the_scripts_read_back() {
-        let reply = Value::Array(vec![Value::Int(1), Value::Int(2500), Value::Int(40_000)]);
-        assert_eq!(
-            LimiterScript::reply(reply),
-            Some(LimiterReply::Turn(
-                Turn::Go(Duration::from_micros(2500)),
-                40.0
-            ))
-        );
-        let reply = Value::Array(vec![Value::Int(0), Value::Int(100_000), Value::Int(20_000)]);
-        assert_eq!(
-            LimiterScript::reply(reply),
-            Some(LimiterReply::Turn(
-                Turn::Refused(Duration::from_millis(100)),
-                20.0
-            ))
-        );
-        let reply = Value::Array(vec![Value::Int(3), Value::Int(0), Value::Int(20_000)]);
-        assert_eq!(LimiterScript::reply(reply), Some(LimiterReply::Rate(20.0)));
-        assert_eq!(
-            LimiterScript::reply(Value::Array(vec![Value::Int(1)])),
-            None
-        );
-        assert_eq!(
-            AnnounceScript::reply(Value::Array(vec![Value::Int(3)])),
-            Some(3)
-        );
-        assert_eq!(AnnounceScript::reply(Value::Int(3)), None);
     }
 }

@@ -22,9 +22,10 @@ use envoy_types::{
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
 use super::{
+    call::deadline,
     call::{CallContext, Decision},
     requirement::{Policy, Unmet, factor_name, mfa_name},
-    service::{ExtAuthzConfig, FacadeService, deadline},
+    service::{ExtAuthzConfig, FacadeService},
 };
 use crate::{
     base::metric_names,

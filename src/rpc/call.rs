@@ -7,10 +7,10 @@
 
 use std::{
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use tonic::codegen::http;
+use tonic::{Request, codegen::http};
 
 use crate::{
     base::caller::Caller, base::wire::Source, error::Error, token::pools::UserPoolId,
@@ -162,6 +162,53 @@ impl CallContext {
     }
 }
 
+/// We answer DEADLINE_EXCEEDED a little before the caller's deadline, so the
+/// answer (with its ErrorInfo) reaches the caller before its own timer fires
+/// and before tonic's `grpc-timeout` timer answers CANCELLED: 5% of the
+/// deadline, at least 2 ms (tokio timers tick in whole milliseconds) and at
+/// most 50 ms.
+const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(2);
+/// See [`DEADLINE_MARGIN_MIN`].
+const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(50);
+
+/// How much of the caller's `timeout` the upstream call may use.
+fn upstream_budget(timeout: Duration) -> Duration {
+    let margin = (timeout / 20).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
+    timeout.saturating_sub(margin)
+}
+
+/// The caller's deadline, less a margin so the answer beats its timer; none
+/// without a (readable, representable) `grpc-timeout`.
+pub(crate) fn deadline<T>(request: &Request<T>, arrived: Instant) -> Option<Instant> {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)?;
+    arrived.checked_add(upstream_budget(timeout))
+}
+
+/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u,
+/// n), per <https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>.
+/// Returns `None` for anything else; tonic ignores such values too.
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let split = value.len().checked_sub(1)?;
+    let (digits, unit) = value.split_at_checked(split)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +227,45 @@ mod tests {
         let mut extensions = http::Extensions::new();
         extensions.insert(Arc::clone(&context));
         assert!(Arc::ptr_eq(&CallContext::of(&extensions), &context));
+    }
+
+    #[test]
+    fn the_upstream_budget_leaves_a_bounded_margin() {
+        let ms = Duration::from_millis;
+        assert_eq!(upstream_budget(ms(1)), ms(0));
+        assert_eq!(upstream_budget(ms(20)), ms(18));
+        assert_eq!(upstream_budget(ms(300)), ms(285));
+        assert_eq!(upstream_budget(Duration::from_secs(5)), ms(4950));
+    }
+
+    #[test]
+    fn parses_every_grpc_timeout_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn refuses_malformed_grpc_timeouts() {
+        for value in [
+            "",
+            "S",
+            "100",
+            "123456789S",
+            "1.5S",
+            "-1S",
+            "10x",
+            "1é",
+            "é",
+        ] {
+            assert_eq!(parse_grpc_timeout(value), None, "{value:?}");
+        }
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
         GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
         identity_provider_service_server::IdentityProviderService,
     },
-    rpc::call::CallContext,
+    rpc::call::{CallContext, deadline},
     token::pools::UserPoolId,
     token::{self, AccessToken},
     upstream::{Answer, Cognito},
@@ -70,21 +70,6 @@ pub struct ExtAuthzConfig {
     /// Whether the `authorization` header is removed before the request
     /// goes upstream.
     pub remove_authorization: bool,
-}
-
-/// We answer DEADLINE_EXCEEDED a little before the caller's deadline, so the
-/// answer (with its ErrorInfo) reaches the caller before its own timer fires
-/// and before tonic's `grpc-timeout` timer answers CANCELLED: 5% of the
-/// deadline, at least 2 ms (tokio timers tick in whole milliseconds) and at
-/// most 50 ms.
-const DEADLINE_MARGIN_MIN: Duration = Duration::from_millis(2);
-/// See [`DEADLINE_MARGIN_MIN`].
-const DEADLINE_MARGIN_MAX: Duration = Duration::from_millis(50);
-
-/// How much of the caller's `timeout` the upstream call may use.
-fn upstream_budget(timeout: Duration) -> Duration {
-    let margin = (timeout / 20).clamp(DEADLINE_MARGIN_MIN, DEADLINE_MARGIN_MAX);
-    timeout.saturating_sub(margin)
 }
 
 /// The service implementation.
@@ -292,12 +277,16 @@ impl FacadeService {
         // background for the others.
         Ok(leader.run(async move {
             match (names, usable) {
+                // Boxed: the fleet's path is the larger state machine by
+                // far (45 KiB with it inline), and every flight, on the
+                // fleet or not, would be built and moved at that size.
                 (Some((fleet, names)), true) => {
-                    upstream
-                        .call_in(&fleet, &names, expires_at, &context, |caller| {
+                    Box::pin(
+                        upstream.call_in(&fleet, &names, expires_at, &context, |caller| {
                             service.permit(caller)
-                        })
-                        .await
+                        }),
+                    )
+                    .await
                 }
                 (names, _) => {
                     context.set_source(Source::Cognito);
@@ -350,17 +339,6 @@ impl FacadeService {
             Error::Overloaded
         })
     }
-}
-
-/// The caller's deadline, less a margin so the answer beats its timer; none
-/// without a (readable, representable) `grpc-timeout`.
-pub(crate) fn deadline<T>(request: &Request<T>, arrived: Instant) -> Option<Instant> {
-    let timeout = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_grpc_timeout)?;
-    arrived.checked_add(upstream_budget(timeout))
 }
 
 /// The flight's outcome; `None` if `deadline` passed first.
@@ -561,68 +539,4 @@ fn count_remembered(refusal: &Error, scope: &'static str) {
 /// cannot be one.
 fn metadata_value(id: &str) -> Option<MetadataValue<tonic::metadata::Ascii>> {
     id.parse().ok()
-}
-
-/// Parses a `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u,
-/// n), per <https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>.
-/// Returns `None` for anything else; tonic ignores such values too.
-pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let split = value.len().checked_sub(1)?;
-    let (digits, unit) = value.split_at_checked(split)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_upstream_budget_leaves_a_bounded_margin() {
-        let ms = Duration::from_millis;
-        assert_eq!(upstream_budget(ms(1)), ms(0));
-        assert_eq!(upstream_budget(ms(20)), ms(18));
-        assert_eq!(upstream_budget(ms(300)), ms(285));
-        assert_eq!(upstream_budget(Duration::from_secs(5)), ms(4950));
-    }
-
-    #[test]
-    fn parses_every_grpc_timeout_unit() {
-        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse_grpc_timeout("4S"), Some(Duration::from_secs(4)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
-        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
-    }
-
-    #[test]
-    fn refuses_malformed_grpc_timeouts() {
-        for value in [
-            "",
-            "S",
-            "100",
-            "123456789S",
-            "1.5S",
-            "-1S",
-            "10x",
-            "1é",
-            "é",
-        ] {
-            assert_eq!(parse_grpc_timeout(value), None, "{value:?}");
-        }
-    }
 }

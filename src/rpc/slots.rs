@@ -11,14 +11,19 @@
 
 use std::{
     collections::HashMap,
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
 };
 
 use tokio::sync::oneshot;
 
-use crate::base::{
-    caller::{Caller, Flow},
-    expiring::lock,
+use crate::{
+    base::{
+        caller::{Caller, Flow},
+        expiring::lock,
+    },
+    error::Error,
 };
 
 /// The slots and who holds them.
@@ -32,13 +37,13 @@ pub(crate) struct Slots {
 struct Held {
     used: usize,
     /// By caller: its weight, and its calls (oldest first).
-    callers: HashMap<Flow, (u32, Vec<Holding>)>,
+    callers: HashMap<Flow, (u32, Vec<HeldCall>)>,
     serial: u64,
 }
 
 /// One call's slot, as the slots know it: its serial, and the handle that
 /// sheds it.
-type Holding = (u64, oneshot::Sender<()>);
+type HeldCall = (u64, oneshot::Sender<()>);
 
 /// A slot held; dropped, it is given back.
 #[derive(Debug)]
@@ -52,20 +57,57 @@ pub(crate) struct Slot {
 
 impl Slot {
     /// `call`'s outcome, or `OVERLOADED` if the slot is taken back first.
-    pub(crate) async fn hold<T>(
-        mut self,
-        call: impl Future<Output = Result<T, crate::error::Error>>,
-    ) -> Result<T, crate::error::Error> {
-        // Pinned where it is: moved into `select!`, the call (a large
-        // future) would be held twice in this one's state.
-        tokio::pin!(call);
-        tokio::select! {
-            biased;
-            outcome = &mut call => outcome,
-            Ok(()) = &mut self.shed => {
+    /// The call is held in place, not copied into a state machine of its
+    /// own: it is the largest future of the path (bench/PROFILE.md).
+    pub(crate) fn hold<F, T>(self, call: F) -> Holding<F>
+    where
+        F: Future<Output = Result<T, Error>>,
+    {
+        Holding {
+            call,
+            slot: self,
+            unheard: true,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call held under its slot (see [`Slot::hold`]).
+    pub(crate) struct Holding<F> {
+        #[pin]
+        call: F,
+        slot: Slot,
+        // Until the shedding handle answers: a oneshot is not polled again.
+        unheard: bool,
+    }
+}
+
+impl<F, T> Future for Holding<F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.call.poll(cx) {
+            return Poll::Ready(outcome);
+        }
+        if !*this.unheard {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut this.slot.shed).poll(cx) {
+            Poll::Ready(Ok(())) => {
+                *this.unheard = false;
                 metrics::counter!(crate::base::metric_names::SHED).increment(1);
-                Err(crate::error::Error::Overloaded)
+                Poll::Ready(Err(Error::Overloaded))
             }
+            // The handle dropped unsent: the call goes on, unsheddable.
+            Poll::Ready(Err(_)) => {
+                *this.unheard = false;
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
