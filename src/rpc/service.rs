@@ -288,19 +288,7 @@ impl FacadeService {
                     )
                     .await
                 }
-                (names, _) => {
-                    context.set_source(Source::Cognito);
-                    let result = match permit {
-                        Some(slot) => slot.hold(upstream.call()).await,
-                        None => upstream.call().await,
-                    };
-                    // A revocation heard without the fleet is written once
-                    // Redis answers.
-                    if let Some((fleet, names)) = names {
-                        fleet.made_alone(&names, expires_at, &result);
-                    }
-                    result
-                }
+                (names, _) => upstream.alone(permit, names, expires_at, &context).await,
             }
         }))
     }
@@ -395,6 +383,28 @@ impl Upstream {
         traces::end_client_span(&self.trace, request_id, failure);
         record_upstream(&result, started.elapsed(), &self.region);
         result.map_err(Error::from)
+    }
+
+    /// The call, this replica's own (under `permit`, if it took one): with
+    /// the fleet's `names`, Redis away or its breaker open.
+    async fn alone(
+        self,
+        permit: Option<Slot>,
+        names: Option<(Fleet, Names)>,
+        expires_at: Option<SystemTime>,
+        context: &CallContext,
+    ) -> Result<Answer, Error> {
+        context.set_source(Source::Cognito);
+        let result = match permit {
+            Some(slot) => slot.hold(self.call()).await,
+            None => self.call().await,
+        };
+        // A revocation heard without the fleet is written once Redis
+        // answers.
+        if let Some((fleet, names)) = names {
+            fleet.made_alone(&names, expires_at, &result);
+        }
+        result
     }
 
     /// The call, for the whole fleet: another replica's answer if the fleet
