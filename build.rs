@@ -12,6 +12,8 @@ const PROTO_ROOT: &str = "proto";
 const SENSITIVE_MESSAGES: &[&str] = &[
     "cognito.idp.v1.GetUserAuthFactorsRequest",
     "cognito.idp.v1.GetUserAuthFactorsResponse",
+    "cognito.idp.v1.AdminGetUserAuthFactorsRequest",
+    "cognito.idp.v1.AdminGetUserAuthFactorsResponse",
 ];
 const PROTO_FILES: &[&str] = &["cognito/idp/v1/identity_provider.proto"];
 /// Envoy's ext_authz API, for reflection only (its Rust types come from the

@@ -164,6 +164,7 @@ async fn generate() -> Result<(), Box<dyn std::error::Error>> {
                     ..UpstreamConfig::default()
                 },
                 &Default::default(),
+                false,
                 None,
             )
             .await?,

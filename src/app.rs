@@ -149,8 +149,9 @@ impl Application {
             Quota::start(config.quota.clone(), store).map(|quota| quota as Arc<dyn AttemptPacer>);
         // Before binding: a missing region is a configuration error (exit 2),
         // not a port already in use.
+        let signed = !config.service.callers.admin.is_empty();
         let cognito =
-            Cognito::from_config(&config.upstream, &config.tokens.regions(), quota).await?;
+            Cognito::from_config(&config.upstream, &config.tokens.regions(), signed, quota).await?;
         let metrics = match (config.metrics_addr, recorder) {
             (Some(addr), Some(handle)) => {
                 let (listener, addr) = bind("metrics", addr).await?;

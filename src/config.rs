@@ -10,7 +10,7 @@ use crate::token::pools::is_region;
 // Every component's settings and defaults, so a user of the library (the
 // binary among them) finds them all here.
 pub use crate::{
-    base::caller::{CallerConfig, CallerWeights},
+    base::caller::{AdminCallers, CallerConfig, CallerWeights},
     base::telemetry::{DEFAULT_FILTER, LogFormat},
     economy::{DEFAULT_CACHE_MAX_ENTRIES, DEFAULT_REFUSAL_TTL, EconomyConfig},
     observability::{
@@ -127,6 +127,8 @@ pub const ENV_REFUSAL_TTL: &str = "COGNITO_FACADE_REFUSAL_TTL";
 pub const ENV_UPSTREAM_RATE_LIMIT: &str = "COGNITO_FACADE_UPSTREAM_RATE_LIMIT";
 /// Env var of `--caller-weight`.
 pub const ENV_CALLER_WEIGHT: &str = "COGNITO_FACADE_CALLER_WEIGHT";
+/// Env var of `--admin-callers`.
+pub const ENV_ADMIN_CALLERS: &str = "COGNITO_FACADE_ADMIN_CALLERS";
 /// Env var of `--trust-forwarded-client-cert`.
 pub const ENV_TRUST_FORWARDED_CLIENT_CERT: &str = "COGNITO_FACADE_TRUST_FORWARDED_CLIENT_CERT";
 /// Env var for `--upstream-queue-timeout`.
@@ -261,6 +263,11 @@ pub enum ConfigError {
     /// A fleet flag without `--redis-url`.
     #[error("--{0} is only used with --redis-url")]
     FleetFlagAlone(&'static str),
+    /// `--admin-callers` without a pool to ask about.
+    #[error(
+        "--admin-callers needs --user-pool-id: AdminGetUserAuthFactors answers only for the pools served"
+    )]
+    AdminWithoutPools,
     /// A fleet key flag other than `--fleet-key-file` without it.
     #[error("--{0} is only used with --fleet-key-file")]
     FleetKeyFlagAlone(&'static str),
@@ -351,6 +358,9 @@ impl Config {
             }
         }
         validate_bodies(&server.bodies)?;
+        if !self.service.callers.admin.is_empty() && self.tokens.pools.is_empty() {
+            return Err(ConfigError::AdminWithoutPools);
+        }
         validate_quota(&self.quota, up)?;
         if up.attempt_timeout > up.call_timeout {
             return Err(ConfigError::AttemptLongerThanCall {

@@ -28,24 +28,52 @@ impl fmt::Debug for GetUserAuthFactorsRequest {
     }
 }
 
-impl fmt::Debug for GetUserAuthFactorsResponse {
+impl fmt::Debug for AdminGetUserAuthFactorsRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetUserAuthFactorsResponse")
+        f.debug_struct("AdminGetUserAuthFactorsRequest")
+            .field("user_pool_id", &self.user_pool_id)
             .field("username", &REDACTED)
-            .field(
-                "preferred_mfa_setting",
-                &self
-                    .preferred_mfa_setting
-                    .map(|_| self.preferred_mfa_setting()),
-            )
-            .field(
-                "user_mfa_setting_list",
-                &self.user_mfa_setting_list().collect::<Vec<_>>(),
-            )
-            .field(
-                "configured_user_auth_factors",
-                &self.configured_user_auth_factors().collect::<Vec<_>>(),
-            )
             .finish()
+    }
+}
+
+/// The `Debug` of a response: the username redacted, the rest as it is.
+macro_rules! redacted_response_debug {
+    ($($message:ident),*) => {$(
+        impl fmt::Debug for $message {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($message))
+                    .field("username", &REDACTED)
+                    .field(
+                        "preferred_mfa_setting",
+                        &self
+                            .preferred_mfa_setting
+                            .map(|_| self.preferred_mfa_setting()),
+                    )
+                    .field(
+                        "user_mfa_setting_list",
+                        &self.user_mfa_setting_list().collect::<Vec<_>>(),
+                    )
+                    .field(
+                        "configured_user_auth_factors",
+                        &self.configured_user_auth_factors().collect::<Vec<_>>(),
+                    )
+                    .finish()
+            }
+        }
+    )*};
+}
+
+redacted_response_debug!(GetUserAuthFactorsResponse, AdminGetUserAuthFactorsResponse);
+
+impl From<GetUserAuthFactorsResponse> for AdminGetUserAuthFactorsResponse {
+    /// The same user's answer, as AdminGetUserAuthFactors returns it.
+    fn from(user: GetUserAuthFactorsResponse) -> Self {
+        Self {
+            username: user.username,
+            preferred_mfa_setting: user.preferred_mfa_setting,
+            user_mfa_setting_list: user.user_mfa_setting_list,
+            configured_user_auth_factors: user.configured_user_auth_factors,
+        }
     }
 }

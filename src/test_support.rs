@@ -17,6 +17,6 @@ pub use crate::{
     },
     quota::gcra::{Gcra, Params, SCRIPT, ScriptOp, Turn},
     server::listener::raise_fd_limit,
-    token::{MAX_TOKEN_BYTES, Refusal, TokenError, TokenSource, extract},
+    token::{MAX_TOKEN_BYTES, Refusal, TokenError, TokenSource, extract, user::UsernameError},
     upstream::Cognito,
 };

@@ -1,6 +1,8 @@
 //! A Cognito user-pools stand-in on loopback that speaks the real wire
 //! protocol (awsJson1.1: `X-Amz-Target`, `__type` error bodies,
-//! `x-amzn-RequestId`). Shared by the integration tests
+//! `x-amzn-RequestId`), and checks AdminGetUserAuthFactors' SigV4 signature
+//! with the AWS SDK's own signer, refusing a bad one as AWS does (`sigv4`).
+//! Shared by the integration tests
 //! (`tests/api/helpers.rs`) and the `cognito-standin` example binary; never
 //! part of the release binary.
 
@@ -21,8 +23,13 @@ use axum::{
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+#[path = "sigv4.rs"]
+pub(crate) mod sigv4;
+
 /// The `X-Amz-Target` of GetUserAuthFactors.
 pub(crate) const TARGET: &str = "AWSCognitoIdentityProviderService.GetUserAuthFactors";
+/// The `X-Amz-Target` of AdminGetUserAuthFactors.
+pub(crate) const ADMIN_TARGET: &str = "AWSCognitoIdentityProviderService.AdminGetUserAuthFactors";
 /// The awsJson1.1 content type.
 pub(crate) const AWS_JSON: &str = "application/x-amz-json-1.1";
 /// The username the stand-in answers with by default.
@@ -231,11 +238,20 @@ async fn handle(
         body: parsed.clone().unwrap_or(Value::Null),
         at: std::time::Instant::now(),
     };
+    // IAM-authorised: AWS checks the signature before the operation runs,
+    // and a refused request takes none of the replies set up for calls.
+    let refused = (received.target.as_deref() == Some(ADMIN_TARGET))
+        .then(|| sigv4::verify(&method, &uri, &headers, &body).err())
+        .flatten();
     let (reply, request_id) = {
         let mut shared = shared.lock().unwrap();
         shared.received.push(received.clone());
         shared.request_ids += 1;
-        let token = received.body["AccessToken"].as_str().unwrap_or_default();
+        // A token's calls, or a named user's, by its username.
+        let token = received.body["AccessToken"]
+            .as_str()
+            .or_else(|| received.body["Username"].as_str())
+            .unwrap_or_default();
         // Only the tokens a `first_of_token_prefix` names are counted.
         let first = shared
             .first_by_prefix
@@ -252,9 +268,8 @@ async fn handle(
             .iter()
             .find(|(prefix, _)| token.starts_with(prefix.as_str()))
             .map(|(_, reply)| reply.clone());
-        let reply = shared
-            .queue
-            .pop_front()
+        let reply = refused
+            .or_else(|| shared.queue.pop_front())
             .or(first)
             .or(by_prefix)
             .unwrap_or_else(|| shared.fallback.clone());
@@ -262,19 +277,26 @@ async fn handle(
     };
     // Refuse what real Cognito would refuse, so a client that drifts from the
     // protocol fails the tests.
-    let well_formed = method == Method::POST
-        && uri.path() == "/"
-        && received.target.as_deref() == Some(TARGET)
-        && received.content_type.as_deref() == Some(AWS_JSON)
-        && parsed
+    let is_string = |member: &str| {
+        parsed
             .as_ref()
-            .and_then(|v| v.get("AccessToken"))
-            .is_some_and(Value::is_string);
+            .and_then(|v| v.get(member))
+            .is_some_and(Value::is_string)
+    };
+    let posted = method == Method::POST
+        && uri.path() == "/"
+        && received.content_type.as_deref() == Some(AWS_JSON);
+    let well_formed = posted
+        && match received.target.as_deref() {
+            Some(TARGET) => is_string("AccessToken"),
+            Some(ADMIN_TARGET) => is_string("UserPoolId") && is_string("Username"),
+            _ => false,
+        };
     if !well_formed {
         let reply = Reply::error(
             400,
             "UnknownOperationException",
-            "stand-in: not a GetUserAuthFactors call",
+            "stand-in: not a GetUserAuthFactors or AdminGetUserAuthFactors call",
         );
         return respond(reply, &request_id).await;
     }

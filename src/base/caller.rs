@@ -33,6 +33,60 @@ pub struct CallerConfig {
     /// `--trust-forwarded-client-cert`: read the caller from
     /// `x-forwarded-client-cert` (when no client certificate names one).
     pub trust_forwarded_client_cert: bool,
+    /// `--admin-callers`: who may call AdminGetUserAuthFactors.
+    pub admin: AdminCallers,
+}
+
+/// `--admin-callers`: the identities allowed AdminGetUserAuthFactors; none
+/// (the default) turns it off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminCallers(Vec<Arc<str>>);
+
+impl AdminCallers {
+    /// Whether no caller is allowed (the RPC is off).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `caller` is allowed: its identity is named exactly. An
+    /// anonymous caller, or one whose identity is not fit to keep, never is.
+    pub(crate) fn allow(&self, caller: &Caller) -> bool {
+        caller
+            .identity
+            .as_deref()
+            .is_some_and(|identity| self.0.iter().any(|allowed| **allowed == *identity))
+    }
+}
+
+impl fmt::Display for AdminCallers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+impl FromStr for AdminCallers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut allowed: Vec<Arc<str>> = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            if name.is_empty() || !printable(name) || name.len() > MAX_IDENTITY_BYTES {
+                return Err(format!(
+                    "{name:?}: an identity is 1 to {MAX_IDENTITY_BYTES} printable ASCII characters"
+                ));
+            }
+            if name == ANONYMOUS || name == OTHER {
+                return Err(format!(
+                    "{name:?} is a label, not an identity: name the caller's SPIFFE ID, DNS name or CN"
+                ));
+            }
+            if allowed.iter().any(|known| **known == *name) {
+                return Err(format!("{name:?} is named twice"));
+            }
+            allowed.push(name.into());
+        }
+        Ok(Self(allowed))
+    }
 }
 
 /// `--caller-weight`: the callers named, each with its weight (every other
@@ -423,6 +477,32 @@ mod tests {
             "URI=",
         ] {
             assert!(forwarded_identity(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_admin_callers_named_are_allowed() {
+        let admin: AdminCallers = "spiffe://cluster.local/ns/support/sa/console, api.risk.svc"
+            .parse()
+            .unwrap();
+        let callers = Callers::new(&CallerWeights::default());
+        for (identity, allowed) in [
+            (Some("spiffe://cluster.local/ns/support/sa/console"), true),
+            (Some("api.risk.svc"), true),
+            (Some("api.risk.svc.evil"), false),
+            (Some("spiffe://cluster.local/ns/support/sa"), false),
+            (Some(""), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                admin.allow(&callers.caller(identity)),
+                allowed,
+                "{identity:?}"
+            );
+        }
+        assert!(!AdminCallers::default().allow(&callers.caller(Some("api.risk.svc"))));
+        for bad in ["", "a,,b", "a,a", "anonymous", "other", "caf\u{e9}"] {
+            assert!(bad.parse::<AdminCallers>().is_err(), "{bad:?}");
         }
     }
 

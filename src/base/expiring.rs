@@ -65,10 +65,10 @@ impl TokenKeyer {
         Ok(Self { key })
     }
 
-    /// The key of `token`.
-    pub(crate) fn key(&self, token: &str) -> TokenKey {
+    /// The key of `token` (or of any text keyed like one).
+    pub(crate) fn key(&self, token: impl AsRef<[u8]>) -> TokenKey {
         let mut key = [0u8; 32];
-        key.copy_from_slice(hmac::sign(&self.key, token.as_bytes()).as_ref());
+        key.copy_from_slice(hmac::sign(&self.key, token.as_ref()).as_ref());
         TokenKey(key)
     }
 }

@@ -13,12 +13,19 @@ use crate::proto::identity_provider_service_server;
 /// as health checks and request paths name it).
 pub const SERVICE_NAME: &str = identity_provider_service_server::SERVICE_NAME;
 
-/// The one RPC method. tonic generates no constant for a method name; a
-/// unit test checks this one against the compiled descriptor.
+/// The token RPC. tonic generates no constant for a method name; a unit
+/// test checks the methods named here against the compiled descriptor.
 pub(crate) const METHOD: &str = "GetUserAuthFactors";
 
 /// `service/method`, as RPC span names spell it.
 pub(crate) const METHOD_PATH: &str = "cognito.idp.v1.IdentityProviderService/GetUserAuthFactors";
+
+/// The RPC by pool and username, for the callers `--admin-callers` names.
+pub(crate) const ADMIN_METHOD: &str = "AdminGetUserAuthFactors";
+
+/// `service/method` of [`ADMIN_METHOD`].
+pub(crate) const ADMIN_METHOD_PATH: &str =
+    "cognito.idp.v1.IdentityProviderService/AdminGetUserAuthFactors";
 
 /// Largest request message accepted. A GetUserAuthFactorsRequest holds one
 /// token of at most 16 KiB; anything far larger is refused by tonic's
@@ -58,7 +65,7 @@ mod tests {
 
     use super::*;
 
-    /// The method named here is the one `proto/` defines, in the service
+    /// The methods named here are the ones `proto/` defines, in the service
     /// tonic generated.
     #[test]
     fn the_method_is_the_one_the_contract_defines() {
@@ -78,8 +85,12 @@ mod tests {
                 })
             })
             .collect();
-        assert_eq!(methods, [(SERVICE_NAME.to_owned(), METHOD.to_owned())]);
+        assert_eq!(
+            methods,
+            [METHOD, ADMIN_METHOD].map(|method| (SERVICE_NAME.to_owned(), method.to_owned()))
+        );
         assert_eq!(METHOD_PATH, format!("{SERVICE_NAME}/{METHOD}"));
+        assert_eq!(ADMIN_METHOD_PATH, format!("{SERVICE_NAME}/{ADMIN_METHOD}"));
     }
 }
 

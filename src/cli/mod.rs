@@ -276,6 +276,12 @@ pub(crate) struct Cli {
     #[arg(long, env = ENV_CALLER_WEIGHT, value_name = "WEIGHTS")]
     caller_weight: Option<CallerWeights>,
 
+    /// Callers allowed AdminGetUserAuthFactors: comma-separated identities (a SPIFFE ID, DNS name
+    /// or CN, as the caller's certificate or trusted forwarded header names it). Needs
+    /// --user-pool-id. Off by default: every caller gets PERMISSION_DENIED (CALLER_NOT_ALLOWED).
+    #[arg(long, env = ENV_ADMIN_CALLERS, value_name = "IDENTITIES")]
+    admin_callers: Option<AdminCallers>,
+
     /// Read the caller from `x-forwarded-client-cert` when no client certificate names one.
     /// Only safe behind a proxy that sets the header itself and strips it from outside callers
     /// (Envoy's `forward_client_cert_details: SANITIZE_SET`).
@@ -446,7 +452,6 @@ impl Cli {
         }
     }
 
-    /// The validated configuration (TLS files read and checked).
     /// The request bytes in flight and the body read timeout.
     fn body_limits(&self) -> BodyLimits {
         BodyLimits {
@@ -456,6 +461,23 @@ impl Cli {
         }
     }
 
+    /// The RPC's own settings: the slots, ext_authz, the callers.
+    fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            max_concurrent_requests: self.max_concurrent_requests,
+            ext_authz: ExtAuthzConfig {
+                username_header: self.ext_authz_username_header.clone().map(|h| h.0),
+                remove_authorization: self.ext_authz_remove_authorization,
+            },
+            callers: CallerConfig {
+                weights: self.caller_weight.clone().unwrap_or_default(),
+                trust_forwarded_client_cert: self.trust_forwarded_client_cert,
+                admin: self.admin_callers.clone().unwrap_or_default(),
+            },
+        }
+    }
+
+    /// The validated configuration (TLS files read and checked).
     pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let fleet = self.fleet_config()?;
         if fleet.is_none() && self.fleet_size_hint.is_some() {
@@ -485,17 +507,7 @@ impl Cli {
                 max_connections: self.max_connections,
                 bodies: self.body_limits(),
             },
-            service: ServiceConfig {
-                max_concurrent_requests: self.max_concurrent_requests,
-                ext_authz: ExtAuthzConfig {
-                    username_header: self.ext_authz_username_header.clone().map(|h| h.0),
-                    remove_authorization: self.ext_authz_remove_authorization,
-                },
-                callers: CallerConfig {
-                    weights: self.caller_weight.clone().unwrap_or_default(),
-                    trust_forwarded_client_cert: self.trust_forwarded_client_cert,
-                },
-            },
+            service: self.service_config(),
             upstream: self.upstream_config(),
             tokens: TokenConfig {
                 pools: self.user_pool_ids,

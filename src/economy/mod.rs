@@ -1,8 +1,10 @@
 //! Upstream-call economy: concurrent identical calls share one Cognito call
 //! (single flight), and an opt-in cache answers repeats for a short TTL.
 //!
-//! Both are keyed by the token's MAC (`crate::base::expiring`): the token itself
-//! is never a map key and never kept.
+//! Both are keyed by the token's MAC (`crate::base::expiring`), or for a user
+//! named by pool and username, by the MAC of those in a key space of their
+//! own (`Subject::keyed`): the token or username itself is never a map key
+//! and never kept.
 //!
 //! Layer 5, above `upstream`.
 //!
@@ -26,7 +28,7 @@ use crate::{
     base::metric_names,
     base::telemetry::Every,
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
-    token::{AccessToken, LONGEST_LIFETIME},
+    token::{LONGEST_LIFETIME, user::Subject},
     upstream::Answer,
 };
 
@@ -168,8 +170,8 @@ impl Economy {
         })
     }
 
-    fn key(&self, token: &AccessToken) -> TokenKey {
-        self.keyer.key(token.expose())
+    fn key(&self, subject: &Subject) -> TokenKey {
+        self.keyer.key(subject.keyed())
     }
 
     /// Whether answers or refusals are remembered (then a token's `exp`
@@ -180,19 +182,21 @@ impl Economy {
             || self.config.stale_if_error.is_some()
     }
 
-    /// Decides how the call for `token` gets its answer. An outcome it
-    /// leads to is remembered (a success in the cache, a definitive refusal
-    /// in refusal memory) until its TTL ends or `expires_at` (the token's
-    /// `exp`, asked for only when this call leads), whichever comes first.
+    /// Decides how the call for `subject` (a token's owner, or a user named
+    /// by pool and username) gets its answer. An outcome it leads to is
+    /// remembered (a success in the cache, a definitive refusal in refusal
+    /// memory) until its TTL ends or `expires_at` (the token's `exp`, asked
+    /// for only when this call leads; a named user has none), whichever
+    /// comes first.
     pub(crate) fn ticket(
         self: &Arc<Self>,
-        token: &AccessToken,
+        subject: &Subject,
         expires_at: impl FnOnce() -> Option<SystemTime>,
     ) -> Ticket {
         if !self.config.coalesce && !self.remembers() {
             return Ticket::Lead(self.leader(None, None));
         }
-        let key = self.key(token);
+        let key = self.key(subject);
         if self.config.cache_ttl.is_some()
             && let Some(answer) = self.cache.get(&key, Instant::now())
         {

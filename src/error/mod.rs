@@ -15,7 +15,10 @@ use std::{
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
-use crate::token::{Refusal, TokenError};
+use crate::token::{
+    Refusal, TokenError,
+    user::{USERNAME_FIELD, UsernameError},
+};
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "cognito-idp.amazonaws.com";
@@ -119,6 +122,24 @@ upstream_error_kinds! {
     /// The fleet's upstream rate limit (`--upstream-rate-limit`) gave the
     /// attempt no turn in time; Cognito was not called.
     RateLimited,
+    /// `AccessDeniedException`: IAM does not allow the service's own
+    /// credentials the operation (AdminGetUserAuthFactors).
+    AccessDenied,
+    /// `UnrecognizedClientException`: AWS does not know the service's
+    /// access key.
+    UnrecognizedClient,
+    /// `InvalidSignatureException` or `IncompleteSignatureException`: the
+    /// service's signature does not verify (a wrong secret key, or a clock
+    /// far off).
+    InvalidSignature,
+    /// `ExpiredTokenException`: the service's session credentials expired.
+    ExpiredToken,
+    /// `MissingAuthenticationTokenException`: the request reached AWS
+    /// unsigned.
+    MissingSignature,
+    /// The default credential chain gave the service no credentials
+    /// (none configured, or their source failed); Cognito was not called.
+    CredentialsUnavailable,
 }
 
 impl UpstreamErrorKind {
@@ -135,6 +156,11 @@ impl UpstreamErrorKind {
             "TooManyRequestsException" => Self::TooManyRequests,
             "ForbiddenException" => Self::Forbidden,
             "InternalErrorException" => Self::InternalError,
+            "AccessDeniedException" => Self::AccessDenied,
+            "UnrecognizedClientException" => Self::UnrecognizedClient,
+            "InvalidSignatureException" | "IncompleteSignatureException" => Self::InvalidSignature,
+            "ExpiredTokenException" => Self::ExpiredToken,
+            "MissingAuthenticationTokenException" => Self::MissingSignature,
             _ => return None,
         })
     }
@@ -159,6 +185,14 @@ impl UpstreamErrorKind {
             Self::BadResponse => (Code::Internal, "UPSTREAM_BAD_RESPONSE"),
             Self::RequestConstruction => (Code::Internal, "REQUEST_CONSTRUCTION_FAILED"),
             Self::RateLimited => (Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED"),
+            // The service's own credentials: not the caller's fault, and
+            // not PERMISSION_DENIED, which says the caller may not ask.
+            Self::AccessDenied => (Code::Internal, "SERVICE_ACCESS_DENIED"),
+            Self::UnrecognizedClient => (Code::Internal, "SERVICE_CREDENTIALS_UNRECOGNIZED"),
+            Self::InvalidSignature => (Code::Internal, "SERVICE_SIGNATURE_INVALID"),
+            Self::ExpiredToken => (Code::Internal, "SERVICE_CREDENTIALS_EXPIRED"),
+            Self::MissingSignature => (Code::Internal, "SERVICE_SIGNATURE_MISSING"),
+            Self::CredentialsUnavailable => (Code::Internal, "CREDENTIALS_UNAVAILABLE"),
         }
     }
 
@@ -183,7 +217,13 @@ impl UpstreamErrorKind {
             | Self::Timeout
             | Self::BadResponse
             | Self::RequestConstruction
-            | Self::RateLimited => false,
+            | Self::RateLimited
+            | Self::AccessDenied
+            | Self::UnrecognizedClient
+            | Self::InvalidSignature
+            | Self::ExpiredToken
+            | Self::MissingSignature
+            | Self::CredentialsUnavailable => false,
         }
     }
 
@@ -212,8 +252,16 @@ impl UpstreamErrorKind {
             | Self::OperationNotEnabled => KeptAnswer::Goes,
             // Neither: a WAF rule (perhaps on this replica's own address), a
             // code this version cannot judge, or this replica's own trouble
-            // building the request.
-            Self::Forbidden | Self::Unmodeled | Self::RequestConstruction => KeptAnswer::Stays,
+            // building or signing the request.
+            Self::Forbidden
+            | Self::Unmodeled
+            | Self::RequestConstruction
+            | Self::AccessDenied
+            | Self::UnrecognizedClient
+            | Self::InvalidSignature
+            | Self::ExpiredToken
+            | Self::MissingSignature
+            | Self::CredentialsUnavailable => KeptAnswer::Stays,
         }
     }
 
@@ -248,7 +296,13 @@ impl UpstreamErrorKind {
             | Self::Timeout
             | Self::BadResponse
             | Self::RequestConstruction
-            | Self::RateLimited => false,
+            | Self::RateLimited
+            | Self::AccessDenied
+            | Self::UnrecognizedClient
+            | Self::InvalidSignature
+            | Self::ExpiredToken
+            | Self::MissingSignature
+            | Self::CredentialsUnavailable => false,
         }
     }
 
@@ -276,6 +330,24 @@ impl UpstreamErrorKind {
             Self::RequestConstruction => "the request to Cognito could not be built",
             Self::RateLimited => {
                 "the fleet's rate limit for calls to Cognito is reached; retry later"
+            }
+            Self::AccessDenied => {
+                "IAM does not allow this service's AWS credentials the operation; the service is misconfigured"
+            }
+            Self::UnrecognizedClient => {
+                "AWS does not recognise this service's access key; the service is misconfigured"
+            }
+            Self::InvalidSignature => {
+                "AWS refused this service's request signature; the service is misconfigured"
+            }
+            Self::ExpiredToken => {
+                "this service's AWS session credentials have expired; the service is misconfigured"
+            }
+            Self::MissingSignature => {
+                "the request reached AWS unsigned; the service is misconfigured"
+            }
+            Self::CredentialsUnavailable => {
+                "this service has no AWS credentials (the default chain found none); the service is misconfigured"
             }
         }
     }
@@ -352,7 +424,7 @@ impl UpstreamError {
     }
 }
 
-/// Why a GetUserAuthFactors call failed.
+/// Why a call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request carried no usable access token.
@@ -386,6 +458,19 @@ pub enum Error {
     /// `x-forwarded-client-cert` cannot be read.
     #[error("x-forwarded-client-cert names no caller as Envoy writes it: {0}")]
     MalformedForwardedClientCert(&'static str),
+    /// AdminGetUserAuthFactors from a caller that `--admin-callers` does not
+    /// name.
+    #[error(
+        "this caller may not call AdminGetUserAuthFactors: the service's --admin-callers does not name it"
+    )]
+    CallerNotAllowed,
+    /// AdminGetUserAuthFactors for a pool that is not one of
+    /// `--user-pool-id`.
+    #[error("the user pool is not one this service serves")]
+    UserPoolNotAllowed,
+    /// AdminGetUserAuthFactors with a username Cognito would refuse.
+    #[error(transparent)]
+    InvalidUsername(#[from] UsernameError),
 }
 
 impl Error {
@@ -409,6 +494,9 @@ impl Error {
             Self::MalformedForwardedClientCert(_) => {
                 (Code::InvalidArgument, "MALFORMED_FORWARDED_CLIENT_CERT")
             }
+            Self::CallerNotAllowed => (Code::PermissionDenied, "CALLER_NOT_ALLOWED"),
+            Self::UserPoolNotAllowed => (Code::PermissionDenied, "USER_POOL_NOT_ALLOWED"),
+            Self::InvalidUsername(_) => (Code::InvalidArgument, "INVALID_USERNAME"),
         }
     }
 }
@@ -483,8 +571,14 @@ impl Error {
                 details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
                 (self.to_string(), details)
             }
-            Error::RequestTooLarge | Error::RequestBodyTimeout => {
-                (self.to_string(), ErrorDetails::new())
+            Error::RequestTooLarge
+            | Error::RequestBodyTimeout
+            | Error::CallerNotAllowed
+            | Error::UserPoolNotAllowed => (self.to_string(), ErrorDetails::new()),
+            Error::InvalidUsername(_) => {
+                let mut details = ErrorDetails::new();
+                details.add_bad_request_violation(USERNAME_FIELD, self.to_string());
+                (self.to_string(), details)
             }
             Error::MalformedForwardedClientCert(_) => {
                 let mut details = ErrorDetails::new();

@@ -48,7 +48,8 @@ pub(super) fn shareable(outcome: &Result<Answer, Error>) -> bool {
                 | K::PasswordResetRequired
                 | K::OperationNotEnabled => true,
                 // Not the token's fault: a WAF rule (perhaps on the leader's
-                // own address), or a code this version cannot judge.
+                // own address), a code this version cannot judge, or the
+                // leader's own credentials.
                 K::Forbidden
                 | K::Unmodeled
                 | K::TooManyRequests
@@ -58,7 +59,13 @@ pub(super) fn shareable(outcome: &Result<Answer, Error>) -> bool {
                 | K::Timeout
                 | K::BadResponse
                 | K::RequestConstruction
-                | K::RateLimited => false,
+                | K::RateLimited
+                | K::AccessDenied
+                | K::UnrecognizedClient
+                | K::InvalidSignature
+                | K::ExpiredToken
+                | K::MissingSignature
+                | K::CredentialsUnavailable => false,
             }
         }
         Err(_) => false,

@@ -341,6 +341,7 @@ mod tests {
 
     use super::super::{Fleet, FleetSettings, Joined};
     use crate::store::test_server::TestServer;
+    use crate::token::{AccessToken, user::Subject};
 
     fn settings() -> FleetSettings {
         FleetSettings {
@@ -352,8 +353,13 @@ mod tests {
         }
     }
 
+    fn names(fleet: &Fleet, token: &str) -> super::super::Names {
+        let subject = Subject::Token(AccessToken::for_tests(token));
+        fleet.names(&subject)
+    }
+
     async fn lead(fleet: &Fleet, token: &str) -> super::Lease {
-        match fleet.join(&fleet.names(token), None).await.0 {
+        match fleet.join(&names(fleet, token), None).await.0 {
             Joined::Lead(lease) => lease,
             Joined::Alone => panic!("alone"),
             Joined::Shared(..) => panic!("shared"),
@@ -381,7 +387,7 @@ mod tests {
         // Dropped unfinished (its task cancelled): released well before its
         // 30 s, so the next caller leads at once.
         let lease = lead(&fleet, "dropped").await;
-        let key = fleet.names("dropped").lease;
+        let key = names(&fleet, "dropped").lease;
         assert_ne!(server.command(&["EXISTS", &key]).await, Value::Int(0));
         drop(lease);
         until_gone(&server, &key).await;
@@ -389,7 +395,7 @@ mod tests {
         // Still held at shutdown (its call outlives the grace): released by
         // the drain, within the grace.
         let held = lead(&fleet, "held").await;
-        let key = fleet.names("held").lease;
+        let key = names(&fleet, "held").lease;
         let started = Instant::now();
         let left = fleet.drain(Duration::from_secs(1)).await;
         assert!(left > Duration::ZERO, "{:?}", started.elapsed());

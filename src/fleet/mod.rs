@@ -32,6 +32,7 @@ use crate::{
     base::wire::Source,
     error::Error,
     store::{Domain, FleetConfig, Store},
+    token::user::Subject,
     upstream::Answer,
 };
 
@@ -138,9 +139,15 @@ pub(crate) struct Names {
 }
 
 impl Names {
-    fn of(store: &Store, token: &str) -> Self {
-        let tag = store.keys().tag(Domain::Token, token.as_bytes());
-        let name = |suffix: &str| format!("cf:{{{tag}}}:{suffix}");
+    /// A token's names are `cf:{<tag>}:…`; a named user's, in a key space
+    /// of their own, `cf:u:{<tag>}:…`, the tag under its own domain.
+    fn of(store: &Store, subject: &Subject) -> Self {
+        let (domain, space) = match subject {
+            Subject::Token(_) => (Domain::Token, "cf:"),
+            Subject::User(..) => (Domain::User, "cf:u:"),
+        };
+        let tag = store.keys().tag(domain, &subject.keyed());
+        let name = |suffix: &str| format!("{space}{{{tag}}}:{suffix}");
         Self {
             answer: name("a"),
             refusal: name("m"),
@@ -199,9 +206,9 @@ impl Fleet {
         Self(state)
     }
 
-    /// The Redis names of `token`'s keys, and its tag.
-    pub(crate) fn names(&self, token: &str) -> Names {
-        Names::of(&self.0.store, token)
+    /// The Redis names of `subject`'s keys, and its tag.
+    pub(crate) fn names(&self, subject: &Subject) -> Names {
+        Names::of(&self.0.store, subject)
     }
 
     /// The store under the fleet (the rate limit shares it).

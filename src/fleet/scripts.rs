@@ -238,7 +238,8 @@ mod tests {
     async fn a_join_sent_again_leads_its_own_flight_and_a_revocation_stops_every_copy() {
         let server = TestServer::start();
         let store = server.store(|_| {}).await;
-        let names = Names::of(&store, "a token");
+        let token = crate::token::AccessToken::for_tests("a.token");
+        let names = Names::of(&store, &crate::token::user::Subject::Token(token));
         // The same join twice (a retry after a lost reply): the second
         // finds its own id in the lease and leads, never follows itself.
         let flight = new_flight_id();

@@ -268,19 +268,25 @@ impl Tracing {
         parent.with_span(span)
     }
 
-    /// Starts the client span of a call to Cognito, a child of `server`.
-    pub(crate) fn client_span(&self, server: &Context, region: &Arc<str>) -> Context {
+    /// Starts the client span of a call to Cognito's `operation`, a child
+    /// of `server`.
+    pub(crate) fn client_span(
+        &self,
+        server: &Context,
+        operation: &'static str,
+        region: &Arc<str>,
+    ) -> Context {
         let Some(export) = &self.export else {
             return server.clone();
         };
         let span = export
             .tracer
-            .span_builder("CognitoIdentityProvider/GetUserAuthFactors")
+            .span_builder(format!("CognitoIdentityProvider/{operation}"))
             .with_kind(SpanKind::Client)
             .with_attributes([
                 KeyValue::new("rpc.system", "aws-api"),
                 KeyValue::new("rpc.service", "CognitoIdentityProvider"),
-                KeyValue::new("rpc.method", "GetUserAuthFactors"),
+                KeyValue::new("rpc.method", operation),
                 KeyValue::new("cloud.region", Arc::clone(region)),
             ])
             .start_with_context(&export.tracer, server);

@@ -234,13 +234,22 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
             | UpstreamErrorKind::Timeout
             | UpstreamErrorKind::BadResponse
             | UpstreamErrorKind::RequestConstruction
-            | UpstreamErrorKind::RateLimited => None,
+            | UpstreamErrorKind::RateLimited
+            | UpstreamErrorKind::AccessDenied
+            | UpstreamErrorKind::UnrecognizedClient
+            | UpstreamErrorKind::InvalidSignature
+            | UpstreamErrorKind::ExpiredToken
+            | UpstreamErrorKind::MissingSignature
+            | UpstreamErrorKind::CredentialsUnavailable => None,
         },
         Error::Overloaded
         | Error::RequestTooLarge
         | Error::RequestBytesExhausted
         | Error::RequestBodyTimeout
-        | Error::MalformedForwardedClientCert(_) => None,
+        | Error::MalformedForwardedClientCert(_)
+        | Error::CallerNotAllowed
+        | Error::UserPoolNotAllowed
+        | Error::InvalidUsername(_) => None,
     };
     let status = err.to_status();
     let reason = err.status().1;

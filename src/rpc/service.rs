@@ -1,6 +1,7 @@
-//! The `cognito.idp.v1.IdentityProviderService` RPC: token in, Cognito's
-//! answer (or a precise status) out, with where the answer came from. The
-//! call's metrics and log line are written by `crate::server::observe`.
+//! The `cognito.idp.v1.IdentityProviderService` RPCs: a token (or, for the
+//! callers allowed, a pool and username) in, Cognito's answer (or a precise
+//! status) out, with where the answer came from. The call's metrics and log
+//! line are written by `crate::server::observe`.
 
 use std::{
     sync::Arc,
@@ -14,23 +15,25 @@ use crate::{
     base::expiring::{TokenKey, TokenKeyer},
     base::metric_names,
     base::wire::Source,
+    base::wire::{ADMIN_METHOD, METHOD},
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
     economy::{Economy, EconomyConfig, Flight, KeptCopy, Leader, Ticket, Wait},
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
     fleet::{Fleet, Joined, Lease, Names},
     observability::traces::{self, Tracing},
     proto::{
-        GetUserAuthFactorsRequest, GetUserAuthFactorsResponse,
-        identity_provider_service_server::IdentityProviderService,
+        AdminGetUserAuthFactorsRequest, AdminGetUserAuthFactorsResponse, GetUserAuthFactorsRequest,
+        GetUserAuthFactorsResponse, identity_provider_service_server::IdentityProviderService,
     },
     rpc::call::{CallContext, deadline},
     token::pools::UserPoolId,
+    token::user::{Subject, Username},
     token::{self, AccessToken},
     upstream::{Answer, Cognito},
     verify::{TokenGate, unverified_expiry},
 };
 
-use crate::base::caller::{Caller, CallerConfig, Callers};
+use crate::base::caller::{AdminCallers, Caller, CallerConfig, Callers};
 use crate::rpc::slots::{Slot, Slots};
 
 /// Default bound on concurrent upstream calls. Each costs a few KiB; a
@@ -90,6 +93,8 @@ pub(crate) struct FacadeService {
     ext_authz: Arc<ExtAuthzConfig>,
     /// What each identity counts as.
     callers: Arc<Callers>,
+    /// Who may call AdminGetUserAuthFactors.
+    admin: Arc<AdminCallers>,
 }
 
 impl FacadeService {
@@ -122,6 +127,7 @@ impl FacadeService {
             fleet,
             ext_authz: Arc::new(config.ext_authz.clone()),
             callers: Arc::new(Callers::new(&config.callers.weights)),
+            admin: Arc::new(config.callers.admin.clone()),
         }
     }
 
@@ -147,6 +153,31 @@ impl FacadeService {
         self.answer_for(token, deadline, context).await
     }
 
+    /// AdminGetUserAuthFactors' answer. Refused here, with no call to
+    /// Cognito, unless `--admin-callers` names the caller, the pool is one
+    /// served and Cognito would accept the username; then the same path as
+    /// a token's, keyed by pool and username.
+    async fn admin_call(
+        &self,
+        request: &Request<AdminGetUserAuthFactorsRequest>,
+        context: &Arc<CallContext>,
+    ) -> Result<Answer, Error> {
+        let deadline = deadline(request, context.arrived());
+        if !self.admin.allow(context.caller()) {
+            return Err(Error::CallerNotAllowed);
+        }
+        let asked = request.get_ref();
+        let pool = self
+            .gate
+            .served_pool(&asked.user_pool_id)
+            .ok_or(Error::UserPoolNotAllowed)?
+            .clone();
+        context.set_pool(pool.clone());
+        let user = Subject::User(pool.clone(), Username::parse(&asked.username)?);
+        self.economize(user, Some(pool), None, deadline, context)
+            .await
+    }
+
     /// The answer for `token`, by `deadline`: the path every way in (the
     /// RPC, Envoy's ext_authz) shares.
     pub(crate) async fn answer_for(
@@ -161,13 +192,30 @@ impl FacadeService {
         if let Some(pool) = &checked.pool {
             context.set_pool(pool.clone());
         }
+        let subject = Subject::Token(token);
+        self.economize(subject, checked.pool, checked.expires_at, deadline, context)
+            .await
+    }
+
+    /// The answer for `subject` (of `pool`, if known, and known to expire
+    /// at `expires_at`) by `deadline`, through the economy: the cache,
+    /// refusal memory, single flight, the fleet, then Cognito.
+    async fn economize(
+        &self,
+        subject: Subject,
+        pool: Option<UserPoolId>,
+        expires_at: Option<SystemTime>,
+        deadline: Option<Instant>,
+        context: &Arc<CallContext>,
+    ) -> Result<Answer, Error> {
         // Read from the token itself only when this call leads (its outcome
-        // may be remembered): no cost on a cache hit or for a follower.
-        let expires_at = || match checked.expires_at {
-            None if self.economy.remembers() => unverified_expiry(&token),
+        // may be remembered): no cost on a cache hit or for a follower. A
+        // named user has no `exp`: `--cache-ttl` alone bounds its answer.
+        let expires_at = || match expires_at {
+            None if self.economy.remembers() => subject.token().and_then(unverified_expiry),
             expires_at => expires_at,
         };
-        match self.economy.ticket(&token, expires_at) {
+        match self.economy.ticket(&subject, expires_at) {
             Ticket::Cached(answer) => {
                 context.set_source(Source::Cache);
                 Ok(answer)
@@ -184,15 +232,14 @@ impl FacadeService {
                 if let Some(span) = span.get() {
                     context.trace().span().add_link(span.clone(), Vec::new());
                 }
-                self.stale(Some(key), outcome, &checked.pool, context)
+                self.stale(Some(key), outcome, &pool, context)
             }
             Ticket::Lead(leader) => {
-                let pool = checked.pool.clone();
                 let key = leader.key();
                 let call = Call {
                     expires_at: leader.token_expires(),
-                    token,
-                    pool: checked.pool,
+                    subject,
+                    pool: pool.clone(),
                     deadline,
                 };
                 let flight = self.lead(leader, call, context)?;
@@ -251,7 +298,7 @@ impl FacadeService {
         // The token's names in the fleet: a revocation told by another
         // replica names its tag.
         let names = self.fleet.as_ref().map(|fleet| {
-            let names = fleet.names(call.token.expose());
+            let names = fleet.names(&call.subject);
             leader.share_as(names.tag());
             (fleet.clone(), names)
         });
@@ -293,22 +340,29 @@ impl FacadeService {
         }))
     }
 
-    /// The call to Cognito for the call's token, in its pool's region, with
-    /// its client span (which the flight's followers link to).
+    /// The call to Cognito for the call's subject, in its pool's region,
+    /// with its client span (which the flight's followers link to).
     fn upstream(&self, leader: &Leader, call: Call, context: &CallContext) -> Upstream {
         let region = self
             .cognito
             .region(call.pool.as_ref().map(UserPoolId::region))
             .cloned()
             .unwrap_or_else(|| Arc::from(""));
-        let trace = self.tracing.client_span(context.trace(), &region);
+        // Cognito's operations have the names of the RPCs that make them.
+        let operation = match &call.subject {
+            Subject::Token(_) => METHOD,
+            Subject::User(..) => ADMIN_METHOD,
+        };
+        let trace = self
+            .tracing
+            .client_span(context.trace(), operation, &region);
         let upstream_span = trace.span().span_context().clone();
         if upstream_span.is_valid() {
             leader.set_span(upstream_span);
         }
         Upstream {
             cognito: self.cognito.clone(),
-            token: call.token,
+            subject: call.subject,
             pool: call.pool,
             deadline: call.deadline,
             region,
@@ -341,7 +395,7 @@ async fn until(deadline: Option<Instant>, wait: Wait) -> Option<Result<Answer, E
 
 /// What a flight's leader knows of the call it makes.
 struct Call {
-    token: AccessToken,
+    subject: Subject,
     pool: Option<UserPoolId>,
     /// The token's `exp`, if known.
     expires_at: Option<SystemTime>,
@@ -353,7 +407,7 @@ struct Call {
 /// One call to Cognito, as a flight's leader makes it.
 struct Upstream {
     cognito: Cognito,
-    token: AccessToken,
+    subject: Subject,
     pool: Option<UserPoolId>,
     deadline: Option<Instant>,
     region: Arc<str>,
@@ -373,7 +427,7 @@ impl Upstream {
         let pool_region = self.pool.as_ref().map(UserPoolId::region);
         let result = self
             .cognito
-            .get_user_auth_factors(&self.token, pool_region, self.deadline, &self.caller)
+            .factors(&self.subject, pool_region, self.deadline, &self.caller)
             .with_context(self.trace.clone())
             .await;
         let (request_id, failure) = match &result {
@@ -478,6 +532,15 @@ impl IdentityProviderService for FacadeService {
         let context = CallContext::of(request.extensions());
         let result = self.call(&request, &context).await;
         answer(result, &context)
+    }
+
+    async fn admin_get_user_auth_factors(
+        &self,
+        request: Request<AdminGetUserAuthFactorsRequest>,
+    ) -> Result<Response<AdminGetUserAuthFactorsResponse>, Status> {
+        let context = CallContext::of(request.extensions());
+        let result = self.admin_call(&request, &context).await;
+        answer(result, &context).map(|response| response.map(Into::into))
     }
 }
 

@@ -26,7 +26,9 @@ use crate::{
     base::caller::{Caller, Callers, MalformedXfcc, forwarded_identity},
     base::metric_names,
     base::wire::Source,
-    base::wire::{METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA},
+    base::wire::{
+        ADMIN_METHOD, ADMIN_METHOD_PATH, METHOD, METHOD_PATH, SERVICE_NAME, SOURCE_METADATA,
+    },
     error::{Error, ErrorChain, code_name},
     observability::traces::{self, Tracing},
     rpc::call::CallContext,
@@ -100,7 +102,7 @@ const CHECK: &str = "Check";
 const CHECK_PATH: &str = "envoy.service.auth.v3.Authorization/Check";
 
 /// The methods a call can be labelled with (see [`rpc_method`]).
-const METHODS: [&str; 3] = [METHOD, CHECK, UNKNOWN_METHOD];
+const METHODS: [&str; 4] = [METHOD, ADMIN_METHOD, CHECK, UNKNOWN_METHOD];
 
 /// gRPC codes 0 (OK) to 16 (UNAUTHENTICATED).
 const CODES: usize = 17;
@@ -234,6 +236,7 @@ where
         let parent = self.tracing.extract(request.headers());
         let (service, name) = match method {
             METHOD => (SERVICE_NAME, METHOD_PATH),
+            ADMIN_METHOD => (SERVICE_NAME, ADMIN_METHOD_PATH),
             CHECK => (AUTHZ_SERVICE, CHECK_PATH),
             _ => (SERVICE_NAME, UNKNOWN_METHOD_PATH),
         };
@@ -486,10 +489,10 @@ fn rpc_method(path: &str) -> Option<&'static str> {
         .strip_prefix('/')?
         .strip_prefix(SERVICE_NAME)?
         .strip_prefix('/')?;
-    Some(if method == METHOD {
-        METHOD
-    } else {
-        UNKNOWN_METHOD
+    Some(match method {
+        METHOD => METHOD,
+        ADMIN_METHOD => ADMIN_METHOD,
+        _ => UNKNOWN_METHOD,
     })
 }
 
@@ -515,6 +518,10 @@ mod tests {
         assert_eq!(
             rpc_method("/cognito.idp.v1.IdentityProviderService/GetUserAuthFactors"),
             Some("GetUserAuthFactors")
+        );
+        assert_eq!(
+            rpc_method("/cognito.idp.v1.IdentityProviderService/AdminGetUserAuthFactors"),
+            Some("AdminGetUserAuthFactors")
         );
         assert_eq!(
             rpc_method("/cognito.idp.v1.IdentityProviderService/DropTables"),

@@ -28,6 +28,8 @@ const PART_HEADER: usize = KEY_ID_LEN + NONCE_LEN + 4;
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Domain {
     Token,
+    /// A user named by pool and username (AdminGetUserAuthFactors).
+    User,
     Label,
 }
 
@@ -100,6 +102,7 @@ impl Keyring {
         let mut context = hmac::Context::with_key(&self.naming);
         context.update(match domain {
             Domain::Token => b"token\0",
+            Domain::User => b"user\0",
             Domain::Label => b"label\0",
         });
         context.update(what);
@@ -242,6 +245,7 @@ mod tests {
             ring(2, None, None).tag(Domain::Token, token)
         );
         assert_ne!(old.tag(Domain::Token, b"x"), old.tag(Domain::Label, b"x"));
+        assert_ne!(old.tag(Domain::Token, b"x"), old.tag(Domain::User, b"x"));
         assert_eq!(old.tag(Domain::Token, token).len(), 64);
     }
 }

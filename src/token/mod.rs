@@ -2,11 +2,13 @@
 //! and a type that never prints it.
 //!
 //! Layer 2, above `base`; `pools` holds user pool ids and regions, as the
-//! token's issuer names them.
+//! token's issuer names them; `user` a user named by pool and username
+//! (AdminGetUserAuthFactors), and whose answer a call asks for.
 //!
-//! Files, lowest first: `pools`.
+//! Files, lowest first: `pools`, `user`.
 
 pub(crate) mod pools;
+pub(crate) mod user;
 
 use std::fmt;
 
@@ -37,6 +39,14 @@ impl AccessToken {
     /// The token text, to send to Cognito. Never log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+#[cfg(test)]
+impl AccessToken {
+    /// A token taken as it is, for unit tests of what holds one.
+    pub(crate) fn for_tests(text: &str) -> Self {
+        Self(text.to_owned())
     }
 }
 

@@ -3,9 +3,40 @@
 
 use super::*;
 
+/// What GetUserAuthFactors' and AdminGetUserAuthFactors' outputs both hold
+/// (the same four members in the model).
+pub(super) trait FactorsOutput {
+    fn username(&self) -> &str;
+    fn preferred_mfa_setting(&self) -> Option<&str>;
+    fn user_mfa_setting_list(&self) -> &[String];
+    fn configured_user_auth_factors(&self) -> &[SdkAuthFactor];
+}
+
+/// Implements [`FactorsOutput`] with each output's own accessors.
+macro_rules! factors_output {
+    ($($output:ty),*) => {$(
+        impl FactorsOutput for $output {
+            fn username(&self) -> &str {
+                self.username()
+            }
+            fn preferred_mfa_setting(&self) -> Option<&str> {
+                self.preferred_mfa_setting()
+            }
+            fn user_mfa_setting_list(&self) -> &[String] {
+                self.user_mfa_setting_list()
+            }
+            fn configured_user_auth_factors(&self) -> &[SdkAuthFactor] {
+                self.configured_user_auth_factors()
+            }
+        }
+    )*};
+}
+
+factors_output!(GetUserAuthFactorsOutput, AdminGetUserAuthFactorsOutput);
+
 /// SDK output to proto, the one place that does it. Values this version does
 /// not know become `*_UNSPECIFIED`, with a warning naming them.
-pub(super) fn to_proto(output: &GetUserAuthFactorsOutput) -> GetUserAuthFactorsResponse {
+pub(super) fn to_proto(output: &impl FactorsOutput) -> GetUserAuthFactorsResponse {
     GetUserAuthFactorsResponse {
         username: output.username().to_owned(),
         preferred_mfa_setting: output
@@ -86,10 +117,15 @@ pub(super) fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
 ///
 /// Never log the SDK error with `Debug` (or `DisplayErrorContext`, which ends
 /// in `Debug`): it holds the raw HTTP response, body and username included.
-/// Its `Display` chain is safe.
-pub(super) fn upstream_error(
-    err: SdkError<GetUserAuthFactorsError, HttpResponse>,
-) -> UpstreamError {
+/// Its `Display` chain is safe. `reason_code` reads an
+/// `InvalidParameterException`'s `reasonCode`.
+pub(super) fn upstream_error<E>(
+    err: SdkError<E, HttpResponse>,
+    reason_code: fn(&E) -> Option<&str>,
+) -> UpstreamError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
     let request_id = err.request_id().map(str::to_owned);
     let mut up = match &err {
         SdkError::ServiceError(context) => {
@@ -102,12 +138,13 @@ pub(super) fn upstream_error(
             let mut up = UpstreamError::new(kind);
             up.aws_error_code = aws_code.map(str::to_owned);
             up.message = service_err.message().map(str::to_owned);
-            if let GetUserAuthFactorsError::InvalidParameterException(invalid) = service_err {
-                up.reason_code = invalid.reason_code().map(Box::from);
-            }
+            up.reason_code = reason_code(service_err).map(Box::from);
             up
         }
         SdkError::TimeoutError(_) => UpstreamError::new(UpstreamErrorKind::Timeout),
+        _ if credentials_unavailable(&err) => {
+            UpstreamError::new(UpstreamErrorKind::CredentialsUnavailable)
+        }
         SdkError::DispatchFailure(failure) => {
             match failure.as_connector_error().and_then(no_turn) {
                 Some(retry_after) => UpstreamError::rate_limited(retry_after),
@@ -153,6 +190,30 @@ pub(super) fn no_turn(err: &ConnectorError) -> Option<Duration> {
     std::error::Error::source(err)
         .and_then(|source| source.downcast_ref::<NoTurn>())
         .map(|no_turn| no_turn.0)
+}
+
+/// Whether the default credential chain failed to give the request its
+/// credentials (none configured, or their source failed or timed out):
+/// the SDK reports it as its own failure to build or send the request.
+pub(super) fn credentials_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |err| err.source())
+        .any(|err| err.is::<aws_credential_types::provider::error::CredentialsError>())
+}
+
+/// The `reasonCode` of GetUserAuthFactors' `InvalidParameterException`.
+pub(super) fn token_reason_code(err: &GetUserAuthFactorsError) -> Option<&str> {
+    match err {
+        GetUserAuthFactorsError::InvalidParameterException(invalid) => invalid.reason_code(),
+        _ => None,
+    }
+}
+
+/// The `reasonCode` of AdminGetUserAuthFactors' `InvalidParameterException`.
+pub(super) fn admin_reason_code(err: &AdminGetUserAuthFactorsError) -> Option<&str> {
+    match err {
+        AdminGetUserAuthFactorsError::InvalidParameterException(invalid) => invalid.reason_code(),
+        _ => None,
+    }
 }
 
 /// Whether an I/O error (a reset, a connection closed mid-body) is anywhere

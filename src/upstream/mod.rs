@@ -1,5 +1,6 @@
-//! The only module that touches the AWS SDK: builds the Cognito client once,
-//! makes the GetUserAuthFactors call, and converts its output and errors.
+//! The only module that touches the AWS SDK: builds the Cognito clients
+//! once, makes the GetUserAuthFactors and AdminGetUserAuthFactors calls, and
+//! converts their output and errors.
 //!
 //! Layer 4, above `error`. `convert` turns the SDK's output into the proto
 //! and its errors into the table; the pacing of attempts under the rate
@@ -16,9 +17,12 @@ use aws_config::{
 };
 use aws_sdk_cognitoidentityprovider::{
     Client,
-    error::{ProvideErrorMetadata as _, SdkError},
+    error::{ProvideErrorMetadata, SdkError},
     operation::{
         RequestId as _,
+        admin_get_user_auth_factors::{
+            AdminGetUserAuthFactorsError, AdminGetUserAuthFactorsOutput,
+        },
         get_user_auth_factors::{GetUserAuthFactorsError, GetUserAuthFactorsOutput},
     },
     types::AuthFactorType as SdkAuthFactor,
@@ -50,14 +54,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use self::convert::{to_proto, upstream_error};
+use self::convert::{
+    FactorsOutput, admin_reason_code, to_proto, token_reason_code, upstream_error,
+};
 use crate::{
     base::caller::Caller,
     base::expiring::{RandomError, TokenKeyer},
     base::metric_names,
     error::{UpstreamError, UpstreamErrorKind},
     proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
-    token::AccessToken,
+    token::{AccessToken, user::Subject},
 };
 
 /// Default TCP+TLS connect timeout to Cognito: a regional endpoint connects in
@@ -261,6 +267,9 @@ pub struct Cognito {
     default: Option<RegionalClient>,
     /// The client of each region a configured pool lives in.
     by_region: Arc<HashMap<String, RegionalClient>>,
+    /// With AdminGetUserAuthFactors on, the client of each pool's region
+    /// that signs with the service's own credentials (the default chain).
+    signed: Arc<HashMap<String, RegionalClient>>,
     /// With a pacer (a rate limit), what tells the callers apart.
     paced: Option<TokenKeyer>,
     /// The bound of a whole call (`--call-timeout`).
@@ -277,13 +286,17 @@ impl Cognito {
     /// Builds a client for the default region (the flag, then aws-config's
     /// standard chain: env vars, profile files) and one for each region in
     /// `pool_regions`, with `config`'s overrides. Without pools, a default
-    /// region is required. GetUserAuthFactors is `noAuth` in the model, so no
-    /// credentials are loaded, and the region chain deliberately skips the
-    /// instance metadata service: start-up never waits on the network.
-    /// With a `pacer`, every HTTP attempt takes its turn from it.
+    /// region is required. GetUserAuthFactors is `noAuth` in the model, so
+    /// its clients load no credentials, and the region chain deliberately
+    /// skips the instance metadata service: start-up never waits on the
+    /// network. With `signed` (AdminGetUserAuthFactors on), each pool's
+    /// region also gets a client that signs with the default credential
+    /// chain, which loads credentials on the first call, not here. With a
+    /// `pacer`, every HTTP attempt takes its turn from it.
     pub async fn from_config(
         config: &UpstreamConfig,
         pool_regions: &BTreeSet<String>,
+        signed: bool,
         pacer: Option<Arc<dyn AttemptPacer>>,
     ) -> Result<Self, SetupError> {
         let default_region = RegionProviderChain::first_try(config.region.clone().map(Region::new))
@@ -294,12 +307,21 @@ impl Cognito {
         if default_region.is_none() && pool_regions.is_empty() {
             return Err(SetupError::NoRegion);
         }
-        let shared = sdk_config(config).await;
+        let shared = sdk_config(config, None).await;
+        // The credential chain's own calls (STS for web identity) go to the
+        // default region, else a pool's.
+        let chain_region = default_region
+            .clone()
+            .or_else(|| pool_regions.first().cloned().map(Region::new));
+        let with_credentials = match (signed, chain_region) {
+            (true, Some(region)) => Some(sdk_config(config, Some(region)).await),
+            _ => None,
+        };
         // One connection pool for every region, as the SDK's own client.
         let inner = pacer.as_ref().map(|_| https_client());
-        let client_for = |region: &str| {
+        let client_for = |shared: &aws_config::SdkConfig, region: &str| {
             let region_name: Arc<str> = region.into();
-            let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(&shared)
+            let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(shared)
                 .region(Region::new(region.to_owned()))
                 .interceptor(Attempts {
                     region: Arc::clone(&region_name),
@@ -326,13 +348,20 @@ impl Cognito {
                 None => None,
             },
             call_timeout: config.call_timeout,
-            default: default_region.map(|region| client_for(region.as_ref())),
+            default: default_region.map(|region| client_for(&shared, region.as_ref())),
             by_region: Arc::new(
                 pool_regions
                     .iter()
-                    .map(|region| (region.clone(), client_for(region)))
+                    .map(|region| (region.clone(), client_for(&shared, region)))
                     .collect(),
             ),
+            signed: Arc::new(match &with_credentials {
+                Some(signing) => pool_regions
+                    .iter()
+                    .map(|region| (region.clone(), client_for(signing, region)))
+                    .collect(),
+                None => HashMap::new(),
+            }),
         })
     }
 
@@ -350,8 +379,8 @@ impl Cognito {
     }
 
     /// Calls GetUserAuthFactors with `token`, in the region of its pool
-    /// (`pool_region`) or, for `None`, the default region. Under a rate
-    /// limit, no attempt waits for its turn past `deadline`.
+    /// (`pool_region`) or, for `None`, the default region: [`Self::factors`]
+    /// for a token's owner (the benchmarks' way in to the SDK alone).
     pub async fn get_user_auth_factors(
         &self,
         token: &AccessToken,
@@ -359,55 +388,112 @@ impl Cognito {
         deadline: Option<Instant>,
         caller: &Caller,
     ) -> Result<Answer, UpstreamError> {
-        // Validated configuration builds a client for every pool's region and
-        // a default one whenever there are no pools.
-        let Some(regional) = self.client(pool_region) else {
-            return Err(UpstreamError::new(UpstreamErrorKind::RequestConstruction));
-        };
-        let send = regional
-            .client
-            .get_user_auth_factors()
-            .access_token(token.expose())
-            .send();
-        let output = if let Some(callers) = &self.paced {
-            let timeout = Instant::now() + self.call_timeout;
-            let call = PacedCall {
-                who: caller.clone(),
-                deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
-                caller: callers.key(token.expose()).short(),
-            };
-            PACED_CALL.scope(call, send).await
-        } else {
-            send.await
-        };
-        let output = output.map_err(upstream_error)?;
-        // The model requires a username of 1 to 128 characters; the SDK lets
-        // an absent one through as "".
-        if output.username().is_empty() {
-            let mut err = UpstreamError::new(UpstreamErrorKind::BadResponse);
-            err.request_id = output.request_id().map(str::to_owned);
-            return Err(err);
+        let subject = Subject::Token(token.clone());
+        self.factors(&subject, pool_region, deadline, caller).await
+    }
+
+    /// Asks Cognito for `subject`'s factors: GetUserAuthFactors with a
+    /// token, in the region of its pool (`pool_region`) or, for `None`, the
+    /// default region; AdminGetUserAuthFactors, signed, for a user named by
+    /// pool and username. Under a rate limit, no attempt waits for its turn
+    /// past `deadline`.
+    pub(crate) async fn factors(
+        &self,
+        subject: &Subject,
+        pool_region: Option<&str>,
+        deadline: Option<Instant>,
+        caller: &Caller,
+    ) -> Result<Answer, UpstreamError> {
+        // Validated configuration builds a client for every pool's region
+        // (signing ones with AdminGetUserAuthFactors on) and a default one
+        // whenever there are no pools.
+        let unbuilt = || UpstreamError::new(UpstreamErrorKind::RequestConstruction);
+        match subject {
+            Subject::Token(token) => {
+                let regional = self.client(pool_region).ok_or_else(unbuilt)?;
+                let send = regional
+                    .client
+                    .get_user_auth_factors()
+                    .access_token(token.expose())
+                    .send();
+                let output = self.paced(send, subject, deadline, caller).await;
+                answer(output.map_err(|err| upstream_error(err, token_reason_code))?)
+            }
+            Subject::User(pool, username) => {
+                let regional = self.signed.get(pool.region()).ok_or_else(unbuilt)?;
+                let send = regional
+                    .client
+                    .admin_get_user_auth_factors()
+                    .user_pool_id(pool.as_str())
+                    .username(username.expose())
+                    .send();
+                let output = self.paced(send, subject, deadline, caller).await;
+                answer(output.map_err(|err| upstream_error(err, admin_reason_code))?)
+            }
         }
-        Ok(Answer {
-            request_id: output.request_id().map(str::to_owned),
-            response: to_proto(&output),
-            fresh_until: None,
-            kept_since: None,
-            given_at: None,
-        })
+    }
+
+    /// `send`, each attempt under the rate limit (if there is one) as
+    /// `caller`'s call for `subject`, none waiting past `deadline`.
+    async fn paced<T>(
+        &self,
+        send: impl Future<Output = T>,
+        subject: &Subject,
+        deadline: Option<Instant>,
+        caller: &Caller,
+    ) -> T {
+        let Some(callers) = &self.paced else {
+            return send.await;
+        };
+        let timeout = Instant::now() + self.call_timeout;
+        let call = PacedCall {
+            who: caller.clone(),
+            deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
+            caller: callers.key(&subject.keyed()).short(),
+        };
+        PACED_CALL.scope(call, send).await
     }
 }
 
-/// The settings every regional client shares: no credentials (the
-/// operation is `noAuth`), `config`'s timeouts and standard retries.
-async fn sdk_config(config: &UpstreamConfig) -> aws_config::SdkConfig {
+/// Cognito's answer, ready for the caller. The model requires a username of
+/// 1 to 128 characters; the SDK lets an absent one through as "".
+fn answer<O: FactorsOutput + aws_sdk_cognitoidentityprovider::operation::RequestId>(
+    output: O,
+) -> Result<Answer, UpstreamError> {
+    let request_id = output.request_id().map(str::to_owned);
+    if output.username().is_empty() {
+        let mut err = UpstreamError::new(UpstreamErrorKind::BadResponse);
+        err.request_id = request_id;
+        return Err(err);
+    }
+    Ok(Answer {
+        request_id,
+        response: to_proto(&output),
+        fresh_until: None,
+        kept_since: None,
+        given_at: None,
+    })
+}
+
+/// The settings every regional client shares: `config`'s timeouts and
+/// standard retries, and no credentials (GetUserAuthFactors is `noAuth`)
+/// or, with a `chain_region`, the default credential chain (environment,
+/// profile, web identity, EKS Pod Identity, ECS, IMDS), whose own calls go
+/// to that region. The chain loads nothing until a call signs.
+async fn sdk_config(
+    config: &UpstreamConfig,
+    chain_region: Option<Region>,
+) -> aws_config::SdkConfig {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(config.connect_timeout)
         .operation_attempt_timeout(config.attempt_timeout)
         .operation_timeout(config.call_timeout)
         .build();
-    aws_config::defaults(BehaviorVersion::latest())
-        .no_credentials()
+    let loader = match chain_region {
+        Some(region) => aws_config::defaults(BehaviorVersion::latest()).region(region),
+        None => aws_config::defaults(BehaviorVersion::latest()).no_credentials(),
+    };
+    loader
         .timeout_config(timeouts)
         .retry_config(
             RetryConfig::standard()
@@ -499,12 +585,17 @@ impl Intercept for Attempts {
 
 /// Whether an attempt ended in Cognito's `TooManyRequestsException`.
 fn throttled(context: &FinalizerInterceptorContextRef<'_>) -> bool {
+    let Some(Err(err)) = context.output_or_error() else {
+        return false;
+    };
+    let Some(err) = err.as_operation_error() else {
+        return false;
+    };
     matches!(
-        context.output_or_error(),
-        Some(Err(err)) if matches!(
-            err.as_operation_error()
-                .and_then(|err| err.downcast_ref::<GetUserAuthFactorsError>()),
-            Some(GetUserAuthFactorsError::TooManyRequestsException(_))
-        )
+        err.downcast_ref::<GetUserAuthFactorsError>(),
+        Some(GetUserAuthFactorsError::TooManyRequestsException(_))
+    ) || matches!(
+        err.downcast_ref::<AdminGetUserAuthFactorsError>(),
+        Some(AdminGetUserAuthFactorsError::TooManyRequestsException(_))
     )
 }

@@ -174,6 +174,12 @@ impl TokenGate {
         }
     }
 
+    /// The configured pool whose id is `id`, if it is one: the pools
+    /// AdminGetUserAuthFactors answers for.
+    pub(crate) fn served_pool(&self, id: &str) -> Option<&UserPoolId> {
+        self.issuers.values().find(|pool| pool.as_str() == id)
+    }
+
     /// Starts fetching every pool's keys in the background (start-up never
     /// waits for them).
     pub(crate) fn prefetch(&self) {

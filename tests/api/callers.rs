@@ -15,16 +15,14 @@ use std::{
 use cognito_facade::proto::{
     GetUserAuthFactorsRequest, identity_provider_service_client::IdentityProviderServiceClient,
 };
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair, SanType};
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity},
-};
+use rcgen::SanType;
+use tonic::{Code, transport::Channel};
 use tonic_types::StatusExt as _;
 
 use crate::{
     fleet::{key_file, replica},
     helpers::{Reply, Running, StandIn, sample, scrape},
+    pki::{Pki, mtls},
     quota::until_they_know_the_fleets_size,
     servers::Redis,
 };
@@ -149,82 +147,22 @@ async fn a_forwarded_client_cert_names_the_caller_only_when_trusted_and_a_bad_on
     assert_eq!(callers_logged(&mut ignoring), ["anonymous", "anonymous"]);
 }
 
-/// A CA and client certificates made now, in `dir`.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        Self {
-            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    /// A leaf with `sans` and subject CN `cn`: its PEM and key.
-    fn leaf(&self, sans: Vec<SanType>, cn: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// A mutual-TLS channel to `addr` with the client certificate `client`.
-async fn mtls(addr: SocketAddr, pki: &Pki, client: &(String, String)) -> Channel {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.ca.pem()))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&client.0, &client.1));
-    Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_client_certificate_names_the_caller_by_uri_then_dns_then_cn() {
     let pki = Pki::new();
-    let dir = std::env::temp_dir().join(format!("cognito-facade-mtls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let server = pki.leaf(
-        vec![
-            SanType::DnsName("localhost".try_into().unwrap()),
-            SanType::IpAddress([127, 0, 0, 1].into()),
-        ],
-        "facade",
-    );
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let (cert, key, ca) = (
-        write("server.pem", &server.0),
-        write("server.key", &server.1),
-        write("ca.pem", &pki.ca.pem()),
-    );
+    let (dir, tls) = pki.server_args("mtls");
     let stand_in = StandIn::start().await;
     // The certificate wins over a forwarded header, trusted or not.
     let mut running = Running::against(
         &stand_in,
         &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-            "--trust-forwarded-client-cert",
-            "true",
-        ],
+            tls.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+            &["--trust-forwarded-client-cert", "true"],
+        ]
+        .concat(),
         &[],
     );
     let clients = [

@@ -8,7 +8,7 @@ use std::{
 
 use cognito_facade::test_support::{
     ERROR_DOMAIN, Error, Refusal, TokenError, TokenSource, UpstreamError, UpstreamErrorKind,
-    code_name,
+    UsernameError, code_name,
 };
 use serde_json::json;
 use tonic::Code;
@@ -479,6 +479,9 @@ fn every_tabled_error() -> Vec<Error> {
         Error::RequestBytesExhausted,
         Error::RequestBodyTimeout,
         Error::MalformedForwardedClientCert("it is empty"),
+        Error::CallerNotAllowed,
+        Error::UserPoolNotAllowed,
+        Error::InvalidUsername(UsernameError::Missing),
     ]);
     errors
 }
@@ -551,7 +554,10 @@ fn the_readme_retry_column_agrees_with_the_service() {
             | Error::Refused(_)
             | Error::RequestTooLarge
             | Error::RequestBodyTimeout
-            | Error::MalformedForwardedClientCert(_) => false,
+            | Error::MalformedForwardedClientCert(_)
+            | Error::CallerNotAllowed
+            | Error::UserPoolNotAllowed
+            | Error::InvalidUsername(_) => false,
         };
         assert_eq!(retry[reason], transient, "the retry cell of {reason}");
         if err.to_status().get_details_retry_info().is_some() {

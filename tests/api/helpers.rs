@@ -25,7 +25,10 @@ use tonic::transport::Channel;
 #[allow(dead_code)]
 #[path = "../../examples/cognito-standin/standin.rs"]
 mod standin;
-pub(crate) use standin::{AWS_JSON, Reply, StandIn, TARGET, USERNAME};
+pub(crate) use standin::{
+    ADMIN_TARGET, AWS_JSON, Reply, StandIn, TARGET, USERNAME,
+    sigv4::{ACCESS_KEY_ID, EXPIRED_SESSION_TOKEN, SECRET_ACCESS_KEY},
+};
 
 /// A token that passes validation.
 pub(crate) const TOKEN: &str =

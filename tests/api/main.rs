@@ -1,5 +1,6 @@
 //! Integration tests: the real server on loopback against a Cognito stand-in.
 
+mod admin;
 mod bad_day;
 mod binary;
 mod bodies;
@@ -23,6 +24,7 @@ mod mesh;
 mod moto;
 mod observe;
 mod operations;
+mod pki;
 mod quota;
 mod reflection;
 mod revocation;

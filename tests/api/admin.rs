@@ -1,0 +1,527 @@
+//! AdminGetUserAuthFactors: the release binary over real mutual TLS against
+//! the stand-in, which checks every request's SigV4 signature with the AWS
+//! SDK's own signer. Who may ask, the pools served, the username's rules,
+//! the service's own credentials (present, wrong, expired, absent), every
+//! row of the error table, single flight alone and across a fleet, and a
+//! username that never reaches a log line.
+
+use std::time::{Duration, Instant};
+
+use cognito_facade::proto::{
+    AdminGetUserAuthFactorsRequest, AuthFactorType, MfaType,
+    identity_provider_service_client::IdentityProviderServiceClient,
+};
+use serde_json::Value;
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt as _;
+
+use crate::{
+    fleet::{key_file, source_of},
+    helpers::{
+        ACCESS_KEY_ID, ADMIN_TARGET, EXPIRED_SESSION_TOKEN, Reply, Running, SECRET_ACCESS_KEY,
+        StandIn, USERNAME, request, sample, scrape,
+    },
+    jwt::{SigningKey, access_claims},
+    pki::{Pki, mtls},
+    servers::{Redis, scratch_dir},
+};
+
+/// The pool served.
+const POOL: &str = "eu-west-1_AdminPool1";
+/// The caller allowed, and one that is not.
+const SUPPORT: &str = "spiffe://cluster.local/ns/support/sa/console";
+const BATCH: &str = "spiffe://cluster.local/ns/batch/sa/reindex";
+/// The user asked about: personal data, never in a log line.
+const ASKED: &str = "zoë.lookup@example.com";
+/// The header a trusted proxy names the caller in.
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// The stand-in's key pair, as the environment gives it to the default chain.
+const CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+    ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+];
+
+/// A request for `username` in `pool`.
+fn asking(pool: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
+    tonic::Request::new(AdminGetUserAuthFactorsRequest {
+        user_pool_id: pool.to_owned(),
+        username: username.to_owned(),
+    })
+}
+
+/// The same, from `caller` as a trusted proxy names it.
+fn forwarded(caller: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
+    let mut request = asking(POOL, username);
+    let xfcc = format!("URI={caller}").parse().unwrap();
+    request.metadata_mut().insert(XFCC, xfcc);
+    request
+}
+
+/// The binary serving [`POOL`] to [`SUPPORT`] (named by a trusted
+/// `x-forwarded-client-cert`), with `envs` for its credentials.
+fn behind_a_proxy(stand_in: &StandIn, args: &[&str], envs: &[(&str, &str)]) -> Running {
+    let mut all = vec![
+        "--user-pool-id",
+        POOL,
+        "--verify-tokens=false",
+        "--admin-callers",
+        SUPPORT,
+        "--trust-forwarded-client-cert",
+        "true",
+        "--max-attempts",
+        "1",
+    ];
+    all.extend_from_slice(args);
+    Running::against(stand_in, &all, envs)
+}
+
+/// The status's code and ErrorInfo reason.
+fn reason(status: &tonic::Status) -> (Code, String) {
+    let info = status
+        .get_details_error_info()
+        .expect("every error carries ErrorInfo");
+    (status.code(), info.reason)
+}
+
+/// How many AdminGetUserAuthFactors calls reached the stand-in.
+fn admin_calls(stand_in: &StandIn) -> usize {
+    stand_in
+        .received()
+        .iter()
+        .filter(|r| r.target.as_deref() == Some(ADMIN_TARGET))
+        .count()
+}
+
+async fn client(addr: std::net::SocketAddr) -> IdentityProviderServiceClient<Channel> {
+    crate::fleet::client(addr).await
+}
+
+#[tokio::test]
+async fn over_mtls_an_allowed_caller_gets_the_answer_and_no_one_else_reaches_cognito() {
+    let pki = Pki::new();
+    let (dir, tls) = pki.server_args("admin");
+    let stand_in = StandIn::start().await;
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["--user-pool-id", POOL, "--verify-tokens=false"]);
+    args.extend(["--admin-callers", SUPPORT]);
+    let mut running = Running::against(&stand_in, &args, &CREDENTIALS);
+    let metrics = running.wait_for_addr("serving metrics");
+    let support = pki.client(SUPPORT);
+    let mut allowed = IdentityProviderServiceClient::new(mtls(running.addr, &pki, &support).await);
+
+    let answer = allowed
+        .admin_get_user_auth_factors(asking(POOL, ASKED))
+        .await
+        .expect("an allowed caller gets the answer");
+    assert_eq!(source_of(answer.metadata()), "cognito");
+    assert!(answer.metadata().get("x-amzn-requestid").is_some());
+    let user = answer.into_inner();
+    assert_eq!(user.username, USERNAME);
+    assert_eq!(user.preferred_mfa_setting(), MfaType::SoftwareTokenMfa);
+    assert!(
+        user.configured_user_auth_factors()
+            .any(|f| f == AuthFactorType::WebAuthn)
+    );
+    // Cognito got the pool and the username, signed by the service's key
+    // (the stand-in verified the signature).
+    let received = stand_in.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].target.as_deref(), Some(ADMIN_TARGET));
+    assert_eq!(received[0].body["UserPoolId"], POOL);
+    assert_eq!(received[0].body["Username"], ASKED);
+    let authorization = received[0].authorization.as_deref().unwrap();
+    assert!(
+        authorization.starts_with(&format!("AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/"))
+            && authorization.contains("/eu-west-1/cognito-idp/aws4_request"),
+        "{authorization}"
+    );
+
+    // Refused here, none of them reaching Cognito: a caller not listed, a
+    // pool not served, a username Cognito would refuse.
+    let batch = pki.client(BATCH);
+    let mut other = IdentityProviderServiceClient::new(mtls(running.addr, &pki, &batch).await);
+    let status = other
+        .admin_get_user_auth_factors(asking(POOL, ASKED))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&status),
+        (Code::PermissionDenied, "CALLER_NOT_ALLOWED".into())
+    );
+    assert_eq!(source_of(status.metadata()), "local");
+    for pool in ["eu-west-1_OtherPool", "not a pool", ""] {
+        let status = allowed
+            .admin_get_user_auth_factors(asking(pool, ASKED))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            (Code::PermissionDenied, "USER_POOL_NOT_ALLOWED".into()),
+            "{pool:?}"
+        );
+    }
+    for bad in ["", "zoë lookup", "tab\there", &"x".repeat(129)] {
+        let status = allowed
+            .admin_get_user_auth_factors(asking(POOL, bad))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            reason(&status),
+            (Code::InvalidArgument, "INVALID_USERNAME".into())
+        );
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "username");
+        assert!(bad.is_empty() || !status.message().contains(bad));
+    }
+    assert_eq!(
+        stand_in.received().len(),
+        1,
+        "a refused call reached Cognito"
+    );
+
+    // The method label, and the caller's, in the RPC metrics.
+    let page = scrape(metrics).await;
+    let series = format!(
+        "cognito_facade_rpc_requests_total{{method=\"AdminGetUserAuthFactors\",code=\"OK\",source=\"cognito\",caller=\"other\"}}"
+    );
+    assert_eq!(sample(&page, &series), Some(1.0), "{page}");
+    assert_eq!(running.terminate().await, Some(0));
+    let logs = running.logs();
+    let calls: Vec<Value> = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["rpc.method"] == "AdminGetUserAuthFactors")
+        .collect();
+    assert_eq!(calls.len(), 9, "{logs:#?}");
+    assert_eq!(calls[0]["fields"]["caller"], SUPPORT);
+    assert_eq!(calls[0]["fields"]["pool_id"], POOL);
+    assert_eq!(calls[1]["fields"]["caller"], BATCH);
+    for line in &logs {
+        assert!(!line.contains(ASKED) && !line.contains(USERNAME), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every row of the error table that AdminGetUserAuthFactors can meet, from
+/// Cognito's answer (its modeled exceptions, and AWS refusing a request it
+/// cannot authorise).
+#[tokio::test]
+async fn every_modeled_exception_and_refusal_of_the_credentials_maps_as_documented() {
+    let rows = [
+        (
+            400,
+            "ResourceNotFoundException",
+            Code::NotFound,
+            "RESOURCE_NOT_FOUND",
+        ),
+        (
+            400,
+            "InvalidParameterException",
+            Code::InvalidArgument,
+            "INVALID_PARAMETER",
+        ),
+        (
+            400,
+            "NotAuthorizedException",
+            Code::Unauthenticated,
+            "NOT_AUTHORIZED",
+        ),
+        (
+            400,
+            "OperationNotEnabledException",
+            Code::FailedPrecondition,
+            "OPERATION_NOT_ENABLED",
+        ),
+        (
+            400,
+            "TooManyRequestsException",
+            Code::ResourceExhausted,
+            "TOO_MANY_REQUESTS",
+        ),
+        (
+            400,
+            "UserNotFoundException",
+            Code::NotFound,
+            "USER_NOT_FOUND",
+        ),
+        (
+            500,
+            "InternalErrorException",
+            Code::Unavailable,
+            "COGNITO_INTERNAL_ERROR",
+        ),
+        (
+            400,
+            "AccessDeniedException",
+            Code::Internal,
+            "SERVICE_ACCESS_DENIED",
+        ),
+        (
+            400,
+            "UnrecognizedClientException",
+            Code::Internal,
+            "SERVICE_CREDENTIALS_UNRECOGNIZED",
+        ),
+        (
+            400,
+            "InvalidSignatureException",
+            Code::Internal,
+            "SERVICE_SIGNATURE_INVALID",
+        ),
+        (
+            400,
+            "ExpiredTokenException",
+            Code::Internal,
+            "SERVICE_CREDENTIALS_EXPIRED",
+        ),
+        (
+            400,
+            "MissingAuthenticationTokenException",
+            Code::Internal,
+            "SERVICE_SIGNATURE_MISSING",
+        ),
+    ];
+    let stand_in = StandIn::start().await;
+    let mut running = behind_a_proxy(&stand_in, &[], &CREDENTIALS);
+    let mut client = client(running.addr).await;
+    for (n, (http, aws_type, code, expected)) in rows.into_iter().enumerate() {
+        stand_in.then([Reply::error(http, aws_type, "stand-in says no")]);
+        let status = client
+            .admin_get_user_auth_factors(forwarded(SUPPORT, &format!("user.{n}")))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), (code, expected.to_owned()), "{aws_type}");
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["aws_error_code"], aws_type);
+        // The service's own credentials refused: not the caller's fault,
+        // and nothing of AWS's message (it can name the role) passes.
+        if code == Code::Internal {
+            assert!(status.message().contains("misconfigured"), "{status:?}");
+            assert!(!status.message().contains("stand-in"), "{status:?}");
+        }
+    }
+    assert_eq!(admin_calls(&stand_in), 12);
+    assert_eq!(running.terminate().await, Some(0));
+}
+
+/// The stand-in's own check of the signature refuses what AWS would: a
+/// wrong secret key, an access key it does not know, an expired session;
+/// the service says which.
+#[tokio::test]
+async fn a_signature_aws_would_refuse_is_told_apart_from_a_refusal_of_the_caller() {
+    let stand_in = StandIn::start().await;
+    let cases = [
+        (
+            [
+                ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+            ],
+            None,
+            "SERVICE_SIGNATURE_INVALID",
+        ),
+        (
+            [
+                ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000"),
+                ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+            ],
+            None,
+            "SERVICE_CREDENTIALS_UNRECOGNIZED",
+        ),
+        (
+            CREDENTIALS,
+            Some(EXPIRED_SESSION_TOKEN),
+            "SERVICE_CREDENTIALS_EXPIRED",
+        ),
+    ];
+    for (credentials, session, expected) in cases {
+        let mut envs = credentials.to_vec();
+        if let Some(session) = session {
+            envs.push(("AWS_SESSION_TOKEN", session));
+        }
+        let mut running = behind_a_proxy(&stand_in, &[], &envs);
+        let status = client(running.addr)
+            .await
+            .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), (Code::Internal, expected.to_owned()));
+        // A caller who may not ask is told so, differently.
+        let status = client(running.addr)
+            .await
+            .admin_get_user_auth_factors(forwarded(BATCH, ASKED))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(running.terminate().await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn without_credentials_the_admin_rpc_says_so_in_time_and_the_token_rpc_still_answers() {
+    let stand_in = StandIn::start().await;
+    // No key in the environment, no profile (HOME is empty), no web
+    // identity, no container endpoint, and the instance metadata service
+    // off: the default chain has nothing to give.
+    let mut running = behind_a_proxy(&stand_in, &[], &[("AWS_EC2_METADATA_DISABLED", "true")]);
+    let mut client = client(running.addr).await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let mut request = forwarded(SUPPORT, ASKED);
+        request.set_timeout(Duration::from_secs(3));
+        let status = client
+            .admin_get_user_auth_factors(request)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            reason(&status),
+            (Code::Internal, "CREDENTIALS_UNAVAILABLE".into())
+        );
+        assert!(
+            status.message().contains("no AWS credentials"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(admin_calls(&stand_in), 0);
+    let token = SigningKey::generate("k1").sign(&access_claims(POOL, 3600));
+    let answer = client
+        .get_user_auth_factors(request(&token))
+        .await
+        .expect("the token RPC needs no credentials");
+    assert_eq!(answer.into_inner().username, USERNAME);
+    assert_eq!(running.terminate().await, Some(0));
+}
+
+/// 50 concurrent lookups of one user, over `replicas`; where each answer
+/// came from.
+async fn fifty_lookups_of_one_user(replicas: &[&Running]) -> Vec<String> {
+    let mut lookups = JoinSet::new();
+    for n in 0..50 {
+        let addr = replicas[n % replicas.len()].addr;
+        lookups.spawn(async move {
+            let answer = client(addr)
+                .await
+                .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+                .await
+                .unwrap();
+            assert_eq!(answer.get_ref().username, USERNAME);
+            source_of(answer.metadata())
+        });
+    }
+    lookups.join_all().await
+}
+
+#[tokio::test]
+async fn fifty_concurrent_lookups_of_one_user_make_one_cognito_call() {
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::full_success()),
+    ));
+    let mut running = behind_a_proxy(&stand_in, &[], &CREDENTIALS);
+    let sources = fifty_lookups_of_one_user(&[&running]).await;
+    assert_eq!(admin_calls(&stand_in), 1);
+    assert_eq!(sources.iter().filter(|s| *s == "cognito").count(), 1);
+    assert_eq!(sources.iter().filter(|s| *s == "coalesced").count(), 49);
+    // Another user is another flight.
+    client(running.addr)
+        .await
+        .admin_get_user_auth_factors(forwarded(SUPPORT, "someone.else"))
+        .await
+        .unwrap();
+    assert_eq!(admin_calls(&stand_in), 2);
+    assert_eq!(running.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn across_two_replicas_on_redis_one_user_is_one_cognito_call_then_cached() {
+    let redis = Redis::start(&[]);
+    let key = key_file(&scratch_dir("admin-fleet"), 7);
+    let stand_in = StandIn::start().await;
+    stand_in.always(Reply::Delay(
+        Duration::from_millis(300),
+        Box::new(Reply::full_success()),
+    ));
+    let key_path = key.to_str().unwrap();
+    let url = redis.url();
+    let fleet = [
+        "--redis-url",
+        &url,
+        "--fleet-key-file",
+        key_path,
+        "--cache-ttl",
+        "30s",
+    ];
+    let mut a = behind_a_proxy(&stand_in, &fleet, &CREDENTIALS);
+    let mut b = behind_a_proxy(&stand_in, &fleet, &CREDENTIALS);
+    a.find_line("connected to the fleet store");
+    b.find_line("connected to the fleet store");
+    let sources = fifty_lookups_of_one_user(&[&a, &b]).await;
+    assert_eq!(admin_calls(&stand_in), 1, "{sources:?}");
+    assert!(
+        sources.iter().any(|s| s == "fleet_coalesced"),
+        "{sources:?}"
+    );
+    // Named in a key space of its own, by the naming key: neither the pool
+    // nor the username is readable in Redis.
+    let keys = redis.cli(&["--scan", "--pattern", "*"]);
+    assert!(keys.lines().any(|k| k.starts_with("cf:u:{")), "{keys}");
+    assert!(!keys.contains("zo") && !keys.contains(POOL), "{keys}");
+    // The fleet's cache answers a replica that never asked.
+    let mut c = behind_a_proxy(&stand_in, &fleet, &CREDENTIALS);
+    c.find_line("connected to the fleet store");
+    let answer = client(c.addr)
+        .await
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .unwrap();
+    assert_eq!(source_of(answer.metadata()), "fleet_cache");
+    assert_eq!(admin_calls(&stand_in), 1);
+    for replica in [&mut a, &mut b, &mut c] {
+        assert_eq!(replica.terminate().await, Some(0));
+    }
+}
+
+#[tokio::test]
+async fn at_trace_level_no_line_holds_the_username_or_the_session_token() {
+    let stand_in = StandIn::start().await;
+    let session = "session-token-SECRET";
+    let mut running = behind_a_proxy(
+        &stand_in,
+        &[],
+        &[
+            CREDENTIALS[0],
+            CREDENTIALS[1],
+            ("AWS_SESSION_TOKEN", session),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let mut client = client(running.addr).await;
+    client
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .unwrap();
+    stand_in.then([Reply::error(
+        400,
+        "UserNotFoundException",
+        "User does not exist.",
+    )]);
+    client
+        .admin_get_user_auth_factors(forwarded(SUPPORT, "zoë.gone@example.com"))
+        .await
+        .unwrap_err();
+    client
+        .admin_get_user_auth_factors(forwarded(SUPPORT, "zoë bad"))
+        .await
+        .unwrap_err();
+    assert_eq!(running.terminate().await, Some(0));
+    let logs = running.logs();
+    assert!(logs.len() > 20, "trace logs: {}", logs.len());
+    for line in logs {
+        for secret in ["zoë", "zo\\u00eb", USERNAME, session, SECRET_ACCESS_KEY] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+    }
+}
