@@ -10,6 +10,12 @@
 //!   token (the service's 3 attempts, so its call fails), then the user
 //! - `slow.`: the user, after 3 s
 //!
+//! AdminGetUserAuthFactors answers the same way by username, once the
+//! request's SigV4 signature verifies under AWS's documented example key pair
+//! (`AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE`,
+//! `AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`, in the
+//! service's environment); otherwise it refuses it as AWS does.
+//!
 //! Usage: `cargo run --example cognito-standin -- [ADDR] [DELAY]` (default
 //! `127.0.0.1:9229`, no delay; a DELAY such as `1s` holds every answer that
 //! long); point the service at it with `--cognito-endpoint http://ADDR`.

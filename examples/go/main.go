@@ -5,6 +5,13 @@
 //	./build.sh && .build/client --addr 127.0.0.1:50051 --token "$ACCESS_TOKEN"
 //	.build/client --addr facade.internal:443 --ca ca.pem --token "$ACCESS_TOKEN"
 //
+// With --username and --user-pool-id it calls AdminGetUserAuthFactors
+// instead, which the service answers only for the callers its
+// --admin-callers names: usually over mutual TLS, with --cert and --key.
+//
+//	.build/client --addr facade.internal:443 --ca ca.pem --cert me.pem --key me.key \
+//	  --user-pool-id eu-west-1_AbCdEf123 --username alice
+//
 // The stubs are generated from proto/ by build.sh (protoc-gen-go and
 // protoc-gen-go-grpc); nothing generated is committed.
 package main
@@ -12,6 +19,8 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand"
@@ -111,24 +120,59 @@ func codeName(code codes.Code) string {
 	return strings.ToUpper(name.String())
 }
 
+// factors is what both RPCs answer: the user's name, MFA methods and
+// sign-in factors.
+type factors struct {
+	username  string
+	preferred *idpv1.MfaType
+	mfa       []idpv1.MfaType
+	factors   []idpv1.AuthFactorType
+}
+
 // answer is a success and the response metadata it came with.
 type answer struct {
-	response *idpv1.GetUserAuthFactorsResponse
+	response factors
 	header   metadata.MD
+}
+
+// attempt makes one call of the RPC chosen, into header and trailer.
+type attempt func(ctx context.Context, header, trailer *metadata.MD) (factors, error)
+
+// byToken is GetUserAuthFactors: the token goes in metadata; the request's
+// field stays empty.
+func byToken(client idpv1.IdentityProviderServiceClient, token string) attempt {
+	return func(ctx context.Context, header, trailer *metadata.MD) (factors, error) {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		r, err := client.GetUserAuthFactors(ctx, &idpv1.GetUserAuthFactorsRequest{},
+			grpc.Header(header), grpc.Trailer(trailer))
+		if err != nil {
+			return factors{}, err
+		}
+		return factors{r.GetUsername(), r.PreferredMfaSetting, r.GetUserMfaSettingList(), r.GetConfiguredUserAuthFactors()}, nil
+	}
+}
+
+// byUsername is AdminGetUserAuthFactors: a user named by pool and username.
+func byUsername(client idpv1.IdentityProviderServiceClient, pool, username string) attempt {
+	return func(ctx context.Context, header, trailer *metadata.MD) (factors, error) {
+		request := &idpv1.AdminGetUserAuthFactorsRequest{UserPoolId: pool, Username: username}
+		r, err := client.AdminGetUserAuthFactors(ctx, request, grpc.Header(header), grpc.Trailer(trailer))
+		if err != nil {
+			return factors{}, err
+		}
+		return factors{r.GetUsername(), r.PreferredMfaSetting, r.GetUserMfaSettingList(), r.GetConfiguredUserAuthFactors()}, nil
+	}
 }
 
 // call calls until an answer, an error not worth retrying, the last
 // attempt, or a wait that would pass the deadline.
-func call(client idpv1.IdentityProviderServiceClient, token string, timeout time.Duration, attempts int) (*answer, *failure, int) {
+func call(rpc attempt, timeout time.Duration, attempts int) (*answer, *failure, int) {
 	deadline := time.Now().Add(timeout)
-	// The token goes in metadata; the request's field stays empty.
-	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
 	random := rand.New(rand.NewSource(time.Now().UnixNano()))
 	for attempt := 1; ; attempt++ {
-		attemptCtx, cancel := context.WithDeadline(ctx, deadline)
+		attemptCtx, cancel := context.WithDeadline(context.Background(), deadline)
 		var header, trailer metadata.MD
-		response, err := client.GetUserAuthFactors(attemptCtx, &idpv1.GetUserAuthFactorsRequest{},
-			grpc.Header(&header), grpc.Trailer(&trailer))
+		response, err := rpc(attemptCtx, &header, &trailer)
 		cancel()
 		if err == nil {
 			return &answer{response, header}, nil, attempt
@@ -198,22 +242,40 @@ func printAnswer(a *answer, attempts int) {
 		fmt.Printf("age: %ss\n", age)
 	}
 	r := a.response
-	fmt.Printf("username: %s\n", r.GetUsername())
-	if r.PreferredMfaSetting != nil {
-		fmt.Printf("preferred MFA: %s\n", r.GetPreferredMfaSetting())
+	fmt.Printf("username: %s\n", r.username)
+	if r.preferred != nil {
+		fmt.Printf("preferred MFA: %s\n", *r.preferred)
 	}
-	for _, mfa := range r.GetUserMfaSettingList() {
+	for _, mfa := range r.mfa {
 		fmt.Printf("MFA: %s\n", mfa)
 	}
-	for _, factor := range r.GetConfiguredUserAuthFactors() {
+	for _, factor := range r.factors {
 		fmt.Printf("factor: %s\n", factor)
 	}
 	fmt.Printf("attempts: %d\n", attempts)
 }
 
-// transport is TLS (trusting --ca, or the system's roots) or plaintext.
-func transport(useTLS bool, ca string) (grpc.DialOption, error) {
+// transport is TLS (trusting --ca, or the system's roots) or plaintext;
+// with a client certificate (--cert and --key), mutual TLS.
+func transport(useTLS bool, ca, cert, key string) (grpc.DialOption, error) {
 	switch {
+	case cert != "":
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, err
+		}
+		config := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+		if ca != "" {
+			pem, err := os.ReadFile(ca)
+			if err != nil {
+				return nil, err
+			}
+			config.RootCAs = x509.NewCertPool()
+			if !config.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, errors.New("no certificate in " + ca)
+			}
+		}
+		return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
 	case ca != "":
 		creds, err := credentials.NewClientTLSFromFile(ca, "")
 		if err != nil {
@@ -229,27 +291,37 @@ func transport(useTLS bool, ca string) (grpc.DialOption, error) {
 }
 
 func usage(why string) {
-	fmt.Fprintf(os.Stderr, "%s\nusage: client --addr HOST:PORT --token TOKEN [--tls | --ca FILE] [--timeout SECONDS] [--attempts N]\n", why)
+	fmt.Fprintf(os.Stderr, "%s\nusage: client --addr HOST:PORT (--token TOKEN | --username USER --user-pool-id POOL) [--tls | --ca FILE] [--cert FILE --key FILE] [--timeout SECONDS] [--attempts N]\n", why)
 	os.Exit(2)
 }
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "HOST:PORT of the service")
 	token := flag.String("token", "", "the user's access token")
+	username := flag.String("username", "", "with --user-pool-id: ask by pool and username instead")
+	pool := flag.String("user-pool-id", "", "the user's pool, with --username")
 	useTLS := flag.Bool("tls", false, "TLS, trusting the system's roots")
 	ca := flag.String("ca", "", "TLS, trusting this PEM CA bundle")
+	cert := flag.String("cert", "", "mutual TLS: this client certificate (PEM), with --key")
+	key := flag.String("key", "", "mutual TLS: the client certificate's private key (PEM)")
 	timeout := flag.Float64("timeout", 5, "seconds, every attempt included (at most 3600)")
 	attempts := flag.Int("attempts", 3, "attempts at most, the first included (1 to 10)")
 	flag.Parse()
 	switch {
-	case *token == "" || strings.IndexFunc(*token, func(c rune) bool { return c < '!' || c > '~' }) >= 0:
-		usage("--token is required, in visible ASCII (it goes in metadata)")
+	case (*username == "") != (*pool == ""):
+		usage("--username and --user-pool-id go together")
+	case (*token == "") == (*username == ""):
+		usage("give --token, or --username and --user-pool-id")
+	case (*cert == "") != (*key == ""):
+		usage("--cert and --key go together")
+	case *token != "" && strings.IndexFunc(*token, func(c rune) bool { return c < '!' || c > '~' }) >= 0:
+		usage("--token must be visible ASCII (it goes in metadata)")
 	case flag.NArg() > 0:
 		usage("unexpected argument: " + flag.Arg(0))
 	case !(*timeout > 0 && *timeout <= 3600) || *attempts < 1 || *attempts > 10:
 		usage("--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds")
 	}
-	creds, err := transport(*useTLS, *ca)
+	creds, err := transport(*useTLS, *ca, *cert, *key)
 	if err != nil {
 		usage(err.Error())
 	}
@@ -262,7 +334,11 @@ func main() {
 	}
 	defer conn.Close()
 	client := idpv1.NewIdentityProviderServiceClient(conn)
-	a, f, n := call(client, *token, time.Duration(*timeout*float64(time.Second)), *attempts)
+	rpc := byToken(client, *token)
+	if *username != "" {
+		rpc = byUsername(client, *pool, *username)
+	}
+	a, f, n := call(rpc, time.Duration(*timeout*float64(time.Second)), *attempts)
 	if f != nil {
 		printFailure(f, n)
 		conn.Close()

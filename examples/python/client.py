@@ -5,6 +5,13 @@ README's error tables mark retryable.
     python client.py --addr 127.0.0.1:50051 --token "$ACCESS_TOKEN"
     python client.py --addr facade.internal:443 --ca ca.pem --token "$ACCESS_TOKEN"
 
+With --username and --user-pool-id it calls AdminGetUserAuthFactors instead,
+which the service answers only for the callers its --admin-callers names:
+usually over mutual TLS, with --cert and --key.
+
+    python client.py --addr facade.internal:443 --ca ca.pem --cert me.pem --key me.key \
+        --user-pool-id eu-west-1_AbCdEf123 --username alice
+
 The stubs come from proto/ at build time (see README.md); nothing generated
 is committed.
 """
@@ -91,17 +98,25 @@ def metadata_value(metadata, key: str):
     return next((value for name, value in metadata or () if name == key), None)
 
 
-def call(stub, token: str, timeout: float, attempts: int):
+def the_call(stub, args):
+    """The RPC, its request and its metadata: by token (in metadata), or by
+    pool and username."""
+    if args.username is not None:
+        request = pb.AdminGetUserAuthFactorsRequest(user_pool_id=args.user_pool_id, username=args.username)
+        return stub.AdminGetUserAuthFactors, request, []
+    request = pb.GetUserAuthFactorsRequest()  # the token goes in metadata
+    return stub.GetUserAuthFactors, request, [("authorization", f"Bearer {args.token}")]
+
+
+def call(rpc_method, request, metadata, timeout: float, attempts: int):
     """Calls until an answer, an error not worth retrying, the last attempt,
     or a wait that would pass the deadline. Returns (response, call, attempt)
     or (Failure, error, attempt)."""
     deadline = time.monotonic() + timeout
-    request = pb.GetUserAuthFactorsRequest()  # the token goes in metadata
-    metadata = [("authorization", f"Bearer {token}")]
     for attempt in range(1, attempts + 1):
         try:
             remaining = deadline - time.monotonic()
-            response, rpc = stub.GetUserAuthFactors.with_call(request, metadata=metadata, timeout=remaining)
+            response, rpc = rpc_method.with_call(request, metadata=metadata, timeout=remaining)
             return response, rpc, attempt
         except grpc.RpcError as error:
             failure = Failure(error)
@@ -161,36 +176,55 @@ def print_answer(response, rpc, attempt: int) -> None:
     print(f"attempts: {attempt}")
 
 
+def read(path):
+    if path is None:
+        return None
+    with open(path, "rb") as pem:
+        return pem.read()
+
+
 def channel(args) -> grpc.Channel:
-    if args.ca or args.tls:
-        roots = None  # the system's roots
-        if args.ca:
-            with open(args.ca, "rb") as pem:
-                roots = pem.read()
-        return grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(root_certificates=roots))
+    if args.ca or args.tls or args.cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.ca),  # None: the system's roots
+            private_key=read(args.key),
+            certificate_chain=read(args.cert),
+        )
+        return grpc.secure_channel(args.addr, credentials)
     return grpc.insecure_channel(args.addr)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--addr", default="127.0.0.1:50051", help="HOST:PORT of the service")
-    parser.add_argument("--token", required=True, help="the user's access token")
+    parser.add_argument("--token", help="the user's access token")
+    parser.add_argument("--username", help="with --user-pool-id: ask by pool and username instead")
+    parser.add_argument("--user-pool-id", help="the user's pool, with --username")
     parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's roots")
     parser.add_argument("--ca", help="TLS, trusting this PEM CA bundle")
+    parser.add_argument("--cert", help="mutual TLS: this client certificate (PEM), with --key")
+    parser.add_argument("--key", help="mutual TLS: the client certificate's private key (PEM)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds, every attempt included (at most 3600)")
     parser.add_argument("--attempts", type=int, default=3, help="attempts at most, the first included (1 to 10)")
     args = parser.parse_args()
     if not 1 <= args.attempts <= 10 or not (math.isfinite(args.timeout) and 0 < args.timeout <= 3600):
         parser.error("--attempts must be 1 to 10, and --timeout more than 0 and at most 3600 seconds")
-    if not re.fullmatch(r"[!-~]+", args.token):
+    if (args.username is None) != (args.user_pool_id is None):
+        parser.error("--username and --user-pool-id go together")
+    if (args.token is None) == (args.username is None):
+        parser.error("give --token, or --username and --user-pool-id")
+    if (args.cert is None) != (args.key is None):
+        parser.error("--cert and --key go together")
+    if args.token is not None and not re.fullmatch(r"[!-~]+", args.token):
         parser.error("the token must be visible ASCII, to be sent as metadata")
 
     try:
         ch = channel(args)
     except OSError as error:
-        parser.error(f"cannot read --ca: {error}")
+        parser.error(f"cannot read --ca, --cert or --key: {error}")
     with ch:
-        result, rpc, attempt = call(pb_grpc.IdentityProviderServiceStub(ch), args.token, args.timeout, args.attempts)
+        rpc_method, request, metadata = the_call(pb_grpc.IdentityProviderServiceStub(ch), args)
+        result, rpc, attempt = call(rpc_method, request, metadata, args.timeout, args.attempts)
     if isinstance(result, Failure):
         print_failure(result, attempt)
         return 1

@@ -205,6 +205,41 @@ fn pools_clients_and_region_endpoints() {
 }
 
 #[test]
+fn admin_callers_need_a_pool_and_well_formed_identities() {
+    let config = parse(&[
+        "--user-pool-id",
+        "eu-west-1_AbC",
+        "--admin-callers",
+        "spiffe://cluster.local/ns/support/sa/console,api.risk.svc",
+    ])
+    .unwrap();
+    assert_eq!(
+        config.service.callers.admin.to_string(),
+        "spiffe://cluster.local/ns/support/sa/console,api.risk.svc"
+    );
+    assert!(parse(&[]).unwrap().service.callers.admin.is_empty());
+    for (args, needle) in [
+        (&["--admin-callers", "api.risk.svc"][..], "--user-pool-id"),
+        (
+            &["--user-pool-id", "eu-west-1_AbC", "--admin-callers", "a,,b"][..],
+            "--admin-callers",
+        ),
+        (
+            &[
+                "--user-pool-id",
+                "eu-west-1_AbC",
+                "--admin-callers",
+                "anonymous",
+            ][..],
+            "label",
+        ),
+    ] {
+        let err = parse(args).unwrap_err();
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn accepts_an_http_endpoint() {
     let config = parse(&["--cognito-endpoint", "http://127.0.0.1:9229"]).unwrap();
     assert_eq!(

@@ -525,3 +525,71 @@ async fn at_trace_level_no_line_holds_the_username_or_the_session_token() {
         }
     }
 }
+
+/// A container credentials endpoint (what ECS and EKS Pod Identity serve)
+/// on loopback, handing out the stand-in's key pair with a session token;
+/// how many times it was asked.
+async fn container_credentials() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    let expiration = std::time::SystemTime::now() + Duration::from_secs(3600);
+    let expiration = humantime::format_rfc3339_seconds(expiration).to_string();
+    let app = axum::Router::new().route(
+        "/credentials",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = serde_json::json!({
+                "AccessKeyId": ACCESS_KEY_ID,
+                "SecretAccessKey": SECRET_ACCESS_KEY,
+                "Token": "container-session-token",
+                "Expiration": expiration,
+            });
+            let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
+            std::future::ready((headers, body.to_string()))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/credentials", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn credentials_come_from_the_default_chain_on_first_use_never_at_start_up() {
+    use std::sync::atomic::Ordering;
+    let (url, asked) = container_credentials().await;
+    let stand_in = StandIn::start().await;
+    let mut running = behind_a_proxy(
+        &stand_in,
+        &[],
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    // Serving, and a while after: nothing asked for credentials.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "start-up made a network call"
+    );
+    let mut client = client(running.addr).await;
+    for username in [ASKED, "someone.else"] {
+        let answer = client
+            .admin_get_user_auth_factors(forwarded(SUPPORT, username))
+            .await
+            .expect("signed with the container's credentials");
+        assert_eq!(answer.into_inner().username, USERNAME);
+    }
+    // Loaded once and cached by the SDK until near their expiry.
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    let received = stand_in.received();
+    assert!(
+        received
+            .iter()
+            .all(|r| r.authorization.as_deref().unwrap().contains(ACCESS_KEY_ID))
+    );
+    assert_eq!(running.terminate().await, Some(0));
+}

@@ -252,8 +252,8 @@ async fn the_real_wire_forms_of_error_codes_land_in_their_rows() {
                 "com.amazon.coral.service#UnrecognizedClientException",
                 "The security token included in the request is invalid.",
             ),
-            Code::Unknown,
-            "UNMODELED_ERROR",
+            Code::Internal,
+            "SERVICE_CREDENTIALS_UNRECOGNIZED",
             "UnrecognizedClientException",
         ),
         (
@@ -261,8 +261,8 @@ async fn the_real_wire_forms_of_error_codes_land_in_their_rows() {
                 403,
                 "AccessDeniedException:http://internal.amazon.com/coral/com.amazon.coral.service/",
             ),
-            Code::Unknown,
-            "UNMODELED_ERROR",
+            Code::Internal,
+            "SERVICE_ACCESS_DENIED",
             "AccessDeniedException",
         ),
         (

@@ -81,7 +81,8 @@ fn assert_describes_the_rpc_with_comments(reflected: Reflected) {
     };
     let file = prost_types::FileDescriptorProto::decode(files[0].as_slice()).unwrap();
     assert_eq!(file.name(), "cognito/idp/v1/identity_provider.proto");
-    assert_eq!(file.service[0].method[0].name(), "GetUserAuthFactors");
+    let methods: Vec<&str> = file.service[0].method.iter().map(|m| m.name()).collect();
+    assert_eq!(methods, ["GetUserAuthFactors", "AdminGetUserAuthFactors"]);
     let comments: Vec<_> = file
         .source_code_info
         .expect("source info, so grpcurl describe shows comments")
