@@ -317,49 +317,22 @@ impl Cognito {
             (true, Some(region)) => Some(sdk_config(config, Some(region)).await),
             _ => None,
         };
-        // One connection pool for every region, as the SDK's own client.
-        let inner = pacer.as_ref().map(|_| https_client());
-        let client_for = |shared: &aws_config::SdkConfig, region: &str| {
-            let region_name: Arc<str> = region.into();
-            let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(shared)
-                .region(Region::new(region.to_owned()))
-                .interceptor(Attempts {
-                    region: Arc::clone(&region_name),
-                    pacer: pacer.clone(),
-                });
-            if let Some(endpoint) = config.endpoint_for(region) {
-                builder = builder.endpoint_url(endpoint);
-            }
-            if let (Some(pacer), Some(inner)) = (&pacer, &inner) {
-                builder = builder.http_client(PacedClient {
-                    inner: inner.clone(),
-                    region: region_name,
-                    pacer: Arc::clone(pacer),
-                });
-            }
-            RegionalClient {
-                region: region.into(),
-                client: Client::from_conf(builder.build()),
-            }
+        let maker = Clients {
+            config,
+            // One connection pool for every region, as the SDK's own client.
+            inner: pacer.as_ref().map(|_| https_client()),
+            pacer,
         };
         Ok(Self {
-            paced: match &pacer {
+            paced: match &maker.pacer {
                 Some(_) => Some(TokenKeyer::random()?),
                 None => None,
             },
             call_timeout: config.call_timeout,
-            default: default_region.map(|region| client_for(&shared, region.as_ref())),
-            by_region: Arc::new(
-                pool_regions
-                    .iter()
-                    .map(|region| (region.clone(), client_for(&shared, region)))
-                    .collect(),
-            ),
+            default: default_region.map(|region| maker.client(&shared, region.as_ref())),
+            by_region: Arc::new(maker.each(&shared, pool_regions)),
             signed: Arc::new(match &with_credentials {
-                Some(signing) => pool_regions
-                    .iter()
-                    .map(|region| (region.clone(), client_for(signing, region)))
-                    .collect(),
+                Some(signing) => maker.each(signing, pool_regions),
                 None => HashMap::new(),
             }),
         })
@@ -449,7 +422,7 @@ impl Cognito {
         let call = PacedCall {
             who: caller.clone(),
             deadline: deadline.map_or(timeout, |deadline| deadline.min(timeout)),
-            caller: callers.key(&subject.keyed()).short(),
+            caller: callers.key(subject.keyed()).short(),
         };
         PACED_CALL.scope(call, send).await
     }
@@ -473,6 +446,54 @@ fn answer<O: FactorsOutput + aws_sdk_cognitoidentityprovider::operation::Request
         kept_since: None,
         given_at: None,
     })
+}
+
+/// What makes the regional clients: `config`'s endpoints, and with a
+/// `pacer` (a rate limit), the SDK's HTTPS client (`inner`) wrapped so that
+/// each attempt takes its turn.
+struct Clients<'a> {
+    config: &'a UpstreamConfig,
+    inner: Option<SharedHttpClient>,
+    pacer: Option<Arc<dyn AttemptPacer>>,
+}
+
+impl Clients<'_> {
+    /// The client of `region`, with `shared`'s settings.
+    fn client(&self, shared: &aws_config::SdkConfig, region: &str) -> RegionalClient {
+        let region_name: Arc<str> = region.into();
+        let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(shared)
+            .region(Region::new(region.to_owned()))
+            .interceptor(Attempts {
+                region: Arc::clone(&region_name),
+                pacer: self.pacer.clone(),
+            });
+        if let Some(endpoint) = self.config.endpoint_for(region) {
+            builder = builder.endpoint_url(endpoint);
+        }
+        if let (Some(pacer), Some(inner)) = (&self.pacer, &self.inner) {
+            builder = builder.http_client(PacedClient {
+                inner: inner.clone(),
+                region: Arc::clone(&region_name),
+                pacer: Arc::clone(pacer),
+            });
+        }
+        RegionalClient {
+            region: region_name,
+            client: Client::from_conf(builder.build()),
+        }
+    }
+
+    /// A client of each of `regions`, by region.
+    fn each(
+        &self,
+        shared: &aws_config::SdkConfig,
+        regions: &BTreeSet<String>,
+    ) -> HashMap<String, RegionalClient> {
+        regions
+            .iter()
+            .map(|region| (region.clone(), self.client(shared, region)))
+            .collect()
+    }
 }
 
 /// The settings every regional client shares: `config`'s timeouts and

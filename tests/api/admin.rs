@@ -183,10 +183,8 @@ async fn over_mtls_an_allowed_caller_gets_the_answer_and_no_one_else_reaches_cog
 
     // The method label, and the caller's, in the RPC metrics.
     let page = scrape(metrics).await;
-    let series = format!(
-        "cognito_facade_rpc_requests_total{{method=\"AdminGetUserAuthFactors\",code=\"OK\",source=\"cognito\",caller=\"other\"}}"
-    );
-    assert_eq!(sample(&page, &series), Some(1.0), "{page}");
+    let series = r#"cognito_facade_rpc_requests_total{method="AdminGetUserAuthFactors",code="OK",source="cognito",caller="other"}"#;
+    assert_eq!(sample(&page, series), Some(1.0), "{page}");
     assert_eq!(running.terminate().await, Some(0));
     let logs = running.logs();
     let calls: Vec<Value> = logs
