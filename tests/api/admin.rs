@@ -591,3 +591,76 @@ async fn credentials_come_from_the_default_chain_on_first_use_never_at_start_up(
     );
     assert_eq!(running.terminate().await, Some(0));
 }
+
+#[tokio::test]
+async fn the_cache_stale_answers_and_the_rate_limit_serve_a_named_user_as_a_token() {
+    let stand_in = StandIn::start().await;
+    // The cache: --cache-ttl is the whole bound of a user's answer.
+    let mut cached = behind_a_proxy(&stand_in, &["--cache-ttl", "30s"], &CREDENTIALS);
+    let mut client_of = client(cached.addr).await;
+    let mut sources = Vec::new();
+    for _ in 0..2 {
+        let answer = client_of
+            .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+            .await
+            .unwrap();
+        sources.push(source_of(answer.metadata()));
+    }
+    assert_eq!(sources, ["cognito", "cache"]);
+    assert_eq!(admin_calls(&stand_in), 1);
+    assert_eq!(cached.terminate().await, Some(0));
+
+    // Cognito unavailable: the user's kept answer stands in, marked stale.
+    let mut kept = behind_a_proxy(&stand_in, &["--stale-if-error", "60s"], &CREDENTIALS);
+    let mut client_of = client(kept.addr).await;
+    client_of
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .unwrap();
+    stand_in.then([Reply::error(500, "InternalErrorException", "boom")]);
+    let answer = client_of
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .expect("the kept answer stands in");
+    assert_eq!(source_of(answer.metadata()), "stale");
+    assert!(
+        answer
+            .metadata()
+            .get("x-cognito-facade-age-seconds")
+            .is_some()
+    );
+    assert_eq!(answer.into_inner().username, USERNAME);
+    assert_eq!(kept.terminate().await, Some(0));
+
+    // The upstream rate limit: a burst of lookups of many users gets turns
+    // as the limit allows, the rest refused before they reach Cognito.
+    let before = admin_calls(&stand_in);
+    let limit = [
+        "--upstream-rate-limit",
+        "2",
+        "--upstream-queue-timeout",
+        "20ms",
+    ];
+    let mut limited = behind_a_proxy(&stand_in, &limit, &CREDENTIALS);
+    let mut lookups = JoinSet::new();
+    for n in 0..20 {
+        let mut client = client(limited.addr).await;
+        lookups.spawn(async move {
+            client
+                .admin_get_user_auth_factors(forwarded(SUPPORT, &format!("burst.{n}")))
+                .await
+                .map(drop)
+                .map_err(|status| reason(&status))
+        });
+    }
+    let outcomes = lookups.join_all().await;
+    let answered = outcomes.iter().filter(|o| o.is_ok()).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err((Code::ResourceExhausted, r)) if r == "UPSTREAM_RATE_LIMITED"))
+        .count();
+    assert_eq!(answered + refused, 20, "{outcomes:?}");
+    assert!(refused >= 10, "{outcomes:?}");
+    assert_eq!(admin_calls(&stand_in) - before, answered);
+    assert_eq!(limited.terminate().await, Some(0));
+}
