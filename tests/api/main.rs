@@ -21,6 +21,7 @@ mod hostile;
 mod jwt;
 mod layers;
 mod mesh;
+mod monitoring;
 mod moto;
 mod observe;
 mod operations;
