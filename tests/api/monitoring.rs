@@ -2,8 +2,11 @@
 //! checks them and runs their unit tests (each alert fires on its fault and
 //! stays silent without it); every alert has a severity, a summary and a
 //! runbook section; every rule names only metrics the service exports.
-//! promtool is Debian's `prometheus` package: from `PATH`, else unpacked
-//! from the package into `target/` on first use.
+//! And a real Prometheus, scraping two replicas of the release binary on
+//! Redis with the rules loaded: every rule evaluates without an error, and
+//! with the Cognito stand-in down the recording rules show the outage.
+//! promtool and Prometheus are Debian's `prometheus` package: from `PATH`,
+//! else unpacked from the package into `target/` on first use.
 
 use std::{path::PathBuf, process::Command};
 
@@ -18,20 +21,25 @@ fn read(path: &str) -> String {
 const RULES: &str = "deploy/monitoring/cognito-facade.rules.yml";
 const RULE_TESTS: &str = "deploy/monitoring/cognito-facade.rules.test.yml";
 
-/// promtool: on `PATH`, or Debian's package (`apt-get download`, no root
-/// needed) unpacked into `target/` once.
 fn promtool() -> PathBuf {
+    prometheus_program("promtool")
+}
+
+/// `program` of Debian's `prometheus` package (`promtool`, `prometheus`):
+/// on `PATH`, or the package (`apt-get download`, no root needed) unpacked
+/// into `target/` once.
+fn prometheus_program(program: &str) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _once = LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Ok(found) = Command::new("promtool").arg("--version").output()
+    if let Ok(found) = Command::new(program).arg("--version").output()
         && found.status.success()
     {
-        return PathBuf::from("promtool");
+        return PathBuf::from(program);
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus");
-    let unpacked = dir.join("usr/bin/promtool");
+    let unpacked = dir.join("usr/bin").join(program);
     if unpacked.exists() {
         return unpacked;
     }
@@ -171,4 +179,196 @@ fn every_rule_names_only_metrics_the_service_exports() {
             name.as_str()
         );
     }
+}
+
+/// `GET path` from `addr` as HTTP/1.0 (so never chunked): the JSON body.
+async fn get_json(addr: std::net::SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Polls `path` (at most 30 s) until `done` holds of its JSON.
+async fn until(
+    addr: std::net::SocketAddr,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(json) = get_json(addr, path).await
+            && done(&json)
+        {
+            return json;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path}: never");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The cognito-standin example, a process of its own so that it can go down.
+fn standin_process(addr: &str) -> crate::helpers::KilledOnDrop {
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let child = Command::new(examples.join("cognito-standin"))
+        .arg(addr)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("the cognito-standin example (cargo test builds it)");
+    crate::helpers::KilledOnDrop(child)
+}
+
+#[tokio::test]
+async fn a_real_prometheus_evaluates_every_rule_and_sees_cognito_go_down() {
+    use crate::{
+        helpers::{KilledOnDrop, Running, TOKEN, request},
+        servers::{Redis, free_port, key_file, scratch_dir},
+    };
+    let dir = scratch_dir("prometheus");
+    let standin_addr = format!("127.0.0.1:{}", free_port());
+    let mut standin = standin_process(&standin_addr);
+    let endpoint = format!("http://{standin_addr}");
+    let redis = Redis::start(&[]);
+    let url = redis.url();
+    let key = key_file(&dir, 3);
+    let args = [
+        "--redis-url",
+        url.as_str(),
+        "--fleet-key-file",
+        key.to_str().unwrap(),
+        "--max-attempts",
+        "1",
+    ];
+    let envs = [
+        ("AWS_REGION", "eu-west-1"),
+        (
+            "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
+            endpoint.as_str(),
+        ),
+    ];
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut replica = Running::start(&args, &envs);
+        let metrics = replica.wait_for_addr("serving metrics");
+        replica.find_line("connected to the fleet store");
+        replicas.push((replica, metrics));
+    }
+    let targets: Vec<String> = replicas.iter().map(|(_, m)| format!("'{m}'")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - '{}'\nscrape_configs:\n  - job_name: cognito-facade\n    static_configs:\n      - targets: [{}]\n",
+            root().join(RULES).display(),
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let web = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let _prometheus = KilledOnDrop(
+        Command::new(prometheus_program("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Debian's prometheus"),
+    );
+    // A good day: calls answered on both replicas.
+    for (replica, _) in &replicas {
+        let mut client = replica.client().await;
+        for n in 0..5 {
+            client
+                .get_user_auth_factors(request(&format!("{TOKEN}{n}")))
+                .await
+                .unwrap();
+        }
+    }
+    until(web, "/api/v1/targets", |json| {
+        let active = json["data"]["activeTargets"].as_array();
+        active.is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["health"] == "up"))
+    })
+    .await;
+    // Every rule evaluated, none with an error.
+    let rules = until(web, "/api/v1/rules", |json| {
+        let groups = json["data"]["groups"].as_array();
+        groups.is_some_and(|groups| {
+            groups
+                .iter()
+                .flat_map(|g| g["rules"].as_array().unwrap())
+                .all(|rule| {
+                    rule["lastEvaluation"]
+                        .as_str()
+                        .is_some_and(|at| !at.starts_with("0001"))
+                })
+        })
+    })
+    .await;
+    let mut evaluated = 0;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+            assert!(
+                rule["lastError"].as_str().unwrap_or_default().is_empty(),
+                "{rule}"
+            );
+            evaluated += 1;
+        }
+    }
+    assert!(evaluated >= 30, "{evaluated}");
+    // Cognito down: the recording rules show it.
+    let _ = standin.0.kill();
+    let _ = standin.0.wait();
+    for (replica, _) in &replicas {
+        let mut client = replica.client().await;
+        for n in 0..5 {
+            let status = client
+                .get_user_auth_factors(request(&format!("{TOKEN}down{n}")))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        }
+    }
+    // The counter of a new outcome starts where it is first scraped: calls
+    // go on failing while Prometheus looks, so that it sees it grow.
+    let mut failing = Vec::new();
+    for (replica, _) in &replicas {
+        let mut client = replica.client().await;
+        failing.push(tokio::spawn(async move {
+            for n in 0.. {
+                let token = format!("{TOKEN}later{n}");
+                let _ = client.get_user_auth_factors(request(&token)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }));
+    }
+    let query = "/api/v1/query?query=cognito_facade:upstream_unavailable:ratio_rate5m";
+    let outage = until(web, query, |json| {
+        json["data"]["result"].as_array().is_some_and(|result| {
+            result.iter().any(|sample| {
+                sample["metric"]["region"] == "eu-west-1"
+                    && sample["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(|v| v > 0.0)
+            })
+        })
+    })
+    .await;
+    assert_eq!(outage["status"], "success");
+    for task in failing {
+        task.abort();
+    }
+    for (mut replica, _) in replicas {
+        assert_eq!(replica.terminate().await, Some(0));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
