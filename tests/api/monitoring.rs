@@ -372,3 +372,60 @@ async fn a_real_prometheus_evaluates_every_rule_and_sees_cognito_go_down() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_dashboard_query_parses_and_names_only_what_the_service_and_the_rules_export() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/monitoring/cognito-facade.dashboard.json")).unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|panel| panel["targets"].as_array())
+        .flatten()
+        .map(|target| {
+            target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "5m")
+        })
+        .collect();
+    assert!(queries.len() >= 15, "{queries:?}");
+    // promtool parses each query as a recording rule's expression.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (n, query) in queries.iter().enumerate() {
+        let quoted = serde_json::to_string(query).unwrap();
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{n}\n        expr: {quoted}\n"
+        ));
+    }
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.rules.yml");
+    std::fs::write(&file, rules).unwrap();
+    let checked = run_promtool(&["check", "rules", file.to_str().unwrap()]);
+    assert!(
+        checked.contains(&format!("{} rules found", queries.len())),
+        "{checked}"
+    );
+    let exported = read("src/base/metric_names.rs");
+    let recorded = read(RULES);
+    let metric = regex::Regex::new(r"cognito_facade[_:][a-z0-9_:]+").unwrap();
+    for query in &queries {
+        for found in metric.find_iter(query) {
+            let name = found.as_str();
+            let known = if name.contains(':') {
+                recorded.contains(&format!("record: {name}\n"))
+            } else {
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|base| base.ends_with("_seconds"))
+                    .unwrap_or(name);
+                exported.contains(&format!("\"{base}\""))
+            };
+            assert!(
+                known,
+                "{name} in {query:?} is neither exported nor recorded"
+            );
+        }
+    }
+}
