@@ -86,17 +86,23 @@ impl Every {
 /// Refuses to start when [`SDK_SENSITIVE_BODIES_VAR`] is set: this service
 /// promises that no username reaches a log.
 pub fn check_sensitive_logging_off() -> Result<(), String> {
-    match std::env::var_os(SDK_SENSITIVE_BODIES_VAR) {
-        Some(_) => Err(format!(
-            "{SDK_SENSITIVE_BODIES_VAR} is set; unset it: this service never logs access tokens or usernames"
-        )),
-        None => Ok(()),
+    // `LOG_SIGNABLE_BODY` makes aws-sigv4 log the signed body (a username).
+    for var in [SDK_SENSITIVE_BODIES_VAR, "LOG_SIGNABLE_BODY"] {
+        if std::env::var_os(var).is_some() {
+            return Err(format!(
+                "{var} is set; unset it: this service never logs access tokens or usernames"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// Whether an event or span may be recorded at all (the secret guard).
 fn is_safe(meta: &Metadata<'_>) -> bool {
-    !(*meta.level() == Level::TRACE && meta.target().starts_with(SDK_WIRE_TRACE_TARGET))
+    // aws-sigv4 prints the request it signs at TRACE.
+    !(*meta.level() == Level::TRACE
+        && (meta.target().starts_with(SDK_WIRE_TRACE_TARGET)
+            || meta.target().starts_with("aws_sigv4")))
 }
 
 /// Builds the subscriber: `format` lines through `filter` (a `RUST_LOG`
