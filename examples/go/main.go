@@ -43,15 +43,16 @@ import (
 // retryable. An error without ErrorInfo is retried only when it is
 // UNAVAILABLE (the service itself unreachable, or draining).
 var retryable = map[string]bool{
-	"TOO_MANY_REQUESTS":       true,
-	"COGNITO_INTERNAL_ERROR":  true,
-	"UPSTREAM_UNAVAILABLE":    true,
-	"UPSTREAM_UNREACHABLE":    true,
-	"UPSTREAM_TIMEOUT":        true,
-	"UPSTREAM_BAD_RESPONSE":   true,
-	"UPSTREAM_RATE_LIMITED":   true,
-	"OVERLOADED":              true,
-	"REQUEST_BYTES_EXHAUSTED": true,
+	"TOO_MANY_REQUESTS":         true,
+	"COGNITO_INTERNAL_ERROR":    true,
+	"UPSTREAM_UNAVAILABLE":      true,
+	"UPSTREAM_UNREACHABLE":      true,
+	"CREDENTIALS_SOURCE_FAILED": true,
+	"UPSTREAM_TIMEOUT":          true,
+	"UPSTREAM_BAD_RESPONSE":     true,
+	"UPSTREAM_RATE_LIMITED":     true,
+	"OVERLOADED":                true,
+	"REQUEST_BYTES_EXHAUSTED":   true,
 }
 
 const (

@@ -52,6 +52,7 @@ public final class Client {
           "COGNITO_INTERNAL_ERROR",
           "UPSTREAM_UNAVAILABLE",
           "UPSTREAM_UNREACHABLE",
+          "CREDENTIALS_SOURCE_FAILED",
           "UPSTREAM_TIMEOUT",
           "UPSTREAM_BAD_RESPONSE",
           "UPSTREAM_RATE_LIMITED",

@@ -213,6 +213,16 @@ impl Callers {
         }
     }
 
+    /// The caller of a verified certificate that names nobody: `other`, and
+    /// never anyone a forwarded header says.
+    pub(crate) fn nameless(&self) -> Caller {
+        Caller {
+            identity: None,
+            label: Label::Other,
+            flow: self.shared(&[]),
+        }
+    }
+
     /// The flow of an identity not named: a keyed hash of it.
     fn shared(&self, identity: &[u8]) -> Flow {
         let mut hasher = self.hasher.build_hasher();

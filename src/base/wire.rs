@@ -27,6 +27,19 @@ pub(crate) const ADMIN_METHOD: &str = "AdminGetUserAuthFactors";
 pub(crate) const ADMIN_METHOD_PATH: &str =
     "cognito.idp.v1.IdentityProviderService/AdminGetUserAuthFactors";
 
+/// The Cognito operation a call makes. The same AWS error code means
+/// different things to each: `NotAuthorizedException` is about the token
+/// for one and the user for the other, and only a signed request can have
+/// its signature refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// GetUserAuthFactors: unsigned, authorised by the user's access token.
+    GetUserAuthFactors,
+    /// AdminGetUserAuthFactors: SigV4-signed with the service's own AWS
+    /// credentials.
+    AdminGetUserAuthFactors,
+}
+
 /// Largest request message accepted. A GetUserAuthFactorsRequest holds one
 /// token of at most 16 KiB; anything far larger is refused by tonic's
 /// decoder before it is buffered.

@@ -28,7 +28,7 @@ use crate::{
     base::metric_names,
     base::telemetry::Every,
     error::{Error, KeptAnswer, UpstreamError, UpstreamErrorKind},
-    token::{LONGEST_LIFETIME, user::Subject},
+    token::user::Subject,
     upstream::Answer,
 };
 
@@ -98,11 +98,13 @@ pub(crate) struct Economy {
     /// Answers kept for `--stale-if-error`, with when Cognito gave them.
     kept: ExpiringMap<(Answer, SystemTime)>,
     /// Tokens Cognito refused definitively (here, or as the fleet told),
-    /// until their `exp`: nothing is cached or kept for them again.
+    /// until their `exp` (a named user's, for a few minutes): nothing is
+    /// cached or kept for them again meanwhile.
     revoked: ExpiringMap<()>,
     /// The tokens this replica holds copies for, by the key of their fleet
-    /// tag (what a revocation notice names): the token's key here.
-    by_tag: ExpiringMap<TokenKey>,
+    /// tag (what a revocation notice names), for as long as the copies
+    /// last: the token's key here, and its revocation's horizon and `exp`.
+    by_tag: ExpiringMap<(TokenKey, Duration, Option<SystemTime>)>,
     /// Since when Cognito has been unavailable (none since its last
     /// answer), and at most one warning per [`STALE_WARN_INTERVAL`].
     unavailable_since: Mutex<Option<Instant>>,
@@ -139,6 +141,9 @@ pub(crate) struct Leader {
     tag: Option<String>,
     /// The token's `exp`: no cached answer outlives it.
     token_expires: Option<SystemTime>,
+    /// The longest a revocation of the subject lasts
+    /// ([`Subject::revocation_horizon`]).
+    revocation_horizon: Duration,
     sender: watch::Sender<Option<Outcome>>,
     span: FlightSpan,
 }
@@ -194,7 +199,7 @@ impl Economy {
         expires_at: impl FnOnce() -> Option<SystemTime>,
     ) -> Ticket {
         if !self.config.coalesce && !self.remembers() {
-            return Ticket::Lead(self.leader(None, None));
+            return Ticket::Lead(self.leader(None, None, subject));
         }
         let key = self.key(subject);
         if self.config.cache_ttl.is_some()
@@ -209,14 +214,14 @@ impl Economy {
             return Ticket::Remembered(refusal);
         }
         if !self.config.coalesce {
-            return Ticket::Lead(self.leader(Some(key), expires_at()));
+            return Ticket::Lead(self.leader(Some(key), expires_at(), subject));
         }
         let mut flights = lock(&self.flights);
         if let Some((receiver, span)) = flights.get(&key) {
             metrics::counter!(metric_names::COALESCED).increment(1);
             return Ticket::Follow(receiver.clone(), Arc::clone(span), key);
         }
-        let leader = self.leader(Some(key), expires_at());
+        let leader = self.leader(Some(key), expires_at(), subject);
         flights.insert(key, (leader.sender.subscribe(), Arc::clone(&leader.span)));
         Ticket::Lead(leader)
     }
@@ -248,8 +253,9 @@ impl Economy {
     /// fleet tag is `tag` definitively: this replica's copies go. A tag it
     /// holds nothing for is nothing to it.
     pub(crate) fn heard_revoked(&self, tag: &str) {
-        if let Some((key, until)) = self.by_tag.take(&self.keyer.key(tag), Instant::now()) {
-            self.revoke(key, until);
+        let now = Instant::now();
+        if let Some(((key, horizon, exp), _)) = self.by_tag.take(&self.keyer.key(tag), now) {
+            self.revoke(key, now + cut(horizon, [exp, None]));
         }
     }
 
@@ -319,6 +325,7 @@ impl Economy {
         self: &Arc<Self>,
         key: Option<TokenKey>,
         token_expires: Option<SystemTime>,
+        subject: &Subject,
     ) -> Leader {
         let (sender, _) = watch::channel(None);
         Leader {
@@ -326,6 +333,7 @@ impl Economy {
             key,
             tag: None,
             token_expires,
+            revocation_horizon: subject.revocation_horizon(),
             sender,
             span: FlightSpan::default(),
         }
@@ -352,9 +360,22 @@ impl Leader {
         KeptCopy(self.key.map(|key| (Arc::clone(&self.economy), key, until)))
     }
 
-    /// How long a revocation of the token lasts: until its `exp`.
+    /// How long a revocation of the subject lasts: a token's until its
+    /// `exp`, a named user's a few minutes.
     fn revoked_for(&self) -> Duration {
-        self.lifetime(LONGEST_LIFETIME, None)
+        self.lifetime(self.revocation_horizon, None)
+    }
+
+    /// How long this replica's copies of the answer can last (cached, then
+    /// kept for `--stale-if-error`): its fleet tag is known as long, so a
+    /// revocation another replica hears reaches every copy.
+    fn copies_last(&self) -> Duration {
+        let config = &self.economy.config;
+        let fresh = config.cache_ttl.unwrap_or_default();
+        self.lifetime(
+            fresh.saturating_add(config.stale_if_error.unwrap_or_default()),
+            None,
+        )
     }
 
     /// The token's `exp`, as the ticket was given it.
@@ -453,8 +474,9 @@ impl Leader {
         if let Some(tag) = &self.tag
             && copies_held(&economy.config) > 0
         {
-            let until = Instant::now() + self.revoked_for();
-            economy.by_tag.insert(economy.keyer.key(tag), key, until);
+            let tagged = (key, self.revocation_horizon, self.token_expires);
+            let until = Instant::now() + self.copies_last();
+            economy.by_tag.insert(economy.keyer.key(tag), tagged, until);
         }
         if let Some(ttl) = economy.config.cache_ttl {
             let lifetime = self.lifetime(ttl, answer.fresh_until);
@@ -478,13 +500,19 @@ impl Leader {
     /// `exp` already past (or unreadable as a time) keeps nothing; nor does
     /// an answer from the fleet's cache past its own time.
     fn lifetime(&self, ttl: Duration, until: Option<SystemTime>) -> Duration {
-        let now = SystemTime::now();
-        [self.token_expires, until]
-            .into_iter()
-            .flatten()
-            .map(|until| until.duration_since(now).unwrap_or_default())
-            .fold(ttl, Duration::min)
+        cut(ttl, [self.token_expires, until])
     }
+}
+
+/// `ttl`, cut to what is left before each of `untils` (none left of one
+/// already past).
+fn cut(ttl: Duration, untils: [Option<SystemTime>; 2]) -> Duration {
+    let now = SystemTime::now();
+    untils
+        .into_iter()
+        .flatten()
+        .map(|until| until.duration_since(now).unwrap_or_default())
+        .fold(ttl, Duration::min)
 }
 
 impl Drop for Leader {
@@ -601,3 +629,6 @@ async fn follow(mut receiver: watch::Receiver<Option<Outcome>>) -> Outcome {
 fn lost_flight() -> Error {
     UpstreamError::new(UpstreamErrorKind::Unavailable).into()
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,7 @@ use std::{
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
+use crate::base::wire::Operation;
 use crate::token::{
     Refusal, TokenError,
     user::{USERNAME_FIELD, UsernameError},
@@ -87,8 +88,13 @@ pub(crate) enum KeptAnswer {
 }
 
 upstream_error_kinds! {
-    /// `NotAuthorizedException`: the token is invalid, expired or revoked.
+    /// `NotAuthorizedException` from GetUserAuthFactors: the token is
+    /// invalid, expired or revoked.
     NotAuthorized,
+    /// `NotAuthorizedException` from AdminGetUserAuthFactors: Cognito says
+    /// the user is not authorized (a disabled user, say); the caller's own
+    /// credentials are not in question.
+    UserNotAuthorized,
     /// `InvalidParameterException`.
     InvalidParameter,
     /// `ResourceNotFoundException`.
@@ -137,15 +143,24 @@ upstream_error_kinds! {
     /// `MissingAuthenticationTokenException`: the request reached AWS
     /// unsigned.
     MissingSignature,
-    /// The default credential chain gave the service no credentials
-    /// (none configured, or their source failed); Cognito was not called.
+    /// The default credential chain has no credentials for the service
+    /// (none configured, or configured wrongly); Cognito was not called.
     CredentialsUnavailable,
+    /// The credentials' source failed or did not answer in time (IMDS, the
+    /// container endpoint, STS); Cognito was not called.
+    CredentialsSourceFailed,
 }
 
 impl UpstreamErrorKind {
-    /// The kind of a modeled Cognito error code, or `None` for any other code.
-    pub fn from_aws_code(code: &str) -> Option<Self> {
-        Some(match code {
+    /// The kind of an error code modeled for `operation`, or `None` for any
+    /// other code. AWS's refusals of a signature or credentials are
+    /// modeled only for the signed operation: from the unsigned one they
+    /// are unmodeled (a proxy in between, say), not the service's
+    /// misconfiguration.
+    pub fn from_aws_code(code: &str, operation: Operation) -> Option<Self> {
+        let signed = operation == Operation::AdminGetUserAuthFactors;
+        let kind = match code {
+            "NotAuthorizedException" if signed => Self::UserNotAuthorized,
             "NotAuthorizedException" => Self::NotAuthorized,
             "InvalidParameterException" => Self::InvalidParameter,
             "ResourceNotFoundException" => Self::ResourceNotFound,
@@ -162,13 +177,36 @@ impl UpstreamErrorKind {
             "ExpiredTokenException" => Self::ExpiredToken,
             "MissingAuthenticationTokenException" => Self::MissingSignature,
             _ => return None,
-        })
+        };
+        (signed || !kind.is_service_credentials()).then_some(kind)
+    }
+
+    /// Whether a code is modeled for either operation (so it may be a
+    /// metric label: an unmodeled one is free text).
+    pub(crate) fn is_modeled_code(code: &str) -> bool {
+        Self::from_aws_code(code, Operation::AdminGetUserAuthFactors).is_some()
+    }
+
+    /// Whether AWS refused the service's own signature or credentials:
+    /// the service is misconfigured, not the caller at fault.
+    pub fn is_service_credentials(self) -> bool {
+        matches!(
+            self,
+            Self::AccessDenied
+                | Self::UnrecognizedClient
+                | Self::InvalidSignature
+                | Self::ExpiredToken
+                | Self::MissingSignature
+                | Self::CredentialsUnavailable
+                | Self::CredentialsSourceFailed
+        )
     }
 
     /// The gRPC code and `ErrorInfo.reason` of this kind: the table itself.
     pub fn status(self) -> (Code, &'static str) {
         match self {
             Self::NotAuthorized => (Code::Unauthenticated, "NOT_AUTHORIZED"),
+            Self::UserNotAuthorized => (Code::FailedPrecondition, "USER_NOT_AUTHORIZED"),
             Self::InvalidParameter => (Code::InvalidArgument, "INVALID_PARAMETER"),
             Self::ResourceNotFound => (Code::NotFound, "RESOURCE_NOT_FOUND"),
             Self::UserNotFound => (Code::NotFound, "USER_NOT_FOUND"),
@@ -193,6 +231,7 @@ impl UpstreamErrorKind {
             Self::ExpiredToken => (Code::Internal, "SERVICE_CREDENTIALS_EXPIRED"),
             Self::MissingSignature => (Code::Internal, "SERVICE_SIGNATURE_MISSING"),
             Self::CredentialsUnavailable => (Code::Internal, "CREDENTIALS_UNAVAILABLE"),
+            Self::CredentialsSourceFailed => (Code::Unavailable, "CREDENTIALS_SOURCE_FAILED"),
         }
     }
 
@@ -210,7 +249,8 @@ impl UpstreamErrorKind {
             | Self::OperationNotEnabled
             | Self::TooManyRequests
             | Self::Forbidden => true,
-            Self::InternalError
+            Self::UserNotAuthorized
+            | Self::InternalError
             | Self::Unmodeled
             | Self::Unavailable
             | Self::Unreachable
@@ -223,7 +263,8 @@ impl UpstreamErrorKind {
             | Self::InvalidSignature
             | Self::ExpiredToken
             | Self::MissingSignature
-            | Self::CredentialsUnavailable => false,
+            | Self::CredentialsUnavailable
+            | Self::CredentialsSourceFailed => false,
         }
     }
 
@@ -232,18 +273,21 @@ impl UpstreamErrorKind {
     pub(crate) fn kept_answer(self) -> KeptAnswer {
         match self {
             // Cognito unavailable: its 5xx and internal errors, no answer or
-            // a broken one, timeouts, account-wide throttling, and the
-            // fleet's own rate limit refusing the attempt.
+            // a broken one, timeouts, account-wide throttling, the fleet's
+            // own rate limit refusing the attempt, and the credentials'
+            // source failing (Cognito out of reach for the signed call).
             Self::InternalError
             | Self::Unavailable
             | Self::Unreachable
             | Self::Timeout
             | Self::TooManyRequests
             | Self::RateLimited
-            | Self::BadResponse => KeptAnswer::StandsIn,
+            | Self::BadResponse
+            | Self::CredentialsSourceFailed => KeptAnswer::StandsIn,
             // Cognito's word on the token, a modeled 4xx about it: a revoked
             // token is refused the first time Cognito says so.
             Self::NotAuthorized
+            | Self::UserNotAuthorized
             | Self::InvalidParameter
             | Self::ResourceNotFound
             | Self::UserNotFound
@@ -283,7 +327,9 @@ impl UpstreamErrorKind {
     pub fn is_definitive(self) -> bool {
         match self {
             Self::NotAuthorized | Self::UserNotFound | Self::ResourceNotFound => true,
-            Self::InvalidParameter
+            // An administrator can enable the user again.
+            Self::UserNotAuthorized
+            | Self::InvalidParameter
             | Self::UserNotConfirmed
             | Self::PasswordResetRequired
             | Self::OperationNotEnabled
@@ -302,7 +348,8 @@ impl UpstreamErrorKind {
             | Self::InvalidSignature
             | Self::ExpiredToken
             | Self::MissingSignature
-            | Self::CredentialsUnavailable => false,
+            | Self::CredentialsUnavailable
+            | Self::CredentialsSourceFailed => false,
         }
     }
 
@@ -311,6 +358,9 @@ impl UpstreamErrorKind {
     pub fn generic_message(self) -> &'static str {
         match self {
             Self::NotAuthorized => "the access token is not authorized",
+            Self::UserNotAuthorized => {
+                "Cognito says the user is not authorized (a disabled user, for example)"
+            }
             Self::InvalidParameter => "Cognito refused a parameter",
             Self::ResourceNotFound => "Cognito could not find the resource",
             Self::UserNotFound => "the user does not exist",
@@ -348,6 +398,9 @@ impl UpstreamErrorKind {
             }
             Self::CredentialsUnavailable => {
                 "this service has no AWS credentials (the default chain found none); the service is misconfigured"
+            }
+            Self::CredentialsSourceFailed => {
+                "the source of this service's AWS credentials failed or did not answer in time; retry later"
             }
         }
     }

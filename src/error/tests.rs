@@ -1,13 +1,16 @@
 use super::*;
 use UpstreamErrorKind as K;
 
+const TOKEN: Operation = Operation::GetUserAuthFactors;
+const ADMIN: Operation = Operation::AdminGetUserAuthFactors;
+
 fn status_of(err: UpstreamError) -> Status {
     Error::from(err).to_status()
 }
 
 /// One test per row of the README's upstream table.
 macro_rules! rows {
-    ($($name:ident: $kind:expr, $aws_code:expr => $code:expr, $reason:literal;)*) => {$(
+    ($($name:ident: $kind:expr, $aws_code:expr, $op:expr => $code:expr, $reason:literal;)*) => {$(
         #[test]
         fn $name() {
             let mut err = UpstreamError::new($kind);
@@ -16,7 +19,7 @@ macro_rules! rows {
             err.request_id = Some("req-1".to_owned());
             if let Some(aws_code) = $aws_code {
                 // A code the model does not list has no kind of its own.
-                let kind = K::from_aws_code(aws_code).unwrap_or(K::Unmodeled);
+                let kind = K::from_aws_code(aws_code, $op).unwrap_or(K::Unmodeled);
                 assert_eq!(kind, $kind);
             }
             let status = status_of(err);
@@ -37,23 +40,36 @@ macro_rules! rows {
 }
 
 rows! {
-    not_authorized: K::NotAuthorized, Some("NotAuthorizedException") => Code::Unauthenticated, "NOT_AUTHORIZED";
-    invalid_parameter: K::InvalidParameter, Some("InvalidParameterException") => Code::InvalidArgument, "INVALID_PARAMETER";
-    resource_not_found: K::ResourceNotFound, Some("ResourceNotFoundException") => Code::NotFound, "RESOURCE_NOT_FOUND";
-    user_not_found: K::UserNotFound, Some("UserNotFoundException") => Code::NotFound, "USER_NOT_FOUND";
-    user_not_confirmed: K::UserNotConfirmed, Some("UserNotConfirmedException") => Code::FailedPrecondition, "USER_NOT_CONFIRMED";
-    password_reset_required: K::PasswordResetRequired, Some("PasswordResetRequiredException") => Code::FailedPrecondition, "PASSWORD_RESET_REQUIRED";
-    operation_not_enabled: K::OperationNotEnabled, Some("OperationNotEnabledException") => Code::FailedPrecondition, "OPERATION_NOT_ENABLED";
-    too_many_requests: K::TooManyRequests, Some("TooManyRequestsException") => Code::ResourceExhausted, "TOO_MANY_REQUESTS";
-    forbidden: K::Forbidden, Some("ForbiddenException") => Code::PermissionDenied, "FORBIDDEN";
-    internal_error: K::InternalError, Some("InternalErrorException") => Code::Unavailable, "COGNITO_INTERNAL_ERROR";
-    unmodeled: K::Unmodeled, Some("SomethingNewException") => Code::Unknown, "UNMODELED_ERROR";
-    unavailable: K::Unavailable, None::<&str> => Code::Unavailable, "UPSTREAM_UNAVAILABLE";
-    unreachable: K::Unreachable, None::<&str> => Code::Unavailable, "UPSTREAM_UNREACHABLE";
-    timeout: K::Timeout, None::<&str> => Code::DeadlineExceeded, "UPSTREAM_TIMEOUT";
-    rate_limited: K::RateLimited, None::<&str> => Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED";
-    bad_response: K::BadResponse, None::<&str> => Code::Internal, "UPSTREAM_BAD_RESPONSE";
-    request_construction: K::RequestConstruction, None::<&str> => Code::Internal, "REQUEST_CONSTRUCTION_FAILED";
+    not_authorized: K::NotAuthorized, Some("NotAuthorizedException"), TOKEN => Code::Unauthenticated, "NOT_AUTHORIZED";
+    invalid_parameter: K::InvalidParameter, Some("InvalidParameterException"), TOKEN => Code::InvalidArgument, "INVALID_PARAMETER";
+    resource_not_found: K::ResourceNotFound, Some("ResourceNotFoundException"), TOKEN => Code::NotFound, "RESOURCE_NOT_FOUND";
+    user_not_found: K::UserNotFound, Some("UserNotFoundException"), TOKEN => Code::NotFound, "USER_NOT_FOUND";
+    user_not_confirmed: K::UserNotConfirmed, Some("UserNotConfirmedException"), TOKEN => Code::FailedPrecondition, "USER_NOT_CONFIRMED";
+    password_reset_required: K::PasswordResetRequired, Some("PasswordResetRequiredException"), TOKEN => Code::FailedPrecondition, "PASSWORD_RESET_REQUIRED";
+    operation_not_enabled: K::OperationNotEnabled, Some("OperationNotEnabledException"), TOKEN => Code::FailedPrecondition, "OPERATION_NOT_ENABLED";
+    too_many_requests: K::TooManyRequests, Some("TooManyRequestsException"), TOKEN => Code::ResourceExhausted, "TOO_MANY_REQUESTS";
+    forbidden: K::Forbidden, Some("ForbiddenException"), TOKEN => Code::PermissionDenied, "FORBIDDEN";
+    internal_error: K::InternalError, Some("InternalErrorException"), TOKEN => Code::Unavailable, "COGNITO_INTERNAL_ERROR";
+    unmodeled: K::Unmodeled, Some("SomethingNewException"), TOKEN => Code::Unknown, "UNMODELED_ERROR";
+    unavailable: K::Unavailable, None::<&str>, TOKEN => Code::Unavailable, "UPSTREAM_UNAVAILABLE";
+    unreachable: K::Unreachable, None::<&str>, TOKEN => Code::Unavailable, "UPSTREAM_UNREACHABLE";
+    timeout: K::Timeout, None::<&str>, TOKEN => Code::DeadlineExceeded, "UPSTREAM_TIMEOUT";
+    rate_limited: K::RateLimited, None::<&str>, TOKEN => Code::ResourceExhausted, "UPSTREAM_RATE_LIMITED";
+    bad_response: K::BadResponse, None::<&str>, TOKEN => Code::Internal, "UPSTREAM_BAD_RESPONSE";
+    request_construction: K::RequestConstruction, None::<&str>, TOKEN => Code::Internal, "REQUEST_CONSTRUCTION_FAILED";
+    user_not_authorized: K::UserNotAuthorized, Some("NotAuthorizedException"), ADMIN => Code::FailedPrecondition, "USER_NOT_AUTHORIZED";
+    admin_user_not_found: K::UserNotFound, Some("UserNotFoundException"), ADMIN => Code::NotFound, "USER_NOT_FOUND";
+    service_access_denied: K::AccessDenied, Some("AccessDeniedException"), ADMIN => Code::Internal, "SERVICE_ACCESS_DENIED";
+    service_credentials_unrecognized: K::UnrecognizedClient, Some("UnrecognizedClientException"), ADMIN => Code::Internal, "SERVICE_CREDENTIALS_UNRECOGNIZED";
+    service_signature_invalid: K::InvalidSignature, Some("InvalidSignatureException"), ADMIN => Code::Internal, "SERVICE_SIGNATURE_INVALID";
+    service_signature_incomplete: K::InvalidSignature, Some("IncompleteSignatureException"), ADMIN => Code::Internal, "SERVICE_SIGNATURE_INVALID";
+    service_credentials_expired: K::ExpiredToken, Some("ExpiredTokenException"), ADMIN => Code::Internal, "SERVICE_CREDENTIALS_EXPIRED";
+    service_signature_missing: K::MissingSignature, Some("MissingAuthenticationTokenException"), ADMIN => Code::Internal, "SERVICE_SIGNATURE_MISSING";
+    credentials_unavailable: K::CredentialsUnavailable, None::<&str>, ADMIN => Code::Internal, "CREDENTIALS_UNAVAILABLE";
+    // From the unsigned operation, a refusal of credentials is not the
+    // service's: a proxy in between, say.
+    token_access_denied: K::Unmodeled, Some("AccessDeniedException"), TOKEN => Code::Unknown, "UNMODELED_ERROR";
+    token_unrecognized_client: K::Unmodeled, Some("UnrecognizedClientException"), TOKEN => Code::Unknown, "UNMODELED_ERROR";
 }
 
 #[test]
@@ -78,8 +94,10 @@ fn overload_is_resource_exhausted_with_retry_info() {
 
 #[test]
 fn unmodeled_codes_have_no_kind() {
-    assert_eq!(K::from_aws_code("SomethingNewException"), None);
-    assert_eq!(K::from_aws_code(""), None);
+    for operation in [TOKEN, ADMIN] {
+        assert_eq!(K::from_aws_code("SomethingNewException", operation), None);
+        assert_eq!(K::from_aws_code("", operation), None);
+    }
 }
 
 #[test]
@@ -131,10 +149,20 @@ mod properties {
     /// extract, `tests/fixtures/`): the independent truth of which codes
     /// are modeled.
     fn modeled_in_aws_model() -> Vec<String> {
-        let model: serde_json::Value = serde_json::from_str(include_str!(
+        errors_of(include_str!(
             "../../tests/fixtures/cognito-idp-GetUserAuthFactors.model.json"
         ))
-        .unwrap();
+    }
+
+    /// The same for AdminGetUserAuthFactors.
+    fn modeled_for_admin() -> Vec<String> {
+        errors_of(include_str!(
+            "../../tests/fixtures/cognito-idp-AdminGetUserAuthFactors.model.json"
+        ))
+    }
+
+    fn errors_of(model: &str) -> Vec<String> {
+        let model: serde_json::Value = serde_json::from_str(model).unwrap();
         model["operation"]["errors"]
             .as_array()
             .unwrap()
@@ -143,18 +171,54 @@ mod properties {
             .collect()
     }
 
+    /// AWS's refusals of a signed request (the common errors of every
+    /// SigV4 service), modeled for the signed operation only.
+    const CREDENTIAL_REFUSALS: [&str; 6] = [
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "ExpiredTokenException",
+        "MissingAuthenticationTokenException",
+    ];
+
+    #[test]
+    fn for_admin_exactly_its_models_errors_and_awss_credential_refusals_are_modeled() {
+        let modeled = modeled_for_admin();
+        assert_eq!(modeled.len(), 7, "{modeled:?}");
+        for code in modeled
+            .iter()
+            .map(String::as_str)
+            .chain(CREDENTIAL_REFUSALS)
+        {
+            let kind = K::from_aws_code(code, ADMIN);
+            assert!(kind.is_some(), "{code} is modeled for admin");
+            let service = CREDENTIAL_REFUSALS.contains(&code);
+            assert_eq!(kind.unwrap().is_service_credentials(), service, "{code}");
+            // From the unsigned operation a credential refusal is unmodeled.
+            assert_eq!(K::from_aws_code(code, TOKEN).is_none(), service, "{code}");
+        }
+        // One table: a code the token RPC's model lists keeps its row.
+        for code in modeled_in_aws_model() {
+            assert!(K::from_aws_code(&code, ADMIN).is_some(), "{code}");
+        }
+    }
+
     #[test]
     fn exactly_the_models_errors_are_modeled_rows() {
         let modeled = modeled_in_aws_model();
         assert_eq!(modeled.len(), 10, "{modeled:?}");
         for code in &modeled {
-            let kind = K::from_aws_code(code);
+            let kind = K::from_aws_code(code, TOKEN);
             assert!(
                 kind.is_some_and(|kind| kind != K::Unmodeled),
                 "{code} is in the model but maps to {kind:?}"
             );
         }
-        let mut kinds: Vec<_> = modeled.iter().filter_map(|c| K::from_aws_code(c)).collect();
+        let mut kinds: Vec<_> = modeled
+            .iter()
+            .filter_map(|c| K::from_aws_code(c, TOKEN))
+            .collect();
         kinds.sort_by_key(|kind| format!("{kind:?}"));
         kinds.dedup();
         assert_eq!(kinds.len(), modeled.len(), "one row per modeled error");
@@ -180,7 +244,7 @@ mod properties {
             ]
         ) {
             let modeled = modeled_in_aws_model().contains(&code);
-            prop_assert_eq!(K::from_aws_code(&code).is_some(), modeled);
+            prop_assert_eq!(K::from_aws_code(&code, TOKEN).is_some(), modeled);
             if !modeled {
                 let status = status_of(UpstreamError {
                     aws_error_code: Some(code.clone()),

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 
 use crate::{
+    base::wire::Operation,
     error::{Error, UpstreamError, UpstreamErrorKind},
     proto::GetUserAuthFactorsResponse,
     upstream::Answer,
@@ -41,6 +42,7 @@ pub(super) fn shareable(outcome: &Result<Answer, Error>) -> bool {
             use UpstreamErrorKind as K;
             match up.kind {
                 K::NotAuthorized
+                | K::UserNotAuthorized
                 | K::InvalidParameter
                 | K::ResourceNotFound
                 | K::UserNotFound
@@ -65,7 +67,8 @@ pub(super) fn shareable(outcome: &Result<Answer, Error>) -> bool {
                 | K::InvalidSignature
                 | K::ExpiredToken
                 | K::MissingSignature
-                | K::CredentialsUnavailable => false,
+                | K::CredentialsUnavailable
+                | K::CredentialsSourceFailed => false,
             }
         }
         Err(_) => false,
@@ -133,7 +136,7 @@ pub(super) fn encode(
 /// kept answer's grace) runs longer here than this replica would have let
 /// it. The time it goes stale is absolute (a token's `exp` at the latest)
 /// and is obeyed as it is.
-pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
+pub(super) fn decode(plain: &[u8], now: SystemTime, operation: Operation) -> Option<Stored> {
     let (&kind, rest) = plain.split_first()?;
     let (stored_at, rest) = rest.split_at_checked(8)?;
     let (stale_at, rest) = rest.split_at_checked(8)?;
@@ -150,7 +153,7 @@ pub(super) fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
             fresh_until: None,
             ..decode_answer(rest, stored_at, stale_at)?
         })),
-        KIND_REFUSAL => Some(Err(Error::Upstream(decode_refusal(rest)?))),
+        KIND_REFUSAL => Some(Err(Error::Upstream(decode_refusal(rest, operation)?))),
         _ => return None,
     };
     Some(Stored {
@@ -173,12 +176,12 @@ fn decode_answer(body: &[u8], stored_at: SystemTime, stale_at: SystemTime) -> Op
     })
 }
 
-fn decode_refusal(body: &[u8]) -> Option<UpstreamError> {
+fn decode_refusal(body: &[u8], operation: Operation) -> Option<UpstreamError> {
     let stored: StoredRefusal = serde_json::from_slice(body).ok()?;
     let kind = stored
         .code
         .as_deref()
-        .and_then(UpstreamErrorKind::from_aws_code)
+        .and_then(|code| UpstreamErrorKind::from_aws_code(code, operation))
         .unwrap_or(UpstreamErrorKind::Unmodeled);
     let mut up = UpstreamError::new(kind);
     up.aws_error_code = stored.code;
@@ -203,6 +206,11 @@ fn from_unix_millis(bytes: &[u8]) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token's stored value, decoded.
+    fn decode(plain: &[u8], now: SystemTime) -> Option<Stored> {
+        super::decode(plain, now, Operation::GetUserAuthFactors)
+    }
 
     fn answer() -> Result<Answer, Error> {
         Ok(Answer {
@@ -248,6 +256,14 @@ mod tests {
             back.message.as_deref(),
             Some("Access Token has been revoked")
         );
+        // The same code stored for a named user is Cognito's word on the
+        // user, not on a token.
+        let plain = encode(Some(&refusal), now, later);
+        let user = super::decode(&plain, now, Operation::AdminGetUserAuthFactors).unwrap();
+        let Some(Err(Error::Upstream(back))) = user.outcome else {
+            panic!("a refusal");
+        };
+        assert_eq!(back.kind, UpstreamErrorKind::UserNotAuthorized);
         for kind in [UpstreamErrorKind::Timeout, UpstreamErrorKind::Unreachable] {
             assert!(!shareable(&Err(Error::Upstream(UpstreamError::new(kind)))));
         }

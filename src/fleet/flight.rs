@@ -360,7 +360,7 @@ impl Fleet {
             return Memory::Skip;
         };
         let now = SystemTime::now();
-        let Some(stored) = self.open(name, sealed, now) else {
+        let Some(stored) = self.open(names, name, sealed, now) else {
             return Memory::Unopened;
         };
         let until = stored.stale_at.min(stored.stored_at + ttl);
@@ -493,7 +493,7 @@ impl Fleet {
     /// which a new flight replaces).
     fn landed(&self, names: &Names, flight: &str, sealed: &[u8]) -> Followed {
         let now = SystemTime::now();
-        match self.open(&names.result(flight), sealed, now) {
+        match self.open(names, &names.result(flight), sealed, now) {
             Some(codec::Stored {
                 outcome: Some(mut outcome),
                 ..

@@ -105,7 +105,7 @@ impl Lease {
                 .as_ref()
                 .err()
                 .is_some_and(Error::revokes)
-                .then(|| revoked_until(exp, now)),
+                .then(|| revoked_until(&self.names, exp, now)),
         }
     }
 
@@ -208,7 +208,10 @@ impl Lease {
         let mut conn = fleet.0.store.for_call()?;
         let sealed = fleet.get(&mut conn, &self.names.kept).await?;
         let now = SystemTime::now();
-        match fleet.open(&self.names.kept, &sealed, now)?.outcome {
+        match fleet
+            .open(&self.names, &self.names.kept, &sealed, now)?
+            .outcome
+        {
             Some(Ok(answer)) if fleet.may_serve_kept(&answer, now) => Some(answer),
             _ => None,
         }

@@ -117,6 +117,9 @@ struct FleetState {
     finishing: tokio_util::task::TaskTracker,
 }
 
+/// The key space of a named user's names (a token's are `cf:{…}`).
+const USER_SPACE: &str = "cf:u:";
+
 /// The Redis names of one token's keys (all in the token's slot).
 #[derive(Debug, Clone)]
 pub(crate) struct Names {
@@ -144,7 +147,7 @@ impl Names {
     fn of(store: &Store, subject: &Subject) -> Self {
         let (domain, space) = match subject {
             Subject::Token(_) => (Domain::Token, "cf:"),
-            Subject::User(..) => (Domain::User, "cf:u:"),
+            Subject::User(..) => (Domain::User, USER_SPACE),
         };
         let tag = store.keys().tag(domain, &subject.keyed());
         let name = |suffix: &str| format!("{space}{{{tag}}}:{suffix}");
@@ -156,6 +159,17 @@ impl Names {
             channel: name("c"),
             kept: name("k"),
             replaced: name("x"),
+        }
+    }
+
+    /// The operation that answers for its subject (a user's names are in
+    /// [`USER_SPACE`]): what a stored refusal's code means, and how long a
+    /// revocation lasts.
+    fn operation(&self) -> crate::base::wire::Operation {
+        if self.answer.starts_with(USER_SPACE) {
+            crate::base::wire::Operation::AdminGetUserAuthFactors
+        } else {
+            crate::base::wire::Operation::GetUserAuthFactors
         }
     }
 
@@ -222,15 +236,21 @@ impl Fleet {
         self.0.store.for_call().is_some()
     }
 
-    /// A sealed value opened and decoded; a value that does not open is
-    /// counted.
-    fn open(&self, name: &str, sealed: &[u8], now: SystemTime) -> Option<codec::Stored> {
+    /// A sealed value of `names`' subject, under `name`, opened and decoded;
+    /// a value that does not open is counted.
+    fn open(
+        &self,
+        names: &Names,
+        name: &str,
+        sealed: &[u8],
+        now: SystemTime,
+    ) -> Option<codec::Stored> {
         let stored = self
             .0
             .store
             .keys()
             .open(name, sealed)
-            .and_then(|plain| codec::decode(&plain, now));
+            .and_then(|plain| codec::decode(&plain, now, names.operation()));
         if stored.is_none() {
             metrics::counter!(crate::base::metric_names::FLEET_UNOPENED).increment(1);
         }

@@ -26,7 +26,7 @@ use crate::{
     base::{expiring::lock, metric_names},
     error::Error,
     store::{BACKGROUND_BUDGET, Lane, Op},
-    token::LONGEST_LIFETIME,
+    token::user::revocation_horizon,
 };
 
 /// Most revocations waiting for Redis; past it the oldest goes (counted).
@@ -86,9 +86,14 @@ impl Revocations {
     }
 }
 
-/// Until when a revocation of a token expiring at `expires_at` lasts.
-pub(super) fn revoked_until(expires_at: Option<SystemTime>, now: SystemTime) -> SystemTime {
-    let most = now + LONGEST_LIFETIME;
+/// Until when a revocation of `names`' subject (a token expiring at
+/// `expires_at`, or a named user) lasts.
+pub(super) fn revoked_until(
+    names: &Names,
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> SystemTime {
+    let most = now + revocation_horizon(names.operation());
     expires_at.map_or(most, |exp| exp.min(most))
 }
 
@@ -110,7 +115,10 @@ impl Fleet {
         if let Err(err) = outcome
             && err.revokes()
         {
-            self.queue(names.clone(), revoked_until(expires_at, SystemTime::now()));
+            self.queue(
+                names.clone(),
+                revoked_until(names, expires_at, SystemTime::now()),
+            );
         }
     }
 

@@ -223,8 +223,10 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
             | UpstreamErrorKind::UserNotConfirmed
             | UpstreamErrorKind::PasswordResetRequired => Some(r#"Bearer error="invalid_token""#),
             // Not the user's fault: the operator's, or Cognito's, or the
-            // way to it.
-            UpstreamErrorKind::OperationNotEnabled
+            // way to it. (`UserNotAuthorized` is AdminGetUserAuthFactors'
+            // alone, which a Check never makes.)
+            UpstreamErrorKind::UserNotAuthorized
+            | UpstreamErrorKind::OperationNotEnabled
             | UpstreamErrorKind::TooManyRequests
             | UpstreamErrorKind::Forbidden
             | UpstreamErrorKind::InternalError
@@ -240,7 +242,8 @@ fn refused(err: Error, context: &CallContext) -> (Decision, Result<CheckResponse
             | UpstreamErrorKind::InvalidSignature
             | UpstreamErrorKind::ExpiredToken
             | UpstreamErrorKind::MissingSignature
-            | UpstreamErrorKind::CredentialsUnavailable => None,
+            | UpstreamErrorKind::CredentialsUnavailable
+            | UpstreamErrorKind::CredentialsSourceFailed => None,
         },
         Error::Overloaded
         | Error::RequestTooLarge

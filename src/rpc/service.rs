@@ -589,8 +589,14 @@ fn record_upstream(result: &Result<Answer, UpstreamError>, elapsed: Duration, re
         Err(err) if err.kind == UpstreamErrorKind::RateLimited => return,
         Err(err) => match &err.aws_error_code {
             // Only modeled codes become labels: an unmodeled code is free
-            // text from the upstream and could grow the label set.
-            Some(code) if UpstreamErrorKind::from_aws_code(code).is_some() => code.clone().into(),
+            // text from the upstream and could grow the label set. (A code
+            // modeled only for the other operation left its kind unmodeled.)
+            Some(code)
+                if UpstreamErrorKind::is_modeled_code(code)
+                    && err.kind != UpstreamErrorKind::Unmodeled =>
+            {
+                code.clone().into()
+            }
             _ => err.kind.status().1.into(),
         },
     };

@@ -236,7 +236,7 @@ impl Admission {
         let info = ConnInfo {
             tcp: stream.connect_info(),
             share: ConnectionShare::new(self.request_bytes_per_connection),
-            peer: None,
+            peer: Peer::Uncertified,
         };
         let handshake = Handshake {
             timeout: self.handshake_timeout,
@@ -263,9 +263,11 @@ impl Handshake {
             Ok(Ok((io, opening))) => {
                 let mut info = info;
                 if let Transport::Tls(tls) = &io {
-                    let certs = tls.get_ref().1.peer_certificates();
-                    let identity = certs.and_then(|certs| peer_identity(certs.first()?));
-                    info.peer = identity.map(Arc::from);
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(<[_]>::first);
+                    if let Some(leaf) = leaf {
+                        info.peer = peer_identity(leaf)
+                            .map_or(Peer::Nameless, |identity| Peer::Named(Arc::from(identity)));
+                    }
                 }
                 let conn = Conn {
                     opening,
@@ -409,10 +411,24 @@ pub(crate) struct ConnInfo {
     /// The peer's and our addresses.
     #[expect(dead_code, reason = "kept for what tonic's own connect info gives")]
     pub(crate) tcp: TcpConnectInfo,
-    /// The caller its verified client certificate names (mTLS).
-    pub(crate) peer: Option<Arc<str>>,
+    /// What its verified client certificate says (mTLS).
+    pub(crate) peer: Peer,
     /// The connection's share of the request bytes in flight.
     pub(crate) share: ConnectionShare,
+}
+
+/// A connection's client certificate, as the caller it names. A certificate
+/// always wins over a forwarded header, even one that names nobody: otherwise
+/// a client with any certificate the CA signed could name itself in
+/// `x-forwarded-client-cert`.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    /// No certificate: plaintext, or TLS without client authentication.
+    Uncertified,
+    /// A verified certificate and the identity it names.
+    Named(Arc<str>),
+    /// A verified certificate with no URI or DNS SAN and no readable CN.
+    Nameless,
 }
 
 impl Connected for Conn {

@@ -32,7 +32,7 @@ use crate::{
     error::{Error, ErrorChain, code_name},
     observability::traces::{self, Tracing},
     rpc::call::CallContext,
-    server::listener::ConnInfo,
+    server::listener::{ConnInfo, Peer},
 };
 
 /// The method label of calls to methods the service does not have.
@@ -75,12 +75,14 @@ fn connected_caller<B>(
     callers: &Callers,
     trust_forwarded: bool,
 ) -> Result<Caller, Error> {
-    let peer = request
+    match request
         .extensions()
         .get::<ConnInfo>()
-        .and_then(|info| info.peer.as_deref());
-    if let Some(peer) = peer {
-        return Ok(callers.caller(Some(peer)));
+        .map(|info| &info.peer)
+    {
+        Some(Peer::Named(identity)) => return Ok(callers.caller(Some(identity))),
+        Some(Peer::Nameless) => return Ok(callers.nameless()),
+        Some(Peer::Uncertified) | None => {}
     }
     if !trust_forwarded {
         return Ok(Caller::anonymous());

@@ -1,9 +1,10 @@
 //! A user named by pool and username (AdminGetUserAuthFactors), and whose
 //! answer a call asks for: a token's owner or such a user.
 
-use std::{borrow::Cow, fmt, sync::LazyLock};
+use std::{borrow::Cow, fmt, sync::LazyLock, time::Duration};
 
-use super::{AccessToken, pools::UserPoolId};
+use super::{AccessToken, LONGEST_LIFETIME, pools::UserPoolId};
+use crate::base::wire::Operation;
 
 /// The longest username Cognito accepts, in characters (the service model's
 /// `UsernameType`).
@@ -79,6 +80,24 @@ pub enum UsernameError {
     InvalidCharacters,
 }
 
+/// How long a named user's definitive refusal keeps answers given before it
+/// from being copied: longer than any call then in flight (a call lasts at
+/// most `--call-timeout`, 5 s by default).
+pub(crate) const USER_REVOCATION: Duration = Duration::from_secs(300);
+
+/// The longest a definitive refusal's revocation mark lasts for a subject
+/// of `operation` (cut to a token's `exp`). A revoked token never comes
+/// back, so any answer for it landing later was given before: the mark
+/// lasts as long as the token could. A user can (re-created, re-enabled),
+/// so its mark only outlasts the calls in flight when the refusal came, and
+/// its answers are cached again after that.
+pub(crate) fn revocation_horizon(operation: Operation) -> Duration {
+    match operation {
+        Operation::GetUserAuthFactors => LONGEST_LIFETIME,
+        Operation::AdminGetUserAuthFactors => USER_REVOCATION,
+    }
+}
+
 /// Whose authentication factors a call asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Subject {
@@ -103,6 +122,20 @@ impl Subject {
                 keyed.extend_from_slice(username.expose().as_bytes());
                 Cow::Owned(keyed)
             }
+        }
+    }
+
+    /// The longest a definitive refusal's revocation mark lasts
+    /// ([`revocation_horizon`]).
+    pub(crate) fn revocation_horizon(&self) -> Duration {
+        revocation_horizon(self.operation())
+    }
+
+    /// The Cognito operation that answers for it.
+    pub(crate) fn operation(&self) -> Operation {
+        match self {
+            Self::Token(_) => Operation::GetUserAuthFactors,
+            Self::User(..) => Operation::AdminGetUserAuthFactors,
         }
     }
 

@@ -117,21 +117,24 @@ pub(super) fn auth_factor_type(factor: &SdkAuthFactor) -> AuthFactorType {
 ///
 /// Never log the SDK error with `Debug` (or `DisplayErrorContext`, which ends
 /// in `Debug`): it holds the raw HTTP response, body and username included.
-/// Its `Display` chain is safe. `reason_code` reads an
-/// `InvalidParameterException`'s `reasonCode`.
+/// Its `Display` chain is safe. `operation` says what the codes mean;
+/// `reason_code` reads an `InvalidParameterException`'s `reasonCode`.
 pub(super) fn upstream_error<E>(
     err: SdkError<E, HttpResponse>,
+    operation: Operation,
     reason_code: fn(&E) -> Option<&str>,
 ) -> UpstreamError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let request_id = err.request_id().map(str::to_owned);
-    let mut up = match &err {
-        SdkError::ServiceError(context) => {
+    let mut up = match (&err, credentials_fault(&err)) {
+        (SdkError::ServiceError(context), _) => {
             let service_err = context.err();
             let aws_code = service_err.code();
-            let kind = match aws_code.and_then(UpstreamErrorKind::from_aws_code) {
+            let modeled =
+                aws_code.and_then(|code| UpstreamErrorKind::from_aws_code(code, operation));
+            let kind = match modeled {
                 Some(kind) => kind,
                 None => kind_of_unmodeled(aws_code.is_some(), context.raw().status()),
             };
@@ -141,22 +144,20 @@ where
             up.reason_code = reason_code(service_err).map(Box::from);
             up
         }
-        SdkError::TimeoutError(_) => UpstreamError::new(UpstreamErrorKind::Timeout),
-        _ if credentials_unavailable(&err) => {
-            UpstreamError::new(UpstreamErrorKind::CredentialsUnavailable)
-        }
-        SdkError::DispatchFailure(failure) => {
+        (SdkError::TimeoutError(_), _) => UpstreamError::new(UpstreamErrorKind::Timeout),
+        (_, Some(credentials)) => UpstreamError::new(credentials),
+        (SdkError::DispatchFailure(failure), _) => {
             match failure.as_connector_error().and_then(no_turn) {
                 Some(retry_after) => UpstreamError::rate_limited(retry_after),
                 None if failure.is_timeout() => UpstreamError::new(UpstreamErrorKind::Timeout),
                 None => UpstreamError::new(UpstreamErrorKind::Unreachable),
             }
         }
-        SdkError::ResponseError(context) => UpstreamError::new(kind_of_unreadable(
+        (SdkError::ResponseError(context), _) => UpstreamError::new(kind_of_unreadable(
             caused_by_io(&err),
             context.raw().status(),
         )),
-        SdkError::ConstructionFailure(_) => {
+        (SdkError::ConstructionFailure(_), _) => {
             UpstreamError::new(UpstreamErrorKind::RequestConstruction)
         }
         // `SdkError` is `#[non_exhaustive]`; a new failure mode is most likely a
@@ -192,12 +193,23 @@ pub(super) fn no_turn(err: &ConnectorError) -> Option<Duration> {
         .map(|no_turn| no_turn.0)
 }
 
-/// Whether the default credential chain failed to give the request its
-/// credentials (none configured, or their source failed or timed out):
-/// the SDK reports it as its own failure to build or send the request.
-pub(super) fn credentials_unavailable(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |err| err.source())
-        .any(|err| err.is::<aws_credential_types::provider::error::CredentialsError>())
+/// Why the default credential chain gave the request no credentials, if it
+/// did not: none configured (or configured wrongly), or their source failing
+/// or not answering in time ([`BoundedCredentials`]). The SDK reports either
+/// as its own failure to build or send the request.
+pub(super) fn credentials_fault(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<UpstreamErrorKind> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let found = std::iter::successors(Some(err), |err| err.source())
+        .find_map(|err| err.downcast_ref::<CredentialsError>())?;
+    Some(match found {
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_) => {
+            UpstreamErrorKind::CredentialsUnavailable
+        }
+        // Timed out, failed, or a failure this version does not name.
+        _ => UpstreamErrorKind::CredentialsSourceFailed,
+    })
 }
 
 /// The `reasonCode` of GetUserAuthFactors' `InvalidParameterException`.

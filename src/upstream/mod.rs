@@ -6,8 +6,9 @@
 //! and its errors into the table; the pacing of attempts under the rate
 //! limit, the attempts' interceptor and the client are here.
 //!
-//! Files, lowest first: `convert`.
+//! Files, lowest first: `convert`, `clients`.
 
+mod clients;
 mod convert;
 
 use aws_config::{
@@ -54,6 +55,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use self::clients::{Clients, https_client, sdk_config};
 use self::convert::{
     FactorsOutput, admin_reason_code, to_proto, token_reason_code, upstream_error,
 };
@@ -61,6 +63,7 @@ use crate::{
     base::caller::Caller,
     base::expiring::{RandomError, TokenKeyer},
     base::metric_names,
+    base::wire::Operation,
     error::{UpstreamError, UpstreamErrorKind},
     proto::{AuthFactorType, GetUserAuthFactorsResponse, MfaType},
     token::{AccessToken, user::Subject},
@@ -304,18 +307,19 @@ impl Cognito {
             .or_else(ProfileFileRegionProvider::new())
             .region()
             .await;
-        if default_region.is_none() && pool_regions.is_empty() {
-            return Err(SetupError::NoRegion);
-        }
-        let shared = sdk_config(config, None).await;
         // The credential chain's own calls (STS for web identity) go to the
         // default region, else a pool's.
-        let chain_region = default_region
+        let Some(region) = default_region
             .clone()
-            .or_else(|| pool_regions.first().cloned().map(Region::new));
-        let with_credentials = match (signed, chain_region) {
-            (true, Some(region)) => Some(sdk_config(config, Some(region)).await),
-            _ => None,
+            .or_else(|| pool_regions.first().cloned().map(Region::new))
+        else {
+            return Err(SetupError::NoRegion);
+        };
+        let shared = sdk_config(config, region.clone(), false).await;
+        let with_credentials = if signed {
+            Some(sdk_config(config, region, true).await)
+        } else {
+            None
         };
         let maker = Clients {
             config,
@@ -390,7 +394,9 @@ impl Cognito {
                     .access_token(token.expose())
                     .send();
                 let output = self.paced(send, subject, deadline, caller).await;
-                answer(output.map_err(|err| upstream_error(err, token_reason_code))?)
+                answer(output.map_err(|err| {
+                    upstream_error(err, Operation::GetUserAuthFactors, token_reason_code)
+                })?)
             }
             Subject::User(pool, username) => {
                 let regional = self.signed.get(pool.region()).ok_or_else(unbuilt)?;
@@ -401,7 +407,9 @@ impl Cognito {
                     .username(username.expose())
                     .send();
                 let output = self.paced(send, subject, deadline, caller).await;
-                answer(output.map_err(|err| upstream_error(err, admin_reason_code))?)
+                answer(output.map_err(|err| {
+                    upstream_error(err, Operation::AdminGetUserAuthFactors, admin_reason_code)
+                })?)
             }
         }
     }
@@ -445,106 +453,6 @@ fn answer<O: FactorsOutput + aws_sdk_cognitoidentityprovider::operation::Request
         fresh_until: None,
         kept_since: None,
         given_at: None,
-    })
-}
-
-/// What makes the regional clients: `config`'s endpoints, and with a
-/// `pacer` (a rate limit), the SDK's HTTPS client (`inner`) wrapped so that
-/// each attempt takes its turn.
-struct Clients<'a> {
-    config: &'a UpstreamConfig,
-    inner: Option<SharedHttpClient>,
-    pacer: Option<Arc<dyn AttemptPacer>>,
-}
-
-impl Clients<'_> {
-    /// The client of `region`, with `shared`'s settings.
-    fn client(&self, shared: &aws_config::SdkConfig, region: &str) -> RegionalClient {
-        let region_name: Arc<str> = region.into();
-        let mut builder = aws_sdk_cognitoidentityprovider::config::Builder::from(shared)
-            .region(Region::new(region.to_owned()))
-            .interceptor(Attempts {
-                region: Arc::clone(&region_name),
-                pacer: self.pacer.clone(),
-            });
-        if let Some(endpoint) = self.config.endpoint_for(region) {
-            builder = builder.endpoint_url(endpoint);
-        }
-        if let (Some(pacer), Some(inner)) = (&self.pacer, &self.inner) {
-            builder = builder.http_client(PacedClient {
-                inner: inner.clone(),
-                region: Arc::clone(&region_name),
-                pacer: Arc::clone(pacer),
-            });
-        }
-        RegionalClient {
-            region: region_name,
-            client: Client::from_conf(builder.build()),
-        }
-    }
-
-    /// A client of each of `regions`, by region.
-    fn each(
-        &self,
-        shared: &aws_config::SdkConfig,
-        regions: &BTreeSet<String>,
-    ) -> HashMap<String, RegionalClient> {
-        regions
-            .iter()
-            .map(|region| (region.clone(), self.client(shared, region)))
-            .collect()
-    }
-}
-
-/// The settings every regional client shares: `config`'s timeouts and
-/// standard retries, and no credentials (GetUserAuthFactors is `noAuth`)
-/// or, with a `chain_region`, the default credential chain (environment,
-/// profile, web identity, EKS Pod Identity, ECS, IMDS), whose own calls go
-/// to that region. The chain loads nothing until a call signs.
-async fn sdk_config(
-    config: &UpstreamConfig,
-    chain_region: Option<Region>,
-) -> aws_config::SdkConfig {
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(config.connect_timeout)
-        .operation_attempt_timeout(config.attempt_timeout)
-        .operation_timeout(config.call_timeout)
-        .build();
-    let loader = match chain_region {
-        Some(region) => aws_config::defaults(BehaviorVersion::latest()).region(region),
-        None => aws_config::defaults(BehaviorVersion::latest()).no_credentials(),
-    };
-    loader
-        .timeout_config(timeouts)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(config.max_attempts)
-                .with_initial_backoff(config.retry_backoff),
-        )
-        .load()
-        .await
-}
-
-/// The SDK's HTTPS client as the SDK builds it by default for this
-/// behaviour version (rustls on aws-lc, the proxy from `HTTPS_PROXY` and
-/// `NO_PROXY`), for [`PacedClient`] to wrap: the same steps as
-/// `aws_smithy_runtime::client::http::default_https_client`, which is not
-/// public.
-fn https_client() -> SharedHttpClient {
-    use aws_smithy_http_client::{
-        ConnectorBuilder,
-        proxy::ProxyConfig,
-        tls::{Provider, rustls_provider::CryptoMode},
-    };
-    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
-        let mut connector =
-            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
-        connector.set_connector_settings(settings.cloned());
-        if let Some(components) = components {
-            connector.set_sleep_impl(components.sleep_impl());
-        }
-        connector.set_proxy_config(Some(ProxyConfig::from_env()));
-        connector.build()
     })
 }
 

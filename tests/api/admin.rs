@@ -3,9 +3,10 @@
 //! SDK's own signer. Who may ask, the pools served, the username's rules,
 //! the service's own credentials (present, wrong, expired, absent), every
 //! row of the error table, single flight alone and across a fleet, and a
-//! username that never reaches a log line.
+//! username that never reaches a log line. The error table and the
+//! credentials' sources are in `admin_credentials`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cognito_facade::proto::{
     AdminGetUserAuthFactorsRequest, AuthFactorType, MfaType,
@@ -19,32 +20,31 @@ use tonic_types::StatusExt as _;
 use crate::{
     fleet::{key_file, source_of},
     helpers::{
-        ACCESS_KEY_ID, ADMIN_TARGET, EXPIRED_SESSION_TOKEN, Reply, Running, SECRET_ACCESS_KEY,
-        StandIn, USERNAME, request, sample, scrape,
+        ACCESS_KEY_ID, ADMIN_TARGET, Reply, Running, SECRET_ACCESS_KEY, StandIn, USERNAME, sample,
+        scrape,
     },
-    jwt::{SigningKey, access_claims},
     pki::{Pki, mtls},
     servers::{Redis, scratch_dir},
 };
 
 /// The pool served.
-const POOL: &str = "eu-west-1_AdminPool1";
+pub(crate) const POOL: &str = "eu-west-1_AdminPool1";
 /// The caller allowed, and one that is not.
-const SUPPORT: &str = "spiffe://cluster.local/ns/support/sa/console";
-const BATCH: &str = "spiffe://cluster.local/ns/batch/sa/reindex";
+pub(crate) const SUPPORT: &str = "spiffe://cluster.local/ns/support/sa/console";
+pub(crate) const BATCH: &str = "spiffe://cluster.local/ns/batch/sa/reindex";
 /// The user asked about: personal data, never in a log line.
-const ASKED: &str = "zoë.lookup@example.com";
+pub(crate) const ASKED: &str = "zoë.lookup@example.com";
 /// The header a trusted proxy names the caller in.
 const XFCC: &str = "x-forwarded-client-cert";
 
 /// The stand-in's key pair, as the environment gives it to the default chain.
-const CREDENTIALS: [(&str, &str); 2] = [
+pub(crate) const CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
     ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
 ];
 
 /// A request for `username` in `pool`.
-fn asking(pool: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
+pub(crate) fn asking(pool: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
     tonic::Request::new(AdminGetUserAuthFactorsRequest {
         user_pool_id: pool.to_owned(),
         username: username.to_owned(),
@@ -52,7 +52,10 @@ fn asking(pool: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsR
 }
 
 /// The same, from `caller` as a trusted proxy names it.
-fn forwarded(caller: &str, username: &str) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
+pub(crate) fn forwarded(
+    caller: &str,
+    username: &str,
+) -> tonic::Request<AdminGetUserAuthFactorsRequest> {
     let mut request = asking(POOL, username);
     let xfcc = format!("URI={caller}").parse().unwrap();
     request.metadata_mut().insert(XFCC, xfcc);
@@ -61,7 +64,7 @@ fn forwarded(caller: &str, username: &str) -> tonic::Request<AdminGetUserAuthFac
 
 /// The binary serving [`POOL`] to [`SUPPORT`] (named by a trusted
 /// `x-forwarded-client-cert`), with `envs` for its credentials.
-fn behind_a_proxy(stand_in: &StandIn, args: &[&str], envs: &[(&str, &str)]) -> Running {
+pub(crate) fn behind_a_proxy(stand_in: &StandIn, args: &[&str], envs: &[(&str, &str)]) -> Running {
     let mut all = vec![
         "--user-pool-id",
         POOL,
@@ -78,7 +81,7 @@ fn behind_a_proxy(stand_in: &StandIn, args: &[&str], envs: &[(&str, &str)]) -> R
 }
 
 /// The status's code and ErrorInfo reason.
-fn reason(status: &tonic::Status) -> (Code, String) {
+pub(crate) fn reason(status: &tonic::Status) -> (Code, String) {
     let info = status
         .get_details_error_info()
         .expect("every error carries ErrorInfo");
@@ -86,7 +89,7 @@ fn reason(status: &tonic::Status) -> (Code, String) {
 }
 
 /// How many AdminGetUserAuthFactors calls reached the stand-in.
-fn admin_calls(stand_in: &StandIn) -> usize {
+pub(crate) fn admin_calls(stand_in: &StandIn) -> usize {
     stand_in
         .received()
         .iter()
@@ -94,7 +97,7 @@ fn admin_calls(stand_in: &StandIn) -> usize {
         .count()
 }
 
-async fn client(addr: std::net::SocketAddr) -> IdentityProviderServiceClient<Channel> {
+pub(crate) async fn client(addr: std::net::SocketAddr) -> IdentityProviderServiceClient<Channel> {
     crate::fleet::client(addr).await
 }
 
@@ -202,194 +205,53 @@ async fn over_mtls_an_allowed_caller_gets_the_answer_and_no_one_else_reaches_cog
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Every row of the error table that AdminGetUserAuthFactors can meet, from
-/// Cognito's answer (its modeled exceptions, and AWS refusing a request it
-/// cannot authorise).
+/// A certificate always wins over a forwarded header, even one that names
+/// nobody: with mTLS, a trusted `x-forwarded-client-cert` and admin callers
+/// all on, a client whose certificate names no one, or someone else, cannot
+/// take an admin caller's name from the header.
 #[tokio::test]
-async fn every_modeled_exception_and_refusal_of_the_credentials_maps_as_documented() {
-    let rows = [
-        (
-            400,
-            "ResourceNotFoundException",
-            Code::NotFound,
-            "RESOURCE_NOT_FOUND",
-        ),
-        (
-            400,
-            "InvalidParameterException",
-            Code::InvalidArgument,
-            "INVALID_PARAMETER",
-        ),
-        (
-            400,
-            "NotAuthorizedException",
-            Code::Unauthenticated,
-            "NOT_AUTHORIZED",
-        ),
-        (
-            400,
-            "OperationNotEnabledException",
-            Code::FailedPrecondition,
-            "OPERATION_NOT_ENABLED",
-        ),
-        (
-            400,
-            "TooManyRequestsException",
-            Code::ResourceExhausted,
-            "TOO_MANY_REQUESTS",
-        ),
-        (
-            400,
-            "UserNotFoundException",
-            Code::NotFound,
-            "USER_NOT_FOUND",
-        ),
-        (
-            500,
-            "InternalErrorException",
-            Code::Unavailable,
-            "COGNITO_INTERNAL_ERROR",
-        ),
-        (
-            400,
-            "AccessDeniedException",
-            Code::Internal,
-            "SERVICE_ACCESS_DENIED",
-        ),
-        (
-            400,
-            "UnrecognizedClientException",
-            Code::Internal,
-            "SERVICE_CREDENTIALS_UNRECOGNIZED",
-        ),
-        (
-            400,
-            "InvalidSignatureException",
-            Code::Internal,
-            "SERVICE_SIGNATURE_INVALID",
-        ),
-        (
-            400,
-            "ExpiredTokenException",
-            Code::Internal,
-            "SERVICE_CREDENTIALS_EXPIRED",
-        ),
-        (
-            400,
-            "MissingAuthenticationTokenException",
-            Code::Internal,
-            "SERVICE_SIGNATURE_MISSING",
-        ),
-    ];
+async fn with_mtls_the_certificate_wins_over_a_forwarded_header_even_one_that_names_nobody() {
+    let pki = Pki::new();
+    let (dir, tls) = pki.server_args("admin-trust");
     let stand_in = StandIn::start().await;
-    let mut running = behind_a_proxy(&stand_in, &[], &CREDENTIALS);
-    let mut client = client(running.addr).await;
-    for (n, (http, aws_type, code, expected)) in rows.into_iter().enumerate() {
-        stand_in.then([Reply::error(http, aws_type, "stand-in says no")]);
-        let status = client
-            .admin_get_user_auth_factors(forwarded(SUPPORT, &format!("user.{n}")))
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&status), (code, expected.to_owned()), "{aws_type}");
-        let info = status.get_details_error_info().unwrap();
-        assert_eq!(info.metadata["aws_error_code"], aws_type);
-        // The service's own credentials refused: not the caller's fault,
-        // and nothing of AWS's message (it can name the role) passes.
-        if code == Code::Internal {
-            assert!(status.message().contains("misconfigured"), "{status:?}");
-            assert!(!status.message().contains("stand-in"), "{status:?}");
-        }
-    }
-    assert_eq!(admin_calls(&stand_in), 12);
-    assert_eq!(running.terminate().await, Some(0));
-}
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["--user-pool-id", POOL, "--verify-tokens=false"]);
+    args.extend(["--admin-callers", SUPPORT]);
+    args.extend(["--trust-forwarded-client-cert", "true"]);
+    let mut running = Running::against(&stand_in, &args, &CREDENTIALS);
 
-/// The stand-in's own check of the signature refuses what AWS would: a
-/// wrong secret key, an access key it does not know, an expired session;
-/// the service says which.
-#[tokio::test]
-async fn a_signature_aws_would_refuse_is_told_apart_from_a_refusal_of_the_caller() {
-    let stand_in = StandIn::start().await;
-    let cases = [
-        (
-            [
-                ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID),
-                ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
-            ],
-            None,
-            "SERVICE_SIGNATURE_INVALID",
-        ),
-        (
-            [
-                ("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000"),
-                ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
-            ],
-            None,
-            "SERVICE_CREDENTIALS_UNRECOGNIZED",
-        ),
-        (
-            CREDENTIALS,
-            Some(EXPIRED_SESSION_TOKEN),
-            "SERVICE_CREDENTIALS_EXPIRED",
-        ),
-    ];
-    for (credentials, session, expected) in cases {
-        let mut envs = credentials.to_vec();
-        if let Some(session) = session {
-            envs.push(("AWS_SESSION_TOKEN", session));
-        }
-        let mut running = behind_a_proxy(&stand_in, &[], &envs);
-        let status = client(running.addr)
-            .await
+    for leaf in [pki.nameless(), pki.client(BATCH)] {
+        let mut client = IdentityProviderServiceClient::new(mtls(running.addr, &pki, &leaf).await);
+        let status = client
             .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
             .await
             .unwrap_err();
-        assert_eq!(reason(&status), (Code::Internal, expected.to_owned()));
-        // A caller who may not ask is told so, differently.
-        let status = client(running.addr)
-            .await
-            .admin_get_user_auth_factors(forwarded(BATCH, ASKED))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied);
-        assert_eq!(running.terminate().await, Some(0));
-    }
-}
-
-#[tokio::test]
-async fn without_credentials_the_admin_rpc_says_so_in_time_and_the_token_rpc_still_answers() {
-    let stand_in = StandIn::start().await;
-    // No key in the environment, no profile (HOME is empty), no web
-    // identity, no container endpoint, and the instance metadata service
-    // off: the default chain has nothing to give.
-    let mut running = behind_a_proxy(&stand_in, &[], &[("AWS_EC2_METADATA_DISABLED", "true")]);
-    let mut client = client(running.addr).await;
-    for _ in 0..2 {
-        let started = Instant::now();
-        let mut request = forwarded(SUPPORT, ASKED);
-        request.set_timeout(Duration::from_secs(3));
-        let status = client
-            .admin_get_user_auth_factors(request)
-            .await
-            .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(3));
         assert_eq!(
             reason(&status),
-            (Code::Internal, "CREDENTIALS_UNAVAILABLE".into())
-        );
-        assert!(
-            status.message().contains("no AWS credentials"),
-            "{status:?}"
+            (Code::PermissionDenied, "CALLER_NOT_ALLOWED".into())
         );
     }
-    assert_eq!(admin_calls(&stand_in), 0);
-    let token = SigningKey::generate("k1").sign(&access_claims(POOL, 3600));
-    let answer = client
-        .get_user_auth_factors(request(&token))
+    assert_eq!(admin_calls(&stand_in), 0, "a borrowed name reached Cognito");
+    // And the other way round: the allowed certificate is not demoted by a
+    // header naming someone else.
+    let support = pki.client(SUPPORT);
+    let mut allowed = IdentityProviderServiceClient::new(mtls(running.addr, &pki, &support).await);
+    allowed
+        .admin_get_user_auth_factors(forwarded(BATCH, ASKED))
         .await
-        .expect("the token RPC needs no credentials");
-    assert_eq!(answer.into_inner().username, USERNAME);
+        .expect("the certificate names an allowed caller");
+    assert_eq!(admin_calls(&stand_in), 1);
+
     assert_eq!(running.terminate().await, Some(0));
+    let callers: Vec<String> = running
+        .logs()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["rpc.method"] == "AdminGetUserAuthFactors")
+        .map(|line| line["fields"]["caller"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(callers, ["other", BATCH, SUPPORT]);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// 50 concurrent lookups of one user, over `replicas`; where each answer
@@ -522,74 +384,6 @@ async fn at_trace_level_no_line_holds_the_username_or_the_session_token() {
             assert!(!line.contains(secret), "{secret} in {line}");
         }
     }
-}
-
-/// A container credentials endpoint (what ECS and EKS Pod Identity serve)
-/// on loopback, handing out the stand-in's key pair with a session token;
-/// how many times it was asked.
-async fn container_credentials() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
-    let asked = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&asked);
-    let expiration = std::time::SystemTime::now() + Duration::from_secs(3600);
-    let expiration = humantime::format_rfc3339_seconds(expiration).to_string();
-    let app = axum::Router::new().route(
-        "/credentials",
-        axum::routing::get(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let body = serde_json::json!({
-                "AccessKeyId": ACCESS_KEY_ID,
-                "SecretAccessKey": SECRET_ACCESS_KEY,
-                "Token": "container-session-token",
-                "Expiration": expiration,
-            });
-            let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
-            std::future::ready((headers, body.to_string()))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/credentials", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, asked)
-}
-
-#[tokio::test]
-async fn credentials_come_from_the_default_chain_on_first_use_never_at_start_up() {
-    use std::sync::atomic::Ordering;
-    let (url, asked) = container_credentials().await;
-    let stand_in = StandIn::start().await;
-    let mut running = behind_a_proxy(
-        &stand_in,
-        &[],
-        &[
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
-    // Serving, and a while after: nothing asked for credentials.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        asked.load(Ordering::SeqCst),
-        0,
-        "start-up made a network call"
-    );
-    let mut client = client(running.addr).await;
-    for username in [ASKED, "someone.else"] {
-        let answer = client
-            .admin_get_user_auth_factors(forwarded(SUPPORT, username))
-            .await
-            .expect("signed with the container's credentials");
-        assert_eq!(answer.into_inner().username, USERNAME);
-    }
-    // Loaded once and cached by the SDK until near their expiry.
-    assert_eq!(asked.load(Ordering::SeqCst), 1);
-    let received = stand_in.received();
-    assert!(
-        received
-            .iter()
-            .all(|r| r.authorization.as_deref().unwrap().contains(ACCESS_KEY_ID))
-    );
-    assert_eq!(running.terminate().await, Some(0));
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on loopback against a Cognito stand-in.
 
 mod admin;
+mod admin_credentials;
 mod bad_day;
 mod binary;
 mod bodies;

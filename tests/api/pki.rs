@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair, SanType};
+use rcgen::{CertificateParams, CertifiedIssuer, DistinguishedName, DnType, KeyPair, SanType};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A CA made now.
@@ -27,6 +27,18 @@ impl Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
         params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client leaf that names nobody: no SAN, and a subject without a CN.
+    pub(crate) fn nameless(&self) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "payments");
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
