@@ -4,7 +4,7 @@
 //! signed, under the one key pair the stand-in knows, and each way a request
 //! can fail the check gets AWS's own error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::{
@@ -24,6 +24,10 @@ pub(crate) const EXPIRED_SESSION_TOKEN: &str = "expired-session-token";
 /// How far a request's time may be from the stand-in's, as AWS allows.
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
+/// The headers AWS requires every SigV4 request to sign (with a JSON
+/// protocol's target): a signature that leaves one out does not verify.
+const MUST_SIGN: [&str; 3] = ["host", "x-amz-date", "x-amz-target"];
+
 /// `Ok` if the request is signed (SigV4, service `cognito-idp`) by
 /// [`ACCESS_KEY_ID`] with [`SECRET_ACCESS_KEY`]; otherwise AWS's refusal.
 pub(crate) fn verify(
@@ -40,18 +44,61 @@ pub(crate) fn verify(
             "Missing Authentication Token",
         ));
     };
-    let incomplete = || {
-        Reply::error(
-            400,
-            "IncompleteSignatureException",
-            "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders'",
-        )
-    };
     let signed = Authorization::parse(authorization).ok_or_else(incomplete)?;
-    let scope: Vec<&str> = signed.credential.split('/').collect();
-    let [key_id, _date, region, service, "aws4_request"] = scope[..] else {
-        return Err(incomplete());
-    };
+    let scope = Scope::parse(signed.credential).ok_or_else(incomplete)?;
+    let session_token = header("x-amz-security-token");
+    known_credentials(scope.key_id, session_token)?;
+    let time = header("x-amz-date")
+        .and_then(amz_date)
+        .ok_or_else(mismatch)?;
+    within_skew(time)?;
+    let names: Vec<&str> = signed.headers.split(';').collect();
+    if scope.service != "cognito-idp" || MUST_SIGN.iter().any(|name| !names.contains(name)) {
+        return Err(mismatch());
+    }
+    let signed_headers = names
+        .into_iter()
+        .map(|name| Some((name, header(name)?)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(mismatch)?;
+    let host = header("host").ok_or_else(mismatch)?;
+    let url = format!(
+        "http://{host}{}",
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let expected = signature(
+        &scope,
+        session_token,
+        time,
+        (method, &url, signed_headers, body),
+    )
+    .ok_or_else(mismatch)?;
+    if expected != signed.signature {
+        return Err(mismatch());
+    }
+    Ok(())
+}
+
+/// AWS's answer to an `Authorization` header it cannot read.
+fn incomplete() -> Reply {
+    Reply::error(
+        400,
+        "IncompleteSignatureException",
+        "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders'",
+    )
+}
+
+/// AWS's answer to a signature that does not verify.
+fn mismatch() -> Reply {
+    Reply::error(
+        400,
+        "InvalidSignatureException",
+        "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
+    )
+}
+
+/// `Ok` for the one key the stand-in knows, without an expired session.
+fn known_credentials(key_id: &str, session_token: Option<&str>) -> Result<(), Reply> {
     if key_id != ACCESS_KEY_ID {
         return Err(Reply::error(
             400,
@@ -59,7 +106,6 @@ pub(crate) fn verify(
             "The security token included in the request is invalid.",
         ));
     }
-    let session_token = header("x-amz-security-token");
     if session_token == Some(EXPIRED_SESSION_TOKEN) {
         return Err(Reply::error(
             400,
@@ -67,16 +113,11 @@ pub(crate) fn verify(
             "The security token included in the request is expired",
         ));
     }
-    let mismatch = || {
-        Reply::error(
-            400,
-            "InvalidSignatureException",
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
-        )
-    };
-    let time = header("x-amz-date")
-        .and_then(amz_date)
-        .ok_or_else(mismatch)?;
+    Ok(())
+}
+
+/// `Ok` for a request signed within [`CLOCK_SKEW`] of now.
+fn within_skew(time: SystemTime) -> Result<(), Reply> {
     let skew = match SystemTime::now().duration_since(time) {
         Ok(behind) => behind,
         Err(ahead) => ahead.duration(),
@@ -88,12 +129,18 @@ pub(crate) fn verify(
             "Signature expired",
         ));
     }
-    let mut signed_headers = Vec::new();
-    for name in signed.headers.split(';') {
-        signed_headers.push((name, header(name).ok_or_else(mismatch)?));
-    }
-    let host = header("host").ok_or_else(mismatch)?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(())
+}
+
+/// The signature of `request` (its method, URL, signed headers and body)
+/// under the stand-in's key, for `scope` at `time`, as AWS computes it.
+fn signature(
+    scope: &Scope<'_>,
+    session_token: Option<&str>,
+    time: SystemTime,
+    request: (&Method, &str, Vec<(&str, &str)>, &[u8]),
+) -> Option<String> {
+    let (method, url, headers, body) = request;
     let identity = Credentials::new(
         ACCESS_KEY_ID,
         SECRET_ACCESS_KEY,
@@ -104,25 +151,43 @@ pub(crate) fn verify(
     .into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
-        .region(region)
-        .name(service)
+        .region(scope.region)
+        .name(scope.service)
         .time(time)
         .settings(SigningSettings::default())
         .build()
-        .map_err(|_| mismatch())?
+        .ok()?
         .into();
     let request = SignableRequest::new(
         method.as_str(),
-        format!("http://{host}{path}"),
-        signed_headers.into_iter(),
+        url,
+        headers.into_iter(),
         SignableBody::Bytes(body),
     )
-    .map_err(|_| mismatch())?;
-    let (_, expected) = sign(request, &params).map_err(|_| mismatch())?.into_parts();
-    if service != "cognito-idp" || expected != signed.signature {
-        return Err(mismatch());
+    .ok()?;
+    let (_, signature) = sign(request, &params).ok()?.into_parts();
+    Some(signature)
+}
+
+/// A credential scope: `<key id>/<date>/<region>/<service>/aws4_request`.
+struct Scope<'a> {
+    key_id: &'a str,
+    region: &'a str,
+    service: &'a str,
+}
+
+impl<'a> Scope<'a> {
+    fn parse(credential: &'a str) -> Option<Self> {
+        let scope: Vec<&str> = credential.split('/').collect();
+        let [key_id, _date, region, service, "aws4_request"] = scope[..] else {
+            return None;
+        };
+        Some(Self {
+            key_id,
+            region,
+            service,
+        })
     }
-    Ok(())
 }
 
 /// The parts of `Authorization: AWS4-HMAC-SHA256 Credential=…,
@@ -153,27 +218,32 @@ impl<'a> Authorization<'a> {
     }
 }
 
-/// An `x-amz-date` (`20261207T204400Z`) as a time.
+/// An `x-amz-date` (`20261207T204400Z`, ISO 8601's basic format) as a
+/// time: the same instant in RFC 3339, read by `humantime`.
 fn amz_date(text: &str) -> Option<SystemTime> {
-    let digits = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let part = |range: std::ops::Range<usize>| {
+        text.get(range)
+            .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+    };
     if text.len() != 16 || text.as_bytes()[8] != b'T' || !text.ends_with('Z') {
         return None;
     }
-    let (year, month, day) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
-    let (hour, minute, second) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
-    // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).ok()?))
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        part(0..4)?,
+        part(4..6)?,
+        part(6..8)?,
+        part(9..11)?,
+        part(11..13)?,
+        part(13..15)?
+    );
+    humantime::parse_rfc3339(&rfc3339).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
 
     #[test]

@@ -220,22 +220,13 @@ async fn handle(
             .map(str::to_owned)
     };
     if method == Method::GET && uri.path().ends_with("/.well-known/jwks.json") {
-        let reply = {
-            let mut shared = shared.lock().unwrap();
-            shared.jwks_requests.push(uri.path().to_owned());
-            shared.jwks.clone()
-        };
-        return match reply {
-            Some(reply) => respond(reply, "jwks").await,
-            None => StatusCode::NOT_FOUND.into_response(),
-        };
+        return jwks(&shared, &uri).await;
     }
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let received = Received {
         target: text("x-amz-target"),
         content_type: text("content-type"),
         authorization: text("authorization"),
-        body: parsed.clone().unwrap_or(Value::Null),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
         at: std::time::Instant::now(),
     };
     // IAM-authorised: AWS checks the signature before the operation runs,
@@ -243,55 +234,8 @@ async fn handle(
     let refused = (received.target.as_deref() == Some(ADMIN_TARGET))
         .then(|| sigv4::verify(&method, &uri, &headers, &body).err())
         .flatten();
-    let (reply, request_id) = {
-        let mut shared = shared.lock().unwrap();
-        shared.received.push(received.clone());
-        shared.request_ids += 1;
-        // A token's calls, or a named user's, by its username.
-        let token = received.body["AccessToken"]
-            .as_str()
-            .or_else(|| received.body["Username"].as_str())
-            .unwrap_or_default();
-        // Only the tokens a `first_of_token_prefix` names are counted.
-        let first = shared
-            .first_by_prefix
-            .iter()
-            .find(|(prefix, ..)| token.starts_with(prefix.as_str()))
-            .map(|(_, count, reply)| (*count, reply.clone()));
-        let first = first.and_then(|(count, reply)| {
-            let seen = shared.seen.entry(token.to_owned()).or_default();
-            *seen += 1;
-            (*seen <= count).then_some(reply)
-        });
-        let by_prefix = shared
-            .by_prefix
-            .iter()
-            .find(|(prefix, _)| token.starts_with(prefix.as_str()))
-            .map(|(_, reply)| reply.clone());
-        let reply = refused
-            .or_else(|| shared.queue.pop_front())
-            .or(first)
-            .or(by_prefix)
-            .unwrap_or_else(|| shared.fallback.clone());
-        (reply, StandIn::request_id(shared.request_ids))
-    };
-    // Refuse what real Cognito would refuse, so a client that drifts from the
-    // protocol fails the tests.
-    let is_string = |member: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(member))
-            .is_some_and(Value::is_string)
-    };
-    let posted = method == Method::POST
-        && uri.path() == "/"
-        && received.content_type.as_deref() == Some(AWS_JSON);
-    let well_formed = posted
-        && match received.target.as_deref() {
-            Some(TARGET) => is_string("AccessToken"),
-            Some(ADMIN_TARGET) => is_string("UserPoolId") && is_string("Username"),
-            _ => false,
-        };
+    let well_formed = well_formed(&method, &uri, &received);
+    let (reply, request_id) = next_reply(&mut shared.lock().unwrap(), received, refused);
     if !well_formed {
         let reply = Reply::error(
             400,
@@ -301,6 +245,71 @@ async fn handle(
         return respond(reply, &request_id).await;
     }
     respond(reply, &request_id).await
+}
+
+/// A pool's JWKS, as set (404 until one is).
+async fn jwks(shared: &Mutex<Shared>, uri: &Uri) -> Response {
+    let reply = {
+        let mut shared = shared.lock().unwrap();
+        shared.jwks_requests.push(uri.path().to_owned());
+        shared.jwks.clone()
+    };
+    match reply {
+        Some(reply) => respond(reply, "jwks").await,
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Whether the request is one real Cognito would take: a JSON POST to `/`
+/// of either operation with its string members, so that a client that
+/// drifts from the protocol fails the tests.
+fn well_formed(method: &Method, uri: &Uri, received: &Received) -> bool {
+    let is_string = |member: &str| received.body.get(member).is_some_and(Value::is_string);
+    let posted = method == Method::POST
+        && uri.path() == "/"
+        && received.content_type.as_deref() == Some(AWS_JSON);
+    posted
+        && match received.target.as_deref() {
+            Some(TARGET) => is_string("AccessToken"),
+            Some(ADMIN_TARGET) => is_string("UserPoolId") && is_string("Username"),
+            _ => false,
+        }
+}
+
+/// Records `received` and picks its reply: a refusal of its signature, else
+/// the next queued reply, a token's first replies, a prefix's reply, or the
+/// fallback; with the request id it gets.
+fn next_reply(shared: &mut Shared, received: Received, refused: Option<Reply>) -> (Reply, String) {
+    shared.request_ids += 1;
+    // A token's calls, or a named user's, by its username.
+    let token = received.body["AccessToken"]
+        .as_str()
+        .or_else(|| received.body["Username"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    shared.received.push(received);
+    // Only the tokens a `first_of_token_prefix` names are counted.
+    let first = shared
+        .first_by_prefix
+        .iter()
+        .find(|(prefix, ..)| token.starts_with(prefix.as_str()))
+        .map(|(_, count, reply)| (*count, reply.clone()));
+    let first = first.and_then(|(count, reply)| {
+        let seen = shared.seen.entry(token.clone()).or_default();
+        *seen += 1;
+        (*seen <= count).then_some(reply)
+    });
+    let by_prefix = shared
+        .by_prefix
+        .iter()
+        .find(|(prefix, _)| token.starts_with(prefix.as_str()))
+        .map(|(_, reply)| reply.clone());
+    let reply = refused
+        .or_else(|| shared.queue.pop_front())
+        .or(first)
+        .or(by_prefix)
+        .unwrap_or_else(|| shared.fallback.clone());
+    (reply, StandIn::request_id(shared.request_ids))
 }
 
 async fn respond(mut reply: Reply, request_id: &str) -> Response {

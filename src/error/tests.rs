@@ -1,4 +1,5 @@
 use super::*;
+use crate::base::wire::Operation;
 use UpstreamErrorKind as K;
 
 const TOKEN: Operation = Operation::GetUserAuthFactors;

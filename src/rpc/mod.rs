@@ -9,10 +9,11 @@
 //! The calls to Cognito in flight are shared fairly among the callers
 //! (`slots`).
 //!
-//! Files, lowest first: `call`, `requirement`, `slots`, `service`, `authz`.
+//! Files, lowest first: `call`, `requirement`, `slots`, `upstream`, `service`, `authz`.
 
 pub(crate) mod authz;
 pub(crate) mod call;
 pub(crate) mod requirement;
 pub(crate) mod service;
 pub(crate) mod slots;
+mod upstream;

@@ -212,5 +212,16 @@ mod tests {
         let other = Subject::User(pool, Username::parse("b").unwrap());
         assert_ne!(user.keyed(), other.keyed());
         assert!(user.keyed().starts_with(b"\0user\0eu-west-1_AbC\0"));
+        // No token can spell a user's key: a NUL is refused as a token's
+        // character, whichever way the token arrives.
+        let spelled = String::from_utf8(user.keyed().into_owned()).unwrap();
+        let metadata = tonic::metadata::MetadataMap::new();
+        assert!(super::super::extract(&spelled, &metadata).is_err());
+        assert!(
+            format!("Bearer {spelled}")
+                .parse::<tonic::metadata::MetadataValue<_>>()
+                .is_err(),
+            "metadata cannot carry a NUL at all"
+        );
     }
 }
