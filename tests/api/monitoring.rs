@@ -20,6 +20,7 @@ fn read(path: &str) -> String {
 
 const RULES: &str = "deploy/monitoring/cognito-facade.rules.yml";
 const RULE_TESTS: &str = "deploy/monitoring/cognito-facade.rules.test.yml";
+const PROMETHEUS_RULE: &str = "deploy/monitoring/cognito-facade.prometheusrule.yaml";
 
 fn promtool() -> PathBuf {
     prometheus_program("promtool")
@@ -90,6 +91,37 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
     assert!(checked.contains("SUCCESS"), "{checked}");
     let tested = run_promtool(&["test", "rules", RULE_TESTS]);
     assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+/// The PrometheusRule for the prometheus-operator is what
+/// `scripts/prometheus-rule` makes of the rule file, byte for byte, and the
+/// rules under its `spec` are the rule file's own, which promtool passes.
+#[test]
+fn the_prometheus_rule_is_the_rule_file_under_spec_and_promtool_passes_it() {
+    let printed = Command::new(root().join("scripts/prometheus-rule"))
+        .output()
+        .unwrap();
+    assert!(printed.status.success());
+    let generated = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(
+        generated,
+        read(PROMETHEUS_RULE),
+        "{PROMETHEUS_RULE} is stale: run scripts/prometheus-rule > {PROMETHEUS_RULE}"
+    );
+    assert!(generated.contains("\nkind: PrometheusRule\n"));
+    assert!(generated.contains("\napiVersion: monitoring.coreos.com/v1\n"));
+    // Back out from under `spec`: the rule file from `groups:` on.
+    let spec = generated.split_once("\nspec:\n").unwrap().1;
+    let groups: String = spec
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("  ").unwrap_or(line)))
+        .collect();
+    let rules = read(RULES);
+    assert_eq!(groups, rules[rules.find("\ngroups:\n").unwrap() + 1..]);
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-rule.rules.yml");
+    std::fs::write(&file, groups).unwrap();
+    let checked = run_promtool(&["check", "rules", file.to_str().unwrap()]);
+    assert!(checked.contains("SUCCESS: 36 rules found"), "{checked}");
 }
 
 /// Each alert's block of the rule file: its name and its text.
