@@ -7,7 +7,7 @@
 Each variant is `NAME 'words'`: leading `KEY=VALUE` words are its
 environment, then the service binary, then extra flags. The variants run
 interleaved, `--pairs` rounds of each, every run on a fresh service against
-the nginx stand-in of `bench/run.py`, loaded by the load generator (distinct
+the nginx stand-in of `bench/common.py`, loaded by the load generator (distinct
 token per call) at each `--concurrency`. With `--memory`, each round also
 holds `--inflight` calls against a stand-in that answers in 1 s and samples
 the service's peak RSS. With `--instructions CALLS`, no timed load at all:
@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import instructions  # noqa: E402  (bench/instructions.py: valgrind's count)
-import run  # noqa: E402  (the benchmark's own helpers)
+import common  # noqa: E402  (the benchmark's shared helpers)
 
 
 def parse_variant(name, words):
@@ -54,11 +54,11 @@ def parse_variant(name, words):
 
 
 def one_run(variant, nginx_port, concurrency, seconds):
-    port = run.free_port()
-    proc = run.start_service(port, nginx_port, *variant["flags"], env=variant["env"],
+    port = common.free_port()
+    proc = common.start_service(port, nginx_port, *variant["flags"], env=variant["env"],
                              binary=variant["binary"])
     try:
-        result = run.load("facade", f"http://127.0.0.1:{port}", concurrency, seconds,
+        result = common.load("facade", f"http://127.0.0.1:{port}", concurrency, seconds,
                           cpu_of={"service": [proc.pid]})
     finally:
         proc.terminate()
@@ -70,14 +70,14 @@ def one_run(variant, nginx_port, concurrency, seconds):
 
 
 def memory_run(variant, slow_port, inflight, seconds):
-    port = run.free_port()
-    proc = run.start_service(port, slow_port, "--max-concurrent-requests", str(2 * inflight),
+    port = common.free_port()
+    proc = common.start_service(port, slow_port, "--max-concurrent-requests", str(2 * inflight),
                              *variant["flags"], env=variant["env"], binary=variant["binary"])
     try:
         time.sleep(0.3)
-        idle = run.rss_kb(proc.pid)
-        with run.PeakRss(proc.pid) as peak:
-            result = run.load("facade", f"http://127.0.0.1:{port}", inflight, seconds)
+        idle = common.rss_kb(proc.pid)
+        with common.PeakRss(proc.pid) as peak:
+            result = common.load("facade", f"http://127.0.0.1:{port}", inflight, seconds)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -129,26 +129,26 @@ def main():
     variants = [parse_variant(name, words) for name, words in args.variant]
     levels = args.concurrency or [64, 1]
 
-    run.ensure_nginx()
+    common.ensure_nginx()
     if args.instructions:
-        run.ensure_h2load()
+        common.ensure_h2load()
         instructions.ensure_valgrind()
-    workdir = run.ROOT / "target" / "bench"
+    workdir = common.ROOT / "target" / "bench"
     (workdir / "ab-jwks").mkdir(parents=True, exist_ok=True)
     procs = []
     runs = {(c, v["name"]): [] for c in levels for v in variants}
     memory = {v["name"]: [] for v in variants}
     try:
-        nginx_port = run.free_port()
-        procs.append(run.start_nginx(workdir, nginx_port, workdir / "ab-jwks"))
+        nginx_port = common.free_port()
+        procs.append(common.start_nginx(workdir, nginx_port, workdir / "ab-jwks"))
         if args.memory:
-            slow_port = run.free_port()
-            procs.append(subprocess.Popen([str(run.STANDIN), f"127.0.0.1:{slow_port}", "1s"],
+            slow_port = common.free_port()
+            procs.append(subprocess.Popen([str(common.STANDIN), f"127.0.0.1:{slow_port}", "1s"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            run.wait_port(slow_port)
+            common.wait_port(slow_port)
         body = workdir / "ab-call.bin"
         token = b"bench.ab.token"
-        body.write_bytes(run.facade_request(token))
+        body.write_bytes(common.facade_request(token))
         counted = {v["name"]: [] for v in variants}
         for round_ in range(args.pairs):
             # Alternate the order so neither variant always runs first.
@@ -156,7 +156,7 @@ def main():
             if args.instructions:
                 many = args.instructions
                 for v in order:
-                    per_call = instructions.per_call(run, v["binary"], v["flags"], v["env"],
+                    per_call = instructions.per_call(common, v["binary"], v["flags"], v["env"],
                                                      nginx_port, many, body)
                     counted[v["name"]].append({"instructions": per_call})
                     print(json.dumps({"round": round_, "variant": v["name"],

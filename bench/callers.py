@@ -3,8 +3,8 @@ one under `--upstream-rate-limit`, with fairness (two identities, from a
 trusted `x-forwarded-client-cert`) and without it (both under one
 identity, as every caller was before callers were told apart).
 
-The helpers (`load`, `start_service`, `free_port`) are `bench/run.py`'s,
-passed in as `h`, so this file imports nothing of it."""
+The helpers (`load`, `start_service`, `free_port`) are `bench/common.py`'s,
+passed in as `h`."""
 
 import json
 import os

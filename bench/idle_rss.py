@@ -13,6 +13,7 @@ in BENCHMARKS.md. Exits 1 if it is further away than the tolerance.
 """
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -21,11 +22,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (the benchmark's helpers)
+import common  # noqa: E402  (the benchmark's shared helpers)
 
 
 def documented_idle_mib():
-    text = (run.ROOT / "BENCHMARKS.md").read_text()
+    text = (common.ROOT / "BENCHMARKS.md").read_text()
     match = re.search(r"\| idle RSS [^|]*\| ([0-9.]+) MiB \|", text)
     if not match:
         sys.exit("BENCHMARKS.md reports no idle RSS")
@@ -42,14 +43,14 @@ def main():
     env = dict(os.environ, CFLAGS=args.cflags)
     subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "cognito-facade",
                     "--example", "loadgen", "--example", "cognito-standin"],
-                   check=True, cwd=run.ROOT, env=env)
-    closed = run.free_port()  # Cognito's endpoint; never called
+                   check=True, cwd=common.ROOT, env=env)
+    closed = common.free_port()  # Cognito's endpoint; never called
     idle_kb = []
     for _ in range(args.starts):
-        port = run.free_port()
-        out = run.sh(str(run.LOADGEN), "--mode", "startup", "--target", f"http://127.0.0.1:{port}",
-                     "--", *run.service_args(port, closed))
-        idle_kb.append(run.json.loads(out.strip().splitlines()[-1])["idle_rss_kb"])
+        port = common.free_port()
+        out = common.sh(str(common.LOADGEN), "--mode", "startup", "--target", f"http://127.0.0.1:{port}",
+                     "--", *common.service_args(port, closed))
+        idle_kb.append(json.loads(out.strip().splitlines()[-1])["idle_rss_kb"])
     measured = statistics.median(idle_kb) / 1024
     documented = documented_idle_mib()
     within = abs(measured - documented) <= args.tolerance_mib

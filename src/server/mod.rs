@@ -245,6 +245,13 @@ fn http2(config: &ServerConfig) -> Server {
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
 }
 
+/// The HTTP/2 server with the default settings, for the benchmark's
+/// do-nothing ext_authz floor (`bench/authz_floor.rs`), so the floor's
+/// transport is the service's own.
+pub fn default_http2() -> Server {
+    http2(&ServerConfig::default())
+}
+
 /// What the listener holds each connection to.
 fn connection_limits(config: &ServerConfig) -> ConnectionLimits {
     ConnectionLimits {
