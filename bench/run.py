@@ -61,12 +61,27 @@ ONLY = {"mesh": only_mesh}
 
 
 def only(name, workdir, smoke):
-    """One scenario alone: its report on stdout and under target/."""
+    """One scenario alone: its report on stdout and under target/ and, for a
+    full run, in place of its section of BENCHMARKS.md (the rest of the
+    report stays as the last full run wrote it)."""
     lines = ONLY[name](workdir, smoke)
     text = "\n".join(lines) + "\n"
     (ROOT / "target" / f"bench-{name}.md").write_text(text)
     print(text)
+    if not smoke:
+        replace_section(ROOT / "BENCHMARKS.md", lines)
     return 0
+
+
+def replace_section(path, lines):
+    """`lines` (which open with a blank line and their `## ` heading) in
+    place of the section of `path` with the same heading."""
+    heading = next(line for line in lines if line.startswith("## "))
+    text = path.read_text()
+    start = text.index(f"\n{heading}\n")
+    end = text.find("\n## ", start + 1)
+    new = "\n".join(lines) + "\n"
+    path.write_text(text[:start] + new + (text[end:] if end >= 0 else ""))
 
 
 def main():

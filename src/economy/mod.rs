@@ -115,6 +115,10 @@ pub(crate) struct Economy {
     /// answer), and at most one warning per [`STALE_WARN_INTERVAL`].
     unavailable_since: Mutex<Option<Instant>>,
     stale_warning: Every,
+    /// The cache-hit and coalesced counters, resolved from the recorder on
+    /// first use rather than looked up on every call.
+    cache_hits: OnceLock<metrics::Counter>,
+    coalesced: OnceLock<metrics::Counter>,
 }
 
 impl std::fmt::Debug for Economy {
@@ -157,6 +161,8 @@ impl Economy {
             by_tag: ExpiringMap::new(copies_held(&config)),
             unavailable_since: Mutex::new(None),
             stale_warning: Every::new(STALE_WARN_INTERVAL),
+            cache_hits: OnceLock::new(),
+            coalesced: OnceLock::new(),
         })
     }
 
@@ -190,7 +196,9 @@ impl Economy {
         if self.config.cache_ttl.is_some()
             && let Some(answer) = self.cache.get(&key, Instant::now())
         {
-            metrics::counter!(metric_names::CACHE_HITS).increment(1);
+            self.cache_hits
+                .get_or_init(|| metrics::counter!(metric_names::CACHE_HITS))
+                .increment(1);
             return Ticket::Cached(answer);
         }
         if self.config.refusal_ttl.is_some()
@@ -203,7 +211,9 @@ impl Economy {
         }
         let mut flights = lock(&self.flights);
         if let Some((receiver, span)) = flights.get(&key) {
-            metrics::counter!(metric_names::COALESCED).increment(1);
+            self.coalesced
+                .get_or_init(|| metrics::counter!(metric_names::COALESCED))
+                .increment(1);
             return Ticket::Follow(receiver.clone(), Arc::clone(span), key);
         }
         let leader = self.leader(Some(key), expires_at(), subject);

@@ -10,7 +10,12 @@
 //! is a gRPC error, so the operator's `failure_mode_allow` and
 //! `status_on_error` decide.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
+
+use metrics::Counter;
 
 use envoy_types::{
     ext_authz::v3::{
@@ -19,7 +24,7 @@ use envoy_types::{
     },
     pb::{envoy::service::auth::v3::attribute_context::HttpRequest, google::rpc},
 };
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic::{Code, Request, Response, Status};
 
 use super::{
     call::deadline,
@@ -46,12 +51,29 @@ pub(crate) const AUTH_FACTORS_HEADER: &str = "x-cognito-auth-factors";
 pub(crate) struct ExtAuthz {
     service: FacadeService,
     config: Arc<ExtAuthzConfig>,
+    /// The decisions' counters, by [`Decision::index`], each resolved from
+    /// the recorder on its first use, not on every Check (a lookup builds
+    /// and hashes a label set).
+    decisions: Arc<[OnceLock<Counter>; Decision::ALL.len()]>,
 }
 
 impl ExtAuthz {
     pub(crate) fn new(service: FacadeService) -> Self {
         let config = Arc::clone(service.ext_authz());
-        Self { service, config }
+        Self {
+            service,
+            config,
+            decisions: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        }
+    }
+
+    /// Counts `decision`.
+    fn count(&self, decision: Decision) {
+        self.decisions[decision.index()]
+            .get_or_init(|| {
+                metrics::counter!(metric_names::EXT_AUTHZ_DECISIONS, "decision" => decision.as_str())
+            })
+            .increment(1);
     }
 
     /// The decision and Envoy's answer for one request.
@@ -200,12 +222,7 @@ fn authorization(http: &HttpRequest) -> Result<token::AccessToken, TokenError> {
 /// The token of an `authorization: Bearer <token>` value, checked as the
 /// RPC checks its own.
 fn bearer(value: &str) -> Result<token::AccessToken, TokenError> {
-    let mut metadata = MetadataMap::new();
-    let value = value
-        .parse()
-        .map_err(|_| TokenError::MalformedAuthorization)?;
-    metadata.insert("authorization", value);
-    token::extract("", &metadata)
+    token::from_authorization(value)
 }
 
 /// A refusal: 401 for what Cognito (or the facade's own checks) said about
@@ -327,11 +344,18 @@ fn unmet_body(unmet: &Unmet) -> serde_json::Value {
 /// `list`'s values by their Cognito names (`name`), comma-separated;
 /// values this version does not know are left out.
 fn cognito_names(list: &[i32], name: fn(i32) -> &'static str) -> String {
-    list.iter()
+    let mut names = String::new();
+    for name in list
+        .iter()
         .map(|&value| name(value))
-        .filter(|name| !name.is_empty())
-        .collect::<Vec<_>>()
-        .join(",")
+        .filter(|n| !n.is_empty())
+    {
+        if !names.is_empty() {
+            names.push(',');
+        }
+        names.push_str(name);
+    }
+    names
 }
 
 #[tonic::async_trait]
@@ -343,8 +367,7 @@ impl Authorization for ExtAuthz {
         let context = CallContext::of(request.extensions());
         let (decision, answer) = self.decide(&request, &context).await;
         context.set_decision(decision);
-        metrics::counter!(metric_names::EXT_AUTHZ_DECISIONS, "decision" => decision.as_str())
-            .increment(1);
+        self.count(decision);
         answer.map(Response::new)
     }
 }

@@ -282,6 +282,20 @@ pub(crate) enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in [`Decision::index`]'s order.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Allowed,
+        Self::DeniedUnauthenticated,
+        Self::DeniedPolicy,
+        Self::DeniedConfiguration,
+        Self::Error,
+    ];
+
+    /// Its place in [`Decision::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",

@@ -9,6 +9,7 @@ use std::{
 };
 
 use opentelemetry::trace::TraceContextExt as _;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
     base::wire::Source,
     base::wire::{ADMIN_METHOD, METHOD},
     base::wire::{AGE_METADATA, REQUEST_ID_METADATA, SOURCE_METADATA},
-    economy::{Economy, EconomyConfig, Flight, Leader, Ticket, Wait},
+    economy::{Economy, EconomyConfig, Flight, FlightSpan, Leader, Outcome, Ticket, Wait},
     error::{Error, UpstreamError},
     fleet::Fleet,
     observability::traces::Tracing,
@@ -226,31 +227,58 @@ impl FacadeService {
                 count_remembered(&refusal, "replica");
                 Err(refusal)
             }
+            // Boxed: the waits are large state machines that a cache hit,
+            // the common case behind a mesh, should not move or carry.
             Ticket::Follow(flight, span, key) => {
-                context.set_source(Source::Coalesced);
-                let outcome = until(deadline, Wait::Follow(flight)).await;
-                // A follower's span links to the upstream call it shared.
-                if let Some(span) = span.get() {
-                    context.trace().span().add_link(span.clone(), Vec::new());
-                }
-                self.stale(Some(key), outcome, &pool, context)
+                Box::pin(self.follow(flight, span, key, pool, deadline, context)).await
             }
             Ticket::Lead(leader) => {
-                let key = leader.key();
-                let call = Call {
-                    expires_at: leader.token_expires(),
-                    subject,
-                    pool: pool.clone(),
-                    deadline,
-                };
-                let flight = self.lead(leader, call, context)?;
-                let outcome = until(deadline, Wait::Lead(flight)).await;
-                // The flight says where its answer came from; a caller that
-                // gave up first was still waiting for Cognito.
-                context.set_source(Source::Cognito);
-                self.stale(key, outcome, &pool, context)
+                Box::pin(self.lead_and_wait(leader, subject, pool, deadline, context)).await
             }
         }
+    }
+
+    /// A follower's wait for the flight it joined, and its answer.
+    async fn follow(
+        &self,
+        flight: watch::Receiver<Option<Outcome>>,
+        span: FlightSpan,
+        key: TokenKey,
+        pool: Option<UserPoolId>,
+        deadline: Option<Instant>,
+        context: &Arc<CallContext>,
+    ) -> Result<Answer, Error> {
+        context.set_source(Source::Coalesced);
+        let outcome = until(deadline, Wait::Follow(flight)).await;
+        // A follower's span links to the upstream call it shared.
+        if let Some(span) = span.get() {
+            context.trace().span().add_link(span.clone(), Vec::new());
+        }
+        self.stale(Some(key), outcome, &pool, context)
+    }
+
+    /// The leader's flight, its wait, and its answer.
+    async fn lead_and_wait(
+        &self,
+        leader: Leader,
+        subject: Subject,
+        pool: Option<UserPoolId>,
+        deadline: Option<Instant>,
+        context: &Arc<CallContext>,
+    ) -> Result<Answer, Error> {
+        let key = leader.key();
+        let call = Call {
+            expires_at: leader.token_expires(),
+            subject,
+            pool: pool.clone(),
+            deadline,
+        };
+        let flight = self.lead(leader, call, context)?;
+        let outcome = until(deadline, Wait::Lead(flight)).await;
+        // The flight says where its answer came from; a caller that
+        // gave up first was still waiting for Cognito.
+        context.set_source(Source::Cognito);
+        self.stale(key, outcome, &pool, context)
     }
 
     /// `outcome`, with its source `stale` (and counted) if it is a kept

@@ -190,6 +190,11 @@ fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, TokenError> {
     let value = value
         .to_str()
         .map_err(|_| TokenError::MalformedAuthorization)?;
+    bearer_of(value).map(Some)
+}
+
+/// The token of an `authorization` value, `Bearer <token>`.
+fn bearer_of(value: &str) -> Result<&str, TokenError> {
     let (scheme, token) = value
         .split_once(' ')
         .ok_or(TokenError::MalformedAuthorization)?;
@@ -201,7 +206,22 @@ fn bearer_token(metadata: &MetadataMap) -> Result<Option<&str>, TokenError> {
     if token.is_empty() {
         return Err(TokenError::MalformedAuthorization);
     }
-    Ok(Some(token))
+    Ok(token)
+}
+
+/// The token of an HTTP `authorization: Bearer <token>` header's value (as
+/// Envoy's Check carries it), checked as the RPC checks its own metadata:
+/// a value that is not visible ASCII is malformed, as metadata's would be.
+pub(crate) fn from_authorization(value: &str) -> Result<AccessToken, TokenError> {
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        return Err(TokenError::MalformedAuthorization);
+    }
+    let token = bearer_of(value)?;
+    validate(token, TokenSource::Metadata)?;
+    Ok(AccessToken(token.to_owned()))
 }
 
 /// Checks the model's constraints on `TokenModelType`: the pattern
