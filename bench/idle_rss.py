@@ -3,6 +3,7 @@
 environment keeps the idle RSS that BENCHMARKS.md reports.
 
     python3 bench/idle_rss.py            # CFLAGS=-O2, within 1 MiB
+    python3 bench/idle_rss.py --breakdown   # where the idle RSS is, after start and one call
 
 `.cargo/config.toml` forces mimalloc's arena setting into CFLAGS; were it
 not forced, a CFLAGS from the environment would replace it and the idle RSS
@@ -33,12 +34,79 @@ def documented_idle_mib():
     return float(match.group(1))
 
 
+def categories(pid, binary):
+    """The process's resident KiB by what it is, from /proc/PID/smaps: the
+    binary's text (its executable mappings), its read-only data and
+    relocations, its writable data, the heap (anonymous writable memory:
+    glibc's heap, mimalloc's arenas), thread stacks, shared libraries, and
+    the rest (the vDSO, the vvar page)."""
+    found = {}
+    category = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and len(parts) >= 5 and ":" in parts[3]:
+                perms, path = parts[1], parts[5] if len(parts) > 5 else ""
+                if path == str(binary):
+                    category = ("binary text" if "x" in perms else
+                                "binary data (writable)" if "w" in perms else
+                                "binary read-only data")
+                elif path.startswith("[stack"):
+                    category = "stacks"
+                elif path in ("", "[heap]"):
+                    # Thread stacks are anonymous too: told apart below by
+                    # their guard pages, which are not tracked here.
+                    category = "heap (anonymous)"
+                elif path.startswith("/"):
+                    category = "shared libraries"
+                else:
+                    category = "other"
+            elif parts[0] == "Rss:" and category:
+                found[category] = found.get(category, 0) + int(parts[1])
+    return found
+
+
+def breakdown():
+    """The idle RSS after start and after one call, by category."""
+    import signal
+    import time
+    closed = common.free_port()
+    port = common.free_port()
+    proc = subprocess.Popen(common.service_args(port, closed),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        common.wait_port(port)
+        time.sleep(0.5)
+        after_start = categories(proc.pid, common.SERVICE)
+        # One call: refused by the closed upstream, after the whole path ran.
+        subprocess.run([str(common.ROOT / "target" / "release" / "examples" / "client"),
+                        "--addr", f"127.0.0.1:{port}", "--token", "idle.rss.token",
+                        "--timeout", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        after_call = categories(proc.pid, common.SERVICE)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    names = sorted(set(after_start) | set(after_call), key=lambda n: -after_call.get(n, 0))
+    print("| resident | after start | after one call |")
+    print("|---|---|---|")
+    for name in names:
+        print(f"| {name} | {after_start.get(name, 0) / 1024:.1f} MiB | "
+              f"{after_call.get(name, 0) / 1024:.1f} MiB |")
+    print(f"| total | {sum(after_start.values()) / 1024:.1f} MiB | "
+          f"{sum(after_call.values()) / 1024:.1f} MiB |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cflags", default="-O2")
     parser.add_argument("--tolerance-mib", type=float, default=1.0)
     parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="where the idle RSS is (release build as it is), then exit")
     args = parser.parse_args()
+    if args.breakdown:
+        return breakdown()
 
     env = dict(os.environ, CFLAGS=args.cflags)
     subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "cognito-facade",

@@ -9,12 +9,14 @@
 //! the size refusal; `observe` gives each call its one clock, metrics, span
 //! and log line.
 //!
-//! Files, lowest first: `tls`, `bodies`, `listener`, `policy`, `observe`.
+//! Files, lowest first: `tls`, `bodies`, `listener`, `policy`, `reflection`,
+//! `observe`.
 
 pub(crate) mod bodies;
 pub(crate) mod listener;
 pub(crate) mod observe;
 pub(crate) mod policy;
+mod reflection;
 pub(crate) mod tls;
 
 use std::{
@@ -38,7 +40,7 @@ use self::{
 };
 use crate::{
     base::wire::{MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_BYTES, MAX_REQUEST_BYTES},
-    proto::{self, identity_provider_service_server::IdentityProviderServiceServer},
+    proto::identity_provider_service_server::IdentityProviderServiceServer,
     rpc::{authz::ExtAuthz, service::FacadeService},
     server::observe::ObserveLayer,
     server::policy::PolicyLayer,
@@ -176,16 +178,8 @@ pub(crate) async fn run(
         .layer(PolicyLayer)
         .layer(BodyLayer::new(&config.bodies, connection_share))
         .add_service(health_service)
-        .add_service(
-            reflection()
-                .build_v1()?
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            reflection()
-                .build_v1alpha()?
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(reflection::v1())
+        .add_service(reflection::v1alpha())
         .add_service(
             Authz::new(ExtAuthz::new(service.clone()))
                 .max_decoding_message_size(MAX_CHECK_REQUEST_BYTES),
@@ -267,17 +261,6 @@ fn connection_share(extensions: &http::Extensions) -> Option<&ConnectionShare> {
     extensions
         .get::<listener::ConnInfo>()
         .map(|info| &info.share)
-}
-
-/// The reflection service's builder, with every descriptor set served.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // google.rpc.ErrorInfo, RetryInfo, BadRequest: lets grpcurl decode
-        // the error details instead of printing raw bytes.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(proto::ENVOY_EXT_AUTHZ_DESCRIPTOR_SET)
 }
 
 /// Reports NOT_SERVING and keeps serving for `drain_delay`, then ends the
