@@ -37,9 +37,9 @@ def documented_idle_mib():
 def categories(pid, binary):
     """The process's resident KiB by what it is, from /proc/PID/smaps: the
     binary's text (its executable mappings), its read-only data and
-    relocations, its writable data, the heap (anonymous writable memory:
-    glibc's heap, mimalloc's arenas), thread stacks, shared libraries, and
-    the rest (the vDSO, the vvar page)."""
+    relocations, its writable data, the heap (anonymous memory: glibc's
+    heap, mimalloc's arenas, the worker threads' stacks), the main thread's
+    stack, shared libraries, and the rest (the vDSO, the vvar page)."""
     found = {}
     category = None
     with open(f"/proc/{pid}/smaps") as f:
@@ -49,13 +49,12 @@ def categories(pid, binary):
                 perms, path = parts[1], parts[5] if len(parts) > 5 else ""
                 if path == str(binary):
                     category = ("binary text" if "x" in perms else
-                                "binary data (writable)" if "w" in perms else
+                                "binary writable data" if "w" in perms else
                                 "binary read-only data")
                 elif path.startswith("[stack"):
                     category = "stacks"
                 elif path in ("", "[heap]"):
-                    # Thread stacks are anonymous too: told apart below by
-                    # their guard pages, which are not tracked here.
+                    # Thread stacks are anonymous too, and counted here.
                     category = "heap (anonymous)"
                 elif path.startswith("/"):
                     category = "shared libraries"
@@ -70,6 +69,8 @@ def breakdown():
     """The idle RSS after start and after one call, by category."""
     import signal
     import time
+    subprocess.run(["cargo", "build", "--locked", "--release", "--bin", "cognito-facade",
+                    "--example", "client"], check=True, cwd=common.ROOT)
     closed = common.free_port()
     port = common.free_port()
     proc = subprocess.Popen(common.service_args(port, closed),

@@ -187,8 +187,9 @@ def summarize(runs):
         "floor_us": figures["floor"]["cpu_us"]["floor"],
         "added_us": statistics.median(a["cpu_us"]["facade"] - f["cpu_us"]["floor"]
                                       for f, a in pairs),
+        # /proc counts in clock ticks: a smoke run's floor can read 0.
         "ratio": statistics.median(a["cpu_us"]["facade"] / f["cpu_us"]["floor"]
-                                   for f, a in pairs),
+                                   if f["cpu_us"]["floor"] else float("inf") for f, a in pairs),
         "p50_added_us": statistics.median(a["p50_us"] - f["p50_us"] for f, a in pairs),
         "rounds": len(pairs),
     }

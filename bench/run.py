@@ -94,8 +94,9 @@ def main():
                         help="a build from before callers were told apart, whose instructions "
                              "per call are counted beside this one's")
     parser.add_argument("--only", choices=sorted(ONLY),
-                        help="run one scenario and print its report (target/bench-<name>.md), "
-                             "leaving BENCHMARKS.md alone")
+                        help="run one scenario: its report on stdout and in target/bench-<name>.md "
+                             "and, unless --smoke, in place of its own section of BENCHMARKS.md "
+                             "(the rest, the machine and the date stay as the last full run wrote)")
     args = parser.parse_args()
     smoke = args.smoke
     levels = [1, 16] if smoke else [1, 16, 64, 256, 1024]

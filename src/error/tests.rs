@@ -67,6 +67,7 @@ rows! {
     service_credentials_expired: K::ExpiredToken, Some("ExpiredTokenException"), ADMIN => Code::Internal, "SERVICE_CREDENTIALS_EXPIRED";
     service_signature_missing: K::MissingSignature, Some("MissingAuthenticationTokenException"), ADMIN => Code::Internal, "SERVICE_SIGNATURE_MISSING";
     credentials_unavailable: K::CredentialsUnavailable, None::<&str>, ADMIN => Code::Internal, "CREDENTIALS_UNAVAILABLE";
+    credentials_source_failed: K::CredentialsSourceFailed, None::<&str>, ADMIN => Code::Unavailable, "CREDENTIALS_SOURCE_FAILED";
     // From the unsigned operation, a refusal of credentials is not the
     // service's: a proxy in between, say.
     token_access_denied: K::Unmodeled, Some("AccessDeniedException"), TOKEN => Code::Unknown, "UNMODELED_ERROR";

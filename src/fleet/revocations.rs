@@ -23,7 +23,7 @@ use super::{
     scripts::{Finish, FinishScript},
 };
 use crate::{
-    base::{expiring::lock, metric_names},
+    base::{expiring::lock, metric_names, wire::Operation},
     error::Error,
     store::{BACKGROUND_BUDGET, Lane, Op},
     token::user::revocation_horizon,
@@ -95,6 +95,21 @@ pub(super) fn revoked_until(
 ) -> SystemTime {
     let most = now + revocation_horizon(names.operation());
     expires_at.map_or(most, |exp| exp.min(most))
+}
+
+/// How long the mark of a revocation (of a subject `operation` answers
+/// for) lasting until `exp` has left at `now`,
+/// or `None` when nothing is left to do. A token past its `exp` has no
+/// copies anywhere. A named user's copies (the fleet cache, kept answers)
+/// can outlive its few minutes' mark, so a revocation queued while Redis
+/// was away longer than that still deletes them and tells every replica,
+/// with a mark of a millisecond.
+fn mark_left(operation: Operation, exp: SystemTime, now: SystemTime) -> Option<Duration> {
+    match exp.duration_since(now) {
+        Ok(left) if !left.is_zero() => Some(left),
+        _ if operation == Operation::AdminGetUserAuthFactors => Some(Duration::from_millis(1)),
+        _ => None,
+    }
 }
 
 impl Fleet {
@@ -180,7 +195,7 @@ impl Fleet {
         lane: Lane,
         until: Instant,
     ) -> bool {
-        let Ok(left) = exp.duration_since(SystemTime::now()) else {
+        let Some(left) = mark_left(names.operation(), exp, SystemTime::now()) else {
             return true;
         };
         let store = &self.0.store;
@@ -229,5 +244,36 @@ async fn retry(fleet: Weak<FleetState>) {
             }
         }
         pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_revocation_still_deletes_its_copies_once_its_mark_is_over() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(60);
+        let past = now - Duration::from_secs(1);
+        for operation in [
+            Operation::GetUserAuthFactors,
+            Operation::AdminGetUserAuthFactors,
+        ] {
+            assert_eq!(
+                mark_left(operation, later, now),
+                Some(Duration::from_secs(60))
+            );
+        }
+        // A token past its `exp` has nothing left anywhere.
+        assert_eq!(mark_left(Operation::GetUserAuthFactors, past, now), None);
+        assert_eq!(mark_left(Operation::GetUserAuthFactors, now, now), None);
+        // A user's copies outlive its mark: written with a mark of 1 ms.
+        for exp in [past, now] {
+            assert_eq!(
+                mark_left(Operation::AdminGetUserAuthFactors, exp, now),
+                Some(Duration::from_millis(1))
+            );
+        }
     }
 }

@@ -306,3 +306,24 @@ impl Decision {
         }
     }
 }
+
+#[cfg(test)]
+mod decision_tests {
+    use super::*;
+
+    #[test]
+    fn every_decision_is_in_all_at_its_index() {
+        for (n, decision) in Decision::ALL.into_iter().enumerate() {
+            assert_eq!(decision.index(), n);
+            // Exhaustive: a new variant must be placed here and in `ALL`.
+            match decision {
+                Decision::Allowed
+                | Decision::DeniedUnauthenticated
+                | Decision::DeniedPolicy
+                | Decision::DeniedConfiguration
+                | Decision::Error => {}
+            }
+        }
+        assert_eq!(Decision::ALL.len(), Decision::Error.index() + 1);
+    }
+}

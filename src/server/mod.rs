@@ -149,9 +149,6 @@ pub enum ServerError {
     /// The TLS files made no acceptor (they were checked at start-up).
     #[error(transparent)]
     Tls(#[from] crate::server::tls::TlsError),
-    /// The reflection service could not read the descriptor sets.
-    #[error("building the reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
     /// The listener's address could not be read.
     #[error("reading the listener's address: {0}")]
     Listener(std::io::Error),
@@ -239,6 +236,7 @@ fn http2(config: &ServerConfig) -> Server {
         .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
 }
 
+#[doc(hidden)]
 /// The HTTP/2 server with the default settings, for the benchmark's
 /// do-nothing ext_authz floor (`bench/authz_floor.rs`), so the floor's
 /// transport is the service's own.

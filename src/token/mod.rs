@@ -371,4 +371,36 @@ mod tests {
             }
         }
     }
+
+    /// The header's value read directly (ext_authz) refuses exactly what
+    /// the same value as metadata would: parsed as a header value, read
+    /// back as visible ASCII, then the token's own rules.
+    #[test]
+    fn an_authorization_value_is_read_as_its_metadata_would_be() {
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        let cases = [
+            format!("Bearer {TOKEN}"),
+            format!("bearer   {TOKEN}  "),
+            format!("Bearer\t{TOKEN}"),
+            format!("Bearer {TOKEN}\u{e9}"),
+            format!("Bearer {TOKEN}\u{7f}"),
+            format!("Bearer {TOKEN}\n"),
+            "Basic dXNlcjpwYXNz".to_owned(),
+            "Bearer".to_owned(),
+            "Bearer a+b".to_owned(),
+            long,
+        ];
+        for value in cases {
+            let direct = from_authorization(&value);
+            let as_metadata = match value.parse::<tonic::metadata::MetadataValue<_>>() {
+                Ok(parsed) => {
+                    let mut metadata = MetadataMap::new();
+                    metadata.insert(AUTHORIZATION_KEY, parsed);
+                    extract("", &metadata)
+                }
+                Err(_) => Err(TokenError::MalformedAuthorization),
+            };
+            assert_eq!(direct, as_metadata, "{value:?}");
+        }
+    }
 }

@@ -91,10 +91,7 @@ pub(super) async fn sdk_config(
         .await;
     match shared.credentials_provider() {
         Some(chain) if signed => {
-            let bounded = BoundedCredentials {
-                chain,
-                bound: credentials_bound(config.attempt_timeout),
-            };
+            let bounded = BoundedCredentials::new(chain, credentials_bound(config.attempt_timeout));
             shared
                 .into_builder()
                 .credentials_provider(SharedCredentialsProvider::new(bounded))
@@ -119,11 +116,43 @@ pub(super) fn credentials_bound(attempt_timeout: Duration) -> Duration {
 
 /// The default credential chain with a bound of its own: a source that does
 /// not answer in time (IMDS, a container endpoint, STS) fails the call as
-/// `CREDENTIALS_SOURCE_FAILED`, not as Cognito's timeout.
+/// `CREDENTIALS_SOURCE_FAILED`, not as Cognito's timeout. The load itself
+/// goes on in the background, and the next call takes its outcome (or waits
+/// for it, within its own bound) rather than starting again, so a source
+/// slower than the bound still gives credentials, one call later.
 #[derive(Debug)]
 pub(super) struct BoundedCredentials {
     chain: SharedCredentialsProvider,
     bound: Duration,
+    /// The load in flight, if one outlived its caller's bound.
+    loading: tokio::sync::Mutex<Option<Load>>,
+}
+
+/// A load of the chain, in a task of its own.
+type Load = tokio::task::JoinHandle<aws_credential_types::provider::Result>;
+
+impl BoundedCredentials {
+    fn new(chain: SharedCredentialsProvider, bound: Duration) -> Self {
+        Self {
+            chain,
+            bound,
+            loading: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The outcome of the load in flight, or of a new one.
+    async fn load(&self) -> aws_credential_types::provider::Result {
+        let mut loading = self.loading.lock().await;
+        let load = loading.get_or_insert_with(|| {
+            let chain = self.chain.clone();
+            tokio::spawn(async move { chain.provide_credentials().await })
+        });
+        let outcome = load.await;
+        // Landed: the next call starts afresh (the SDK's identity cache
+        // keeps what succeeded).
+        *loading = None;
+        outcome.unwrap_or_else(|panicked| Err(CredentialsError::unhandled(panicked)))
+    }
 }
 
 impl ProvideCredentials for BoundedCredentials {
@@ -132,7 +161,9 @@ impl ProvideCredentials for BoundedCredentials {
         Self: 'a,
     {
         future::ProvideCredentials::new(async move {
-            tokio::time::timeout(self.bound, self.chain.provide_credentials())
+            // Past the bound the wait is dropped, not the load: it stays in
+            // `loading` for the next call.
+            tokio::time::timeout(self.bound, self.load())
                 .await
                 .unwrap_or_else(|_| Err(CredentialsError::provider_timed_out(self.bound)))
         })

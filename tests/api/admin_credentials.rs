@@ -213,6 +213,13 @@ async fn without_credentials_the_admin_rpc_says_so_in_time_and_the_token_rpc_sti
 /// on loopback, handing out the stand-in's key pair with a session token;
 /// how many times it was asked.
 async fn container_credentials() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    container_credentials_after(Duration::ZERO).await
+}
+
+/// The same, each answer `delay` late.
+async fn container_credentials_after(
+    delay: Duration,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
     let asked = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&asked);
@@ -229,13 +236,55 @@ async fn container_credentials() -> (String, std::sync::Arc<std::sync::atomic::A
                 "Expiration": expiration,
             });
             let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
-            std::future::ready((headers, body.to_string()))
+            async move {
+                tokio::time::sleep(delay).await;
+                (headers, body.to_string())
+            }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/credentials", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, asked)
+}
+
+/// A source slower than the bound fails the first call in time, and its
+/// load goes on: a later call gets its credentials, from that one load.
+#[tokio::test]
+async fn a_source_slower_than_the_bound_still_gives_credentials_one_call_later() {
+    use std::sync::atomic::Ordering;
+    let (url, asked) = container_credentials_after(Duration::from_millis(1500)).await;
+    let stand_in = StandIn::start().await;
+    let mut running = behind_a_proxy(
+        &stand_in,
+        &[],
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    let mut client = client(running.addr).await;
+    let status = client
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&status),
+        (Code::Unavailable, "CREDENTIALS_SOURCE_FAILED".into())
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answer = client
+        .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
+        .await
+        .expect("the load that outlived the first call gave credentials");
+    assert_eq!(answer.into_inner().username, USERNAME);
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one load, not one per call"
+    );
+    assert_eq!(admin_calls(&stand_in), 1);
+    assert_eq!(running.terminate().await, Some(0));
 }
 
 #[tokio::test]
