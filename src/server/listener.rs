@@ -23,7 +23,7 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use super::{bodies::ConnectionShare, tls::peer_identity};
+use super::{bodies::ConnectionShare, tls::Peer};
 use crate::{
     base::metric_names::{
         ACCEPT_ERRORS, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, HANDSHAKE_TIMEOUTS, MAX_CONNECTIONS,
@@ -265,8 +265,7 @@ impl Handshake {
                 if let Transport::Tls(tls) = &io {
                     let leaf = tls.get_ref().1.peer_certificates().and_then(<[_]>::first);
                     if let Some(leaf) = leaf {
-                        info.peer = peer_identity(leaf)
-                            .map_or(Peer::Nameless, |identity| Peer::Named(Arc::from(identity)));
+                        info.peer = Peer::of(leaf);
                     }
                 }
                 let conn = Conn {
@@ -415,20 +414,6 @@ pub(crate) struct ConnInfo {
     pub(crate) peer: Peer,
     /// The connection's share of the request bytes in flight.
     pub(crate) share: ConnectionShare,
-}
-
-/// A connection's client certificate, as the caller it names. A certificate
-/// always wins over a forwarded header, even one that names nobody: otherwise
-/// a client with any certificate the CA signed could name itself in
-/// `x-forwarded-client-cert`.
-#[derive(Debug, Clone)]
-pub(crate) enum Peer {
-    /// No certificate: plaintext, or TLS without client authentication.
-    Uncertified,
-    /// A verified certificate and the identity it names.
-    Named(Arc<str>),
-    /// A verified certificate with no URI or DNS SAN and no readable CN.
-    Nameless,
 }
 
 impl Connected for Conn {

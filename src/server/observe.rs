@@ -32,7 +32,7 @@ use crate::{
     error::{Error, ErrorChain, code_name},
     observability::traces::{self, Tracing},
     rpc::call::CallContext,
-    server::listener::{ConnInfo, Peer},
+    server::{listener::ConnInfo, tls::Peer},
 };
 
 /// The method label of calls to methods the service does not have.

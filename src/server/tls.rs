@@ -121,9 +121,30 @@ impl TlsConfig {
     }
 }
 
+/// A connection's client certificate, as the caller it names. A certificate
+/// always wins over a forwarded header, even one that names nobody: otherwise
+/// a client with any certificate the CA signed could name itself in
+/// `x-forwarded-client-cert`.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    /// No certificate: plaintext, or TLS without client authentication.
+    Uncertified,
+    /// A verified certificate and the identity it names.
+    Named(Arc<str>),
+    /// A verified certificate with no URI or DNS SAN and no readable CN.
+    Nameless,
+}
+
+impl Peer {
+    /// The caller a verified leaf certificate (`der`) names, or none.
+    pub(crate) fn of(der: &[u8]) -> Self {
+        peer_identity(der).map_or(Self::Nameless, |identity| Self::Named(Arc::from(identity)))
+    }
+}
+
 /// The caller a verified client certificate (`der`) names: its first URI
 /// SAN (a SPIFFE ID), else its first DNS SAN, else its subject's CN.
-pub(crate) fn peer_identity(der: &[u8]) -> Option<String> {
+fn peer_identity(der: &[u8]) -> Option<String> {
     use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
     let names = cert
