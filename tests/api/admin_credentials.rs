@@ -209,6 +209,19 @@ async fn without_credentials_the_admin_rpc_says_so_in_time_and_the_token_rpc_sti
     assert_eq!(running.terminate().await, Some(0));
 }
 
+/// The binary behind a proxy, its credentials from the container endpoint
+/// at `url` alone (the instance metadata service off).
+fn from_the_container(stand_in: &StandIn, url: &str) -> crate::helpers::Running {
+    behind_a_proxy(
+        stand_in,
+        &[],
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", url),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
+}
+
 /// A container credentials endpoint (what ECS and EKS Pod Identity serve)
 /// on loopback, handing out the stand-in's key pair with a session token;
 /// how many times it was asked.
@@ -255,14 +268,7 @@ async fn a_source_slower_than_the_bound_still_gives_credentials_one_call_later()
     use std::sync::atomic::Ordering;
     let (url, asked) = container_credentials_after(Duration::from_millis(1500)).await;
     let stand_in = StandIn::start().await;
-    let mut running = behind_a_proxy(
-        &stand_in,
-        &[],
-        &[
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
+    let mut running = from_the_container(&stand_in, &url);
     let mut client = client(running.addr).await;
     let status = client
         .admin_get_user_auth_factors(forwarded(SUPPORT, ASKED))
@@ -292,14 +298,7 @@ async fn credentials_come_from_the_default_chain_on_first_use_never_at_start_up(
     use std::sync::atomic::Ordering;
     let (url, asked) = container_credentials().await;
     let stand_in = StandIn::start().await;
-    let mut running = behind_a_proxy(
-        &stand_in,
-        &[],
-        &[
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    );
+    let mut running = from_the_container(&stand_in, &url);
     // Serving, and a while after: nothing asked for credentials.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -365,14 +364,7 @@ async fn a_credential_source_that_fails_or_hangs_is_named_within_its_bound_not_a
     let failing = failing_credentials().await;
     let stand_in = StandIn::start().await;
     for url in [format!("{hanging}/credentials"), failing] {
-        let mut running = behind_a_proxy(
-            &stand_in,
-            &[],
-            &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-            ],
-        );
+        let mut running = from_the_container(&stand_in, &url);
         let mut client = client(running.addr).await;
         let started = Instant::now();
         let mut asked = forwarded(SUPPORT, ASKED);
